@@ -1,0 +1,147 @@
+"""Character-level language model (paper §4.1-4.2): one-hot input, RNN stack, softmax output."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hyperlstm import HyperLSTM
+from .lstm import LSTM, LayerNormLSTM
+
+CELLS = ("hyperlstm", "lstm", "ln_lstm")
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor of a (nested tuple) recurrent state: the truncated-BPTT boundary."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, tuple):
+        parts = [detach_state(s) for s in state]
+        return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
+    return state
+
+
+def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, hyper_size: int = 128,
+              embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
+              recurrent_dropout: float = 0.0, batch_first: bool = False) -> nn.Module:
+    """The recurrent stack named by ``cell``; all share ``forward(x, state) -> output, state``.
+
+    ``layer_norm`` applies to ``hyperlstm`` only (``ln_lstm`` is layer-normalised by definition,
+    ``lstm`` never). ``lstm`` is the fused kernel unless recurrent dropout asks for the step loop.
+    """
+    if cell == "hyperlstm":
+        return HyperLSTM(input_size, hidden_size, hyper_size, embed_size, num_layers, layer_norm,
+                         dropout, recurrent_dropout, batch_first)
+    if cell == "ln_lstm":
+        return LayerNormLSTM(input_size, hidden_size, num_layers, True, dropout, recurrent_dropout, batch_first)
+    if cell == "lstm":
+        if recurrent_dropout:
+            return LayerNormLSTM(input_size, hidden_size, num_layers, False, dropout, recurrent_dropout, batch_first)
+        return LSTM(input_size, hidden_size, num_layers, dropout, batch_first)
+    raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+
+
+class CharLM(nn.Module):
+    """Character-level language model.
+
+    Args:
+        vocab_size: number of symbols (50 for PTB char, the newline included).
+        cell: ``"hyperlstm"`` | ``"lstm"`` | ``"ln_lstm"``.
+        hidden_size, num_layers: of the RNN stack.
+        hyper_size, embed_size, layer_norm: HyperLSTM settings (N_ĥ, N_z, LN).
+        dropout: dropout on the RNN output before the softmax and between layers.
+        input_dropout: dropout on the one-hot input; defaults to ``dropout``.
+        recurrent_dropout: dropout on the cell candidate.
+
+    Inputs are one-hot (as in the paper), so the first layer's input projection is the embedding.
+    ``forward(tokens, state=None)``: ``tokens`` ``(T, B)`` long -> ``logits`` ``(T, B, vocab_size)``, state.
+    """
+
+    def __init__(self, vocab_size: int, cell: str = "hyperlstm", hidden_size: int = 1000, num_layers: int = 1,
+                 hyper_size: int = 128, embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, input_dropout: float | None = None) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+        self.vocab_size, self.cell = vocab_size, cell
+        self.dropout = dropout
+        self.input_dropout = dropout if input_dropout is None else input_dropout
+        self.rnn = build_rnn(cell, vocab_size, hidden_size, num_layers, hyper_size, embed_size, layer_norm,
+                             dropout, recurrent_dropout)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        x = F.one_hot(tokens, self.vocab_size).to(self.decoder.weight.dtype)
+        x = F.dropout(x, self.input_dropout, self.training)
+        output, state = self.rnn(x, state)
+        output = F.dropout(output, self.dropout, self.training)
+        return self.decoder(output), state
+
+    @torch.no_grad()
+    def sample(self, prime: list[int], length: int, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> list[int]:
+        """Continue ``prime`` (token ids, at least one) by ``length`` sampled ids.
+
+        ``temperature`` < 1 sharpens the distribution, > 1 flattens it; 0 takes the argmax.
+        """
+        if not prime:
+            raise ValueError("prime must hold at least one token id")
+        was_training = self.training
+        self.eval()
+        device = self.decoder.weight.device
+        logits, state = self(torch.tensor(prime, device=device).view(-1, 1))
+        out: list[int] = []
+        for _ in range(length):
+            last = logits[-1, 0]
+            if temperature == 0:
+                nxt = int(last.argmax())
+            else:
+                probs = torch.softmax(last.double() / temperature, dim=-1)
+                nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
+            out.append(nxt)
+            logits, state = self(torch.tensor([[nxt]], device=device), state)
+        self.train(was_training)
+        return out
+
+
+def stream_batches(ids: Tensor, batch_size: int, pad_id: int = -100) -> tuple[Tensor, Tensor]:
+    """Cut a 1-D id sequence into ``batch_size`` contiguous streams of inputs and next-token targets.
+
+    Returns ``inputs``, ``targets`` of shape ``(L, batch_size)``; the last stream is padded at its end
+    (inputs with 0, targets with ``pad_id``), so every target of ``ids[1:]`` appears exactly once.
+    """
+    inputs, targets = ids[:-1], ids[1:]
+    n = inputs.numel()
+    length = math.ceil(n / batch_size)
+    pad = length * batch_size - n
+    inputs = torch.cat([inputs, inputs.new_zeros(pad)])
+    targets = torch.cat([targets, targets.new_full((pad,), pad_id)])
+    return inputs.view(batch_size, length).t().contiguous(), targets.view(batch_size, length).t().contiguous()
+
+
+@torch.no_grad()
+def bits_per_char(model: CharLM, ids: Tensor, batch_size: int = 16, seq_len: int = 100) -> float:
+    """Bits per character over a whole split: mean cross-entropy (nats) / ln 2 over every target.
+
+    ``ids`` is the split as one 1-D tensor; start it with a separator (e.g. the newline that ends
+    the previous split) so its first symbol is predicted too. State is carried across segments.
+    """
+    was_training = model.training
+    model.eval()
+    device = model.decoder.weight.device
+    inputs, targets = stream_batches(ids.to(device), batch_size)
+    total, count, state = 0.0, 0, None
+    for start in range(0, inputs.shape[0], seq_len):
+        logits, state = model(inputs[start:start + seq_len], state)
+        tgt = targets[start:start + seq_len]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), tgt.reshape(-1),
+                                       ignore_index=-100, reduction="sum"))
+        count += int((tgt != -100).sum())
+    model.train(was_training)
+    return total / count / math.log(2)
+
+
+__all__ = ["CELLS", "CharLM", "bits_per_char", "build_rnn", "detach_state", "stream_batches"]
