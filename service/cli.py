@@ -22,7 +22,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print the fully resolved spec (defaults filled in) and the model's parameter count."""
-    from .preflight import check_job, model_parameter_count
+    from .models import model_parameter_count
+    from .preflight import check_job
 
     spec = load_job(args.job, args.overrides)
     check_job(spec)
