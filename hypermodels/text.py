@@ -6,10 +6,12 @@ per line; the newline is a symbol of its own (50 symbols in all).
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 NEWLINE = "\n"
+_PTB_SYMBOL = re.compile(r"[^\s]+|\n")
 PTB_CHAR_SPLITS = ("train", "valid", "test")
 # The vendored copy (see data/ptb-char/PROVENANCE.md); the project's shared folder as fallback.
 _REPO = Path(__file__).resolve().parents[1]
@@ -17,12 +19,8 @@ PTB_CHAR_DIRS = (_REPO / "data" / "ptb-char", _REPO.parent / "shared" / "data" /
 
 
 def ptb_char_symbols(text: str) -> list[str]:
-    """Symbols of PTB-char formatted text: each line's space-separated symbols, then a newline."""
-    out: list[str] = []
-    for line in text.splitlines():
-        out.extend(line.split())
-        out.append(NEWLINE)
-    return out
+    """Symbols of PTB-char formatted text: the space-separated symbols, each newline a symbol too."""
+    return _PTB_SYMBOL.findall(text)
 
 
 def raw_char_symbols(text: str) -> list[str]:
