@@ -26,7 +26,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .preflight import check_job
 
     spec = load_job(args.job, args.overrides)
-    check_job(spec)
+    check_job(spec, source=args.job)
     resolved = spec.model_dump(mode="json")
     params = model_parameter_count(spec)
     if args.json:
