@@ -299,7 +299,8 @@ class HyperLSTM(nn.Module):
         layer_input = x
         for k, cell in enumerate(self.cells):
             cell_state = CellState(state.h[k], state.c[k], state.hyper_h[k], state.hyper_c[k])
-            wx_all, hyper_wx_all = cell.project_input(layer_input)  # whole sequence at once
+            # Input projections of the whole sequence at once; unbind (not indexing) keeps backward O(T).
+            wx_all, hyper_wx_all = (p.unbind(0) for p in cell.project_input(layer_input))
             outputs, d_hs, d_xs = [], [], []
             for t in range(T):
                 mask = recurrent_dropout_mask(cell.recurrent_dropout, self.training, B, self.hidden_size, x)

@@ -113,7 +113,8 @@ class LayerNormLSTM(nn.Module):
         layer_input = x
         for k, cell in enumerate(self.cells):
             hc = (state[0][k], state[1][k])
-            wx_all = F.linear(layer_input, cell.weight_ih, cell.bias)  # whole sequence at once
+            # Whole sequence at once; unbind (not indexing) keeps backward O(T).
+            wx_all = F.linear(layer_input, cell.weight_ih, cell.bias).unbind(0)
             outputs = []
             for t in range(T):
                 mask = recurrent_dropout_mask(cell.recurrent_dropout, self.training, B, self.hidden_size, x)
