@@ -47,16 +47,15 @@ class PreparedData:
 
 def _read_corpus(spec: JobSpec, split: str) -> bytes:
     """The raw bytes of ``data.<split>``; JobSpecError naming the field for anything unusable."""
-    uri = getattr(spec.data, split)
-    field = f"data.{split}"
+    uri, field, source = getattr(spec.data, split), f"data.{split}", f"job {spec.name!r}"
     try:
         raw = storage.read_bytes(uri)
     except FileNotFoundError:
-        raise JobSpecError(f"job {spec.name!r}", [f"{field}: expected a UTF-8 text file, found nothing at {uri}"]) from None
+        raise JobSpecError(source, [f"{field}: expected a UTF-8 text file, found nothing at {uri}"]) from None
     except OSError as e:
-        raise JobSpecError(f"job {spec.name!r}", [f"{field}: cannot read {uri}: {e}"]) from None
+        raise JobSpecError(source, [f"{field}: cannot read {uri}: {e}"]) from None
     if not raw:
-        raise JobSpecError(f"job {spec.name!r}", [f"{field}: expected UTF-8 text, found an empty file at {uri}"])
+        raise JobSpecError(source, [f"{field}: expected UTF-8 text, found an empty file at {uri}"])
     return raw
 
 

@@ -86,7 +86,8 @@ def test_content_hash_follows_content_and_format(tmp_path) -> None:
     cache, ptb_text = str(tmp_path / "cache"), {"train": "t h e _ c a t\nt h e _ d o g\n", "valid": "t h e _ c a t\n"}
     base = prepare_data(job(dataset=None, **corpora(tmp_path / "a", **ptb_text)), cache)
     same = prepare_data(job(dataset=None, **corpora(tmp_path / "b", **ptb_text)), cache)
-    edited = prepare_data(job(dataset=None, **corpora(tmp_path / "c", ptb_text["train"] + "x\n", ptb_text["valid"])), cache)
+    edited_text = {**ptb_text, "train": ptb_text["train"] + "x\n"}
+    edited = prepare_data(job(dataset=None, **corpora(tmp_path / "c", **edited_text)), cache)
     ptb_style = prepare_data(job(dataset=None, format="ptb-char", **corpora(tmp_path / "a", **ptb_text)), cache)
     assert same.content_hash == base.content_hash and same.root == base.root
     assert len({base.content_hash, edited.content_hash, ptb_style.content_hash}) == 3
@@ -102,7 +103,8 @@ def test_user_corpus_s3(tmp_path, s3_prefix: str) -> None:
     assert prepared.root.startswith(s3_prefix + "/cache/custom-")
     local = prepare_data(job(dataset=None, **corpora(tmp_path)), str(tmp_path / "cache"))
     assert prepared.content_hash == local.content_hash
-    assert torch.equal(load_split(prepared, "train"), torch.tensor(CharVocab(prepared.vocab).encode(raw_char_symbols(TRAIN))))
+    expected = CharVocab(prepared.vocab).encode(raw_char_symbols(TRAIN))
+    assert torch.equal(load_split(prepared, "train"), torch.tensor(expected))
     assert load_prepared(prepared.root) == prepared
 
 

@@ -149,8 +149,9 @@ def test_good_job_on_s3(workdir: Path, s3_prefix: str, s3_env, capsys: pytest.Ca
     for split in ("train", "valid"):
         storage.write_bytes_atomic(f"{s3_prefix}/{split}.txt", b"some text\n")
     keys = bucket_keys(s3_env)
-    (workdir / "job.yaml").write_text(GOOD + CORPUS.format(train=f"{s3_prefix}/train.txt", valid=f"{s3_prefix}/valid.txt")
-                                      + f"storage: {s3_prefix}/runs\ntracking:\n  uri: sqlite:////tmp/mlflow.db\n")
+    corpus = CORPUS.format(train=f"{s3_prefix}/train.txt", valid=f"{s3_prefix}/valid.txt")
+    (workdir / "job.yaml").write_text(GOOD + corpus + f"storage: {s3_prefix}/runs\n"
+                                      "tracking:\n  uri: sqlite:////tmp/mlflow.db\n")
     assert main(["validate", "job.yaml", "--json"]) == EXIT_OK, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["spec"]["storage"] == f"{s3_prefix}/runs"
     assert bucket_keys(s3_env) == keys
