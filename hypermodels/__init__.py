@@ -4,12 +4,13 @@ No Ray, MLflow or storage code lives here: the training service (``service``) im
 package, never the reverse.
 """
 from .charlm import CELLS, CharLM, bits_per_char, build_rnn, detach_state, stream_batches
+from .fast_hyperlstm import HyperLSTMLayerFunction, fast_forward
 from .hyperlstm import CellState, HyperLSTM, HyperLSTMCell, HyperLSTMState, count_parameters
 from .lstm import LSTM, LayerNormLSTM, LayerNormLSTMCell
 from .text import CharVocab, load_ptb_char, ptb_char_symbols, raw_char_symbols
 
 __all__ = [
-    "CELLS", "CellState", "CharLM", "CharVocab", "HyperLSTM", "HyperLSTMCell", "HyperLSTMState", "LSTM",
-    "LayerNormLSTM", "LayerNormLSTMCell", "bits_per_char", "build_rnn", "count_parameters", "detach_state",
-    "load_ptb_char", "ptb_char_symbols", "raw_char_symbols", "stream_batches",
+    "CELLS", "CellState", "CharLM", "CharVocab", "HyperLSTM", "HyperLSTMCell", "HyperLSTMLayerFunction",
+    "HyperLSTMState", "LSTM", "LayerNormLSTM", "LayerNormLSTMCell", "bits_per_char", "build_rnn", "count_parameters", "detach_state",
+    "fast_forward", "load_ptb_char", "ptb_char_symbols", "raw_char_symbols", "stream_batches",
 ]

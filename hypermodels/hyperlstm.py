@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fast_hyperlstm import fast_forward
+
 GATES = 4  # i, g, f, o
 
 
@@ -225,6 +227,18 @@ def recurrent_dropout_mask(p: float, training: bool, batch: int, size: int, like
     return F.dropout(like.new_ones(batch, size), p=p, training=True)
 
 
+def recurrent_dropout_masks(p: float, training: bool, steps: int, batch: int, size: int,
+                            like: Tensor) -> Tensor | None:
+    """Inverted-dropout masks ``(steps, batch, size)`` for a whole sequence, or None when inactive.
+
+    :class:`HyperLSTM` draws a layer's masks up front, in one call, on both its reference and its fast
+    path, so that under one seed both paths use the same masks.
+    """
+    if not training or p == 0.0:
+        return None
+    return F.dropout(like.new_ones(steps, batch, size), p=p, training=True)
+
+
 class HyperLSTM(nn.Module):
     """Multi-layer HyperLSTM with the conventions of :class:`torch.nn.LSTM`.
 
@@ -232,6 +246,9 @@ class HyperLSTM(nn.Module):
         input_size, hidden_size, num_layers, batch_first: as in ``torch.nn.LSTM``.
         hyper_size, embed_size, layer_norm, recurrent_dropout, forget_bias: see :class:`HyperLSTMCell`.
         dropout: dropout on the outputs of every layer but the last (as ``torch.nn.LSTM``).
+        fast: run :func:`~hypermodels.fast_hyperlstm.fast_forward` (one autograd node per layer,
+            hand-written BPTT; same results to rounding, several times faster to train). ``False`` runs
+            the step-by-step reference, which autograd differentiates (needed for double backward).
 
     ``forward(x, state=None)``: ``x`` ``(T, B, input_size)`` (``(B, T, ·)`` if batch_first);
     returns ``output`` ``(T, B, hidden_size)`` and a :class:`HyperLSTMState`, which can be
@@ -250,6 +267,7 @@ class HyperLSTM(nn.Module):
         recurrent_dropout: float = 0.0,
         batch_first: bool = False,
         forget_bias: float = 1.0,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -259,6 +277,7 @@ class HyperLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.hyper_size, self.embed_size = hyper_size, embed_size
         self.dropout, self.batch_first = dropout, batch_first
+        self.fast = fast
         self.cells = nn.ModuleList(
             HyperLSTMCell(input_size if k == 0 else hidden_size, hidden_size, hyper_size, embed_size,
                           layer_norm, recurrent_dropout, forget_bias)
@@ -271,6 +290,8 @@ class HyperLSTM(nn.Module):
                               like.new_zeros(L, batch, self.hyper_size), like.new_zeros(L, batch, self.hyper_size))
 
     def forward(self, x: Tensor, state: HyperLSTMState | None = None) -> tuple[Tensor, HyperLSTMState]:
+        if self.fast:  # same results, one autograd node per layer (hypermodels/fast_hyperlstm.py)
+            return fast_forward(self, x, state)
         output, state, _ = self._run(x, state, keep_scales=False)
         return output, state
 
@@ -301,9 +322,11 @@ class HyperLSTM(nn.Module):
             cell_state = CellState(state.h[k], state.c[k], state.hyper_h[k], state.hyper_c[k])
             # Input projections of the whole sequence at once; unbind (not indexing) keeps backward O(T).
             wx_all, hyper_wx_all = (p.unbind(0) for p in cell.project_input(layer_input))
+            # All of the layer's masks up front, as the fast path draws them.
+            masks = recurrent_dropout_masks(cell.recurrent_dropout, self.training, T, B, self.hidden_size, x)
             outputs, d_hs, d_xs = [], [], []
             for t in range(T):
-                mask = recurrent_dropout_mask(cell.recurrent_dropout, self.training, B, self.hidden_size, x)
+                mask = None if masks is None else masks[t]
                 cell_state, d_h, d_x = cell.step(wx_all[t], hyper_wx_all[t], cell_state, mask)
                 outputs.append(cell_state.h)
                 if keep_scales:
@@ -325,4 +348,4 @@ def count_parameters(module: nn.Module) -> int:
 
 
 __all__ = ["HyperLSTM", "HyperLSTMCell", "HyperLSTMState", "CellState", "count_parameters", "gate_layer_norm",
-           "orthogonal_per_gate_", "recurrent_dropout_mask"]
+           "orthogonal_per_gate_", "recurrent_dropout_mask", "recurrent_dropout_masks"]

@@ -1,0 +1,382 @@
+"""Fast training path of :class:`~hypermodels.hyperlstm.HyperLSTM`: one autograd node per layer.
+
+The reference layer (``HyperLSTM`` with ``fast=False``) lets autograd record every step, about a hundred
+small nodes per time step, and saves their inputs: the graph, the many small kernels and the saved
+tensors cost far more than the arithmetic. Here a :class:`torch.autograd.Function` runs the whole
+sequence of one layer under no-grad, saves only what backpropagation through time needs, and runs BPTT
+by hand:
+
+* forward saves per step only the main cell's recurrent product ``u = W_h h_{t-1}``, the gate
+  pre-activations (before layer norm), the cell state ``c``, the small embeddings ``z`` and the same for
+  the (small) hyper cell; everything else (layer norms, gate activations, ``d = W_{.z} z``, ``W_x x``) is
+  recomputed in backward, which is cheap element-wise work;
+* backward runs only the recurrent matrix products per step; the weight gradients (``W_h``, ``W_x``, the
+  hyper cell's weights, ``z`` projections) and the input gradient are one large matrix product each over
+  the whole sequence after the loop;
+* layer norm forward/backward use ATen's fused ``native_layer_norm`` kernels (no hand-written LN backward);
+  the per-gate gains are applied outside so that one kernel normalises all four gates.
+
+Numerics: the same equations as ``HyperLSTMCell.step``; results agree with the reference to rounding
+(tests/test_fast_hyperlstm.py). The forget-gate bias is folded into the LN bias (or the gate bias without
+LN), which changes rounding only. Dropout masks are drawn up front by the caller, in the same order as
+the reference path (:func:`~hypermodels.hyperlstm.recurrent_dropout_masks`), so both paths see the same
+masks under one seed. Double backward is not supported (use ``fast=False``).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+if TYPE_CHECKING:  # only for annotations: hyperlstm imports this module
+    from .hyperlstm import HyperLSTM, HyperLSTMCell, HyperLSTMState
+
+GATES = 4  # i, g, f, o (gate f is index 2)
+
+# Parameters of a HyperLSTMCell, in the order the Function receives them (LN ones may be None).
+PARAM_NAMES = ("weight_ih", "weight_hh", "bias", "hyper_weight_ih", "hyper_weight_hh", "hyper_bias",
+               "z_weight", "z_bias", "d_weight",
+               "ln_weight", "ln_bias", "ln_cell_weight", "ln_cell_bias",
+               "hyper_ln_weight", "hyper_ln_bias", "hyper_ln_cell_weight", "hyper_ln_cell_bias")
+
+_layer_norm_backward = torch.ops.aten.native_layer_norm_backward
+
+
+# ----------------------------------------------------------------------------------------------------
+# The LSTM core shared by the main and the hyper cell: from gate pre-activations to (h, c).
+# ----------------------------------------------------------------------------------------------------
+
+class _Core:
+    """Constants of one LSTM core (main or hyper cell), prepared once per call.
+
+    ``gain`` ``(4, n)`` and ``shift`` ``(4, n)`` are the per-gate LN affine, with the forget bias folded
+    into ``shift`` (LN case); ``cell_gain``/``cell_shift`` ``(n,)`` the LN on the output path. Without
+    layer norm all are None and the forget bias lives in the gate bias (see :func:`_forward_loop`).
+    """
+
+    def __init__(self, size: int, ln: bool, eps: float, forget_bias: float, gain, shift, cell_gain, cell_shift):
+        self.size, self.ln, self.eps = size, ln, eps
+        self.gain, self.cell_gain, self.cell_shift = gain, cell_gain, cell_shift
+        self.shift = None
+        if ln:
+            shift = shift.clone()
+            shift[2] += forget_bias  # after LN, as the reference (LN would cancel it before)
+            self.shift = shift
+        self.one = None  # scalar 1, made lazily in the right dtype/device
+
+    def activations(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``pre`` ``(B, 4, n)`` -> (sigmoid of all gates ``(B, 4, n)``, tanh(g) ``(B, n)``, LN stats)."""
+        if self.ln:
+            norm, mean, rstd = torch.native_layer_norm(pre, (self.size,), None, None, self.eps)
+            act = torch.addcmul(self.shift, norm, self.gain)
+            stats = (norm, mean, rstd)
+        else:
+            act, stats = pre, None
+        # One sigmoid over all four gates (sigmoid(g) is unused): fewer kernels beats 25% less work.
+        return torch.sigmoid(act), torch.tanh(act[:, 1]), stats
+
+    def forward(self, pre: Tensor, c: Tensor, mask: Tensor | None, h_out: Tensor | None = None):
+        """One step: ``pre`` ``(B, 4, n)``, ``c`` ``(B, n)``, ``mask`` ``(B, n)`` or None -> ``h``, ``c_new``."""
+        sig, cand, _ = self.activations(pre)
+        if mask is not None:
+            cand = cand * mask  # recurrent dropout on the candidate only
+        c_new = torch.addcmul(sig[:, 2] * c, sig[:, 0], cand)
+        c_out = F.layer_norm(c_new, (self.size,), self.cell_gain, self.cell_shift, self.eps) if self.ln else c_new
+        h = torch.mul(sig[:, 3], torch.tanh(c_out), out=h_out) if h_out is not None else sig[:, 3] * torch.tanh(c_out)
+        return h, c_new
+
+    def backward(self, pre: Tensor, c_prev: Tensor, c_new: Tensor, mask: Tensor | None,
+                 dh: Tensor, dc: Tensor | None, grads: dict, dpre_out: Tensor):
+        """Backward of :meth:`forward`, recomputing the activations.
+
+        ``dh``/``dc`` ``(B, n)`` are the gradients arriving at ``h``/``c_new`` (``dc`` None means zero).
+        Writes ``dL/dpre`` into ``dpre_out`` ``(B, 4, n)`` and returns ``dL/dc_prev``; appends the
+        per-step LN parameter gradients (summed over the batch) to the lists in ``grads``.
+        """
+        n = self.size
+        sig, tg, stats = self.activations(pre)
+        dsig = torch.addcmul(sig, sig, sig, value=-1)  # sigmoid' = s (1 - s), all gates at once
+        if self.one is None:
+            self.one = pre.new_ones(())
+        if self.ln:
+            c_out, c_mean, c_rstd = torch.native_layer_norm(c_new, (n,), self.cell_gain, self.cell_shift, self.eps)
+        else:
+            c_out = c_new
+        tco = torch.tanh(c_out)
+        # The gate gradients are assembled in one (B, 4, n) tensor for the LN backward.
+        dact = dpre_out if not self.ln else torch.empty_like(sig)
+        torch.mul(dh * tco, dsig[:, 3], out=dact[:, 3])  # o
+        dc_out = dh * sig[:, 3] * torch.addcmul(self.one, tco, tco, value=-1)  # through tanh(LN(c))
+        if self.ln:
+            dc_new, dg_cell, db_cell = _layer_norm_backward(dc_out, c_new, (n,), c_mean, c_rstd, self.cell_gain,
+                                                            self.cell_shift, (True, True, True))
+            grads["cell_gain"].append(dg_cell)
+            grads["cell_shift"].append(db_cell)
+        else:
+            dc_new = dc_out
+        if dc is not None:
+            dc_new = dc_new + dc
+        torch.mul(dc_new * c_prev, dsig[:, 2], out=dact[:, 2])  # f
+        cand = tg if mask is None else tg * mask
+        torch.mul(dc_new * cand, dsig[:, 0], out=dact[:, 0])  # i
+        dcand = dc_new * sig[:, 0]
+        if mask is not None:
+            dcand = dcand * mask
+        torch.mul(dcand, torch.addcmul(self.one, tg, tg, value=-1), out=dact[:, 1])  # g through tanh
+        dc_prev = dc_new * sig[:, 2]
+        if self.ln:
+            norm, mean, rstd = stats
+            grads["shift"].append(dact.sum(0))
+            grads["gain"].append((dact * norm).sum(0))
+            dpre_out.copy_(_layer_norm_backward(dact * self.gain, pre, (n,), mean, rstd, None, None,
+                                                (True, False, False))[0])
+        return dc_prev
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward and backward of one layer over a whole sequence.
+# ----------------------------------------------------------------------------------------------------
+
+class _Prepared:
+    """Views and constants of one layer's parameters for a call (shapes in the comments)."""
+
+    def __init__(self, params: dict, H: int, Hh: int, forget_bias: float, eps: float):
+        p = params
+        self.ln = ln = p["ln_weight"] is not None
+        Nz = p["d_weight"].shape[-1]
+        self.H, self.Hh, self.Nz = H, Hh, Nz
+        self.W_x, self.W_h = p["weight_ih"], p["weight_hh"]               # (4H, I), (4H, H)
+        self.hW_h = p["hyper_weight_ih"][:, :H]                            # (4Hh, H): h-part of x̂
+        self.hW_x = p["hyper_weight_ih"][:, H:]                            # (4Hh, I): x-part of x̂
+        self.hW_hh = p["hyper_weight_hh"]                                  # (4Hh, Hh)
+        hyper_bias = p["hyper_bias"]
+        bias = p["bias"]
+        if not ln:  # no LN to cancel it: fold the forget bias into the gate biases
+            hyper_bias = hyper_bias.clone()
+            hyper_bias[2 * Hh:3 * Hh] += forget_bias
+            bias = bias.clone()
+            bias[2 * H:3 * H] += forget_bias
+        self.hyper_bias = hyper_bias                                       # (4Hh,)
+        self.Zw = p["z_weight"].reshape(3 * GATES * Nz, Hh)                # (12Nz, Hh): rows (k, gate, Nz)
+        # z_h and z_x have a bias, z_b has none.
+        self.zb = torch.cat([p["z_bias"].reshape(-1), p["z_bias"].new_zeros(GATES * Nz)])  # (12Nz,)
+        self.Dw = p["d_weight"].reshape(3 * GATES, H, Nz)                  # (12, H, Nz)
+        self.DwT = self.Dw.transpose(1, 2).contiguous()                    # (12, Nz, H): wide rows for the bmm
+        # d = W_.z z (+ b_0 on the dynamic-bias rows): one batched product for d_h, d_x and the bias.
+        d_bias = bias.new_zeros(3, GATES, 1, H)
+        d_bias[2] = bias.view(GATES, 1, H)
+        self.d_bias = d_bias.view(3 * GATES, 1, H)                         # (12, 1, H)
+        self.main = _Core(H, ln, eps, forget_bias, p["ln_weight"], p["ln_bias"], p["ln_cell_weight"],
+                          p["ln_cell_bias"])
+        self.hyper = _Core(Hh, ln, eps, forget_bias, p["hyper_ln_weight"], p["hyper_ln_bias"],
+                           p["hyper_ln_cell_weight"], p["hyper_ln_cell_bias"])
+
+    def scales(self, z: Tensor) -> Tensor:
+        """``z`` ``(B, 12Nz)`` -> ``d`` ``(3, 4, B, H)``: d_h, d_x and the dynamic bias (incl. b_0) per gate."""
+        B = z.shape[0]
+        d = torch.baddbmm(self.d_bias, z.view(B, 3 * GATES, self.Nz).transpose(0, 1), self.DwT)
+        return d.view(3, GATES, B, self.H)
+
+
+def _forward_loop(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None,
+                  P: _Prepared, save: bool):
+    """Run the layer over ``x`` ``(T, B, I)`` from state ``h, c`` ``(B, H)``, ``hh, hc`` ``(B, Hh)``.
+
+    Returns ``out`` ``(T, B, H)``, the final ``c``, ``hh``, ``hc`` and (if ``save``) the per-step
+    tensors backward needs, as lists: ``u`` ``(B, 4H)``, ``pre`` ``(B, 4, H)``, ``c`` ``(B, H)``,
+    ``z`` ``(B, 12Nz)``, ``hyper_pre`` ``(B, 4, Hh)``, ``hyper_c`` ``(B, Hh)``, ``hyper_h`` ``(B, Hh)``.
+    """
+    T, B, _ = x.shape
+    H, Hh = P.H, P.Hh
+    # Input-only products for the whole sequence at once (PAPER.md §1, Efficiency).
+    wx = F.linear(x, P.W_x).view(T, B, GATES, H)
+    hwx = F.linear(x, P.hW_x, P.hyper_bias)
+    W_hT, hW_hT, hW_hhT, ZwT = P.W_h.t(), P.hW_h.t(), P.hW_hh.t(), P.Zw.t()
+    out = x.new_empty(T, B, H)
+    saved = {k: [] for k in ("u", "pre", "c", "z", "hpre", "hc", "hh")} if save else None
+    for t in range(T):
+        # Hyper cell on x̂ = [h_{t-1}, x_t] (Eq. 10).
+        hpre = torch.addmm(torch.addmm(hwx[t], h, hW_hT), hh, hW_hhT).view(B, GATES, Hh)
+        hh, hc = P.hyper.forward(hpre, hc, None)
+        # Embeddings (Eq. 11) and scaling vectors (Eq. 12).
+        z = torch.addmm(P.zb, hh, ZwT)
+        d = P.scales(z)
+        # Main cell (Eq. 12-13). u first so that pre is contiguous (B, 4, H).
+        u = torch.mm(h, W_hT)
+        pre = u.view(B, GATES, H) * d[0].transpose(0, 1)
+        pre.addcmul_(d[1].transpose(0, 1), wx[t])
+        pre.add_(d[2].transpose(0, 1))
+        h, c = P.main.forward(pre, c, None if masks is None else masks[t], h_out=out[t])
+        if save:
+            for k, v in (("u", u), ("pre", pre), ("c", c), ("z", z), ("hpre", hpre), ("hc", hc), ("hh", hh)):
+                saved[k].append(v)
+    return out, c, hh, hc, saved
+
+
+_SAVED_KEYS = ("u", "pre", "c", "z", "hpre", "hc", "hh")
+
+
+class HyperLSTMLayerFunction(torch.autograd.Function):
+    """One HyperLSTM layer over a whole sequence, with hand-written BPTT.
+
+    ``apply(forget_bias, eps, x, h0, c0, hh0, hc0, masks, *params)``: ``x`` ``(T, B, I)``; ``h0, c0``
+    ``(B, H)``; ``hh0, hc0`` ``(B, Hh)``; ``masks`` ``(T, B, H)`` (scaled recurrent-dropout masks) or None;
+    ``params`` the cell's parameters in :data:`PARAM_NAMES` order (LN ones None without layer norm).
+    Returns ``out`` ``(T, B, H)``, ``h_T, c_T`` ``(B, H)``, ``hh_T, hc_T`` ``(B, Hh)``.
+    """
+
+    @staticmethod
+    def forward(ctx, forget_bias, eps, x, h0, c0, hh0, hc0, masks, *params):
+        p = dict(zip(PARAM_NAMES, params))
+        H, Hh = h0.shape[1], hh0.shape[1]
+        P = _Prepared(p, H, Hh, forget_bias, eps)
+        out, c, hh, hc, saved = _forward_loop(x, h0, c0, hh0, hc0, masks, P, save=True)
+        T = x.shape[0]
+        ctx.meta = (forget_bias, eps, T)
+        # Everything goes through save_for_backward (so saved-tensor hooks and memory counts see it).
+        flat = [t for k in _SAVED_KEYS for t in saved[k]]
+        ctx.save_for_backward(x, h0, c0, hh0, hc0, masks, out, *params, *flat)
+        return out, out[-1].clone(), c, hh, hc
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dhT, dcT, dhhT, dhcT):
+        forget_bias, eps, T = ctx.meta
+        x, h0, c0, hh0, hc0, masks, out, *rest = ctx.saved_tensors
+        params, flat = rest[:len(PARAM_NAMES)], rest[len(PARAM_NAMES):]
+        saved = {k: flat[i * T:(i + 1) * T] for i, k in enumerate(_SAVED_KEYS)}
+        p = dict(zip(PARAM_NAMES, params))
+        H, Hh = h0.shape[1], hh0.shape[1]
+        P = _Prepared(p, H, Hh, forget_bias, eps)
+        B, G = x.shape[1], GATES
+        Nz = P.Nz
+
+        wx = F.linear(x, P.W_x).view(T, B, G, H)  # recomputed: W_x x_t for d(d_x)
+        # Per-step gradients kept for the big products after the loop.
+        DU = x.new_empty(T, B, G * H)       # d pre * d_h: gradient of u = W_h h_{t-1}
+        DWX = x.new_empty(T, B, G * H)      # d pre * d_x: gradient of W_x x_t
+        DHP = x.new_empty(T, B, G * Hh)     # gradient of the hyper pre-activation
+        DZ = x.new_empty(T, B, 3 * G * Nz)  # gradient of z
+        dd = x.new_empty(3, G, B, H)        # gradients of d_h, d_x, dynamic bias, gate-major for the bmm
+        dpre = dd[2].transpose(0, 1)        # (B, 4, H) view: d(pre) is the dynamic bias's gradient
+        dDwT = P.DwT.new_zeros(P.DwT.shape)  # (12, Nz, H): accumulated as z^T dd (wide output rows: faster)
+        dbias_steps = []
+        main_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+        hyper_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+
+        dh = dhT if dout is None else (dout[T - 1] if dhT is None else dout[T - 1] + dhT)
+        if dh is None:
+            dh = h0.new_zeros(B, H)
+        dc, dhh, dhc = dcT, dhhT, dhcT
+        for t in range(T - 1, -1, -1):
+            c_prev = c0 if t == 0 else saved["c"][t - 1]
+            hc_prev = hc0 if t == 0 else saved["hc"][t - 1]
+            mask = None if masks is None else masks[t]
+            # Main cell: gates, LN, cell state.
+            dc = P.main.backward(saved["pre"][t], c_prev, saved["c"][t], mask, dh, dc, main_grads, dpre)
+            # pre = d_h * u + d_x * wx + dynamic bias.
+            z = saved["z"][t]
+            d = P.scales(z)
+            torch.mul(dd[2], saved["u"][t].view(B, G, H).transpose(0, 1), out=dd[0])
+            torch.mul(dd[2], wx[t].transpose(0, 1), out=dd[1])
+            dbias_steps.append(dd[2].sum(1))
+            torch.mul(dpre, d[0].transpose(0, 1), out=DU[t].view(B, G, H))
+            torch.mul(dpre, d[1].transpose(0, 1), out=DWX[t].view(B, G, H))
+            # d = W_.z z per (k, gate): dz = W_.z^T dd; dW_.z += dd^T z.
+            dd12 = dd.view(3 * G, B, H)
+            z12 = z.view(B, 3 * G, Nz).transpose(0, 1)
+            dz = torch.bmm(dd12, P.Dw)  # (12, B, Nz)
+            dDwT.baddbmm_(z12.transpose(1, 2), dd12)
+            DZ[t].view(B, 3 * G, Nz).copy_(dz.transpose(0, 1))
+            # z = Zw hh + zb.
+            dhh = torch.mm(DZ[t], P.Zw) if dhh is None else torch.addmm(dhh, DZ[t], P.Zw)
+            # Hyper cell.
+            dhc = P.hyper.backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_grads,
+                                   DHP[t].view(B, G, Hh))
+            # Into the previous step: h_{t-1} feeds u (main) and x̂ (hyper); hh_{t-1} feeds the hyper cell.
+            dh_prev = torch.mm(DU[t], P.W_h) if t == 0 or dout is None else torch.addmm(dout[t - 1], DU[t], P.W_h)
+            dh = dh_prev.addmm_(DHP[t], P.hW_h)
+            dhh = torch.mm(DHP[t], P.hW_hh)
+
+        # Weight gradients: one product over all T*B rows each.
+        TB = T * B
+        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).view(TB, H)
+        hh_all = torch.stack(saved["hh"])  # (T, B, Hh)
+        hh_prev = torch.cat([hh0.unsqueeze(0), hh_all[:-1]]).view(TB, Hh)
+        xf = x.reshape(TB, -1)
+        DU, DWX, DHP, DZ = DU.view(TB, -1), DWX.view(TB, -1), DHP.view(TB, -1), DZ.view(TB, -1)
+        grads = {
+            "weight_ih": DWX.t() @ xf,
+            "weight_hh": DU.t() @ h_prev,
+            "bias": torch.stack(dbias_steps).sum(0).view(-1),
+            "hyper_weight_ih": torch.cat([DHP.t() @ h_prev, DHP.t() @ xf], dim=1),
+            "hyper_weight_hh": DHP.t() @ hh_prev,
+            "hyper_bias": DHP.sum(0),
+            "z_weight": (DZ.t() @ hh_all.view(TB, Hh)).view_as(p["z_weight"]),
+            "z_bias": DZ.sum(0)[:2 * G * Nz].view_as(p["z_bias"]),
+            "d_weight": dDwT.transpose(1, 2).reshape(p["d_weight"].shape),
+        }
+        if P.ln:
+            for prefix, g in (("", main_grads), ("hyper_", hyper_grads)):
+                grads[prefix + "ln_weight"] = torch.stack(g["gain"]).sum(0)
+                grads[prefix + "ln_bias"] = torch.stack(g["shift"]).sum(0)
+                grads[prefix + "ln_cell_weight"] = torch.stack(g["cell_gain"]).sum(0)
+                grads[prefix + "ln_cell_bias"] = torch.stack(g["cell_shift"]).sum(0)
+        dx = None
+        if ctx.needs_input_grad[2]:
+            dx = (DWX @ P.W_x).addmm_(DHP, P.hW_x).view_as(x)
+        param_grads = [grads.get(name) if ctx.needs_input_grad[8 + i] else None
+                       for i, name in enumerate(PARAM_NAMES)]
+        return (None, None, dx, dh, dc, dhh, dhc, None, *param_grads)
+
+
+def layer_forward(cell: HyperLSTMCell, x: Tensor, h0: Tensor, c0: Tensor, hh0: Tensor, hc0: Tensor,
+                  masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One layer over ``x`` ``(T, B, I)``: ``out`` ``(T, B, H)`` and the final ``h, c, hyper_h, hyper_c``.
+
+    Uses the autograd Function when a gradient is needed, else the plain loop (nothing saved).
+    """
+    params = [getattr(cell, name) for name in PARAM_NAMES]
+    tensors = [x, h0, c0, hh0, hc0, masks, *params]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *tensors)
+    with torch.no_grad():
+        P = _Prepared(dict(zip(PARAM_NAMES, params)), cell.hidden_size, cell.hyper_size, cell.forget_bias,
+                      cell.eps)
+        out, c, hh, hc, _ = _forward_loop(x, h0, c0, hh0, hc0, masks, P, save=False)
+    return out, out[-1], c, hh, hc
+
+
+def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = None):
+    """``HyperLSTM.forward`` through :class:`HyperLSTMLayerFunction`, one node per layer.
+
+    Same conventions, results and dropout masks (drawn in the same order) as the reference path.
+    """
+    from .hyperlstm import HyperLSTMState, recurrent_dropout_masks
+
+    if x.dim() != 3:
+        raise ValueError(f"expected a 3-D input (seq, batch, features), got shape {tuple(x.shape)}")
+    if module.batch_first:
+        x = x.transpose(0, 1)
+    x = x.contiguous()
+    T, B, _ = x.shape
+    if state is None:
+        state = module.zero_state(B, x)
+    finals = []
+    layer_input = x
+    for k, cell in enumerate(module.cells):
+        masks = recurrent_dropout_masks(cell.recurrent_dropout, module.training, T, B, module.hidden_size, x)
+        out, *final = layer_forward(cell, layer_input, state.h[k], state.c[k], state.hyper_h[k],
+                                    state.hyper_c[k], masks)
+        layer_input = out
+        if module.dropout and k < module.num_layers - 1:
+            layer_input = F.dropout(layer_input, module.dropout, module.training)
+        finals.append(final)
+    output = layer_input.transpose(0, 1) if module.batch_first else layer_input
+    return output, HyperLSTMState(*(torch.stack(parts) for parts in zip(*finals)))
+
+
+__all__ = ["HyperLSTMLayerFunction", "fast_forward", "layer_forward"]

@@ -1,0 +1,271 @@
+"""The fast HyperLSTM path (hypermodels/fast_hyperlstm.py) against the step-by-step reference layer.
+
+Every comparison uses random (non-initial) weights: at init every d is 0.1 and several parameters are
+zero, which would hide wrong gradients.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hypermodels import HyperLSTM, HyperLSTMState
+from hypermodels.fast_hyperlstm import PARAM_NAMES, HyperLSTMLayerFunction, _Core
+
+TOL = {torch.float64: dict(rtol=1e-6, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+def randomize_(module, seed=0, scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
+    return module
+
+
+def pair(seed=0, dtype=torch.float64, scale=0.3, **kw):
+    """A reference layer and a fast copy with identical random weights."""
+    kw = dict(dict(input_size=5, hidden_size=7, hyper_size=6, embed_size=3), **kw)
+    ref = randomize_(HyperLSTM(**kw, fast=False), seed, scale).to(dtype)
+    fast = copy.deepcopy(ref)
+    fast.fast = True
+    return ref, fast
+
+
+def run(layer, x, state, loss_weights, use_output=True, use_state=True):
+    """Forward, a loss touching the output and/or every part of the final state, and all gradients."""
+    out, new = layer(x, state)
+    loss = x.new_zeros(())
+    if use_output:
+        loss = loss + (out * loss_weights[0]).sum() + out.pow(2).sum()
+    if use_state:
+        loss = loss + sum((s * w).sum() for s, w in zip(new, loss_weights[1:]))
+    inputs = [t for t in (x, *(state or ())) if t.requires_grad] + list(layer.parameters())
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return out, new, grads
+
+
+def assert_same(ref_result, fast_result, dtype, names):
+    tol = TOL[dtype]
+    (ro, rs, rg), (fo, fs, fg) = ref_result, fast_result
+    torch.testing.assert_close(fo, ro, **tol)
+    for a, b in zip(fs, rs):
+        torch.testing.assert_close(a, b, **tol)
+    assert len(rg) == len(fg) == len(names)
+    for name, a, b in zip(names, fg, rg):
+        assert (a is None) == (b is None), name
+        if b is not None:
+            torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"gradient of {name}: {m}")
+
+
+def make_inputs(layer, T=6, B=4, dtype=torch.float64, seed=1, with_state=True):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    L, H, Hh = layer.num_layers, layer.hidden_size, layer.hyper_size
+    x = rnd(B, T, layer.input_size) if layer.batch_first else rnd(T, B, layer.input_size)
+    x.requires_grad_()
+    state = None
+    if with_state:
+        state = HyperLSTMState(*(rnd(L, B, n).requires_grad_() for n in (H, H, Hh, Hh)))
+    out_shape = (B, T, H) if layer.batch_first else (T, B, H)
+    weights = [rnd(*out_shape)] + [rnd(L, B, n) for n in (H, H, Hh, Hh)]
+    return x, state, weights
+
+
+def grad_names(layer, x, state):
+    names = ["x"] if x.requires_grad else []
+    names += [f"state.{f}" for f, s in zip(HyperLSTMState._fields, state or ()) if s.requires_grad]
+    return names + [n for n, _ in layer.named_parameters()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layer_norm", [True, False])
+@pytest.mark.parametrize("num_layers,batch_first", [(1, False), (2, False), (2, True)])
+def test_fast_matches_reference_outputs_state_and_all_gradients(dtype, layer_norm, num_layers, batch_first):
+    ref, fast = pair(seed=3, dtype=dtype, layer_norm=layer_norm, num_layers=num_layers, batch_first=batch_first)
+    x, state, w = make_inputs(ref, dtype=dtype)
+    names = grad_names(ref, x, state)
+    assert_same(run(ref, x, state, w), run(fast, x, state, w), dtype, names)
+
+
+@pytest.mark.parametrize("use_output,use_state", [(True, False), (False, True)])
+def test_loss_on_output_only_or_final_state_only(use_output, use_state):
+    # Exercises backward with no gradient arriving at the output (or at the final state).
+    ref, fast = pair(seed=4, num_layers=2)
+    x, state, w = make_inputs(ref)
+    names = grad_names(ref, x, state)
+    assert_same(run(ref, x, state, w, use_output, use_state), run(fast, x, state, w, use_output, use_state),
+                torch.float64, names)
+
+
+def test_zero_initial_state_and_input_without_grad():
+    ref, fast = pair(seed=5, num_layers=2)
+    x, _, w = make_inputs(ref, with_state=False)
+    x = x.detach()
+    names = grad_names(ref, x, None)
+    assert_same(run(ref, x, None, w), run(fast, x, None, w), torch.float64, names)
+
+
+def test_longer_sequence_and_wider_cells():
+    # Errors in BPTT grow with the sequence; 40 steps and sizes closer to real ones.
+    ref, fast = pair(seed=6, scale=0.15, input_size=9, hidden_size=24, hyper_size=10, embed_size=4)
+    x, state, w = make_inputs(ref, T=40, B=3)
+    names = grad_names(ref, x, state)
+    assert_same(run(ref, x, state, w), run(fast, x, state, w), torch.float64, names)
+
+
+def test_state_carried_across_segments():
+    ref, fast = pair(seed=7, num_layers=2)
+    x, _, _ = make_inputs(ref, T=8)
+    with torch.no_grad():
+        _, mid = ref(x[:3])
+        ref_out, ref_state = ref(x[3:], mid)
+        _, mid_fast = fast(x[:3])
+        fast_out, fast_state = fast(x[3:], mid_fast)
+    torch.testing.assert_close(fast_out, ref_out, **TOL[torch.float64])
+    for a, b in zip(fast_state, ref_state):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_dropout_masks_are_shared_and_results_identical(layer_norm):
+    ref, fast = pair(seed=8, num_layers=2, layer_norm=layer_norm, dropout=0.4, recurrent_dropout=0.3)
+    ref.train()
+    fast.train()
+    x, state, w = make_inputs(ref)
+    names = grad_names(ref, x, state)
+    torch.manual_seed(11)
+    r = run(ref, x, state, w)
+    torch.manual_seed(11)
+    f = run(fast, x, state, w)
+    assert_same(r, f, torch.float64, names)
+    # The masks do something: another seed, or eval mode, changes the result.
+    torch.manual_seed(12)
+    other = run(fast, x, state, w)
+    assert not torch.allclose(other[0], f[0])
+    fast.eval()
+    assert not torch.allclose(run(fast, x, state, w)[0], f[0])
+
+
+def test_recurrent_dropout_alone_matches_reference():
+    # Only the candidate mask (no inter-layer dropout): checks the mask is applied where the reference does.
+    ref, fast = pair(seed=9, recurrent_dropout=0.5)
+    x, state, w = make_inputs(ref)
+    names = grad_names(ref, x, state)
+    torch.manual_seed(3)
+    r = run(ref, x, state, w)
+    torch.manual_seed(3)
+    f = run(fast, x, state, w)
+    assert_same(r, f, torch.float64, names)
+    torch.manual_seed(3)
+    no_mask = run(fast.eval(), x, state, w)
+    assert not torch.allclose(no_mask[0], f[0])
+
+
+def test_eval_and_no_grad_path_matches_reference():
+    ref, fast = pair(seed=10, num_layers=2, dropout=0.3, recurrent_dropout=0.3)
+    ref.eval()
+    fast.eval()
+    x, state, _ = make_inputs(ref)
+    with torch.no_grad():
+        a, sa = ref(x, state)
+        b, sb = fast(x, state)
+    torch.testing.assert_close(b, a, **TOL[torch.float64])
+    for u, v in zip(sb, sa):
+        torch.testing.assert_close(u, v, **TOL[torch.float64])
+
+
+def function_inputs(layer_norm, masks, seed=0):
+    """Tiny float64 inputs of HyperLSTMLayerFunction: (x, h0, c0, hh0, hc0, masks, *params)."""
+    ref, _ = pair(seed=seed, input_size=3, hidden_size=4, hyper_size=3, embed_size=2, layer_norm=layer_norm)
+    cell = ref.cells[0]
+    g = torch.Generator().manual_seed(seed + 1)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    T, B = 3, 2
+    m = None
+    if masks:
+        m = (torch.rand(T, B, 4, generator=g, dtype=torch.float64) > 0.3).double() / 0.7
+    params = [getattr(cell, n) for n in PARAM_NAMES]
+    return cell, (rnd(T, B, 3), rnd(B, 4), rnd(B, 4), rnd(B, 3), rnd(B, 3), m, *params)
+
+
+@pytest.mark.parametrize("layer_norm,masks", [(True, False), (False, False), (True, True)])
+def test_gradcheck_layer_function_float64(layer_norm, masks):
+    cell, inputs = function_inputs(layer_norm, masks)
+
+    def f(*args):
+        return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *args)
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_core_backward_including_layer_norm_matches_autograd(layer_norm):
+    # The LSTM core alone: gate LN with per-gate gains (affine applied by hand), forget bias, cell LN.
+    torch.manual_seed(0)
+    B, n, eps, fb = 5, 6, 1e-5, 1.0
+    dbl = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    pre, c, dh, dc = dbl(B, 4, n), dbl(B, n), torch.randn(B, n, dtype=torch.float64), torch.randn(B, n,
+                                                                                                   dtype=torch.float64)
+    gain, shift, cgain, cshift = dbl(4, n), dbl(4, n), dbl(n), dbl(n)
+    mask = (torch.rand(B, n) > 0.5).double() * 2
+
+    # Autograd through the reference equations (as in HyperLSTMCell.step).
+    a = F.layer_norm(pre, (n,), eps=eps) * gain + shift if layer_norm else pre
+    i, g, f, o = a.unbind(1)
+    c_new = torch.sigmoid(f + fb) * c + torch.sigmoid(i) * torch.tanh(g) * mask
+    c_out = F.layer_norm(c_new, (n,), cgain, cshift, eps) if layer_norm else c_new
+    h = torch.sigmoid(o) * torch.tanh(c_out)
+    wrt = [pre, c] + ([gain, shift, cgain, cshift] if layer_norm else [])
+    want = torch.autograd.grad((h * dh).sum() + (c_new * dc).sum(), wrt)
+
+    with torch.no_grad():
+        core = _Core(n, layer_norm, eps, fb, gain, shift, cgain, cshift)
+        pre_nb = pre if layer_norm else pre + torch.tensor([0.0, 0.0, fb, 0.0], dtype=torch.float64).view(4, 1)
+        h2, c2 = core.forward(pre_nb, c, mask)
+        torch.testing.assert_close(h2, h, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(c2, c_new, rtol=1e-12, atol=1e-12)
+        grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+        dpre = torch.empty(B, 4, n, dtype=torch.float64)
+        dc_prev = core.backward(pre_nb, c, c2, mask, dh, dc, grads, dpre)
+    got = [dpre, dc_prev] + ([grads[k][0] for k in ("gain", "shift", "cell_gain", "cell_shift")] if layer_norm else [])
+    for name, u, v in zip(["pre", "c", "gain", "shift", "cell_gain", "cell_shift"], got, want):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_fast_is_default_and_switch_selects_the_path():
+    layer = HyperLSTM(3, 4, hyper_size=2, embed_size=1)
+    assert layer.fast
+    x = torch.randn(2, 1, 3)
+    assert type(layer(x)[0].grad_fn).__name__ == "HyperLSTMLayerFunctionBackward"
+    layer.fast = False
+    assert type(layer(x)[0].grad_fn).__name__ != "HyperLSTMLayerFunctionBackward"
+
+
+def test_double_backward_is_refused():
+    layer = randomize_(HyperLSTM(3, 4, hyper_size=2, embed_size=1).double())
+    x = torch.randn(2, 1, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
+
+
+def test_fast_saves_less_for_backward_than_reference():
+    ref, fast = pair(seed=12, input_size=8, hidden_size=32, hyper_size=8, embed_size=4)
+    x = torch.randn(20, 4, 8, dtype=torch.float64)
+
+    def saved(layer):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out, _ = layer(x)
+        out.sum().backward()
+        return sum(seen.values())
+
+    assert saved(fast) < 0.5 * saved(ref)
