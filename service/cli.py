@@ -40,6 +40,185 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- running jobs ------------------------------------------------------------------------------
+
+def _address(args: argparse.Namespace) -> str | None:
+    import os
+
+    return getattr(args, "address", None) or os.environ.get("RAY_ADDRESS") or None
+
+
+def _run_foreground(args: argparse.Namespace, spec) -> int:
+    from .runner import run_job
+
+    outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
+    print(json.dumps({"run_id": outcome.run_id, "tracking_uri": outcome.tracking_uri, "run_path": outcome.run_path,
+                      "status": "FINISHED" if outcome.ok else "FAILED",
+                      "metrics": {k: outcome.metrics[k] for k in sorted(outcome.metrics)}}, indent=2))
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Run a job. Without --address (and RAY_ADDRESS) it runs on a local Ray instance in the foreground,
+    printing progress, and exits 1 if the job fails. With --address http://HOST:8265 it is submitted
+    to that Ray cluster through the Jobs API (entrypoint `hyperctl run ...`, this project as the
+    working_dir); the submission id is printed and, unless --detach, its logs are followed until the
+    job ends, exiting with its status. Relaunching a job of the same name and storage resumes it
+    from its latest checkpoint, in the same MLflow run."""
+    from .preflight import check_job
+
+    spec = load_job(args.job, args.overrides)
+    address = _address(args)
+    if not address:
+        check_job(spec)
+        return _run_foreground(args, spec)
+    from .runner import follow_job, submit_to_cluster
+
+    check_job(spec)
+    submission_id = submit_to_cluster(address, args.job, args.overrides, spec)
+    print(f"submitted {spec.name!r} as {submission_id} to {address}")
+    print(f"  follow:  hyperctl logs {submission_id} -f --address {address}")
+    print(f"  stop:    hyperctl stop {submission_id} --address {address}")
+    if args.detach:
+        return EXIT_OK
+    status = follow_job(address, submission_id)
+    print(f"job {submission_id}: {status}")
+    return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The in-cluster entrypoint of a submitted job (also usable locally): run the job in the
+    foreground on the Ray instance at RAY_ADDRESS (a local one if unset)."""
+    from .spec import validate_job
+
+    if args.spec_json:
+        spec = validate_job(json.loads(args.spec_json), "--spec-json")
+    elif args.job:
+        spec = load_job(args.job, args.overrides)
+    else:
+        raise JobSpecError("run", ["give a job YAML file or --spec-json"])
+    return _run_foreground(args, spec)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Status of a submitted job (or of every job when no ID is given) on the Ray cluster."""
+    from .runner import job_client
+
+    client = job_client(_required_address(args))
+    if not args.id:
+        return cmd_list(args)
+    info = client.get_job_info(args.id)
+    print(json.dumps({"submission_id": args.id, "status": str(info.status.value), "message": info.message,
+                      "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time},
+                     indent=2))
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a submitted job's logs; with -f follow them until the job ends."""
+    from .runner import follow_job, job_client
+
+    address = _required_address(args)
+    if args.follow:
+        status = follow_job(address, args.id)
+        return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
+    print(job_client(address).get_job_logs(args.id), end="")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop a submitted job (its MLflow run is marked FAILED by the job itself when it can)."""
+    from .runner import job_client
+
+    stopped = job_client(_required_address(args)).stop_job(args.id)
+    print(f"{args.id}: {'stop requested' if stopped else 'not running'}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List jobs: the Ray cluster's submitted jobs with --address (or RAY_ADDRESS); otherwise the
+    MLflow runs of a local tracking store (--tracking-uri, or the sqlite store under --storage)."""
+    address = _address(args)
+    if address:
+        from .runner import job_client
+
+        jobs = sorted(job_client(address).list_jobs(), key=lambda j: j.start_time or 0)
+        print(f"{'SUBMISSION ID':<28} {'STATUS':<10} ENTRYPOINT")
+        for j in jobs:
+            print(f"{j.submission_id or j.job_id:<28} {j.status.value:<10} {j.entrypoint}")
+        return EXIT_OK
+    from .runner import list_runs
+
+    rows = list_runs(_tracking_uri(args))
+    print(f"{'RUN ID':<34} {'STATUS':<9} {'JOB':<28} {'STEP':>7} {'VALID BPC':>9} {'TEST BPC':>9}")
+    for r in rows:
+        fmt = lambda v: f"{v:9.4f}" if isinstance(v, float) else f"{'-':>9}"  # noqa: E731
+        print(f"{r['run_id']:<34} {r['status']:<9} {r['job']:<28} {r['step']:>7} {fmt(r['valid_bpc'])} "
+              f"{fmt(r['test_bpc'])}")
+    return EXIT_OK
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Start the MLflow UI on 127.0.0.1 for a job's tracking store (from JOB.yaml, --tracking-uri or
+    --storage). An http:// tracking URI is a server already: its address is printed."""
+    import subprocess
+
+    uri = _tracking_uri(args)
+    if uri.startswith(("http://", "https://")):
+        print(f"tracking server: {uri}")
+        return EXIT_OK
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        artifacts = str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    if artifacts:
+        cmd += ["--default-artifact-root", artifacts]
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _required_address(args: argparse.Namespace) -> str:
+    address = _address(args)
+    if not address:
+        raise JobSpecError("--address", ["no Ray cluster given: pass --address http://HOST:8265 or set RAY_ADDRESS"])
+    return address
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from .spec import JobSpec
+    from .tracking import tracking_uri_for
+
+    if getattr(args, "tracking_uri", None):
+        return args.tracking_uri
+    if getattr(args, "job", None):
+        return tracking_uri_for(load_job(args.job, []))
+    return tracking_uri_for(JobSpec.model_validate({"name": "x", "train": {"max_steps": 1},
+                                                    "storage": args.storage}))
+
+
+def _add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster dashboard address, e.g. http://127.0.0.1:8265 "
+                                     "(default: RAY_ADDRESS; token auth from ~/.ray/auth_token is used automatically)")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (sqlite:///..., http://...)")
+    p.add_argument("--storage", default="./runs",
+                   help="job storage folder whose sqlite store to read when no URI is given (default ./runs)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-cpus", type=float, default=None,
+                   help="CPUs of the local Ray instance (default: all); ignored on a cluster")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the workers' output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperctl",
@@ -57,6 +236,51 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_arguments(p)
     p.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("submit", help="run a job: locally in the foreground, or on a Ray cluster (--address)",
+                       description=cmd_submit.__doc__)
+    add_job_arguments(p)
+    _add_address(p)
+    p.add_argument("--detach", action="store_true", help="cluster: print the submission id and return")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("run", help="in-cluster entrypoint: run a job in the foreground", description=cmd_run.__doc__)
+    p.add_argument("job", nargs="?", help="job YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a spec field (repeatable)")
+    p.add_argument("--spec-json", help="the resolved spec as JSON (used for job files outside the project)")
+    _add_address(p)
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="status of a submitted job (all jobs without ID)", description=cmd_status.__doc__)
+    p.add_argument("id", nargs="?", help="submission id")
+    _add_address(p)
+    _add_store(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="print or follow a submitted job's logs", description=cmd_logs.__doc__)
+    p.add_argument("id", help="submission id")
+    p.add_argument("-f", "--follow", action="store_true", help="follow until the job ends; exit with its status")
+    _add_address(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a submitted job", description=cmd_stop.__doc__)
+    p.add_argument("id", help="submission id")
+    _add_address(p)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("list", help="list cluster jobs (--address) or local MLflow runs", description=cmd_list.__doc__)
+    _add_address(p)
+    _add_store(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("ui", help="start the MLflow UI for a job's tracking store", description=cmd_ui.__doc__)
+    p.add_argument("job", nargs="?", help="job YAML file whose tracking store to show")
+    _add_store(p)
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -1,0 +1,243 @@
+"""Run a job on Ray (a local instance, or the cluster this process runs in as a Ray job).
+
+:func:`run_job`: prepare the data, open the job's MLflow run, build a ``TorchTrainer`` and fit it,
+printing progress; the run is closed FINISHED or FAILED. Relaunching the same job (same storage
+and name) resumes from its latest checkpoint in the same MLflow run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from . import storage
+from .spec import JobSpec
+from .trainer import FAILURE_FILE, NonFiniteLossError, run_dir, train_loop_per_worker
+
+# Environment the workers need; values are passed through Ray's runtime_env and never printed.
+FORWARDED_ENV_PREFIXES = ("AWS_", "MLFLOW_")
+FORWARDED_ENV_NAMES = ("HYPERCTL_SUBMISSION_ID",)
+PROCESS_GROUP_TIMEOUT_S = 6 * 3600  # rank 0 evaluates whole splits while the others wait
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    tracking_uri: str
+    run_path: str
+    ok: bool
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    environ = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in environ.items()
+            if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV_NAMES}
+
+
+def absolute_storage(spec: JobSpec) -> JobSpec:
+    """Local storage as an absolute path: Ray workers run in other working directories."""
+    if storage.is_s3(spec.storage):
+        return spec
+    return spec.model_copy(update={"storage": str(Path(spec.storage).expanduser().resolve())})
+
+
+def _quiet_ray_logs() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
+    for name in ("ray", "ray.train", "ray.data", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS) if given, else start a local Ray instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    _quiet_ray_logs()
+    address = address or os.environ.get("RAY_ADDRESS")
+    common = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
+                  configure_logging=True)
+    if address:
+        # In-cluster (a Ray job's entrypoint): the job's runtime_env already carries the env vars.
+        ray.init(address=address, **common)
+    else:
+        # The dashboard stays on: Ray Train's state API (and `ray.util.state`) needs it.
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": forwarded_env()}, **common)
+
+
+def _delete(uri: str) -> None:
+    if storage.exists(uri):
+        fs, path = storage.filesystem_for(uri)
+        fs.delete_file(path)
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
+            out: TextIO = sys.stdout) -> RunOutcome:
+    """Run ``spec`` to completion (or failure) on Ray; returns the outcome (never raises for a failed job)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
+    from ray.util.queue import Queue
+
+    from . import data, preflight, tracking
+    from .progress import QueuePrinter
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    spec = absolute_storage(spec)
+    init_ray(address, num_cpus, verbose)
+    preflight.check_job(spec, available_cpus=ray.cluster_resources().get("CPU"))
+
+    say(f"[data]  preparing {spec.data.dataset or spec.data.train} ...")
+    prepared = data.prepare_data(spec, storage.join(spec.storage, "datasets"))
+    say(f"[data]  {prepared.root} ({len(prepared.vocab)} symbols, hash {prepared.content_hash[:12]})")
+
+    uri = tracking.tracking_uri_for(spec)
+    tags = {"ray.job_id": ray.get_runtime_context().get_job_id()}
+    if os.environ.get("HYPERCTL_SUBMISSION_ID"):
+        tags["ray.submission_id"] = os.environ["HYPERCTL_SUBMISSION_ID"]
+    run_id, resumed = tracking.open_run(spec, uri, tags)
+    tracking.log_job_files(uri, run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+                           storage.read_bytes(storage.join(prepared.root, "vocab.json")))
+    failure_file = storage.join(run_dir(spec), FAILURE_FILE)
+    _delete(failure_file)
+    say(f"[mlflow] run {run_id} ({'resumed' if resumed else 'new'}) in {tracking.redact(uri)}, "
+        f"experiment {spec.tracking.experiment!r}")
+
+    r = spec.resources
+    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        resources["GPU"] = r.gpus_per_worker
+    storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": prepared.root,
+                           "tracking_uri": uri, "run_id": run_id, "progress": queue},
+        torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo",
+                                 timeout_s=PROCESS_GROUP_TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+                             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING")),
+    )
+    error: str | None = None
+    try:
+        with QueuePrinter(queue, out):
+            result = trainer.fit()
+        if result.error:
+            raise result.error
+        if storage.exists(failure_file):
+            info = json.loads(storage.read_bytes(failure_file))
+            raise NonFiniteLossError(int(info["step"]), info["error"])
+    except KeyboardInterrupt:
+        error = "interrupted (KeyboardInterrupt)"
+        tracking.close_run(uri, run_id, error)
+        raise
+    except Exception as e:  # noqa: BLE001 - any training failure ends the run as FAILED
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        try:
+            ray.kill(queue.actor)
+        except Exception:
+            pass
+    tracking.close_run(uri, run_id, error)
+    outcome = RunOutcome(run_id=run_id, tracking_uri=uri, run_path=run_dir(spec), ok=error is None, error=error,
+                         metrics=tracking.describe_run(uri, run_id)["metrics"])
+    say(f"[mlflow] run {run_id}: {'FINISHED' if outcome.ok else 'FAILED'} (tracking URI {tracking.redact(uri)})")
+    if error:
+        say(f"[error] {error.strip().splitlines()[0] if error.strip() else error}")
+    return outcome
+
+
+# ---- Ray cluster (Jobs API) -------------------------------------------------------------------
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKING_DIR_EXCLUDES = [".venv", ".git", "runs", "mlruns", "mlartifacts", "*.db", "**/__pycache__",
+                        "**/datasets", ".pytest_cache", "bench"]
+
+
+def job_client(address: str):
+    """A JobSubmissionClient; token auth (RAY_AUTH_MODE=token) when ~/.ray/auth_token exists."""
+    from ray.job_submission import JobSubmissionClient
+
+    if "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return JobSubmissionClient(address)
+
+
+def entrypoint_for(job_path: str, overrides: list[str], spec: JobSpec) -> str:
+    """``python -m service run ...`` for the cluster: the job file by its path inside the project,
+    or the resolved spec inline when the file lives elsewhere."""
+    import shlex
+
+    path = Path(job_path).resolve()
+    if path.is_relative_to(PROJECT_ROOT):
+        sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+        return f"python -m service run {shlex.quote(str(path.relative_to(PROJECT_ROOT)))}{sets}"
+    return f"python -m service run --spec-json {shlex.quote(json.dumps(spec.model_dump(mode='json')))}"
+
+
+def submit_to_cluster(address: str, job_path: str, overrides: list[str], spec: JobSpec) -> str:
+    """Submit the job to the cluster's Jobs API; returns the submission id."""
+    import uuid
+
+    submission_id = f"hyperctl-{spec.name}-{uuid.uuid4().hex[:8]}"
+    env = {**forwarded_env(), "HYPERCTL_SUBMISSION_ID": submission_id}
+    return job_client(address).submit_job(
+        entrypoint=entrypoint_for(job_path, overrides, spec), submission_id=submission_id,
+        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env},
+        metadata={"hyperctl.job": spec.name})
+
+
+def follow_job(address: str, submission_id: str, out: TextIO = sys.stdout) -> str:
+    """Stream a job's logs until it ends; returns its final status (e.g. SUCCEEDED, FAILED, STOPPED)."""
+    import asyncio
+
+    client = job_client(address)
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(submission_id):
+            print(lines, end="", file=out, flush=True)
+
+    asyncio.run(tail())
+    return str(client.get_job_status(submission_id).value)
+
+
+def list_runs(uri: str) -> list[dict[str, Any]]:
+    """The runs of every experiment in a tracking store, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import TAG_JOB
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    rows = []
+    for run in client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=200):
+        m = run.data.metrics
+        steps = [h.step for h in client.get_metric_history(run.info.run_id, "train_bpc")] if "train_bpc" in m else []
+        rows.append({"run_id": run.info.run_id, "status": run.info.status,
+                     "job": run.data.tags.get(TAG_JOB, run.info.run_name or ""), "step": max(steps, default=0),
+                     "valid_bpc": m.get("final_valid_bpc", m.get("valid_bpc")), "test_bpc": m.get("test_bpc")})
+    return rows
+
+
+__all__ = ["RunOutcome", "absolute_storage", "entrypoint_for", "follow_job", "forwarded_env", "init_ray",
+           "job_client", "list_runs", "run_job", "submit_to_cluster"]

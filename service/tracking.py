@@ -1,0 +1,216 @@
+"""MLflow tracking: exactly one run per job, whose id survives restarts and relaunches.
+
+* The driver (:mod:`service.runner`) calls :func:`open_run`: it reads the run id stored in
+  ``<storage>/<name>/mlflow_run_id`` (reusing that run on a relaunch) or creates the run and
+  writes the file. Params are the flattened spec; tags: job name, git commit, Ray job id.
+* Rank 0 of the training workers logs into that run id with a :class:`MetricBuffer`: metrics are
+  buffered and flushed only right after a checkpoint has been reported, so everything in MLflow is
+  covered by a checkpoint. After a crash the resumed run recomputes the same steps; the buffer also
+  skips any step already logged for a key (a crash between flush and checkpoint registration), so
+  metric steps stay strictly increasing with no duplicates.
+* The driver ends the run with :func:`close_run` (FINISHED, or FAILED with the error as a tag).
+
+Credentials never reach MLflow: URIs are stripped of user-info before they become params or tags,
+and no environment variable is logged.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from . import storage
+from .spec import JobSpec
+
+RUN_ID_FILE = "mlflow_run_id"
+TAG_JOB = "hyperctl.job"
+TAG_ERROR = "hyperctl.error"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_MAX_TAG = 5000
+
+
+def redact(value: Any) -> Any:
+    """``s3://key:secret@host/x`` -> ``s3://***@host/x``; other values unchanged."""
+    return _USERINFO.sub("***@", value) if isinstance(value, str) else value
+
+
+def local_state_dir(spec: JobSpec) -> str:
+    """Local folder for the tracking store: the storage folder when local, else ``~/.hyperctl``."""
+    if storage.is_s3(spec.storage):
+        return str(Path.home() / ".hyperctl")
+    return str(Path(spec.storage).expanduser().resolve())
+
+
+def tracking_uri_for(spec: JobSpec) -> str:
+    """The job's MLflow tracking URI: ``tracking.uri`` or an absolute ``sqlite:///.../mlflow.db``."""
+    if spec.tracking.uri:
+        uri = spec.tracking.uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
+        return uri
+    return "sqlite:///" + str(Path(local_state_dir(spec)) / "mlflow.db")
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):  # artifacts beside the database, never relative to a worker's cwd
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _params(spec: JobSpec) -> dict[str, str]:
+    return {k: str(redact(v)) for k, v in spec.flat().items()}
+
+
+def open_run(spec: JobSpec, uri: str, tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """Find or create the job's MLflow run; returns ``(run_id, resumed)``.
+
+    The run id lives in ``<storage>/<name>/mlflow_run_id``. A relaunch reuses that run (set back to
+    RUNNING) if the tracking store still has it and its params match the spec.
+    """
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    from .spec import JobSpecError
+
+    client = _client(uri)
+    id_file = storage.join(spec.storage, spec.name, RUN_ID_FILE)
+    params = _params(spec)
+    if storage.exists(id_file):
+        run_id = storage.read_bytes(id_file).decode().strip()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is not None:
+            old = run.data.params
+            changed = sorted(k for k in params if k in old and old[k] != params[k])
+            if changed:
+                raise JobSpecError(spec.name, [
+                    f"{storage.join(spec.storage, spec.name)} holds a run of this name with a different spec "
+                    f"({', '.join(f'{k}: {old[k]} -> {params[k]}' for k in changed[:5])}); "
+                    f"resuming it would mix two jobs: choose another name or remove that folder"])
+            client.update_run(run_id, status="RUNNING")
+            if TAG_ERROR in run.data.tags:
+                client.delete_tag(run_id, TAG_ERROR)
+            _set_tags(client, run_id, tags or {})
+            return run_id, True
+    experiment_id = _experiment_id(client, uri, spec.tracking.experiment)
+    all_tags = {TAG_JOB: spec.name, "mlflow.runName": spec.name, **(tags or {})}
+    commit = git_commit()
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(experiment_id, run_name=spec.name, tags={k: str(redact(v)) for k, v in all_tags.items()})
+    run_id = run.info.run_id
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+    storage.write_bytes_atomic(id_file, run_id.encode())
+    return run_id, False
+
+
+def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(redact(v))[:_MAX_TAG]) for k, v in tags.items()])
+
+
+def close_run(uri: str, run_id: str, error: str | None = None) -> None:
+    """Mark the run FINISHED, or FAILED with ``error`` as a tag."""
+    client = _client(uri)
+    if error is None:
+        client.set_terminated(run_id, "FINISHED")
+    else:
+        client.set_tag(run_id, TAG_ERROR, redact(error)[-_MAX_TAG:])
+        client.set_terminated(run_id, "FAILED")
+
+
+class MetricBuffer:
+    """Rank 0's metric log: ``add`` buffers, ``flush`` writes to MLflow (call it after a checkpoint).
+
+    Steps at or below the last step MLflow already holds for a key are dropped, so a resumed run
+    never writes a step twice.
+    """
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client, self.run_id = _client(uri), run_id
+        self.pending: list[tuple[str, float, int, int]] = []
+        run = self.client.get_run(run_id)
+        self.last_step: dict[str, int] = {}
+        for key in run.data.metrics:
+            history = self.client.get_metric_history(run_id, key)
+            self.last_step[key] = max(m.step for m in history) if history else -1
+
+    def add(self, step: int, **metrics: float) -> None:
+        now = int(time.time() * 1000)
+        self.pending.extend((k, float(v), now, step) for k, v in metrics.items())
+
+    def flush(self) -> None:
+        from mlflow.entities import Metric
+
+        batch = []
+        for key, value, ts, step in self.pending:
+            if step > self.last_step.get(key, -1):
+                batch.append(Metric(key, value, ts, step))
+                self.last_step[key] = step
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+        self.pending.clear()
+
+    def history(self, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(self.run_id, key),
+                                                   key=lambda m: m.step)]
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, local_path, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, **tags: Any) -> None:
+        _set_tags(self.client, self.run_id, {k: str(v) for k, v in tags.items()})
+
+
+def log_job_files(uri: str, run_id: str, resolved_yaml: str, vocab_json: bytes) -> None:
+    """Driver-side artifacts: the resolved job YAML and the vocabulary."""
+    client = _client(uri)
+    client.log_text(run_id, resolved_yaml, "job.yaml")
+    client.log_text(run_id, vocab_json.decode("utf-8"), "vocab.json")
+
+
+def describe_run(uri: str, run_id: str) -> dict[str, Any]:
+    run = _client(uri).get_run(run_id)
+    return {"run_id": run_id, "status": run.info.status, "metrics": dict(run.data.metrics),
+            "artifact_uri": run.info.artifact_uri}
+
+
+__all__ = ["MetricBuffer", "close_run", "describe_run", "git_commit", "local_state_dir", "log_job_files",
+           "open_run", "redact", "tracking_uri_for"]
