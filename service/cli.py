@@ -74,7 +74,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _run_foreground(args, spec)
     from .runner import follow_job, submit_to_cluster
 
-    check_job(spec)
+    # The cluster's resources are checked by `hyperctl run` there; here only the rest.
+    check_job(spec, available_cpus=float("inf"), available_gpus=float("inf"))
     submission_id = submit_to_cluster(address, args.job, args.overrides, spec)
     print(f"submitted {spec.name!r} as {submission_id} to {address}")
     print(f"  follow:  hyperctl logs {submission_id} -f --address {address}")

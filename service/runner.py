@@ -98,7 +98,8 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
 
     spec = absolute_storage(spec)
     init_ray(address, num_cpus, verbose)
-    preflight.check_job(spec, available_cpus=ray.cluster_resources().get("CPU"))
+    cluster = ray.cluster_resources()
+    preflight.check_job(spec, available_cpus=cluster.get("CPU", 0.0), available_gpus=cluster.get("GPU", 0.0))
 
     say(f"[data]  preparing {spec.data.dataset or spec.data.train} ...")
     prepared = data.prepare_data(spec, storage.join(spec.storage, "datasets"))

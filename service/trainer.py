@@ -130,7 +130,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         """Bits per character on rank 0's unwrapped model; the value is broadcast to every rank
         (the other ranks wait there), except at the end, when only rank 0 is left."""
         ids = ids[:cap + 1] if cap else ids
-        value = torch.zeros(1, dtype=torch.float64)
+        value = torch.zeros(1, dtype=torch.float64, device=device)
         if rank == 0:
             value[0] = bits_per_char(model, ids, batch_size=spec.data.eval_batch_size, seq_len=T)
         if broadcast and world > 1:
@@ -175,10 +175,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # One small all-reduce: global loss and token count, and whether any rank went non-finite.
         loss_value, norm_value = float(loss_sum.detach()), float(grad_norm)
         stats = torch.tensor([loss_value, n_tokens, float(not (math.isfinite(loss_value) and math.isfinite(norm_value)))],
-                             dtype=torch.float64)
+                             dtype=torch.float64, device=device)
         if world > 1:
             dist.all_reduce(stats)
-        if stats[2] > 0:
+        global_loss, global_tokens, bad_ranks = stats.tolist()
+        if bad_ranks > 0:
             message = (f"non-finite loss or gradient at step {pos.step + 1} (epoch {pos.epoch}, segment "
                        f"{pos.segment}): training stopped; the last checkpoint is kept")
             if rank == 0:
@@ -188,7 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return
         optimizer.step()
         pos.step, pos.segment = pos.step + 1, pos.segment + 1
-        win_loss, win_tokens = win_loss + float(stats[0]), win_tokens + float(stats[1])
+        win_loss, win_tokens = win_loss + global_loss, win_tokens + global_tokens
         win_time, win_steps = win_time + time.perf_counter() - t0, win_steps + 1
 
         if pos.step % tr.log_every == 0 or pos.step == total_steps:
