@@ -1,4 +1,4 @@
-"""Training throughput of LSTM, LayerNormLSTM and HyperLSTM, side by side in one process.
+"""Training throughput of LSTM, LayerNormLSTM and HyperLSTM (reference and fast path), side by side.
 
 Measures training tokens/s (forward, backward, Adam step) of one recurrent layer plus a linear
 read-out at (hidden, batch) sizes, sequence length 100, and peak memory (CPU: the allocator's
@@ -32,7 +32,8 @@ def make_cells(hidden: int, input_size: int) -> dict[str, torch.nn.Module]:
     return {
         "lstm": LSTM(input_size, hidden),
         "ln_lstm": LayerNormLSTM(input_size, hidden),
-        "hyperlstm": HyperLSTM(input_size, hidden, hyper_size=128, embed_size=4, layer_norm=True),
+        "hyperlstm": HyperLSTM(input_size, hidden, hyper_size=128, embed_size=4, layer_norm=True, fast=False),
+        "hyperlstm_fast": HyperLSTM(input_size, hidden, hyper_size=128, embed_size=4, layer_norm=True, fast=True),
     }
 
 

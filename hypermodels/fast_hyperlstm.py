@@ -24,6 +24,9 @@ masks under one seed. Double backward is not supported (use ``fast=False``).
 """
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,6 +47,39 @@ PARAM_NAMES = ("weight_ih", "weight_hh", "bias", "hyper_weight_ih", "hyper_weigh
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 
+# Which implementation of the per-step element-wise work runs on the CPU: "fused" (the C++ kernels of
+# csrc/hyperlstm_cell.cpp, compiled on first use, ~30 s, cached by torch in ~/.cache/torch_extensions),
+# "python" (ATen ops from Python, below), or "auto" (fused if it builds, else python with a warning).
+# Both compute the same equations; the tests run both against the reference layer.
+BACKEND = os.environ.get("HYPERMODELS_FAST_BACKEND", "auto")
+_EXTENSION: object | None = None
+_EXTENSION_ERROR: str | None = None
+
+
+def fused_extension():
+    """The compiled fused kernels, or None when unavailable and :data:`BACKEND` allows the Python path."""
+    global _EXTENSION, _EXTENSION_ERROR
+    if BACKEND == "python":
+        return None
+    if _EXTENSION is None and _EXTENSION_ERROR is None:
+        try:
+            from torch.utils.cpp_extension import load
+
+            flags = ["-O3", "-ffast-math"]  # fast-math at compile time only: vectorised exp/tanh (libmvec)
+            if os.uname().machine in ("x86_64", "AMD64"):
+                flags += ["-mavx2", "-mfma"]
+            _EXTENSION = load(name="hypermodels_hyperlstm_cell_v1",
+                              sources=[str(Path(__file__).with_name("csrc") / "hyperlstm_cell.cpp")],
+                              extra_cflags=flags, verbose=False)
+        except Exception as exc:  # no compiler, no ninja, read-only cache, ...
+            _EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
+            if BACKEND != "fused":
+                warnings.warn(f"fast HyperLSTM: fused C++ kernels unavailable, using the Python path "
+                              f"({_EXTENSION_ERROR[:300]})", RuntimeWarning, stacklevel=3)
+    if _EXTENSION is None and BACKEND == "fused":
+        raise RuntimeError(f"fast HyperLSTM: fused C++ kernels unavailable: {_EXTENSION_ERROR}")
+    return _EXTENSION
+
 
 # ----------------------------------------------------------------------------------------------------
 # The LSTM core shared by the main and the hyper cell: from gate pre-activations to (h, c).
@@ -57,11 +93,12 @@ class _Core:
     layer norm all are None and the forget bias lives in the gate bias (see :func:`_forward_loop`).
     """
 
-    def __init__(self, size: int, ln: bool, eps: float, forget_bias: float, gain, shift, cell_gain, cell_shift):
-        self.size, self.ln, self.eps = size, ln, eps
-        self.gain, self.cell_gain, self.cell_shift = gain, cell_gain, cell_shift
-        self.shift = None
+    def __init__(self, size: int, ln: bool, eps: float, forget_bias: float, gain, shift, cell_gain, cell_shift,
+                 ext=None):
+        self.size, self.ln, self.eps, self.ext = size, ln, eps, ext
+        self.gain = self.shift = self.cell_gain = self.cell_shift = None  # the kernels read "gain given" as LN
         if ln:
+            self.gain, self.cell_gain, self.cell_shift = gain, cell_gain, cell_shift
             shift = shift.clone()
             shift[2] += forget_bias  # after LN, as the reference (LN would cancel it before)
             self.shift = shift
@@ -87,6 +124,30 @@ class _Core:
         c_out = F.layer_norm(c_new, (self.size,), self.cell_gain, self.cell_shift, self.eps) if self.ln else c_new
         h = torch.mul(sig[:, 3], torch.tanh(c_out), out=h_out) if h_out is not None else sig[:, 3] * torch.tanh(c_out)
         return h, c_new
+
+    def fused_forward(self, pre: Tensor, c: Tensor, mask: Tensor | None, h_out: Tensor, main=None):
+        """:meth:`forward` in one C++ call. ``main = (u, d, wx, b0)``: the main cell, whose ``pre`` the
+        kernel computes (and writes into ``pre``) as ``d_h * u + d_x * wx + dyn. bias + b0``."""
+        c_new = torch.empty_like(c)
+        u, d, wx, b0 = main if main is not None else (None, None, None, None)
+        self.ext.core_forward(pre, u, d, wx, b0, c, mask, self.gain, self.shift, self.cell_gain, self.cell_shift,
+                              self.eps, c_new, h_out)
+        return h_out, c_new
+
+    def fused_backward(self, pre: Tensor, c_prev: Tensor, c_new: Tensor, mask: Tensor | None, dh: Tensor,
+                       dc: Tensor | None, acc: dict, dpre_out: Tensor, main=None) -> Tensor:
+        """:meth:`backward` in one C++ call; LN gradients are added into the ``(B, ·)`` buffers of ``acc``.
+
+        ``main = (u, d, wx, dd, dwx_out)``: the main cell; then ``dpre_out`` receives ``dpre * d_h``
+        (the gradient of ``u``), ``dd`` ``(3, 4, B, H)`` those of ``d_h, d_x`` and the dynamic bias, ``dwx_out``
+        that of ``wx``, and ``acc["bias"]`` accumulates ``dpre``.
+        """
+        dc_prev = torch.empty_like(c_prev)
+        u, d, wx, dd, dwx = main if main is not None else (None, None, None, None, None)
+        self.ext.core_backward(pre, c_prev, c_new, mask, self.gain, self.shift, self.cell_gain, self.cell_shift,
+                               self.eps, dh, dc, dc_prev, dpre_out, u, d, wx, dd, dwx, acc.get("gain"),
+                               acc.get("shift"), acc.get("cell_gain"), acc.get("cell_shift"), acc.get("bias"))
+        return dc_prev
 
     def backward(self, pre: Tensor, c_prev: Tensor, c_new: Tensor, mask: Tensor | None,
                  dh: Tensor, dc: Tensor | None, grads: dict, dpre_out: Tensor):
@@ -143,8 +204,10 @@ class _Core:
 class _Prepared:
     """Views and constants of one layer's parameters for a call (shapes in the comments)."""
 
-    def __init__(self, params: dict, H: int, Hh: int, forget_bias: float, eps: float):
+    def __init__(self, params: dict, H: int, Hh: int, forget_bias: float, eps: float, device: torch.device):
         p = params
+        # The fused kernels are CPU code; elsewhere (CUDA) the ATen path runs.
+        self.ext = ext = fused_extension() if device.type == "cpu" else None
         self.ln = ln = p["ln_weight"] is not None
         Nz = p["d_weight"].shape[-1]
         self.H, self.Hh, self.Nz = H, Hh, Nz
@@ -165,20 +228,22 @@ class _Prepared:
         self.zb = torch.cat([p["z_bias"].reshape(-1), p["z_bias"].new_zeros(GATES * Nz)])  # (12Nz,)
         self.Dw = p["d_weight"].reshape(3 * GATES, H, Nz)                  # (12, H, Nz)
         self.DwT = self.Dw.transpose(1, 2).contiguous()                    # (12, Nz, H): wide rows for the bmm
-        # d = W_.z z (+ b_0 on the dynamic-bias rows): one batched product for d_h, d_x and the bias.
-        d_bias = bias.new_zeros(3, GATES, 1, H)
-        d_bias[2] = bias.view(GATES, 1, H)
-        self.d_bias = d_bias.view(3 * GATES, 1, H)                         # (12, 1, H)
+        # b_0 is added to pre separately: as a broadcast bias of the d product (baddbmm) it cost a
+        # (12, B, H) copy per step, slower than the product itself.
+        self.bias = bias.view(GATES, H)                                    # (4, H)
         self.main = _Core(H, ln, eps, forget_bias, p["ln_weight"], p["ln_bias"], p["ln_cell_weight"],
-                          p["ln_cell_bias"])
+                          p["ln_cell_bias"], ext)
         self.hyper = _Core(Hh, ln, eps, forget_bias, p["hyper_ln_weight"], p["hyper_ln_bias"],
-                           p["hyper_ln_cell_weight"], p["hyper_ln_cell_bias"])
+                           p["hyper_ln_cell_weight"], p["hyper_ln_cell_bias"], ext)
 
-    def scales(self, z: Tensor) -> Tensor:
-        """``z`` ``(B, 12Nz)`` -> ``d`` ``(3, 4, B, H)``: d_h, d_x and the dynamic bias (incl. b_0) per gate."""
-        B = z.shape[0]
-        d = torch.baddbmm(self.d_bias, z.view(B, 3 * GATES, self.Nz).transpose(0, 1), self.DwT)
-        return d.view(3, GATES, B, self.H)
+    def scales(self, z: Tensor, parts: int = 3) -> Tensor:
+        """``z`` ``(B, 12Nz)`` -> ``d`` ``(parts, 4, B, H)``: d_h, d_x and the dynamic bias (without b_0).
+
+        ``parts=2`` computes only d_h and d_x (backward does not need the dynamic bias).
+        """
+        B, n = z.shape[0], parts * GATES
+        d = torch.bmm(z.view(B, 3 * GATES, self.Nz).transpose(0, 1)[:n], self.DwT[:n])
+        return d.view(parts, GATES, B, self.H)
 
 
 def _forward_loop(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None,
@@ -200,16 +265,24 @@ def _forward_loop(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks
     for t in range(T):
         # Hyper cell on x̂ = [h_{t-1}, x_t] (Eq. 10).
         hpre = torch.addmm(torch.addmm(hwx[t], h, hW_hT), hh, hW_hhT).view(B, GATES, Hh)
-        hh, hc = P.hyper.forward(hpre, hc, None)
+        if P.ext is not None:
+            hh, hc = P.hyper.fused_forward(hpre, hc, None, torch.empty_like(hc))
+        else:
+            hh, hc = P.hyper.forward(hpre, hc, None)
         # Embeddings (Eq. 11) and scaling vectors (Eq. 12).
         z = torch.addmm(P.zb, hh, ZwT)
         d = P.scales(z)
-        # Main cell (Eq. 12-13). u first so that pre is contiguous (B, 4, H).
+        # Main cell (Eq. 12-13).
         u = torch.mm(h, W_hT)
-        pre = u.view(B, GATES, H) * d[0].transpose(0, 1)
-        pre.addcmul_(d[1].transpose(0, 1), wx[t])
-        pre.add_(d[2].transpose(0, 1))
-        h, c = P.main.forward(pre, c, None if masks is None else masks[t], h_out=out[t])
+        mask = None if masks is None else masks[t]
+        if P.ext is not None:
+            pre = u.new_empty(B, GATES, H)
+            h, c = P.main.fused_forward(pre, c, mask, out[t], main=(u, d, wx[t], P.bias))
+        else:  # u first so that pre is contiguous (B, 4, H)
+            pre = u.view(B, GATES, H) * d[0].transpose(0, 1)
+            pre.addcmul_(d[1].transpose(0, 1), wx[t])
+            pre.add_(d[2].transpose(0, 1)).add_(P.bias)
+            h, c = P.main.forward(pre, c, mask, h_out=out[t])
         if save:
             for k, v in (("u", u), ("pre", pre), ("c", c), ("z", z), ("hpre", hpre), ("hc", hc), ("hh", hh)):
                 saved[k].append(v)
@@ -232,7 +305,9 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
     def forward(ctx, forget_bias, eps, x, h0, c0, hh0, hc0, masks, *params):
         p = dict(zip(PARAM_NAMES, params))
         H, Hh = h0.shape[1], hh0.shape[1]
-        P = _Prepared(p, H, Hh, forget_bias, eps)
+        P = _Prepared(p, H, Hh, forget_bias, eps, x.device)
+        x, h0, c0, hh0, hc0 = (t.contiguous() for t in (x, h0, c0, hh0, hc0))
+        masks = None if masks is None else masks.contiguous()
         out, c, hh, hc, saved = _forward_loop(x, h0, c0, hh0, hc0, masks, P, save=True)
         T = x.shape[0]
         ctx.meta = (forget_bias, eps, T)
@@ -250,7 +325,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         saved = {k: flat[i * T:(i + 1) * T] for i, k in enumerate(_SAVED_KEYS)}
         p = dict(zip(PARAM_NAMES, params))
         H, Hh = h0.shape[1], hh0.shape[1]
-        P = _Prepared(p, H, Hh, forget_bias, eps)
+        P = _Prepared(p, H, Hh, forget_bias, eps, x.device)
         B, G = x.shape[1], GATES
         Nz = P.Nz
 
@@ -266,25 +341,42 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         dbias_steps = []
         main_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
         hyper_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+        fused = P.ext is not None
+        if fused:  # the kernels add LN and bias gradients into per-row buffers, summed after the loop
+            main_acc = {"bias": x.new_zeros(B, G * H)}
+            hyper_acc = {}
+            if P.ln:
+                main_acc.update(gain=x.new_zeros(B, G * H), shift=x.new_zeros(B, G * H),
+                                cell_gain=x.new_zeros(B, H), cell_shift=x.new_zeros(B, H))
+                hyper_acc.update(gain=x.new_zeros(B, G * Hh), shift=x.new_zeros(B, G * Hh),
+                                 cell_gain=x.new_zeros(B, Hh), cell_shift=x.new_zeros(B, Hh))
 
+        def contiguous(t):
+            return None if t is None else t.contiguous()
+
+        # An expanded gradient (e.g. from out.sum()) sends addmm down a slow path (25x): materialise it.
+        dout = contiguous(dout)
         dh = dhT if dout is None else (dout[T - 1] if dhT is None else dout[T - 1] + dhT)
-        if dh is None:
-            dh = h0.new_zeros(B, H)
-        dc, dhh, dhc = dcT, dhhT, dhcT
+        dh = h0.new_zeros(B, H) if dh is None else dh.contiguous()
+        dc, dhh, dhc = contiguous(dcT), contiguous(dhhT), contiguous(dhcT)
         for t in range(T - 1, -1, -1):
             c_prev = c0 if t == 0 else saved["c"][t - 1]
             hc_prev = hc0 if t == 0 else saved["hc"][t - 1]
             mask = None if masks is None else masks[t]
-            # Main cell: gates, LN, cell state.
-            dc = P.main.backward(saved["pre"][t], c_prev, saved["c"][t], mask, dh, dc, main_grads, dpre)
-            # pre = d_h * u + d_x * wx + dynamic bias.
             z = saved["z"][t]
-            d = P.scales(z)
-            torch.mul(dd[2], saved["u"][t].view(B, G, H).transpose(0, 1), out=dd[0])
-            torch.mul(dd[2], wx[t].transpose(0, 1), out=dd[1])
-            dbias_steps.append(dd[2].sum(1))
-            torch.mul(dpre, d[0].transpose(0, 1), out=DU[t].view(B, G, H))
-            torch.mul(dpre, d[1].transpose(0, 1), out=DWX[t].view(B, G, H))
+            d = P.scales(z, parts=2)
+            if fused:  # gates, LN, cell state and pre = d_h * u + d_x * wx + dyn. bias + b0 in one call
+                dc = P.main.fused_backward(saved["pre"][t], c_prev, saved["c"][t], mask, dh, dc, main_acc,
+                                           DU[t], main=(saved["u"][t], d, wx[t], dd, DWX[t]))
+            else:
+                # Main cell: gates, LN, cell state.
+                dc = P.main.backward(saved["pre"][t], c_prev, saved["c"][t], mask, dh, dc, main_grads, dpre)
+                # pre = d_h * u + d_x * wx + dynamic bias.
+                torch.mul(dd[2], saved["u"][t].view(B, G, H).transpose(0, 1), out=dd[0])
+                torch.mul(dd[2], wx[t].transpose(0, 1), out=dd[1])
+                dbias_steps.append(dd[2].sum(1))
+                torch.mul(dpre, d[0].transpose(0, 1), out=DU[t].view(B, G, H))
+                torch.mul(dpre, d[1].transpose(0, 1), out=DWX[t].view(B, G, H))
             # d = W_.z z per (k, gate): dz = W_.z^T dd; dW_.z += dd^T z.
             dd12 = dd.view(3 * G, B, H)
             z12 = z.view(B, 3 * G, Nz).transpose(0, 1)
@@ -294,8 +386,12 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
             # z = Zw hh + zb.
             dhh = torch.mm(DZ[t], P.Zw) if dhh is None else torch.addmm(dhh, DZ[t], P.Zw)
             # Hyper cell.
-            dhc = P.hyper.backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_grads,
-                                   DHP[t].view(B, G, Hh))
+            if fused:
+                dhc = P.hyper.fused_backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_acc,
+                                             DHP[t])
+            else:
+                dhc = P.hyper.backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_grads,
+                                       DHP[t].view(B, G, Hh))
             # Into the previous step: h_{t-1} feeds u (main) and x̂ (hyper); hh_{t-1} feeds the hyper cell.
             dh_prev = torch.mm(DU[t], P.W_h) if t == 0 or dout is None else torch.addmm(dout[t - 1], DU[t], P.W_h)
             dh = dh_prev.addmm_(DHP[t], P.hW_h)
@@ -311,7 +407,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         grads = {
             "weight_ih": DWX.t() @ xf,
             "weight_hh": DU.t() @ h_prev,
-            "bias": torch.stack(dbias_steps).sum(0).view(-1),
+            "bias": main_acc["bias"].sum(0) if fused else torch.stack(dbias_steps).sum(0).view(-1),
             "hyper_weight_ih": torch.cat([DHP.t() @ h_prev, DHP.t() @ xf], dim=1),
             "hyper_weight_hh": DHP.t() @ hh_prev,
             "hyper_bias": DHP.sum(0),
@@ -319,7 +415,13 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
             "z_bias": DZ.sum(0)[:2 * G * Nz].view_as(p["z_bias"]),
             "d_weight": dDwT.transpose(1, 2).reshape(p["d_weight"].shape),
         }
-        if P.ln:
+        if P.ln and fused:
+            for prefix, acc, n in (("", main_acc, H), ("hyper_", hyper_acc, Hh)):
+                grads[prefix + "ln_weight"] = acc["gain"].sum(0).view(G, n)
+                grads[prefix + "ln_bias"] = acc["shift"].sum(0).view(G, n)
+                grads[prefix + "ln_cell_weight"] = acc["cell_gain"].sum(0)
+                grads[prefix + "ln_cell_bias"] = acc["cell_shift"].sum(0)
+        elif P.ln:
             for prefix, g in (("", main_grads), ("hyper_", hyper_grads)):
                 grads[prefix + "ln_weight"] = torch.stack(g["gain"]).sum(0)
                 grads[prefix + "ln_bias"] = torch.stack(g["shift"]).sum(0)
@@ -345,7 +447,9 @@ def layer_forward(cell: HyperLSTMCell, x: Tensor, h0: Tensor, c0: Tensor, hh0: T
         return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *tensors)
     with torch.no_grad():
         P = _Prepared(dict(zip(PARAM_NAMES, params)), cell.hidden_size, cell.hyper_size, cell.forget_bias,
-                      cell.eps)
+                      cell.eps, x.device)
+        h0, c0, hh0, hc0 = (t.contiguous() for t in (h0, c0, hh0, hc0))
+        masks = None if masks is None else masks.contiguous()
         out, c, hh, hc, _ = _forward_loop(x, h0, c0, hh0, hc0, masks, P, save=False)
     return out, out[-1], c, hh, hc
 

@@ -11,10 +11,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import hypermodels.fast_hyperlstm as fh
 from hypermodels import HyperLSTM, HyperLSTMState
 from hypermodels.fast_hyperlstm import PARAM_NAMES, HyperLSTMLayerFunction, _Core
 
 TOL = {torch.float64: dict(rtol=1e-6, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+@pytest.fixture(autouse=True, params=["python", "fused"])
+def backend(request, monkeypatch):
+    """Every test runs with the ATen (Python) element-wise path and with the fused C++ kernels."""
+    monkeypatch.setattr(fh, "BACKEND", request.param)
+    if request.param == "fused":
+        try:
+            fh.fused_extension()
+        except RuntimeError as exc:  # no compiler here: the Python path is what runs
+            pytest.skip(str(exc)[:200])
+    return request.param
 
 
 def randomize_(module, seed=0, scale=0.3):
@@ -202,7 +215,7 @@ def test_gradcheck_layer_function_float64(layer_norm, masks):
 
 
 @pytest.mark.parametrize("layer_norm", [True, False])
-def test_core_backward_including_layer_norm_matches_autograd(layer_norm):
+def test_core_backward_including_layer_norm_matches_autograd(layer_norm, backend):
     # The LSTM core alone: gate LN with per-gate gains (affine applied by hand), forget bias, cell LN.
     torch.manual_seed(0)
     B, n, eps, fb = 5, 6, 1e-5, 1.0
@@ -221,16 +234,25 @@ def test_core_backward_including_layer_norm_matches_autograd(layer_norm):
     wrt = [pre, c] + ([gain, shift, cgain, cshift] if layer_norm else [])
     want = torch.autograd.grad((h * dh).sum() + (c_new * dc).sum(), wrt)
 
+    names = ("gain", "shift", "cell_gain", "cell_shift")
     with torch.no_grad():
-        core = _Core(n, layer_norm, eps, fb, gain, shift, cgain, cshift)
+        core = _Core(n, layer_norm, eps, fb, gain, shift, cgain, cshift, ext=fh.fused_extension())
         pre_nb = pre if layer_norm else pre + torch.tensor([0.0, 0.0, fb, 0.0], dtype=torch.float64).view(4, 1)
-        h2, c2 = core.forward(pre_nb, c, mask)
+        pre_nb = pre_nb.contiguous()
+        dpre = torch.empty(B, 4, n, dtype=torch.float64)
+        if backend == "fused":
+            h2, c2 = core.fused_forward(pre_nb, c, mask, torch.empty_like(c))
+            acc = {k: torch.zeros(B, 4 * n if k in ("gain", "shift") else n, dtype=torch.float64) for k in names}
+            dc_prev = core.fused_backward(pre_nb, c, c2, mask, dh, dc, acc if layer_norm else {}, dpre)
+            ln_grads = [acc[k].sum(0).view(4, n) if k in ("gain", "shift") else acc[k].sum(0) for k in names]
+        else:
+            h2, c2 = core.forward(pre_nb, c, mask)
+            grads = {k: [] for k in names}
+            dc_prev = core.backward(pre_nb, c, c2, mask, dh, dc, grads, dpre)
+            ln_grads = [grads[k][0] for k in names] if layer_norm else []
         torch.testing.assert_close(h2, h, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(c2, c_new, rtol=1e-12, atol=1e-12)
-        grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
-        dpre = torch.empty(B, 4, n, dtype=torch.float64)
-        dc_prev = core.backward(pre_nb, c, c2, mask, dh, dc, grads, dpre)
-    got = [dpre, dc_prev] + ([grads[k][0] for k in ("gain", "shift", "cell_gain", "cell_shift")] if layer_norm else [])
+    got = [dpre, dc_prev] + (ln_grads if layer_norm else [])
     for name, u, v in zip(["pre", "c", "gain", "shift", "cell_gain", "cell_shift"], got, want):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
