@@ -93,9 +93,8 @@ class _Core:
     layer norm all are None and the forget bias lives in the gate bias (see :func:`_forward_loop`).
     """
 
-    def __init__(self, size: int, ln: bool, eps: float, forget_bias: float, gain, shift, cell_gain, cell_shift,
-                 ext=None):
-        self.size, self.ln, self.eps, self.ext = size, ln, eps, ext
+    def __init__(self, size: int, ln: bool, eps: float, forget_bias: float, gain, shift, cell_gain, cell_shift):
+        self.size, self.ln, self.eps = size, ln, eps
         self.gain = self.shift = self.cell_gain = self.cell_shift = None  # the kernels read "gain given" as LN
         if ln:
             self.gain, self.cell_gain, self.cell_shift = gain, cell_gain, cell_shift
@@ -103,6 +102,10 @@ class _Core:
             shift[2] += forget_bias  # after LN, as the reference (LN would cancel it before)
             self.shift = shift
         self.one = None  # scalar 1, made lazily in the right dtype/device
+
+    def ln_args(self) -> tuple:
+        """``(gain, shift, cell_gain, cell_shift, eps)`` for the fused kernels (LN tensors None without LN)."""
+        return self.gain, self.shift, self.cell_gain, self.cell_shift, self.eps
 
     def activations(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """``pre`` ``(B, 4, n)`` -> (sigmoid of all gates ``(B, 4, n)``, tanh(g) ``(B, n)``, LN stats)."""
@@ -124,30 +127,6 @@ class _Core:
         c_out = F.layer_norm(c_new, (self.size,), self.cell_gain, self.cell_shift, self.eps) if self.ln else c_new
         h = torch.mul(sig[:, 3], torch.tanh(c_out), out=h_out) if h_out is not None else sig[:, 3] * torch.tanh(c_out)
         return h, c_new
-
-    def fused_forward(self, pre: Tensor, c: Tensor, mask: Tensor | None, h_out: Tensor, main=None):
-        """:meth:`forward` in one C++ call. ``main = (u, d, wx, b0)``: the main cell, whose ``pre`` the
-        kernel computes (and writes into ``pre``) as ``d_h * u + d_x * wx + dyn. bias + b0``."""
-        c_new = torch.empty_like(c)
-        u, d, wx, b0 = main if main is not None else (None, None, None, None)
-        self.ext.core_forward(pre, u, d, wx, b0, c, mask, self.gain, self.shift, self.cell_gain, self.cell_shift,
-                              self.eps, c_new, h_out)
-        return h_out, c_new
-
-    def fused_backward(self, pre: Tensor, c_prev: Tensor, c_new: Tensor, mask: Tensor | None, dh: Tensor,
-                       dc: Tensor | None, acc: dict, dpre_out: Tensor, main=None) -> Tensor:
-        """:meth:`backward` in one C++ call; LN gradients are added into the ``(B, ·)`` buffers of ``acc``.
-
-        ``main = (u, d, wx, dd, dwx_out)``: the main cell; then ``dpre_out`` receives ``dpre * d_h``
-        (the gradient of ``u``), ``dd`` ``(3, 4, B, H)`` those of ``d_h, d_x`` and the dynamic bias, ``dwx_out``
-        that of ``wx``, and ``acc["bias"]`` accumulates ``dpre``.
-        """
-        dc_prev = torch.empty_like(c_prev)
-        u, d, wx, dd, dwx = main if main is not None else (None, None, None, None, None)
-        self.ext.core_backward(pre, c_prev, c_new, mask, self.gain, self.shift, self.cell_gain, self.cell_shift,
-                               self.eps, dh, dc, dc_prev, dpre_out, u, d, wx, dd, dwx, acc.get("gain"),
-                               acc.get("shift"), acc.get("cell_gain"), acc.get("cell_shift"), acc.get("bias"))
-        return dc_prev
 
     def backward(self, pre: Tensor, c_prev: Tensor, c_new: Tensor, mask: Tensor | None,
                  dh: Tensor, dc: Tensor | None, grads: dict, dpre_out: Tensor):
@@ -204,10 +183,14 @@ class _Core:
 class _Prepared:
     """Views and constants of one layer's parameters for a call (shapes in the comments)."""
 
-    def __init__(self, params: dict, H: int, Hh: int, forget_bias: float, eps: float, device: torch.device):
+    def __init__(self, params: dict, H: int, Hh: int, forget_bias: float, eps: float, device: torch.device,
+                 fused: bool | None = None):
         p = params
-        # The fused kernels are CPU code; elsewhere (CUDA) the ATen path runs.
-        self.ext = ext = fused_extension() if device.type == "cpu" else None
+        # The fused kernels are CPU code; elsewhere (CUDA) the ATen path runs. ``fused`` forces the choice
+        # (backward must use what forward used).
+        if fused is None:
+            fused = device.type == "cpu" and fused_extension() is not None
+        self.ext = ext = fused_extension() if fused else None
         self.ln = ln = p["ln_weight"] is not None
         Nz = p["d_weight"].shape[-1]
         self.H, self.Hh, self.Nz = H, Hh, Nz
@@ -232,9 +215,12 @@ class _Prepared:
         # (12, B, H) copy per step, slower than the product itself.
         self.bias = bias.view(GATES, H)                                    # (4, H)
         self.main = _Core(H, ln, eps, forget_bias, p["ln_weight"], p["ln_bias"], p["ln_cell_weight"],
-                          p["ln_cell_bias"], ext)
+                          p["ln_cell_bias"])
         self.hyper = _Core(Hh, ln, eps, forget_bias, p["hyper_ln_weight"], p["hyper_ln_bias"],
-                           p["hyper_ln_cell_weight"], p["hyper_ln_cell_bias"], ext)
+                           p["hyper_ln_cell_weight"], p["hyper_ln_cell_bias"])
+        if ext is not None:
+            # One product per step for both consumers of h_{t-1}: u = W_h h and the hyper cell's h-part.
+            self.W_cat = torch.cat([self.W_h, self.hW_h])                  # (4H + 4Hh, H)
 
     def scales(self, z: Tensor, parts: int = 3) -> Tensor:
         """``z`` ``(B, 12Nz)`` -> ``d`` ``(parts, 4, B, H)``: d_h, d_x and the dynamic bias (without b_0).
@@ -250,46 +236,153 @@ def _forward_loop(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks
                   P: _Prepared, save: bool):
     """Run the layer over ``x`` ``(T, B, I)`` from state ``h, c`` ``(B, H)``, ``hh, hc`` ``(B, Hh)``.
 
-    Returns ``out`` ``(T, B, H)``, the final ``c``, ``hh``, ``hc`` and (if ``save``) the per-step
-    tensors backward needs, as lists: ``u`` ``(B, 4H)``, ``pre`` ``(B, 4, H)``, ``c`` ``(B, H)``,
-    ``z`` ``(B, 12Nz)``, ``hyper_pre`` ``(B, 4, Hh)``, ``hyper_c`` ``(B, Hh)``, ``hyper_h`` ``(B, Hh)``.
+    Returns ``out`` ``(T, B, H)``, the final ``c``, ``hh``, ``hc`` and (if ``save``) a dict of per-step
+    lists that backward needs: ``u`` ``(B, 4H)`` (fused: ``r`` ``(B, 4H + 4Hh)``, whose first 4H columns
+    are u), ``pre`` ``(B, 4, H)``, ``c`` ``(B, H)``, ``z`` ``(B, 12Nz)``, ``hpre`` ``(B, 4, Hh)``,
+    ``hc`` ``(B, Hh)``, ``hh`` ``(B, Hh)``.
     """
     T, B, _ = x.shape
     H, Hh = P.H, P.Hh
     # Input-only products for the whole sequence at once (PAPER.md §1, Efficiency).
     wx = F.linear(x, P.W_x).view(T, B, GATES, H)
     hwx = F.linear(x, P.hW_x, P.hyper_bias)
-    W_hT, hW_hT, hW_hhT, ZwT = P.W_h.t(), P.hW_h.t(), P.hW_hh.t(), P.Zw.t()
     out = x.new_empty(T, B, H)
-    saved = {k: [] for k in ("u", "pre", "c", "z", "hpre", "hc", "hh")} if save else None
+    keys = ("r" if P.ext is not None else "u", "pre", "c", "z", "hpre", "hc", "hh")
+    saved = {k: [] for k in keys} if save else None
+    step = _fused_step if P.ext is not None else _python_step
     for t in range(T):
-        # Hyper cell on x̂ = [h_{t-1}, x_t] (Eq. 10).
-        hpre = torch.addmm(torch.addmm(hwx[t], h, hW_hT), hh, hW_hhT).view(B, GATES, Hh)
-        if P.ext is not None:
-            hh, hc = P.hyper.fused_forward(hpre, hc, None, torch.empty_like(hc))
-        else:
-            hh, hc = P.hyper.forward(hpre, hc, None)
-        # Embeddings (Eq. 11) and scaling vectors (Eq. 12).
-        z = torch.addmm(P.zb, hh, ZwT)
-        d = P.scales(z)
-        # Main cell (Eq. 12-13).
-        u = torch.mm(h, W_hT)
         mask = None if masks is None else masks[t]
-        if P.ext is not None:
-            pre = u.new_empty(B, GATES, H)
-            h, c = P.main.fused_forward(pre, c, mask, out[t], main=(u, d, wx[t], P.bias))
-        else:  # u first so that pre is contiguous (B, 4, H)
-            pre = u.view(B, GATES, H) * d[0].transpose(0, 1)
-            pre.addcmul_(d[1].transpose(0, 1), wx[t])
-            pre.add_(d[2].transpose(0, 1)).add_(P.bias)
-            h, c = P.main.forward(pre, c, mask, h_out=out[t])
+        h, c, hh, hc, keep = step(P, h, c, hh, hc, wx[t], hwx[t], mask, out[t])
         if save:
-            for k, v in (("u", u), ("pre", pre), ("c", c), ("z", z), ("hpre", hpre), ("hc", hc), ("hh", hh)):
+            for k, v in zip(keys, keep):
                 saved[k].append(v)
     return out, c, hh, hc, saved
 
 
-_SAVED_KEYS = ("u", "pre", "c", "z", "hpre", "hc", "hh")
+def _python_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
+    """One step with ATen ops; returns the new state and the tensors to save (see :func:`_forward_loop`)."""
+    B, H, Hh = h.shape[0], P.H, P.Hh
+    # Hyper cell on x̂ = [h_{t-1}, x_t] (Eq. 10).
+    hpre = torch.addmm(torch.addmm(hwx_t, h, P.hW_h.t()), hh, P.hW_hh.t()).view(B, GATES, Hh)
+    hh, hc = P.hyper.forward(hpre, hc, None)
+    # Embeddings (Eq. 11) and scaling vectors (Eq. 12).
+    z = torch.addmm(P.zb, hh, P.Zw.t())
+    d = P.scales(z)
+    # Main cell (Eq. 12-13); u first so that pre is contiguous (B, 4, H).
+    u = torch.mm(h, P.W_h.t())
+    pre = u.view(B, GATES, H) * d[0].transpose(0, 1)
+    pre.addcmul_(d[1].transpose(0, 1), wx_t)
+    pre.add_(d[2].transpose(0, 1)).add_(P.bias)
+    h, c = P.main.forward(pre, c, mask, h_out=h_out)
+    return h, c, hh, hc, (u, pre, c, z, hpre, hc, hh)
+
+
+def _fused_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
+    """One step with the fused kernels: two matrix products and one kernel per cell."""
+    B, H, Hh, ext = h.shape[0], P.H, P.Hh, P.ext
+    r = torch.mm(h, P.W_cat.t())                   # (B, 4H + 4Hh): [W_h h, hyper h-part]
+    hh_part = torch.mm(hh, P.hW_hh.t())            # (B, 4Hh)
+    hpre, hc_new, hh_new = hh.new_empty(B, GATES * Hh), torch.empty_like(hc), torch.empty_like(hh)
+    z = hh.new_empty(B, P.Zw.shape[0])
+    ext.hyper_forward(r[:, GATES * H:], hh_part, hwx_t, hc, *P.hyper.ln_args(), P.Zw, P.zb, hpre, hc_new, hh_new, z)
+    pre, c_new = h.new_empty(B, GATES * H), torch.empty_like(c)
+    ext.main_forward(r[:, :GATES * H], z, P.DwT, wx_t.view(B, GATES * H), P.bias.reshape(-1), c, mask,
+                     *P.main.ln_args(), pre, c_new, h_out)
+    return h_out, c_new, hh_new, hc_new, (r, pre, c_new, z, hpre, hc_new, hh_new)
+
+
+def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
+    """BPTT with ATen ops. Returns the state gradients and the per-step gradient buffers (see caller)."""
+    T, B, _ = x.shape
+    H, Hh, Nz, G = P.H, P.Hh, P.Nz, GATES
+    wx = F.linear(x, P.W_x).view(T, B, G, H)  # recomputed: W_x x_t for d(d_x)
+    DU = x.new_empty(T, B, G * H)       # d pre * d_h: gradient of u = W_h h_{t-1}
+    DWX = x.new_empty(T, B, G * H)      # d pre * d_x: gradient of W_x x_t
+    DHP = x.new_empty(T, B, G * Hh)     # gradient of the hyper pre-activation
+    DZ = x.new_empty(T, B, 3 * G * Nz)  # gradient of z
+    dd = x.new_empty(3, G, B, H)        # gradients of d_h, d_x, dynamic bias, gate-major for the bmm
+    dpre = dd[2].transpose(0, 1)        # (B, 4, H) view: d(pre) is the dynamic bias's gradient
+    dDwT = P.DwT.new_zeros(P.DwT.shape)  # (12, Nz, H): accumulated as z^T dd (wide output rows: faster)
+    dbias_steps = []
+    main_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+    hyper_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+    for t in range(T - 1, -1, -1):
+        c_prev = c0 if t == 0 else saved["c"][t - 1]
+        hc_prev = hc0 if t == 0 else saved["hc"][t - 1]
+        mask = None if masks is None else masks[t]
+        # Main cell: gates, LN, cell state.
+        dc = P.main.backward(saved["pre"][t], c_prev, saved["c"][t], mask, dh, dc, main_grads, dpre)
+        # pre = d_h * u + d_x * wx + dynamic bias + b0.
+        z = saved["z"][t]
+        d = P.scales(z, parts=2)
+        torch.mul(dd[2], saved["u"][t].view(B, G, H).transpose(0, 1), out=dd[0])
+        torch.mul(dd[2], wx[t].transpose(0, 1), out=dd[1])
+        dbias_steps.append(dd[2].sum(1))
+        torch.mul(dpre, d[0].transpose(0, 1), out=DU[t].view(B, G, H))
+        torch.mul(dpre, d[1].transpose(0, 1), out=DWX[t].view(B, G, H))
+        # d = W_.z z per (k, gate): dz = W_.z^T dd; dW_.z += dd^T z.
+        dd12 = dd.view(3 * G, B, H)
+        z12 = z.view(B, 3 * G, Nz).transpose(0, 1)
+        dz = torch.bmm(dd12, P.Dw)  # (12, B, Nz)
+        dDwT.baddbmm_(z12.transpose(1, 2), dd12)
+        DZ[t].view(B, 3 * G, Nz).copy_(dz.transpose(0, 1))
+        # z = Zw hh + zb.
+        dhh = torch.mm(DZ[t], P.Zw) if dhh is None else torch.addmm(dhh, DZ[t], P.Zw)
+        # Hyper cell.
+        dhc = P.hyper.backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_grads,
+                               DHP[t].view(B, G, Hh))
+        # Into the previous step: h_{t-1} feeds u (main) and x̂ (hyper); hh_{t-1} feeds the hyper cell.
+        dh = torch.mm(DU[t], P.W_h) if t == 0 or dout is None else torch.addmm(dout[t - 1], DU[t], P.W_h)
+        dh.addmm_(DHP[t], P.hW_h)
+        dhh = torch.mm(DHP[t], P.hW_hh)
+    grads = {"d_weight": dDwT, "bias": torch.stack(dbias_steps).sum(0).view(-1)}
+    if P.ln:
+        for prefix, g in (("", main_grads), ("hyper_", hyper_grads)):
+            grads[prefix + "ln_weight"] = torch.stack(g["gain"]).sum(0)
+            grads[prefix + "ln_bias"] = torch.stack(g["shift"]).sum(0)
+            grads[prefix + "ln_cell_weight"] = torch.stack(g["cell_gain"]).sum(0)
+            grads[prefix + "ln_cell_bias"] = torch.stack(g["cell_shift"]).sum(0)
+    return (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ), grads
+
+
+def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
+    """BPTT with the fused kernels: per step one kernel per cell and two matrix products."""
+    T, B, _ = x.shape
+    H, Hh, Nz, G, ext = P.H, P.Hh, P.Nz, GATES, P.ext
+    wx = F.linear(x, P.W_x)  # (T, B, 4H), recomputed
+    # Gradients of u and of the hyper pre-activation side by side: one product per step gives dh_{t-1}.
+    DUH = x.new_empty(T, B, G * (H + Hh))
+    DWX = x.new_empty(T, B, G * H)
+    DZ = x.new_empty(T, B, 3 * G * Nz)
+    # Accumulators, summed after the loop: W_.z's gradient per thread, biases and LN per batch row.
+    acc_dDwT = x.new_zeros(torch.get_num_threads(), *P.DwT.shape)
+    acc_bias = x.new_zeros(B, G * H)
+    main_acc, hyper_acc = [None] * 4, [None] * 4
+    if P.ln:
+        main_acc = [x.new_zeros(B, G * H), x.new_zeros(B, G * H), x.new_zeros(B, H), x.new_zeros(B, H)]
+        hyper_acc = [x.new_zeros(B, G * Hh), x.new_zeros(B, G * Hh), x.new_zeros(B, Hh), x.new_zeros(B, Hh)]
+    main_ln, hyper_ln = P.main.ln_args(), P.hyper.ln_args()
+    for t in range(T - 1, -1, -1):
+        c_prev = c0 if t == 0 else saved["c"][t - 1]
+        hc_prev = hc0 if t == 0 else saved["hc"][t - 1]
+        mask = None if masks is None else masks[t]
+        dc_prev, dhc_prev = torch.empty_like(c0), torch.empty_like(hc0)
+        ext.main_backward(saved["pre"][t], saved["r"][t][:, :G * H], saved["z"][t], P.DwT, wx[t], c_prev,
+                          saved["c"][t], mask, *main_ln, dh, dc, dc_prev, DUH[t, :, :G * H], DWX[t], DZ[t],
+                          acc_dDwT, acc_bias, *main_acc)
+        ext.hyper_backward(saved["hpre"][t], hc_prev, saved["hc"][t], *hyper_ln, dhh, DZ[t], P.Zw, dhc, dhc_prev,
+                           DUH[t, :, G * H:], *hyper_acc)
+        dh = torch.mm(DUH[t], P.W_cat) if t == 0 or dout is None else torch.addmm(dout[t - 1], DUH[t], P.W_cat)
+        dhh = torch.mm(DUH[t, :, G * H:], P.hW_hh)
+        dc, dhc = dc_prev, dhc_prev
+    grads = {"d_weight": acc_dDwT.sum(0), "bias": acc_bias.sum(0)}
+    if P.ln:
+        for prefix, acc, n in (("", main_acc, H), ("hyper_", hyper_acc, Hh)):
+            grads[prefix + "ln_weight"] = acc[0].sum(0).view(G, n)
+            grads[prefix + "ln_bias"] = acc[1].sum(0).view(G, n)
+            grads[prefix + "ln_cell_weight"] = acc[2].sum(0)
+            grads[prefix + "ln_cell_bias"] = acc[3].sum(0)
+    return (dh, dc, dhh, dhc), (DUH[..., :G * H], DWX, DUH[..., G * H:], DZ), grads
 
 
 class HyperLSTMLayerFunction(torch.autograd.Function):
@@ -310,46 +403,23 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         masks = None if masks is None else masks.contiguous()
         out, c, hh, hc, saved = _forward_loop(x, h0, c0, hh0, hc0, masks, P, save=True)
         T = x.shape[0]
-        ctx.meta = (forget_bias, eps, T)
+        # Backward must use the implementation forward used (what is saved differs).
+        ctx.meta = (forget_bias, eps, T, tuple(saved), P.ext is not None)
         # Everything goes through save_for_backward (so saved-tensor hooks and memory counts see it).
-        flat = [t for k in _SAVED_KEYS for t in saved[k]]
+        flat = [t for k in saved for t in saved[k]]
         ctx.save_for_backward(x, h0, c0, hh0, hc0, masks, out, *params, *flat)
         return out, out[-1].clone(), c, hh, hc
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dhT, dcT, dhhT, dhcT):
-        forget_bias, eps, T = ctx.meta
+        forget_bias, eps, T, keys, fused = ctx.meta
         x, h0, c0, hh0, hc0, masks, out, *rest = ctx.saved_tensors
         params, flat = rest[:len(PARAM_NAMES)], rest[len(PARAM_NAMES):]
-        saved = {k: flat[i * T:(i + 1) * T] for i, k in enumerate(_SAVED_KEYS)}
+        saved = {k: flat[i * T:(i + 1) * T] for i, k in enumerate(keys)}
         p = dict(zip(PARAM_NAMES, params))
-        H, Hh = h0.shape[1], hh0.shape[1]
-        P = _Prepared(p, H, Hh, forget_bias, eps, x.device)
-        B, G = x.shape[1], GATES
-        Nz = P.Nz
-
-        wx = F.linear(x, P.W_x).view(T, B, G, H)  # recomputed: W_x x_t for d(d_x)
-        # Per-step gradients kept for the big products after the loop.
-        DU = x.new_empty(T, B, G * H)       # d pre * d_h: gradient of u = W_h h_{t-1}
-        DWX = x.new_empty(T, B, G * H)      # d pre * d_x: gradient of W_x x_t
-        DHP = x.new_empty(T, B, G * Hh)     # gradient of the hyper pre-activation
-        DZ = x.new_empty(T, B, 3 * G * Nz)  # gradient of z
-        dd = x.new_empty(3, G, B, H)        # gradients of d_h, d_x, dynamic bias, gate-major for the bmm
-        dpre = dd[2].transpose(0, 1)        # (B, 4, H) view: d(pre) is the dynamic bias's gradient
-        dDwT = P.DwT.new_zeros(P.DwT.shape)  # (12, Nz, H): accumulated as z^T dd (wide output rows: faster)
-        dbias_steps = []
-        main_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
-        hyper_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
-        fused = P.ext is not None
-        if fused:  # the kernels add LN and bias gradients into per-row buffers, summed after the loop
-            main_acc = {"bias": x.new_zeros(B, G * H)}
-            hyper_acc = {}
-            if P.ln:
-                main_acc.update(gain=x.new_zeros(B, G * H), shift=x.new_zeros(B, G * H),
-                                cell_gain=x.new_zeros(B, H), cell_shift=x.new_zeros(B, H))
-                hyper_acc.update(gain=x.new_zeros(B, G * Hh), shift=x.new_zeros(B, G * Hh),
-                                 cell_gain=x.new_zeros(B, Hh), cell_shift=x.new_zeros(B, Hh))
+        B, H, Hh, G = x.shape[1], h0.shape[1], hh0.shape[1], GATES
+        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, fused=fused)
 
         def contiguous(t):
             return None if t is None else t.contiguous()
@@ -358,44 +428,9 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         dout = contiguous(dout)
         dh = dhT if dout is None else (dout[T - 1] if dhT is None else dout[T - 1] + dhT)
         dh = h0.new_zeros(B, H) if dh is None else dh.contiguous()
-        dc, dhh, dhc = contiguous(dcT), contiguous(dhhT), contiguous(dhcT)
-        for t in range(T - 1, -1, -1):
-            c_prev = c0 if t == 0 else saved["c"][t - 1]
-            hc_prev = hc0 if t == 0 else saved["hc"][t - 1]
-            mask = None if masks is None else masks[t]
-            z = saved["z"][t]
-            d = P.scales(z, parts=2)
-            if fused:  # gates, LN, cell state and pre = d_h * u + d_x * wx + dyn. bias + b0 in one call
-                dc = P.main.fused_backward(saved["pre"][t], c_prev, saved["c"][t], mask, dh, dc, main_acc,
-                                           DU[t], main=(saved["u"][t], d, wx[t], dd, DWX[t]))
-            else:
-                # Main cell: gates, LN, cell state.
-                dc = P.main.backward(saved["pre"][t], c_prev, saved["c"][t], mask, dh, dc, main_grads, dpre)
-                # pre = d_h * u + d_x * wx + dynamic bias.
-                torch.mul(dd[2], saved["u"][t].view(B, G, H).transpose(0, 1), out=dd[0])
-                torch.mul(dd[2], wx[t].transpose(0, 1), out=dd[1])
-                dbias_steps.append(dd[2].sum(1))
-                torch.mul(dpre, d[0].transpose(0, 1), out=DU[t].view(B, G, H))
-                torch.mul(dpre, d[1].transpose(0, 1), out=DWX[t].view(B, G, H))
-            # d = W_.z z per (k, gate): dz = W_.z^T dd; dW_.z += dd^T z.
-            dd12 = dd.view(3 * G, B, H)
-            z12 = z.view(B, 3 * G, Nz).transpose(0, 1)
-            dz = torch.bmm(dd12, P.Dw)  # (12, B, Nz)
-            dDwT.baddbmm_(z12.transpose(1, 2), dd12)
-            DZ[t].view(B, 3 * G, Nz).copy_(dz.transpose(0, 1))
-            # z = Zw hh + zb.
-            dhh = torch.mm(DZ[t], P.Zw) if dhh is None else torch.addmm(dhh, DZ[t], P.Zw)
-            # Hyper cell.
-            if fused:
-                dhc = P.hyper.fused_backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_acc,
-                                             DHP[t])
-            else:
-                dhc = P.hyper.backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_grads,
-                                       DHP[t].view(B, G, Hh))
-            # Into the previous step: h_{t-1} feeds u (main) and x̂ (hyper); hh_{t-1} feeds the hyper cell.
-            dh_prev = torch.mm(DU[t], P.W_h) if t == 0 or dout is None else torch.addmm(dout[t - 1], DU[t], P.W_h)
-            dh = dh_prev.addmm_(DHP[t], P.hW_h)
-            dhh = torch.mm(DHP[t], P.hW_hh)
+        loop = _backward_fused if fused else _backward_python
+        (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ), grads = loop(
+            P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, contiguous(dcT), contiguous(dhhT), contiguous(dhcT))
 
         # Weight gradients: one product over all T*B rows each.
         TB = T * B
@@ -403,30 +438,17 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         hh_all = torch.stack(saved["hh"])  # (T, B, Hh)
         hh_prev = torch.cat([hh0.unsqueeze(0), hh_all[:-1]]).view(TB, Hh)
         xf = x.reshape(TB, -1)
-        DU, DWX, DHP, DZ = DU.view(TB, -1), DWX.view(TB, -1), DHP.view(TB, -1), DZ.view(TB, -1)
-        grads = {
+        DU, DWX, DHP, DZ = (t.reshape(TB, t.shape[-1]) for t in (DU, DWX, DHP, DZ))
+        grads.update({
             "weight_ih": DWX.t() @ xf,
             "weight_hh": DU.t() @ h_prev,
-            "bias": main_acc["bias"].sum(0) if fused else torch.stack(dbias_steps).sum(0).view(-1),
             "hyper_weight_ih": torch.cat([DHP.t() @ h_prev, DHP.t() @ xf], dim=1),
             "hyper_weight_hh": DHP.t() @ hh_prev,
             "hyper_bias": DHP.sum(0),
             "z_weight": (DZ.t() @ hh_all.view(TB, Hh)).view_as(p["z_weight"]),
-            "z_bias": DZ.sum(0)[:2 * G * Nz].view_as(p["z_bias"]),
-            "d_weight": dDwT.transpose(1, 2).reshape(p["d_weight"].shape),
-        }
-        if P.ln and fused:
-            for prefix, acc, n in (("", main_acc, H), ("hyper_", hyper_acc, Hh)):
-                grads[prefix + "ln_weight"] = acc["gain"].sum(0).view(G, n)
-                grads[prefix + "ln_bias"] = acc["shift"].sum(0).view(G, n)
-                grads[prefix + "ln_cell_weight"] = acc["cell_gain"].sum(0)
-                grads[prefix + "ln_cell_bias"] = acc["cell_shift"].sum(0)
-        elif P.ln:
-            for prefix, g in (("", main_grads), ("hyper_", hyper_grads)):
-                grads[prefix + "ln_weight"] = torch.stack(g["gain"]).sum(0)
-                grads[prefix + "ln_bias"] = torch.stack(g["shift"]).sum(0)
-                grads[prefix + "ln_cell_weight"] = torch.stack(g["cell_gain"]).sum(0)
-                grads[prefix + "ln_cell_bias"] = torch.stack(g["cell_shift"]).sum(0)
+            "z_bias": DZ.sum(0)[:2 * G * P.Nz].view_as(p["z_bias"]),
+        })
+        grads["d_weight"] = grads["d_weight"].transpose(1, 2).reshape(p["d_weight"].shape)
         dx = None
         if ctx.needs_input_grad[2]:
             dx = (DWX @ P.W_x).addmm_(DHP, P.hW_x).view_as(x)

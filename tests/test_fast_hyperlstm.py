@@ -236,15 +236,26 @@ def test_core_backward_including_layer_norm_matches_autograd(layer_norm, backend
 
     names = ("gain", "shift", "cell_gain", "cell_shift")
     with torch.no_grad():
-        core = _Core(n, layer_norm, eps, fb, gain, shift, cgain, cshift, ext=fh.fused_extension())
+        core = _Core(n, layer_norm, eps, fb, gain, shift, cgain, cshift)
         pre_nb = pre if layer_norm else pre + torch.tensor([0.0, 0.0, fb, 0.0], dtype=torch.float64).view(4, 1)
         pre_nb = pre_nb.contiguous()
         dpre = torch.empty(B, 4, n, dtype=torch.float64)
         if backend == "fused":
-            h2, c2 = core.fused_forward(pre_nb, c, mask, torch.empty_like(c))
-            acc = {k: torch.zeros(B, 4 * n if k in ("gain", "shift") else n, dtype=torch.float64) for k in names}
-            dc_prev = core.fused_backward(pre_nb, c, c2, mask, dh, dc, acc if layer_norm else {}, dpre)
-            ln_grads = [acc[k].sum(0).view(4, n) if k in ("gain", "shift") else acc[k].sum(0) for k in names]
+            # The main-cell kernel with d_h = 1, d_x = 0, dynamic bias 0, b0 = 0 (N_z = 1): pre = u.
+            ext, dbl0 = fh.fused_extension(), lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+            z, DwT = torch.ones(B, 12, dtype=torch.float64), dbl0(12, 1, n)
+            DwT[:4] = 1.0
+            u, wx = pre_nb.view(B, 4 * n), dbl0(B, 4 * n)
+            h2, c2, pre_out = dbl0(B, n), dbl0(B, n), dbl0(B, 4 * n)
+            ext.main_forward(u, z, DwT, wx, dbl0(4 * n), c, mask, *core.ln_args(), pre_out, c2, h2)
+            torch.testing.assert_close(pre_out, u, rtol=0, atol=0)
+            acc = [dbl0(B, 4 * n), dbl0(B, 4 * n), dbl0(B, n), dbl0(B, n)] if layer_norm else [None] * 4
+            dc_prev = dbl0(B, n)
+            ext.main_backward(pre_out, u, z, DwT, wx, c, c2, mask, *core.ln_args(), dh, dc, dc_prev,
+                              dpre.view(B, 4 * n), dbl0(B, 4 * n), dbl0(B, 12), dbl0(torch.get_num_threads(), 12, 1, n),
+                              dbl0(B, 4 * n), *acc)
+            ln_grads = [a.sum(0).view(4, n) if k in ("gain", "shift") else a.sum(0)
+                        for k, a in zip(names, acc)] if layer_norm else []
         else:
             h2, c2 = core.forward(pre_nb, c, mask)
             grads = {k: [] for k in names}
