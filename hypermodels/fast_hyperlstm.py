@@ -65,12 +65,14 @@ def fused_extension():
         try:
             from torch.utils.cpp_extension import load
 
-            flags = ["-O3", "-ffast-math"]  # fast-math at compile time only: vectorised exp/tanh (libmvec)
+            # fast-math at compile time only: vectorised exp/tanh (libmvec) without FTZ side effects at load.
+            # -fopenmp: at::parallel_for is inline OpenMP; without it the kernels would run on one thread.
+            flags = ["-O3", "-ffast-math", "-fopenmp"]
             if os.uname().machine in ("x86_64", "AMD64"):
                 flags += ["-mavx2", "-mfma"]
-            _EXTENSION = load(name="hypermodels_hyperlstm_cell_v1",
+            _EXTENSION = load(name="hypermodels_hyperlstm_cell_v2",
                               sources=[str(Path(__file__).with_name("csrc") / "hyperlstm_cell.cpp")],
-                              extra_cflags=flags, verbose=False)
+                              extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, no ninja, read-only cache, ...
             _EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
             if BACKEND != "fused":
@@ -221,6 +223,10 @@ class _Prepared:
         if ext is not None:
             # One product per step for both consumers of h_{t-1}: u = W_h h and the hyper cell's h-part.
             self.W_cat = torch.cat([self.W_h, self.hW_h])                  # (4H + 4Hh, H)
+            # Transposed copies, so that the per-step products read row-major operands (MKL's "NN" case
+            # measured ~20% faster than "NT" at batch 32).
+            self.W_catT = self.W_cat.t().contiguous()                      # (H, 4H + 4Hh)
+            self.hW_hhT = self.hW_hh.t().contiguous()                      # (Hh, 4Hh)
 
     def scales(self, z: Tensor, parts: int = 3) -> Tensor:
         """``z`` ``(B, 12Nz)`` -> ``d`` ``(parts, 4, B, H)``: d_h, d_x and the dynamic bias (without b_0).
@@ -280,8 +286,8 @@ def _python_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
 def _fused_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
     """One step with the fused kernels: two matrix products and one kernel per cell."""
     B, H, Hh, ext = h.shape[0], P.H, P.Hh, P.ext
-    r = torch.mm(h, P.W_cat.t())                   # (B, 4H + 4Hh): [W_h h, hyper h-part]
-    hh_part = torch.mm(hh, P.hW_hh.t())            # (B, 4Hh)
+    r = torch.mm(h, P.W_catT)                      # (B, 4H + 4Hh): [W_h h, hyper h-part]
+    hh_part = torch.mm(hh, P.hW_hhT)               # (B, 4Hh)
     hpre, hc_new, hh_new = hh.new_empty(B, GATES * Hh), torch.empty_like(hc), torch.empty_like(hh)
     z = hh.new_empty(B, P.Zw.shape[0])
     ext.hyper_forward(r[:, GATES * H:], hh_part, hwx_t, hc, *P.hyper.ln_args(), P.Zw, P.zb, hpre, hc_new, hh_new, z)
