@@ -56,6 +56,15 @@ _EXTENSION: object | None = None
 _EXTENSION_ERROR: str | None = None
 
 
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+        return f" {line.partition(':')[2].strip()} "
+    except OSError:
+        return " "
+
+
 def fused_extension():
     """The compiled fused kernels, or None when unavailable and :data:`BACKEND` allows the Python path."""
     global _EXTENSION, _EXTENSION_ERROR
@@ -68,9 +77,16 @@ def fused_extension():
             # fast-math at compile time only: vectorised exp/tanh (libmvec) without FTZ side effects at load.
             # -fopenmp: at::parallel_for is inline OpenMP; without it the kernels would run on one thread.
             flags = ["-O3", "-ffast-math", "-fopenmp"]
+            isa = "generic"
             if os.uname().machine in ("x86_64", "AMD64"):
+                isa = "avx2"
                 flags += ["-mavx2", "-mfma"]
-            _EXTENSION = load(name="hypermodels_hyperlstm_cell_v2",
+                if " avx512f " in _cpu_flags() and " avx512dq " in _cpu_flags():
+                    # 16-wide exp/tanh (libmvec's AVX-512 variants), as ATen's own kernels use here.
+                    isa = "avx512"
+                    flags += ["-mavx512f", "-mavx512dq", "-mprefer-vector-width=512"]
+            # The ISA is part of the name: a cache shared by different machines never loads the wrong build.
+            _EXTENSION = load(name=f"hypermodels_hyperlstm_cell_v3_{isa}",
                               sources=[str(Path(__file__).with_name("csrc") / "hyperlstm_cell.cpp")],
                               extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, no ninja, read-only cache, ...

@@ -99,8 +99,9 @@ inline void activate(const T* P, const LN<T>& ln, Scratch<T>& s, T* rstd) {
       for (int64_t j = 0; j < n; ++j) a[j] = p[j];
     }
   }
-  T* S = s.sig.data();
-  for (int64_t j = 0; j < 4 * n; ++j) S[j] = sigmoid(A[j]);  // sigmoid(g) unused: one simple loop
+  T* S = s.sig.data();  // sigmoid of gates i, f, o (the g block stays unused)
+  for (int g : {0, 2, 3})
+    for (int64_t j = g * n; j < (g + 1) * n; ++j) S[j] = sigmoid(A[j]);
   T* tg = s.tg.data();
   for (int64_t j = 0; j < n; ++j) tg[j] = std::tanh(A[n + j]);
 }
