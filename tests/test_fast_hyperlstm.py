@@ -211,7 +211,9 @@ def test_gradcheck_layer_function_float64(layer_norm, masks):
     def f(*args):
         return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *args)
 
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+    # nondet_tol: repeated backward passes may differ in the last bits (multi-threaded BLAS and kernels
+    # under load); 1e-12 still fails on any real error.
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-5, nondet_tol=1e-12)
 
 
 @pytest.mark.parametrize("layer_norm", [True, False])
