@@ -1,7 +1,8 @@
 """``hyperctl``: validate, submit, watch, stop and list HyperNetworks training jobs.
 
 Each subcommand is a function ``cmd_<name>(args) -> int`` registered in :func:`build_parser`.
-Exit codes: 0 success, 1 the job failed, 2 bad input (job spec, arguments, unreachable storage).
+Exit codes: 0 success, 1 the job failed or was stopped, 2 bad input (job spec, arguments,
+unreachable storage or Ray cluster, unknown submission id), 130 interrupted (Ctrl-C, SIGTERM).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 from .spec import JobSpecError, load_job
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +52,13 @@ def _address(args: argparse.Namespace) -> str | None:
 def _run_foreground(args: argparse.Namespace, spec) -> int:
     from .runner import run_job
 
-    outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
+    try:
+        outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
+    except KeyboardInterrupt as e:
+        why = f" ({e})" if str(e) else ""
+        print(f"[stopped] interrupted{why}: the MLflow run is marked FAILED; relaunch the job to resume it",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     print(json.dumps({"run_id": outcome.run_id, "tracking_uri": outcome.tracking_uri, "run_path": outcome.run_path,
                       "status": "FINISHED" if outcome.ok else "FAILED",
                       "metrics": {k: outcome.metrics[k] for k in sorted(outcome.metrics)}}, indent=2))
@@ -63,7 +70,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     printing progress, and exits 1 if the job fails. With --address http://HOST:8265 it is submitted
     to that Ray cluster through the Jobs API (entrypoint `hyperctl run ...`, this project as the
     working_dir); the submission id is printed and, unless --detach, its logs are followed until the
-    job ends, exiting with its status. Relaunching a job of the same name and storage resumes it
+    job ends, exiting 0 if it SUCCEEDED and 1 otherwise. The job's resources are checked on the
+    cluster, not here (nodes may be added by its autoscaler); credentials are never sent with the
+    job (the cluster's nodes have their own). Relaunching a job of the same name and storage resumes it
     from its latest checkpoint, in the same MLflow run."""
     from .preflight import check_job
 
@@ -74,8 +83,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _run_foreground(args, spec)
     from .runner import follow_job, submit_to_cluster
 
-    # The cluster's resources are checked by `hyperctl run` there; here only the rest.
-    check_job(spec, available_cpus=float("inf"), available_gpus=float("inf"))
+    # The cluster's resources are checked by `hyperctl run` there, not against this machine.
+    check_job(spec, check_resources=False)
     submission_id = submit_to_cluster(address, args.job, args.overrides, spec)
     print(f"submitted {spec.name!r} as {submission_id} to {address}")
     print(f"  follow:  hyperctl logs {submission_id} -f --address {address}")
@@ -102,13 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Status of a submitted job (or of every job when no ID is given) on the Ray cluster."""
-    from .runner import job_client
+    """Status of a submitted job (or of every job when no ID is given) on the Ray cluster.
+    Exit 0 when the job is known, whatever its status; 2 when it is not."""
+    from .runner import job_call
 
-    client = job_client(_required_address(args))
+    address = _required_address(args)
     if not args.id:
         return cmd_list(args)
-    info = client.get_job_info(args.id)
+    info = job_call(address, "get_job_info", args.id)
     print(json.dumps({"submission_id": args.id, "status": str(info.status.value), "message": info.message,
                       "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time},
                      indent=2))
@@ -116,23 +126,42 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """Print a submitted job's logs; with -f follow them until the job ends."""
-    from .runner import follow_job, job_client
+    """Print a submitted job's logs; with -f follow them until the job ends and exit 0 if it
+    SUCCEEDED, 1 otherwise."""
+    from .runner import follow_job, job_call
 
     address = _required_address(args)
     if args.follow:
         status = follow_job(address, args.id)
+        print(f"job {args.id}: {status}")
         return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
-    print(job_client(address).get_job_logs(args.id), end="")
+    print(job_call(address, "get_job_logs", args.id), end="")
     return EXIT_OK
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """Stop a submitted job (its MLflow run is marked FAILED by the job itself when it can)."""
-    from .runner import job_client
+    """Stop a submitted job: SIGTERM to its driver, which marks its MLflow run FAILED, then SIGKILL
+    after a grace period. Exit 0 when the job is stopped or had already ended (its status is
+    printed), 2 for an unknown id. With --wait, return once the job has ended."""
+    import time
 
-    stopped = job_client(_required_address(args)).stop_job(args.id)
-    print(f"{args.id}: {'stop requested' if stopped else 'not running'}")
+    from .runner import STOP_GRACE_S, job_call
+
+    address = _required_address(args)
+    requested = job_call(address, "stop_job", args.id)
+    status = str(job_call(address, "get_job_status", args.id).value)
+    if not requested:
+        print(f"{args.id}: not running ({status})")
+        return EXIT_OK
+    print(f"{args.id}: stop requested", flush=True)
+    if args.wait:
+        deadline = time.monotonic() + STOP_GRACE_S + 60
+        while status in ("PENDING", "RUNNING") and time.monotonic() < deadline:
+            time.sleep(1)
+            status = str(job_call(address, "get_job_status", args.id).value)
+        print(f"{args.id}: {status}")
+        if status in ("PENDING", "RUNNING"):
+            return EXIT_FAILED
     return EXIT_OK
 
 
@@ -141,9 +170,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     MLflow runs of a local tracking store (--tracking-uri, or the sqlite store under --storage)."""
     address = _address(args)
     if address:
-        from .runner import job_client
+        from .runner import job_call
 
-        jobs = sorted(job_client(address).list_jobs(), key=lambda j: j.start_time or 0)
+        jobs = sorted(job_call(address, "list_jobs"), key=lambda j: j.start_time or 0)
         print(f"{'SUBMISSION ID':<28} {'STATUS':<10} ENTRYPOINT")
         for j in jobs:
             print(f"{j.submission_id or j.job_id:<28} {j.status.value:<10} {j.entrypoint}")
@@ -269,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stop", help="stop a submitted job", description=cmd_stop.__doc__)
     p.add_argument("id", help="submission id")
+    p.add_argument("--wait", action="store_true", help="return once the job has ended; print its status")
     _add_address(p)
     p.set_defaults(func=cmd_stop)
 
@@ -286,10 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .runner import ClusterError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except JobSpecError as e:
+    except (JobSpecError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -95,19 +95,68 @@ def _check_resources(spec: JobSpec, available_cpus: float | None, available_gpus
     return problems
 
 
+def _cluster_need(spec: JobSpec) -> dict[str, tuple[float, str]]:
+    r = spec.resources
+    need = {"CPU": (r.workers * r.cpus_per_worker, f"{r.workers} x {r.cpus_per_worker:g}")}
+    if r.gpus_per_worker > 0:
+        need["GPU"] = (r.workers * r.gpus_per_worker, f"{r.workers} x {r.gpus_per_worker:g}")
+    return need
+
+
+def check_cluster_resources(spec: JobSpec, current: dict[str, float],
+                            maximum: dict[str, float] | None = None) -> list[str]:
+    """Resources of a job running on a Ray cluster (``hyperctl run`` with an address).
+
+    CPUs and GPUs may appear only after the autoscaler adds nodes, so a shortfall against the
+    cluster's ``current`` totals is returned as a warning, not an error. When the autoscaler's
+    limits are known (``maximum``, from :func:`cluster_max_resources`) a job that exceeds them can
+    never be placed: JobSpecError.
+    """
+    problems, warnings = [], []
+    for key, (need, how) in _cluster_need(spec).items():
+        field = "cpus_per_worker" if key == "CPU" else "gpus_per_worker"
+        have = float(current.get(key, 0.0))
+        if maximum is not None and need > float(maximum.get(key, 0.0)):
+            problems.append(f"resources: expected workers x {field} <= {float(maximum.get(key, 0.0)):g} {key}s, "
+                            f"the most this cluster's autoscaler can provide, found {how} = {need:g}")
+        elif need > have:
+            later = ("the autoscaler can add them" if maximum is not None else
+                     "no autoscaler limits are known: training waits until nodes with them join")
+            warnings.append(f"resources: the job needs {how} = {need:g} {key}s, the cluster has {have:g} now; "
+                            f"{later}")
+    if problems:
+        raise JobSpecError(f"job {spec.name!r}", problems)
+    return warnings
+
+
+def cluster_max_resources() -> dict[str, float] | None:
+    """The most of each resource the connected cluster's autoscaler can provide, or None when no
+    autoscaler has published its configuration (a fixed cluster). Needs ``ray.init`` first."""
+    try:
+        from ray._private.state import state
+
+        found = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API; without it the check only warns
+        return None
+    return {k: float(v) for k, v in found.items()} if found else None
+
+
 def check_job(spec: JobSpec, available_cpus: float | None = None, available_gpus: float | None = None, *,
-              probe_write: bool = False, source: str | None = None) -> None:
+              probe_write: bool = False, source: str | None = None, check_resources: bool = True) -> None:
     """Raise JobSpecError listing every problem only the environment can reveal.
 
-    ``available_cpus`` / ``available_gpus``: the cluster's totals when the caller knows them; by
-    default this machine's (os.cpu_count(), torch.cuda). Local storage is checked for write
-    permission without writing; S3 storage only for endpoint, credentials and bucket, unless
-    ``probe_write`` puts (and deletes) a small probe object there. ``source`` names the job in
-    the error (default: the job's name).
+    ``available_cpus`` / ``available_gpus``: the local Ray instance's totals when the caller knows
+    them; by default this machine's (os.cpu_count(), torch.cuda). ``check_resources=False`` skips
+    them: a job for a cluster is checked there (:func:`check_cluster_resources`), not against the
+    machine that submits it. Local storage is checked for write permission without writing; S3
+    storage only for endpoint, credentials and bucket, unless ``probe_write`` puts (and deletes) a
+    small probe object there. ``source`` names the job in the error (default: the job's name).
     """
     found = [_check_corpus(f"data.{split}", getattr(spec.data, split))
              for split in ("train", "valid", "test") if getattr(spec.data, split) is not None]
     found += [_check_storage(spec.storage, probe_write), _check_tracking(spec.tracking.uri)]
-    problems = [p for p in found if p] + _check_resources(spec, available_cpus, available_gpus)
+    problems = [p for p in found if p]
+    if check_resources:
+        problems += _check_resources(spec, available_cpus, available_gpus)
     if problems:
         raise JobSpecError(source or f"job {spec.name!r}", problems)

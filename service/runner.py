@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,16 @@ from . import storage
 from .spec import JobSpec
 from .trainer import FAILURE_FILE, NonFiniteLossError, run_dir, train_loop_per_worker
 
-# Environment the workers need; values are passed through Ray's runtime_env and never printed.
-FORWARDED_ENV_PREFIXES = ("AWS_", "MLFLOW_")
-FORWARDED_ENV_NAMES = ("HYPERCTL_SUBMISSION_ID",)
+# Environment sent to a cluster with a submitted job (runtime_env env_vars). Anyone who can list the
+# cluster's jobs can read it, so only named, non-secret settings go: the S3 endpoint and region the
+# local preflight used. Credentials come from the cluster's own nodes (Kubernetes Secret, instance
+# profile, the environment `ray start` ran in); the tracking URI from the job or the nodes'
+# MLFLOW_TRACKING_URI.
+CLUSTER_ENV_NAMES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
+# Seconds Ray's job supervisor waits after SIGTERM (`hyperctl stop`) before SIGKILL: time for the
+# driver to mark its MLflow run FAILED.
+STOP_GRACE_S = 15
 PROCESS_GROUP_TIMEOUT_S = 6 * 3600  # rank 0 evaluates whole splits while the others wait
 
 
@@ -36,10 +44,18 @@ class RunOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))
+
+
+def cluster_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The submitting shell's settings a cluster job may take: :data:`CLUSTER_ENV_NAMES` only, never a
+    secret-looking name or a value carrying user-info (``scheme://user:pass@host``)."""
+    from .tracking import redact
+
     environ = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in environ.items()
-            if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV_NAMES}
+    return {k: environ[k] for k in CLUSTER_ENV_NAMES
+            if environ.get(k) and not is_secret_name(k) and redact(environ[k]) == environ[k]}
 
 
 def absolute_storage(spec: JobSpec) -> JobSpec:
@@ -57,22 +73,43 @@ def _quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS) if given, else start a local Ray instance."""
+def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS) if given, else start a new local Ray instance.
+
+    Returns True when connected to an existing cluster. A local instance's processes inherit this
+    process's environment (AWS_*, MLFLOW_*, ...), so nothing is passed through ``runtime_env``: its
+    env_vars would be shown to anyone who can read the local dashboard's job list.
+    """
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
-        return
+        return bool(address)
     _quiet_ray_logs()
-    address = address or os.environ.get("RAY_ADDRESS")
     common = dict(logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
                   configure_logging=True)
     if address:
         # In-cluster (a Ray job's entrypoint): the job's runtime_env already carries the env vars.
         ray.init(address=address, **common)
     else:
-        # The dashboard stays on: Ray Train's state API (and `ray.util.state`) needs it.
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": forwarded_env()}, **common)
+        # "local": a new instance even when a `ray start` cluster on this machine is recorded in
+        # /tmp/ray/ray_current_cluster. The dashboard stays on: Ray Train's state API needs it.
+        ray.init(address="local", num_cpus=num_cpus, **common)
+    _interrupt_on_sigterm()
+    return bool(address)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (`hyperctl stop`, `ray job stop`) as KeyboardInterrupt, so :func:`run_job` marks the
+    MLflow run FAILED before exiting. ray.init installs a handler that calls sys.exit instead."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _delete(uri: str) -> None:
@@ -97,9 +134,14 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
         print(text, file=out, flush=True)
 
     spec = absolute_storage(spec)
-    init_ray(address, num_cpus, verbose)
+    on_cluster = init_ray(address, num_cpus, verbose)
     cluster = ray.cluster_resources()
-    preflight.check_job(spec, available_cpus=cluster.get("CPU", 0.0), available_gpus=cluster.get("GPU", 0.0))
+    if on_cluster:  # nodes may still be added by the autoscaler: a shortfall is only a warning
+        preflight.check_job(spec, check_resources=False)
+        for warning in preflight.check_cluster_resources(spec, cluster, preflight.cluster_max_resources()):
+            say(f"[warn]  {warning}")
+    else:
+        preflight.check_job(spec, available_cpus=cluster.get("CPU", 0.0), available_gpus=cluster.get("GPU", 0.0))
 
     say(f"[data]  preparing {spec.data.dataset or spec.data.train} ...")
     prepared = data.prepare_data(spec, storage.join(spec.storage, "datasets"))
@@ -172,14 +214,45 @@ WORKING_DIR_EXCLUDES = [".venv", ".git", "runs", "mlruns", "mlartifacts", "*.db"
                         "**/datasets", ".pytest_cache", "bench"]
 
 
+class ClusterError(RuntimeError):
+    """The Ray cluster could not be reached, refused us, or does not know the job."""
+
+
+def use_token_auth(environ: dict[str, str] | None = None) -> None:
+    """Set RAY_AUTH_MODE=token when it is unset and a token is at hand (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). Ray reads the mode once, when it is first imported:
+    call this before anything imports ray."""
+    environ = os.environ if environ is None else environ
+    if "RAY_AUTH_MODE" in environ:
+        return
+    path = environ.get("RAY_AUTH_TOKEN_PATH")
+    if environ.get("RAY_AUTH_TOKEN") or (Path(path).is_file() if path else
+                                         (Path.home() / ".ray" / "auth_token").is_file()):
+        environ["RAY_AUTH_MODE"] = "token"
+
+
 def job_client(address: str):
-    """A JobSubmissionClient; token auth (RAY_AUTH_MODE=token) when ~/.ray/auth_token exists."""
+    """A JobSubmissionClient for the cluster's dashboard at ``address``, with token auth when a
+    token is at hand; ClusterError when the cluster cannot be reached or refuses the token."""
+    use_token_auth()
     from ray.job_submission import JobSubmissionClient
 
-    if "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
-        os.environ["RAY_AUTH_MODE"] = "token"
-    return JobSubmissionClient(address)
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # noqa: BLE001 - ConnectionError, AuthenticationError, version errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"cannot use the Ray cluster at {address}: {first}") from None
+
+
+def job_call(address: str, method: str, *args: Any) -> Any:
+    """``job_client(address).<method>(*args)``, an unknown submission id as ClusterError."""
+    client = job_client(address)
+    try:
+        return getattr(client, method)(*args)
+    except RuntimeError as e:
+        if "does not exist" in str(e) or "404" in str(e):
+            raise ClusterError(f"no job {args[0] if args else ''} on the Ray cluster at {address}") from None
+        raise
 
 
 def entrypoint_for(job_path: str, overrides: list[str], spec: JobSpec) -> str:
@@ -194,15 +267,35 @@ def entrypoint_for(job_path: str, overrides: list[str], spec: JobSpec) -> str:
     return f"python -m service run --spec-json {shlex.quote(json.dumps(spec.model_dump(mode='json')))}"
 
 
+def submission_env(submission_id: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The env_vars of a submitted job: :func:`cluster_env` (no secrets), the submission id, and the
+    time the driver gets after a stop to close its MLflow run."""
+    return {**cluster_env(environ), "HYPERCTL_SUBMISSION_ID": submission_id,
+            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
+
+
 def submit_to_cluster(address: str, job_path: str, overrides: list[str], spec: JobSpec) -> str:
-    """Submit the job to the cluster's Jobs API; returns the submission id."""
+    """Submit the job to the cluster's Jobs API; returns the submission id.
+
+    Everything sent (entrypoint, runtime_env, metadata) is readable by anyone who can list the
+    cluster's jobs: no credentials go, and a job whose URIs carry user-info is refused.
+    """
     import uuid
 
+    from .spec import JobSpecError
+    from .tracking import redact
+
+    entrypoint = entrypoint_for(job_path, overrides, spec)
+    if redact(entrypoint) != entrypoint:
+        raise JobSpecError(job_path, ["a URI in the job (or a --set) carries credentials (scheme://user:pass@host): "
+                                      "they would be readable in the cluster's job list; give them to the "
+                                      "cluster's nodes as environment variables instead"])
     submission_id = f"hyperctl-{spec.name}-{uuid.uuid4().hex[:8]}"
-    env = {**forwarded_env(), "HYPERCTL_SUBMISSION_ID": submission_id}
-    return job_client(address).submit_job(
-        entrypoint=entrypoint_for(job_path, overrides, spec), submission_id=submission_id,
-        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env},
+    client = job_client(address)
+    return client.submit_job(
+        entrypoint=entrypoint, submission_id=submission_id,
+        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES,
+                     "env_vars": submission_env(submission_id)},
         metadata={"hyperctl.job": spec.name})
 
 
@@ -211,6 +304,7 @@ def follow_job(address: str, submission_id: str, out: TextIO = sys.stdout) -> st
     import asyncio
 
     client = job_client(address)
+    job_call(address, "get_job_status", submission_id)  # an unknown id as ClusterError
 
     async def tail() -> None:
         async for lines in client.tail_job_logs(submission_id):
@@ -240,5 +334,6 @@ def list_runs(uri: str) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["RunOutcome", "absolute_storage", "entrypoint_for", "follow_job", "forwarded_env", "init_ray",
-           "job_client", "list_runs", "run_job", "submit_to_cluster"]
+__all__ = ["ClusterError", "RunOutcome", "absolute_storage", "cluster_env", "entrypoint_for", "follow_job",
+           "init_ray", "is_secret_name", "job_call", "job_client", "list_runs", "run_job", "submission_env",
+           "submit_to_cluster", "use_token_auth"]

@@ -44,10 +44,14 @@ def local_state_dir(spec: JobSpec) -> str:
     return str(Path(spec.storage).expanduser().resolve())
 
 
-def tracking_uri_for(spec: JobSpec) -> str:
-    """The job's MLflow tracking URI: ``tracking.uri`` or an absolute ``sqlite:///.../mlflow.db``."""
-    if spec.tracking.uri:
-        uri = spec.tracking.uri
+def tracking_uri_for(spec: JobSpec, environ: dict[str, str] | None = None) -> str:
+    """The job's MLflow tracking URI: ``tracking.uri``; when that is null, MLFLOW_TRACKING_URI from
+    the environment (cluster pods and nodes set it to their tracking server); else an absolute
+    ``sqlite:///.../mlflow.db`` under the storage folder (``~/.hyperctl`` for S3 storage)."""
+    import os
+
+    uri = spec.tracking.uri or (os.environ if environ is None else environ).get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
         return uri
