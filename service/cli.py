@@ -50,6 +50,8 @@ def _address(args: argparse.Namespace) -> str | None:
 
 
 def _run_foreground(args: argparse.Namespace, spec) -> int:
+    if spec.search is not None:  # a search campaign (service/campaign.py)
+        return _run_campaign(args, spec)
     from .runner import run_job
 
     try:
@@ -115,6 +117,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     Exit 0 when the job is known, whatever its status; 2 when it is not."""
     from .runner import job_call
 
+    if args.id and _is_job_file(args.id):  # a local search campaign
+        return cmd_campaign_status(args)
     address = _required_address(args)
     if not args.id:
         return cmd_list(args)
@@ -147,6 +151,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     from .runner import STOP_GRACE_S, job_call
 
+    if _is_job_file(args.id):  # a local search campaign
+        return cmd_campaign_stop(args)
     address = _required_address(args)
     requested = job_call(address, "stop_job", args.id)
     status = str(job_call(address, "get_job_status", args.id).value)
@@ -249,6 +255,91 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the workers' output")
 
 
+# ---- search campaigns (service/campaign.py) ----------------------------------------------------
+
+def _is_job_file(value: str) -> bool:
+    from pathlib import Path
+
+    return value.endswith((".yaml", ".yml")) and Path(value).is_file()
+
+
+def _run_campaign(args: argparse.Namespace, spec, resume: bool = False) -> int:
+    from .campaign import CampaignError, run_campaign
+
+    try:
+        outcome = run_campaign(spec, address=_address(args), num_cpus=getattr(args, "num_cpus", None),
+                               verbose=getattr(args, "verbose", False), resume=resume)
+    except CampaignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("[stopped] interrupted: `hyperctl resume` continues the campaign", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    print(json.dumps({"campaign": spec.name, "parent_run_id": outcome.parent_run_id,
+                      "tracking_uri": outcome.tracking_uri, "path": outcome.path,
+                      "status": "FINISHED" if outcome.ok else "FAILED", "error": outcome.error,
+                      "best": outcome.best and {k: outcome.best[k] for k in ("trial", "run_id", "value", "config")},
+                      "trials": [{k: t[k] for k in ("trial", "state", "step", "value", "run_id", "config")}
+                                 for t in outcome.trials]}, indent=2, default=str))
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _campaign_spec(path: str, overrides: list[str] | None = None):
+    spec = load_job(path, overrides or [])
+    if spec.search is None:
+        raise JobSpecError(path, ["not a campaign: the job has no search section (use hyperctl submit)"])
+    return spec
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run a search campaign (a job with a search: section) on a local Ray instance in the
+    foreground: every trial is a whole data-parallel training job, ASHA may stop it early, and MLflow
+    holds one parent run with a nested run per trial and the campaign's summary. Running it again
+    with the same name and storage continues it (as `hyperctl resume`)."""
+    from .preflight import check_job
+
+    spec = _campaign_spec(args.job, args.overrides)
+    check_job(spec)
+    return _run_foreground(args, spec)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue a campaign whose driver died or was stopped: unfinished trials continue from their
+    checkpoints, finished ones are kept, no MLflow run is duplicated. Exit 2 when there is nothing
+    to resume."""
+    spec = _campaign_spec(args.job, args.overrides)
+    return _run_campaign(args, spec, resume=True)
+
+
+def cmd_campaign_status(args: argparse.Namespace) -> int:
+    """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage)."""
+    from .campaign import campaign_status, format_trials
+
+    spec = _campaign_spec(args.id)
+    status = campaign_status(spec)
+    if getattr(args, "json", False):
+        status["trials"] = [{k: v for k, v in t.items() if k != "history"} for t in status["trials"]]
+        print(json.dumps(status, indent=2, default=str))
+        return EXIT_OK
+    print(f"campaign {status['campaign']}: {status['state']} ({len(status['trials'])} trials; {status['path']})")
+    if status["trials"]:
+        print(format_trials(spec, status["trials"]))
+    return EXIT_OK
+
+
+def cmd_campaign_stop(args: argparse.Namespace) -> int:
+    """`hyperctl stop CAMPAIGN.yaml`: stop this host's campaign driver gracefully (Tune keeps its
+    state; `hyperctl resume` continues it)."""
+    from .campaign import stop_campaign
+
+    spec = _campaign_spec(args.id)
+    if stop_campaign(spec):
+        print(f"campaign {spec.name}: stopped (hyperctl resume {args.id} continues it)")
+        return EXIT_OK
+    print(f"campaign {spec.name}: not running")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperctl",
@@ -312,6 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("tune", help="run a search campaign (a job with a search: section)", description=cmd_tune.__doc__)
+    add_job_arguments(p)
+    _add_run_options(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("resume", help="continue an interrupted search campaign", description=cmd_resume.__doc__)
+    add_job_arguments(p)
+    _add_run_options(p)
+    p.set_defaults(func=cmd_resume)
     return parser
 
 

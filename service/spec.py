@@ -111,6 +111,93 @@ class TrackingSpec(Strict):
     experiment: str = Field("default", min_length=1)
 
 
+# ---- search campaigns ----------------------------------------------------------------------------
+
+SEARCH_METRICS = ("valid_bpc", "train_bpc")  # reported to Ray Tune at every evaluation / checkpoint
+# Spec fields a campaign never searches: they name and place the campaign itself.
+UNSEARCHABLE = ("name", "task", "storage", "tracking", "search")
+
+
+class Domain(Strict):
+    """One searched key's values: exactly one of ``choice``, ``grid``, ``uniform``, ``loguniform``,
+    ``randint``. Ranges are ``[lo, hi]``; ``randint`` draws integers ``lo <= v < hi`` (Tune's
+    convention), ``loguniform`` needs ``lo > 0``."""
+
+    choice: list[Any] | None = Field(None, min_length=1, description="values drawn uniformly at random")
+    grid: list[Any] | None = Field(None, min_length=1, description="every value is tried (a grid axis)")
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Domain:
+        given = [k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of choice, grid, uniform, loguniform, randint (found "
+                             f"{', '.join(given) or 'none'})")
+        kind = given[0]
+        if kind in ("uniform", "loguniform", "randint"):
+            lo, hi = getattr(self, kind)
+            if not lo < hi:
+                raise ValueError(f"{kind}: expected [lo, hi] with lo < hi, found [{lo}, {hi}]")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform: lo must be > 0, found {lo}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None)
+
+    def corners(self) -> list[Any]:
+        """The values that bound this domain: every listed value, or a range's two ends."""
+        kind = self.kind
+        if kind in ("choice", "grid"):
+            return list(getattr(self, kind))
+        lo, hi = getattr(self, kind)
+        return [lo, hi - 1] if kind == "randint" else [lo, hi]
+
+
+class SchedulerSpec(Strict):
+    """Early stopping of trials. ``asha``: asynchronous successive halving on the campaign's metric,
+    in training steps: a trial is compared with the others at steps grace_period * rf^k < max_t and
+    stopped unless it is in the best 1/rf there. ``none``: every trial runs its whole budget."""
+
+    name: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1000, gt=0, description="steps every trial runs before it can be stopped")
+    max_t: int | None = Field(None, gt=0, description="steps of a full trial (default: train.max_steps)")
+    reduction_factor: float = Field(3.0, gt=1.0, description="keep the best 1/reduction_factor at each rung")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class SearchSpec(Strict):
+    """A search campaign: every trial is a whole job (the spec with the sampled values put in).
+
+    ``samples`` and the algorithms:
+
+    * ``random``: ``samples`` trials draw every random key afresh; ``grid`` keys are crossed in
+      (Ray Tune's rule): every sample runs the whole grid, so trials = samples x grid points.
+    * ``grid``: every key must be ``grid`` or ``choice`` (a choice is a grid axis here); trials =
+      grid points x samples, the repeats of a point differing only in ``train.seed`` (seed, seed+1,
+      ...; so ``train.seed`` itself cannot be searched when samples > 1).
+    * ``optuna``: Optuna's TPE through Ray Tune; ``samples`` trials; no ``grid`` keys.
+    """
+
+    metric: str = Field("valid_bpc", description=f"what is optimised: one of {', '.join(SEARCH_METRICS)}")
+    mode: Literal["min", "max"] = "min"
+    space: dict[str, Domain] = Field(min_length=1, description="dotted spec key -> its values")
+    samples: int = Field(1, gt=0, description="trials (random, optuna) or repeats of the grid (see above)")
+    max_concurrent: int | None = Field(None, gt=0, description="trials running at once (default: as resources allow)")
+    time_budget_s: float | None = Field(None, gt=0, description="no new trials start after this; running ones stop")
+    scheduler: SchedulerSpec = SchedulerSpec()
+    algorithm: Literal["random", "grid", "optuna"] = "random"
+    max_failures: int = Field(2, ge=0, description="times a failed trial is relaunched (from its checkpoint)")
+    seed: int | None = Field(0, description="sampler seed (random, optuna): the same campaign draws the same trials")
+
+
 class JobSpec(Strict):
     """A training job."""
 
@@ -122,6 +209,7 @@ class JobSpec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     storage: str = Field("./runs", min_length=1, description="checkpoint root: a local folder or s3://bucket/prefix")
     tracking: TrackingSpec = TrackingSpec()
+    search: SearchSpec | None = Field(None, description="makes the job a search campaign (service/campaign.py)")
 
     @model_validator(mode="after")
     def _divisible(self) -> JobSpec:
@@ -131,9 +219,22 @@ class JobSpec(Strict):
                 f"({self.resources.workers}): the global batch is split evenly across workers")
         return self
 
+    @model_validator(mode="after")
+    def _search_space(self) -> JobSpec:
+        if self.search is not None:
+            check_search(self)
+        return self
+
     def flat(self) -> dict[str, Any]:
-        """The spec as ``{"a.b.c": value}``, e.g. for MLflow params."""
-        return flatten(self.model_dump(mode="json"))
+        """The spec as ``{"a.b.c": value}``, e.g. for MLflow params (a campaign's ``search`` section
+        as ``search.*``, a searched key's values as ``search.space.<key>.<kind>``)."""
+        out = flatten(self.model_dump(mode="json", exclude={"search"}))
+        if self.search is not None:
+            search = self.search.model_dump(mode="json", exclude={"space"})
+            out.update(flatten(search, "search."))
+            for key, domain in self.search.space.items():
+                out[f"search.space.{key}.{domain.kind}"] = getattr(domain, domain.kind)
+        return out
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -150,11 +251,20 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     """The schema class that holds the field at ``path`` (None when the path leaves the schema)."""
     model: Any = JobSpec
-    for part in path:
+    parts = list(path)
+    while parts:
+        part = parts.pop(0)
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        ann = field.annotation if field is not None else None
+        if model is SearchSpec and part == "space" and parts:  # dict[str, Domain]: skip the key
+            parts.pop(0)
+            ann = Domain
+        elif ann is not None and not isinstance(ann, type):  # X | None
+            ann = next((a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)),
+                       None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
-        model = field.annotation
+        model = ann
     return model
 
 
@@ -221,5 +331,110 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     return validate_job(raw, str(path))
 
 
+def leaf_fields(model: type[BaseModel] = None, prefix: str = "") -> dict[str, Any]:  # type: ignore[assignment]
+    """Every leaf field of the job schema as ``{"a.b.c": FieldInfo}`` (sections recursed into)."""
+    model = model or JobSpec
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(leaf_fields(ann, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = field
+    return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``raw`` with ``a.b.c`` set to ``value`` (sections created as needed; ``raw`` is changed)."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+    return raw
+
+
+def with_values(spec: JobSpec, values: dict[str, Any], **top: Any) -> dict[str, Any]:
+    """The spec as a plain document with dotted ``values`` put in and no ``search`` section; ``top``
+    replaces top-level fields (e.g. ``name``, ``storage``). Not validated: see :func:`validate_job`."""
+    raw = spec.model_dump(mode="json", exclude={"search"})
+    for key, value in values.items():
+        set_dotted(raw, key, value)
+    raw.update(top)
+    return raw
+
+
+def check_search(spec: JobSpec) -> None:
+    """A campaign's space against the schema: every key names a searchable leaf field (with a
+    did-you-mean), a float range is not put on an integer field, and the spec validates with every
+    listed value and at the low and high corners of the space. Raises ValueError (one problem)."""
+    assert spec.search is not None
+    leaves = leaf_fields()
+    searchable = [k for k in leaves if k.split(".")[0] not in UNSEARCHABLE]
+    problems: list[str] = []
+    for key, domain in spec.search.space.items():
+        if key.split(".")[0] in UNSEARCHABLE:
+            problems.append(f"search.space.{key}: {key.split('.')[0]} cannot be searched (it names or places "
+                            f"the campaign)")
+            continue
+        if key not in leaves:
+            sections = sorted({k.rsplit(".", 1)[0] for k in searchable if k.startswith(key + ".")})
+            if sections:
+                problems.append(f"search.space.{key}: a section, not a field; search one of its fields "
+                                f"({', '.join(k for k in searchable if k.startswith(key + '.'))})")
+                continue
+            guess = difflib.get_close_matches(key, searchable, n=1, cutoff=0.6)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            problems.append(f"search.space.{key}: names no spec field{hint}")
+            continue
+        if domain.kind in ("uniform", "loguniform") and leaves[key].annotation in (int, int | None):
+            problems.append(f"search.space.{key}: an integer field; {domain.kind} draws fractions "
+                            f"(use randint or choice)")
+    search = spec.search
+    if search.metric not in SEARCH_METRICS:
+        guess = difflib.get_close_matches(search.metric, SEARCH_METRICS, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        problems.append(f"search.metric: {search.metric!r} is not reported to the tuner{hint} "
+                        f"(one of {', '.join(SEARCH_METRICS)})")
+    kinds = {key: d.kind for key, d in search.space.items()}
+    if search.algorithm == "grid":
+        problems += [f"search.space.{k}: algorithm grid needs grid or choice values, found {kind}"
+                     for k, kind in kinds.items() if kind not in ("grid", "choice")]
+        if search.samples > 1 and "train.seed" in search.space:
+            problems.append("search.samples: > 1 with algorithm grid repeats every point with seeds seed, seed+1, "
+                            "...: train.seed cannot also be in search.space")
+    if search.algorithm == "optuna":
+        problems += [f"search.space.{k}: algorithm optuna samples; a grid axis needs algorithm random or grid "
+                     f"(or use choice)" for k, kind in kinds.items() if kind == "grid"]
+    if problems:
+        raise ValueError("\n  - ".join(problems))
+    if spec.search.scheduler.name == "asha":
+        sch, steps = spec.search.scheduler, spec.train.max_steps
+        max_t = sch.max_t or steps
+        if max_t is None:
+            raise ValueError("search.scheduler.max_t: required with train.epochs (give it in steps, or use "
+                             "train.max_steps)")
+        if steps is not None and max_t > steps:
+            raise ValueError(f"search.scheduler.max_t ({max_t}) is beyond train.max_steps ({steps})")
+        if sch.grace_period >= max_t:
+            raise ValueError(f"search.scheduler.grace_period ({sch.grace_period}) must be below max_t ({max_t})")
+    # Every listed value, then the low and the high corner of the whole space, must make a valid job.
+    checks: list[tuple[str, dict[str, Any]]] = []
+    for key, domain in spec.search.space.items():
+        checks += [(f"search.space.{key}: value {v!r}", {key: v}) for v in domain.corners()]
+    lows = {k: d.corners()[0] for k, d in spec.search.space.items()}
+    highs = {k: d.corners()[-1] for k, d in spec.search.space.items()}
+    checks += [(f"search.space: the low corner {lows}", lows), (f"search.space: the high corner {highs}", highs)]
+    for what, values in checks:
+        try:
+            JobSpec.model_validate(with_values(spec, values))
+        except ValidationError as e:
+            raise ValueError(f"{what} makes an invalid job: {_describe(e.errors()[0])}") from None
+
+
 __all__ = ["JobSpec", "JobSpecError", "DataSpec", "ModelSpec", "TrainSpec", "ResourcesSpec", "TrackingSpec",
-           "apply_overrides", "flatten", "load_job", "validate_job"]
+           "Domain", "SchedulerSpec", "SearchSpec", "apply_overrides", "check_search", "flatten", "leaf_fields",
+           "load_job", "set_dotted", "validate_job", "with_values"]

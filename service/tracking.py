@@ -216,5 +216,52 @@ def describe_run(uri: str, run_id: str) -> dict[str, Any]:
             "artifact_uri": run.info.artifact_uri}
 
 
+# ---- search campaigns (service/campaign.py): a parent run and one nested child run per trial -----
+
+TAG_CAMPAIGN = "hyperctl.campaign"
+TAG_TRIAL = "hyperctl.trial_id"
+TAG_PARENT = "mlflow.parentRunId"  # what the MLflow UI nests children under
+
+
+def open_child_run(spec: JobSpec, uri: str, parent_run_id: str, trial_id: str, sampled: dict[str, Any],
+                   tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """A campaign trial's nested run (``mlflow.parentRunId`` = the campaign's run): exactly one per
+    trial across trial restarts and campaign resumes. As for a job, the id lives in the trial's
+    folder (``<storage>/<name>/mlflow_run_id``); if that file is missing but the store already has
+    this trial's child (the driver died between creating it and writing the file), that run is
+    adopted. Params: the trial's flat spec and its sampled values as ``sampled.<key>``."""
+    from mlflow.entities import Param
+
+    client = _client(uri)
+    id_file = storage.join(spec.storage, spec.name, RUN_ID_FILE)
+    if not storage.exists(id_file):
+        parent = client.get_run(parent_run_id)
+        found = client.search_runs([parent.info.experiment_id],
+                                   filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and "
+                                                 f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+        if found:
+            storage.write_bytes_atomic(id_file, found[0].info.run_id.encode())
+    run_id, resumed = open_run(spec, uri, {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, **(tags or {})})
+    if not resumed:
+        client.log_batch(run_id, params=[Param(f"sampled.{k}", str(redact(v))) for k, v in sampled.items()])
+    return run_id, resumed
+
+
+def child_runs(uri: str, parent_run_id: str) -> list[Any]:
+    """The nested runs of a campaign's run (MLflow ``Run`` objects), oldest first."""
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=5000)
+
+
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """Set ``tags`` and end the run with ``status`` (FINISHED, FAILED, KILLED) if it is still RUNNING."""
+    client = _client(uri)
+    _set_tags(client, run_id, tags or {})
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status)
+
+
 __all__ = ["MetricBuffer", "close_run", "describe_run", "git_commit", "local_state_dir", "log_job_files",
            "open_run", "redact", "tracking_uri_for"]

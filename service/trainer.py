@@ -72,6 +72,18 @@ def run_dir(spec: JobSpec) -> str:
     return storage.join(spec.storage, spec.name)
 
 
+def report_eval(config: dict[str, Any], step: int, epoch: int, checkpoint_every: int, last: dict[str, float]) -> None:
+    """Hook for search campaigns (:mod:`service.campaign`): with ``config["report_evals"]`` every
+    evaluation is also reported to Ray Train, without a checkpoint, so that the campaign's Tune
+    callback sees the metric at each eval and ASHA can stop the trial between checkpoints. Called
+    on every rank (a report is a barrier across ranks). An eval at a checkpoint step is left to the
+    checkpoint's own report, which carries the same metrics. Plain jobs report nothing here."""
+    if config.get("report_evals") and step % checkpoint_every:
+        import ray.train
+
+        ray.train.report({"step": step, "epoch": epoch, **last})
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -208,6 +220,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if tracker is not None:
                 tracker.add(pos.step, valid_bpc=last["valid_bpc"])
             emit(event="eval", step=pos.step, valid_bpc=last["valid_bpc"], symbols=symbols)
+            report_eval(config, pos.step, pos.epoch, tr.checkpoint_every, last)  # search campaigns only
 
         if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
             save_checkpoint({"step": pos.step, "epoch": pos.epoch, **last})
@@ -262,4 +275,4 @@ def finish_artifacts(spec: JobSpec, model: CharLM, prepared, valid_ids: torch.Te
             tracker.log_artifact(str(tmp_path / "scaling_vectors.png"), "plots")
 
 
-__all__ = ["FAILURE_FILE", "NonFiniteLossError", "make_optimizer", "run_dir", "train_loop_per_worker"]
+__all__ = ["FAILURE_FILE", "NonFiniteLossError", "make_optimizer", "report_eval", "run_dir", "train_loop_per_worker"]

@@ -1,0 +1,760 @@
+"""Search campaigns: a job with a ``search:`` section, run as a Ray Tune experiment of whole jobs.
+
+Read top to bottom:
+
+* :func:`param_space` turns ``search.space`` (dotted spec keys) into Ray Tune domains.
+* :func:`run_trial` is Tune's trainable, a *driver function* (Ray 2.60 runs Train V2: Tune wraps a
+  function that builds a ``TorchTrainer`` and fits it; never ``Tuner(trainer)``). It puts the
+  trial's sampled values into the spec, opens the trial's nested MLflow run and fits the ordinary
+  training loop (:func:`service.trainer.train_loop_per_worker`) with its checkpoints under
+  ``<storage>/<campaign>/<campaign>-<trial id>/``. Every evaluation reaches Tune through
+  :class:`ReportToTune` (Train V2's ``TuneReportCallback``), so ASHA can stop the trial early. A
+  relaunched trial (Tune's ``search.max_failures``, or a resumed campaign) builds the same
+  ``TorchTrainer`` (same storage path and name) and so resumes from its latest checkpoint.
+* :func:`run_campaign` is the campaign's driver: data prepared once, the campaign's parent MLflow
+  run opened (or reopened), the Tune experiment started under ``<storage>/<campaign>/`` or
+  restored from there (``Tuner.restore``: unfinished trials continue, finished ones are kept),
+  and at the end the summary written on the parent run (:func:`write_summary`).
+
+MLflow: one parent run per campaign (id in ``<storage>/<campaign>/mlflow_run_id``), one nested
+child run per trial (``mlflow.parentRunId``; id in the trial's folder, so restarts and resumes
+never duplicate it). A trial stopped early by ASHA ends KILLED with the tag
+``hyperctl.stopped_early``; a trial whose loss went non-finite ends FAILED and reports the worst
+value of the metric (it is a result, not a crash: it is not retried).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from . import storage
+from .spec import JobSpec, JobSpecError, validate_job, with_values
+
+DRIVER_FILE = "driver.json"  # pid and host of the running campaign driver (for `hyperctl stop`)
+SUMMARY_FILE = "summary.json"  # the last summary, also readable without MLflow
+TAG_KIND = "hyperctl.kind"
+TAG_STOPPED = "hyperctl.stopped_early"
+NZ_KEY = "model.hyper.embed_size"  # the paper's N_z: the summary always plots the metric against it
+
+
+class CampaignError(RuntimeError):
+    """A campaign that cannot be run or resumed as asked."""
+
+
+def campaign_dir(spec: JobSpec) -> str:
+    """``<storage>/<campaign>``: the Tune experiment, the parent run id and every trial's folder."""
+    return storage.join(spec.storage, spec.name)
+
+
+def trial_name(campaign: str, trial_id: str) -> str:
+    return f"{campaign}-{trial_id}"
+
+
+def trial_spec(base: JobSpec, sampled: dict[str, Any], trial_id: str) -> JobSpec:
+    """The job a trial runs: the campaign's spec with the sampled values, no search section, named
+    ``<campaign>-<trial id>`` and stored inside the campaign's folder."""
+    raw = with_values(base, sampled, name=trial_name(base.name, trial_id), storage=campaign_dir(base))
+    return validate_job(raw, f"trial {trial_id}")
+
+
+def best_job_document(base: JobSpec, sampled: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's configuration as a ready-to-run job (``<campaign>-best``, same storage and
+    tracking as the campaign)."""
+    raw = with_values(base, sampled, name=f"{base.name}-best")
+    validate_job(raw, "best job")
+    return raw
+
+
+# ---- the search space ---------------------------------------------------------------------------
+
+def param_space(spec: JobSpec) -> tuple[dict[str, Any], int]:
+    """``search.space`` as Ray Tune domains, and Tune's ``num_samples``.
+
+    With algorithm ``grid`` a ``choice`` is a grid axis, and ``samples > 1`` repeats every grid
+    point with ``train.seed`` = seed, seed+1, ... (a grid axis over the seed; num_samples = 1).
+    """
+    from ray import tune
+
+    search = spec.search
+    assert search is not None
+    space: dict[str, Any] = {}
+    for key, domain in search.space.items():
+        kind, values = domain.kind, getattr(domain, domain.kind)
+        if kind == "grid" or (kind == "choice" and search.algorithm == "grid"):
+            space[key] = tune.grid_search(list(values))
+        elif kind == "choice":
+            space[key] = tune.choice(list(values))
+        elif kind == "uniform":
+            space[key] = tune.uniform(*values)
+        elif kind == "loguniform":
+            space[key] = tune.loguniform(*values)
+        else:
+            space[key] = tune.randint(*values)
+    if search.algorithm == "grid":
+        if search.samples > 1:
+            space["train.seed"] = tune.grid_search([spec.train.seed + i for i in range(search.samples)])
+        return space, 1
+    return space, search.samples
+
+
+def searched_keys(spec: JobSpec) -> list[str]:
+    assert spec.search is not None
+    keys = list(spec.search.space)
+    if spec.search.algorithm == "grid" and spec.search.samples > 1:
+        keys.append("train.seed")
+    return keys
+
+
+def _search_alg(spec: JobSpec, concurrent: int):
+    """Tune's search algorithm, limited to ``concurrent`` trials at once (Tune ignores
+    TuneConfig.max_concurrent_trials for a BasicVariantGenerator instance: it takes its own)."""
+    search = spec.search
+    assert search is not None
+    if search.algorithm == "optuna":
+        import optuna
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed)),
+                                  max_concurrent=concurrent)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
+
+
+def _scheduler(spec: JobSpec):
+    search = spec.search
+    assert search is not None
+    if search.scheduler.name == "none":
+        from ray.tune.schedulers import FIFOScheduler
+
+        return FIFOScheduler()
+    from ray.tune.schedulers import ASHAScheduler
+
+    sch = search.scheduler
+    return ASHAScheduler(time_attr="step", max_t=sch.max_t or spec.train.max_steps, grace_period=sch.grace_period,
+                         reduction_factor=sch.reduction_factor)
+
+
+# ---- one trial: a driver function that fits a TorchTrainer ---------------------------------------
+
+def _report_to_tune_class():
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ReportToTune(TuneReportCallback):
+        """Train V2's TuneReportCallback, passing on only the reports that carry the campaign's
+        metric, before the last step: the last checkpoint's report would hold the previous eval's
+        value (the whole-split final evaluation follows it), and ASHA would stop a finished trial at
+        max_t before its final evaluation. The driver function reports the final value itself."""
+
+        def __init__(self, metric: str, total_steps: int | None) -> None:
+            super().__init__()
+            self.metric, self.total_steps = metric, total_steps
+
+        def after_report(self, run_context, metrics, checkpoint):
+            first = metrics[0] if metrics else {}
+            if self.metric in first and (self.total_steps is None or first.get("step", 0) < self.total_steps):
+                super().after_report(run_context, metrics, checkpoint)
+
+    return ReportToTune
+
+
+def build_trainer(spec: JobSpec, data_root: str, uri: str, run_id: str, callbacks: list[Any] | None = None,
+                  storage_root: str | None = None):
+    """The ``TorchTrainer`` of one job, as :func:`service.runner.run_job` builds it (without the
+    progress queue), with Train-to-Tune ``callbacks`` and every eval reported (``report_evals``)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
+    from .runner import PROCESS_GROUP_TIMEOUT_S
+    from .trainer import train_loop_per_worker
+
+    r = spec.resources
+    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        resources["GPU"] = r.gpus_per_worker
+    storage_path, filesystem = storage.storage_options_for_ray(storage_root or spec.storage)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": data_root, "tracking_uri": uri,
+                           "run_id": run_id, "progress": None, "report_evals": True},
+        torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo", timeout_s=PROCESS_GROUP_TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+                             callbacks=callbacks or [],
+                             logging_config=LoggingConfig(log_level="WARNING")),
+    )
+
+
+def _worst(mode: str) -> float:
+    return math.inf if mode == "min" else -math.inf
+
+
+def _finished_run(spec: JobSpec, uri: str) -> dict[str, float] | None:
+    """The metrics of this trial's child run if it already ended FINISHED, else None."""
+    from . import tracking
+
+    id_file = storage.join(spec.storage, spec.name, tracking.RUN_ID_FILE)
+    if not storage.exists(id_file):
+        return None
+    try:
+        info = tracking.describe_run(uri, storage.read_bytes(id_file).decode().strip())
+    except Exception:  # noqa: BLE001 - not in this store: run the trial
+        return None
+    return dict(info["metrics"]) if info["status"] == "FINISHED" else None
+
+
+def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
+    """Tune's trainable for one trial (runs in a Tune trial actor, which reserves no CPU: the
+    trial's Train workers hold its resources)."""
+    from ray import tune
+
+    from . import tracking
+    from .trainer import FAILURE_FILE, run_dir
+
+    base = JobSpec.model_validate(setup["spec"])
+    assert base.search is not None
+    metric, mode = base.search.metric, base.search.mode
+    trial_id = tune.get_context().get_trial_id()
+    sampled = {k: config[k] for k in setup["keys"]}
+    spec = trial_spec(base, sampled, trial_id)
+    uri = setup["tracking_uri"]
+    done = _finished_run(spec, uri)
+    if done is not None:  # finished before the campaign's driver died, but not yet recorded by Tune
+        tune.report({**done, "step": spec.train.max_steps or done.get("step", 0), "trial_state": "completed"})
+        return
+    run_id, resumed = tracking.open_child_run(spec, uri, setup["parent_run_id"], trial_id, sampled,
+                                              tags={tracking.TAG_CAMPAIGN: base.name, TAG_KIND: "trial"})
+    if not resumed:
+        tracking.log_job_files(uri, run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+                               storage.read_bytes(storage.join(setup["data_root"], "vocab.json")))
+    failure_file = storage.join(run_dir(spec), FAILURE_FILE)
+    if storage.exists(failure_file):
+        fs, path = storage.filesystem_for(failure_file)
+        fs.delete_file(path)
+
+    total_steps = spec.train.max_steps
+    report_cls = _report_to_tune_class()
+    trainer = build_trainer(spec, setup["data_root"], uri, run_id, [report_cls(metric, total_steps)])
+    try:
+        result = trainer.fit()
+        if getattr(result, "error", None):
+            raise result.error
+    except Exception as e:  # a crashed trial: FAILED now, reopened (same run) if Tune relaunches it
+        tracking.close_run(uri, run_id, f"{type(e).__name__}: {e}")
+        raise
+    if storage.exists(failure_file):  # diverged: a (bad) result, not a crash to retry
+        info = json.loads(storage.read_bytes(failure_file))
+        tracking.close_run(uri, run_id, info["error"])
+        tune.report({"step": int(info["step"]), metric: _worst(mode), "trial_state": "diverged"})
+        return
+    tracking.close_run(uri, run_id)
+    final = tracking.describe_run(uri, run_id)["metrics"]
+    tune.report({**{k: v for k, v in final.items() if isinstance(v, (int, float))},
+                 "step": total_steps or final.get("step", 0), "trial_state": "completed"})
+
+
+# ---- progress in the driver ---------------------------------------------------------------------
+
+def _progress_callback_class():
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per reported eval and per trial end, on the driver's stdout."""
+
+        def __init__(self, metric: str) -> None:
+            self.metric = metric
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            print(f"[trial] {trial.trial_id} started: {_fmt_config(trial.config)}", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(self.metric)
+            if isinstance(value, (int, float)):
+                print(f"[trial] {trial.trial_id} step {result.get('step', '?'):>7} {self.metric} {value:.4f}",
+                      flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            state = (trial.last_result or {}).get("trial_state", "stopped early")
+            print(f"[trial] {trial.trial_id} ended: {state}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[trial] {trial.trial_id} failed (see its MLflow run)", flush=True)
+
+    return Progress
+
+
+def _fmt_config(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in config.items())
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ---- the campaign driver ------------------------------------------------------------------------
+
+@dataclass
+class CampaignOutcome:
+    parent_run_id: str
+    tracking_uri: str
+    path: str
+    ok: bool
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _driver_record(spec: JobSpec) -> dict[str, Any] | None:
+    path = storage.join(campaign_dir(spec), DRIVER_FILE)
+    if not storage.exists(path):
+        return None
+    return json.loads(storage.read_bytes(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def driver_running(spec: JobSpec) -> int | None:
+    """The pid of this campaign's driver if it runs on this host, else None."""
+    import socket
+
+    rec = _driver_record(spec)
+    if rec and rec.get("host") == socket.gethostname() and _pid_alive(int(rec["pid"])):
+        return int(rec["pid"])
+    return None
+
+
+def can_resume(spec: JobSpec) -> bool:
+    from ray.tune import Tuner
+
+    return storage.exists(campaign_dir(spec)) and Tuner.can_restore(_tune_path(spec))
+
+
+def _tune_path(spec: JobSpec) -> str:
+    return campaign_dir(spec)
+
+
+def _sigterm_as_sigint() -> None:
+    """SIGTERM (`hyperctl stop`, `ray job stop`) as SIGINT: Tune then stops the experiment
+    gracefully, saving its state for a resume, and the driver ends the MLflow runs."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+
+
+def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
+                 resume: bool = False, out: TextIO = sys.stdout) -> CampaignOutcome:
+    """Run (or, when ``<storage>/<campaign>`` holds its Tune state, continue) the campaign ``spec``.
+    ``resume=True`` insists on continuing an existing campaign."""
+    import socket
+
+    import ray
+    from ray import tune
+
+    from . import data, preflight, tracking
+    from .runner import absolute_storage, init_ray
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    if spec.search is None:
+        raise JobSpecError(spec.name, ["not a campaign: the job has no search section"])
+    spec = absolute_storage(spec)
+    search = spec.search
+    running = driver_running(spec)
+    if running is not None and running != os.getpid():
+        raise CampaignError(f"campaign {spec.name!r} is already running (driver pid {running})")
+    on_cluster = init_ray(address, num_cpus, verbose)
+    _sigterm_as_sigint()
+    cluster = ray.cluster_resources()
+    if on_cluster:
+        preflight.check_job(spec, check_resources=False)
+    else:
+        preflight.check_job(spec, available_cpus=cluster.get("CPU", 0.0), available_gpus=cluster.get("GPU", 0.0))
+    exists = can_resume(spec)
+    if resume and not exists:
+        raise CampaignError(f"no campaign to resume at {campaign_dir(spec)} (submit it first)")
+
+    say(f"[data]  preparing {spec.data.dataset or spec.data.train} ...")
+    prepared = data.prepare_data(spec, storage.join(spec.storage, "datasets"))
+    uri = tracking.tracking_uri_for(spec)
+    parent_id, reopened = tracking.open_run(spec, uri, {TAG_KIND: "campaign", tracking.TAG_CAMPAIGN: spec.name,
+                                                        "ray.job_id": ray.get_runtime_context().get_job_id()})
+    tracking.log_job_files(uri, parent_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+                           storage.read_bytes(storage.join(prepared.root, "vocab.json")))
+    storage.write_bytes_atomic(storage.join(campaign_dir(spec), DRIVER_FILE),
+                               json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": time.time()}).encode())
+    say(f"[mlflow] campaign run {parent_id} ({'resumed' if reopened else 'new'}) in {tracking.redact(uri)}, "
+        f"experiment {spec.tracking.experiment!r}")
+
+    r = spec.resources
+    per_trial_cpu = r.workers * r.cpus_per_worker
+    concurrent = search.max_concurrent or max(1, int(cluster.get("CPU", 1.0) // per_trial_cpu))
+    setup = {"spec": spec.model_dump(mode="json"), "keys": searched_keys(spec), "tracking_uri": uri,
+             "parent_run_id": parent_id, "data_root": prepared.root}
+    # The trial's driver function only waits on its TorchTrainer: it holds no CPU (the Train workers
+    # hold the trial's resources), only a token of memory, as Tune needs a non-empty request.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": 0, "memory": 2**20})
+    space, num_samples = param_space(spec)
+    storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
+
+    if exists:
+        say(f"[tune]  resuming {campaign_dir(spec)}: unfinished trials continue, finished ones are kept")
+        tuner = tune.Tuner.restore(_tune_path(spec), trainable, resume_unfinished=True, resume_errored=True,
+                                   restart_errored=False, storage_filesystem=filesystem)
+    else:
+        say(f"[tune]  {search.algorithm} search over {', '.join(searched_keys(spec))}: {num_samples} sample(s), "
+            f"{concurrent} at a time, scheduler {search.scheduler.name}, metric {search.metric} ({search.mode})")
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=num_samples,
+                                        time_budget_s=search.time_budget_s,
+                                        search_alg=_search_alg(spec, concurrent), scheduler=_scheduler(spec),
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
+                                      failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                                      callbacks=[_progress_callback_class()(search.metric)],
+                                      verbose=1 if verbose else 0),
+        )
+    error: str | None = None
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except Exception as e:  # noqa: BLE001 - the experiment itself failed
+        error = f"{type(e).__name__}: {e}"
+    trials = collect_trials(spec)
+    unfinished = [t for t in trials if t["state"] in ("PENDING", "RUNNING", "PAUSED")]
+    if error is None and unfinished:
+        error = f"interrupted with {len(unfinished)} unfinished trial(s)"
+    close_trial_runs(spec, uri, trials, interrupted=bool(unfinished))
+    best = None
+    try:
+        best = write_summary(spec, uri, parent_id, trials)
+    except Exception as e:  # noqa: BLE001 - a summary problem must not hide the campaign's outcome
+        say(f"[warn]  summary not written: {type(e).__name__}: {e}")
+    if error is None:
+        tracking.close_run(uri, parent_id)
+    else:
+        tracking.close_run(uri, parent_id, error + ("; resume with `hyperctl resume`" if unfinished else ""))
+    _delete(storage.join(campaign_dir(spec), DRIVER_FILE))
+    for line in format_trials(spec, trials).splitlines():
+        say(line)
+    if best:
+        say(f"[best]  trial {best['trial']} {spec.search.metric} {best['value']:.4f}: {_fmt_config(best['config'])}")
+    say(f"[mlflow] campaign run {parent_id}: {'FINISHED' if error is None else 'FAILED'}")
+    return CampaignOutcome(parent_run_id=parent_id, tracking_uri=uri, path=campaign_dir(spec), ok=error is None,
+                           trials=trials, best=best, error=error)
+
+
+def _delete(uri: str) -> None:
+    if storage.exists(uri):
+        fs, path = storage.filesystem_for(uri)
+        fs.delete_file(path)
+
+
+# ---- the trials: state from Tune's experiment, runs from MLflow ----------------------------------
+
+def collect_trials(spec: JobSpec) -> list[dict[str, Any]]:
+    """Every trial of the campaign from its Tune experiment state: id, Tune status, our state
+    (completed / stopped early / diverged / failed / running / pending), sampled values, steps, the
+    last reported metric, the child run id. Readable without a running Ray instance."""
+    from ray.tune import ExperimentAnalysis
+
+    assert spec.search is not None
+    metric = spec.search.metric
+    path = _tune_path(spec)
+    try:
+        analysis = ExperimentAnalysis(path, storage_filesystem=storage.storage_options_for_ray(spec.storage)[1])
+    except Exception:  # noqa: BLE001 - no state written yet
+        return []
+    keys = searched_keys(spec)
+    rows = []
+    for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
+        last = trial.last_result or {}
+        status = trial.status
+        if status == "TERMINATED":
+            state = last.get("trial_state", "stopped early")
+        elif status == "ERROR":
+            state = "failed"
+        else:
+            state = status.lower()
+        name = trial_name(spec.name, trial.trial_id)
+        id_file = storage.join(campaign_dir(spec), name, "mlflow_run_id")
+        value = last.get(metric)
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        history = []
+        if frame is not None and metric in frame and "step" in frame:
+            history = [(int(st), float(v)) for st, v in zip(frame["step"], frame[metric])
+                       if isinstance(v, (int, float)) and not math.isnan(v)]
+        rows.append({"history": history, "trial": trial.trial_id, "status": status, "state": state,
+                     "config": {k: trial.config.get(k) for k in keys},
+                     "step": last.get("step"), "value": float(value) if isinstance(value, (int, float)) else None,
+                     "run_id": storage.read_bytes(id_file).decode().strip() if storage.exists(id_file) else None})
+    return rows
+
+
+def close_trial_runs(spec: JobSpec, uri: str, trials: list[dict[str, Any]], interrupted: bool) -> None:
+    """End the child runs Tune ended without the trial doing so: stopped early by ASHA (KILLED,
+    tagged), failed (FAILED), or cut off by a stopped campaign (KILLED; a resume reopens them)."""
+    from . import tracking
+
+    for t in trials:
+        if not t["run_id"]:
+            continue
+        if t["state"] == "stopped early":
+            _log_reported(uri, t["run_id"], spec.search.metric, t["history"])
+            tracking.end_run(uri, t["run_id"], "KILLED", {TAG_STOPPED: f"asha at step {t['step']}"})
+        elif t["state"] == "failed":
+            tracking.end_run(uri, t["run_id"], "FAILED")
+        elif interrupted and t["state"] in ("running", "pending", "paused"):
+            tracking.end_run(uri, t["run_id"], "KILLED", {tracking.TAG_ERROR: "campaign stopped; resume it"})
+
+
+def _log_reported(uri: str, run_id: str, metric: str, history: list[tuple[int, float]]) -> None:
+    """A trial stopped between checkpoints: its run holds the metric up to the last checkpoint;
+    the evals Tune received after it (the ones ASHA judged) are added, never a step twice."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    logged = max((m.step for m in client.get_metric_history(run_id, metric)), default=-1)
+    now = int(time.time() * 1000)
+    batch = [Metric(metric, value, now, step) for step, value in history if step > logged]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def ranked(spec: JobSpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials sorted by the metric (best first; trials without a value last)."""
+    assert spec.search is not None
+    sign = 1.0 if spec.search.mode == "min" else -1.0
+
+    def key(t: dict[str, Any]) -> tuple[int, float]:
+        v = t["value"]
+        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
+
+    return sorted(trials, key=key)
+
+
+def best_trial(spec: JobSpec, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best completed trial (a trial stopped early holds an early value; it is not a result),
+    or the best of all when none completed."""
+    order = [t for t in ranked(spec, trials) if t["value"] is not None and math.isfinite(t["value"])]
+    completed = [t for t in order if t["state"] == "completed"]
+    return (completed or order or [None])[0]
+
+
+def format_trials(spec: JobSpec, trials: list[dict[str, Any]]) -> str:
+    assert spec.search is not None
+    keys = searched_keys(spec)
+    head = ["trial", "state", "step", spec.search.metric] + keys
+    rows = [[t["trial"], t["state"], str(t["step"] if t["step"] is not None else "-"),
+             f"{t['value']:.4f}" if t["value"] is not None else "-"] + [_fmt(t["config"].get(k)) for k in keys]
+            for t in ranked(spec, trials)]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    return "\n".join(lines)
+
+
+# ---- the summary on the parent run ---------------------------------------------------------------
+
+def write_summary(spec: JobSpec, uri: str, parent_id: str, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """On the campaign's run: ``summary/trials.csv`` and ``summary/trials.md`` (trials sorted by the
+    metric), ``plots/<metric>_vs_N_z.png`` and one plot per other searched key,
+    ``plots/learning_curves.png`` (every trial's metric curve), ``best_job.yaml`` (the best trial
+    as a ready-to-run job), metrics ``best_<metric>`` and trial counts, tags for the best trial."""
+    from mlflow.tracking import MlflowClient
+
+    assert spec.search is not None
+    client = MlflowClient(tracking_uri=uri)
+    metric = spec.search.metric
+    keys = searched_keys(spec)
+    order = ranked(spec, trials)
+    nz_of = {t["trial"]: t["config"].get(NZ_KEY, spec.model.hyper.embed_size) for t in trials}
+    columns = ["rank", "trial", "run_id", "state", "step", metric] + keys + ([] if NZ_KEY in keys else ["N_z"])
+    table = []
+    for i, t in enumerate(order, 1):
+        row = {"rank": i, "trial": t["trial"], "run_id": t["run_id"] or "", "state": t["state"], "step": t["step"],
+               metric: t["value"], **{k: t["config"].get(k) for k in keys}}
+        if NZ_KEY not in keys:
+            row["N_z"] = nz_of[t["trial"]]
+        table.append(row)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(table)
+    md = [f"# Campaign {spec.name}: trials by {metric} ({spec.search.mode})", "",
+          "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    md += ["| " + " | ".join(_md(row.get(c)) for c in columns) + " |" for row in table]
+    best = best_trial(spec, trials)
+    if best:
+        md += ["", f"Best: trial `{best['trial']}` ({metric} {best['value']:.4f}), "
+                   f"{_fmt_config(best['config'])}; job: `best_job.yaml`."]
+    client.log_text(parent_id, buf.getvalue(), "summary/trials.csv")
+    client.log_text(parent_id, "\n".join(md) + "\n", "summary/trials.md")
+
+    curves = {}
+    for t in trials:
+        if t["run_id"]:
+            history = sorted(client.get_metric_history(t["run_id"], metric), key=lambda m: m.step)
+            curves[t["trial"]] = [(m.step, m.value) for m in history]
+    with tempfile.TemporaryDirectory(prefix="hyperctl-summary-") as tmp:
+        plot_keys = [NZ_KEY] + [k for k in keys if k != NZ_KEY]
+        for key in plot_keys:
+            label = "N_z" if key == NZ_KEY else key
+            points = [(nz_of[t["trial"]] if key == NZ_KEY else t["config"].get(key), t["value"], t["state"])
+                      for t in trials]
+            path = Path(tmp) / f"{metric}_vs_{label}.png"
+            domain = spec.search.space.get(key)
+            _scatter(points, path, xlabel=label if key != NZ_KEY else "N_z (model.hyper.embed_size)", ylabel=metric,
+                     title=f"{spec.name}: {metric} against {label}",
+                     logx=bool(domain and domain.kind == "loguniform") or key == NZ_KEY)
+            client.log_artifact(parent_id, str(path), "plots")
+        path = Path(tmp) / "learning_curves.png"
+        labels = {t["trial"]: f"{t['trial']} ({_fmt_config(t['config'])})" for t in trials}
+        _curves(curves, labels, path, ylabel=metric, title=f"{spec.name}: {metric} of every trial")
+        client.log_artifact(parent_id, str(path), "plots")
+
+    counts = {s: sum(1 for t in trials if t["state"] == s) for s in ("completed", "stopped early", "failed",
+                                                                      "diverged")}
+    for s, n in counts.items():
+        client.log_metric(parent_id, f"trials_{s.replace(' ', '_')}", n)
+    client.log_metric(parent_id, "trials", len(trials))
+    storage.write_bytes_atomic(storage.join(campaign_dir(spec), SUMMARY_FILE),
+                               json.dumps({"trials": table, "best": best}, default=str).encode())
+    if best is None:
+        return None
+    doc = best_job_document(spec, best["config"])
+    text = (f"# Best trial of campaign {spec.name}: trial {best['trial']} (MLflow run {best['run_id']}),\n"
+            f"# {metric} = {best['value']:.4f}; searched values: {_fmt_config(best['config'])}.\n"
+            f"# Run it with: hyperctl submit best_job.yaml\n" + yaml.safe_dump(doc, sort_keys=False))
+    client.log_text(parent_id, text, "best_job.yaml")
+    client.log_metric(parent_id, f"best_{metric}", best["value"])
+    client.set_tag(parent_id, "hyperctl.best_trial", best["trial"])
+    if best["run_id"]:
+        client.set_tag(parent_id, "hyperctl.best_run_id", best["run_id"])
+    return best
+
+
+def _md(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _scatter(points, path: Path, xlabel: str, ylabel: str, title: str, logx: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"completed": ("o", "tab:blue"), "stopped early": ("x", "tab:orange"), "diverged": ("v", "tab:red"),
+              "failed": ("v", "tab:red")}
+    for state, (marker, color) in styles.items():
+        pts = [(x, y) for x, y, s in points if s == state and x is not None and y is not None and math.isfinite(y)]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, color=color, label=state, s=45)
+    other = [(x, y) for x, y, s in points if s not in styles and x is not None and y is not None and math.isfinite(y)]
+    if other:
+        ax.scatter(*zip(*other), marker=".", color="gray", label="running", s=45)
+    xs = [x for x, _, _ in points if isinstance(x, (int, float))]
+    if logx and xs and min(xs) > 0 and max(xs) > min(xs):
+        ax.set_xscale("log", base=2 if xlabel.startswith("N_z") else 10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel + " (last reported)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _curves(curves: dict[str, list[tuple[int, float]]], labels: dict[str, str], path: Path, ylabel: str,
+            title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for trial, points in sorted(curves.items()):
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, lw=1.2, label=labels.get(trial, trial))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- status and stop (local) --------------------------------------------------------------------
+
+def campaign_status(spec: JobSpec) -> dict[str, Any]:
+    """The campaign's trials and whether its driver runs, from ``<storage>/<campaign>``."""
+    spec = _abs(spec)
+    trials = collect_trials(spec)
+    pid = driver_running(spec)
+    state = "running" if pid else ("not started" if not trials else
+                                   "finished" if all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+                                   else "interrupted (hyperctl resume continues it)")
+    return {"campaign": spec.name, "path": campaign_dir(spec), "state": state, "driver_pid": pid, "trials": trials}
+
+
+def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool:
+    """Ask this host's running driver to stop (SIGTERM: Tune saves its state and the driver ends
+    the MLflow runs); returns True once it has exited, False if none was running."""
+    spec = _abs(spec)
+    pid = driver_running(spec)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.5)
+    return not _pid_alive(pid)
+
+
+def _abs(spec: JobSpec) -> JobSpec:
+    from .runner import absolute_storage
+
+    return absolute_storage(spec)
+
+
+__all__ = ["CampaignError", "CampaignOutcome", "best_job_document", "campaign_dir", "campaign_status",
+           "collect_trials", "format_trials", "param_space", "run_campaign", "run_trial", "stop_campaign",
+           "trial_spec", "write_summary"]
