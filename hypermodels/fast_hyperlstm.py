@@ -6,21 +6,27 @@ tensors cost far more than the arithmetic. Here a :class:`torch.autograd.Functio
 sequence of one layer under no-grad, saves only what backpropagation through time needs, and runs BPTT
 by hand:
 
-* forward saves per step only the main cell's recurrent product ``u = W_h h_{t-1}``, the gate
-  pre-activations (before layer norm), the cell state ``c``, the small embeddings ``z`` and the same for
-  the (small) hyper cell; everything else (layer norms, gate activations, ``d = W_{.z} z``, ``W_x x``) is
-  recomputed in backward, which is cheap element-wise work;
+* forward saves per step only the recurrent product ``r = [W_h; W_ĥh] h_{t-1}`` (or just ``u = W_h h``),
+  the gate pre-activations (before layer norm), the cell state ``c``, the small embeddings ``z`` and the
+  same for the (small) hyper cell; everything else (layer norms, gate activations, ``d = W_{.z} z``,
+  ``W_x x``) is recomputed in backward, which is cheap element-wise work;
 * backward runs only the recurrent matrix products per step; the weight gradients (``W_h``, ``W_x``, the
   hyper cell's weights, ``z`` projections) and the input gradient are one large matrix product each over
-  the whole sequence after the loop;
-* layer norm forward/backward use ATen's fused ``native_layer_norm`` kernels (no hand-written LN backward);
-  the per-gate gains are applied outside so that one kernel normalises all four gates.
+  the whole sequence after the loop.
+
+Two implementations of the per-step element-wise work, chosen by :data:`BACKEND`:
+
+* ``fused`` (CPU): the C++ kernels of ``csrc/hyperlstm_cell.cpp``, one parallel region per cell and step
+  (pre-activation, both layer norms, gates, cell state, and the per-row products ``z``, ``d``), built on
+  first use with the machine's compiler; per step and direction only two matrix products remain.
+* ``python``: the same equations with ATen ops (``native_layer_norm`` and its backward, so no
+  hand-written LN backward there); used on CUDA and wherever the extension cannot be built.
 
 Numerics: the same equations as ``HyperLSTMCell.step``; results agree with the reference to rounding
-(tests/test_fast_hyperlstm.py). The forget-gate bias is folded into the LN bias (or the gate bias without
-LN), which changes rounding only. Dropout masks are drawn up front by the caller, in the same order as
-the reference path (:func:`~hypermodels.hyperlstm.recurrent_dropout_masks`), so both paths see the same
-masks under one seed. Double backward is not supported (use ``fast=False``).
+(tests/test_fast_hyperlstm.py runs both implementations). The forget-gate bias is folded into the LN
+bias (or the gate bias without LN), which changes rounding only. Dropout masks are drawn up front by the
+caller, in the same order as the reference path (:func:`~hypermodels.hyperlstm.recurrent_dropout_masks`),
+so both paths see the same masks under one seed. Double backward is not supported (use ``fast=False``).
 """
 from __future__ import annotations
 

@@ -304,3 +304,13 @@ def test_fast_saves_less_for_backward_than_reference():
         return sum(seen.values())
 
     assert saved(fast) < 0.5 * saved(ref)
+
+
+def test_loading_the_fused_kernels_keeps_denormals(backend):
+    # The kernels are compiled with -ffast-math; linked with it, the library would switch the whole
+    # process to flush-to-zero when loaded.
+    if backend != "fused":
+        pytest.skip("fused kernels only")
+    fh.fused_extension()
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert (tiny * 1.0).item() != 0.0
