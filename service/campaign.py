@@ -530,7 +530,10 @@ def close_trial_runs(spec: JobSpec, uri: str, trials: list[dict[str, Any]], inte
             continue
         if t["state"] == "stopped early":
             _log_reported(uri, t["run_id"], spec.search.metric, t["history"])
-            tracking.end_run(uri, t["run_id"], "KILLED", {TAG_STOPPED: f"asha at step {t['step']}"})
+            # Tune's stop can reach the trial's fit() as an exception first, which closed its run
+            # FAILED: a trial stopped by the scheduler is KILLED, whichever came first.
+            tracking.end_run(uri, t["run_id"], "KILLED", {TAG_STOPPED: f"asha at step {t['step']}"},
+                             replace=("FAILED",))
         elif t["state"] == "failed":
             tracking.end_run(uri, t["run_id"], "FAILED")
         elif interrupted and t["state"] in ("running", "pending", "paused"):

@@ -255,12 +255,17 @@ def child_runs(uri: str, parent_run_id: str) -> list[Any]:
                               order_by=["attributes.start_time ASC"], max_results=5000)
 
 
-def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
-    """Set ``tags`` and end the run with ``status`` (FINISHED, FAILED, KILLED) if it is still RUNNING."""
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None,
+            replace: tuple[str, ...] = ()) -> None:
+    """Set ``tags`` and end the run with ``status`` (FINISHED, FAILED, KILLED) if it is still RUNNING,
+    or already ended with one of the ``replace`` statuses (whose error tag is then dropped)."""
     client = _client(uri)
     _set_tags(client, run_id, tags or {})
-    if client.get_run(run_id).info.status == "RUNNING":
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING" or run.info.status in replace:
         client.set_terminated(run_id, status)
+        if run.info.status in replace and TAG_ERROR in run.data.tags:
+            client.delete_tag(run_id, TAG_ERROR)
 
 
 __all__ = ["MetricBuffer", "close_run", "describe_run", "git_commit", "local_state_dir", "log_job_files",
