@@ -39,7 +39,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from . import storage
+from . import storage, tasks
+from .runner import build_trainer
 from .spec import JobSpec, JobSpecError, validate_job, with_values
 
 DRIVER_FILE = "driver.json"  # pid and host of the running campaign driver (for `hyperctl stop`)
@@ -171,37 +172,6 @@ def _report_to_tune_class():
     return ReportToTune
 
 
-def build_trainer(spec: JobSpec, data_root: str, uri: str, run_id: str, callbacks: list[Any] | None = None,
-                  storage_root: str | None = None):
-    """The ``TorchTrainer`` of one job, as :func:`service.runner.run_job` builds it (without the
-    progress queue), with Train-to-Tune ``callbacks`` and every eval reported (``report_evals``)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.config import LoggingConfig
-
-    from .runner import PROCESS_GROUP_TIMEOUT_S
-    from .trainer import train_loop_per_worker
-
-    r = spec.resources
-    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
-    if r.gpus_per_worker:
-        resources["GPU"] = r.gpus_per_worker
-    storage_path, filesystem = storage.storage_options_for_ray(storage_root or spec.storage)
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": data_root, "tracking_uri": uri,
-                           "run_id": run_id, "progress": None, "report_evals": True},
-        torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo", timeout_s=PROCESS_GROUP_TIMEOUT_S),
-        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=r.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
-                             callbacks=callbacks or [],
-                             logging_config=LoggingConfig(log_level="WARNING")),
-    )
-
-
 def _worst(mode: str) -> float:
     return math.inf if mode == "min" else -math.inf
 
@@ -226,9 +196,9 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from ray import tune
 
     from . import tracking
-    from .trainer import FAILURE_FILE, run_dir
+    from .worker import FAILURE_FILE, run_dir
 
-    base = JobSpec.model_validate(setup["spec"])
+    base = validate_job(setup["spec"], "campaign")
     assert base.search is not None
     metric, mode = base.search.metric, base.search.mode
     trial_id = tune.get_context().get_trial_id()
@@ -242,8 +212,7 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     run_id, resumed = tracking.open_child_run(spec, uri, setup["parent_run_id"], trial_id, sampled,
                                               tags={tracking.TAG_CAMPAIGN: base.name, TAG_KIND: "trial"})
     if not resumed:
-        tracking.log_job_files(uri, run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-                               storage.read_bytes(storage.join(setup["data_root"], "vocab.json")))
+        tracking.log_job_files(uri, run_id, spec, setup["data_root"], setup["manifest"])
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
     if storage.exists(failure_file):
         fs, path = storage.filesystem_for(failure_file)
@@ -251,7 +220,8 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
 
     total_steps = spec.train.max_steps
     report_cls = _report_to_tune_class()
-    trainer = build_trainer(spec, setup["data_root"], uri, run_id, [report_cls(metric, total_steps)])
+    trainer = build_trainer(spec, setup["data_root"], uri, run_id, callbacks=[report_cls(metric, total_steps)],
+                            report_evals=True)
     try:
         result = trainer.fit()
         if getattr(result, "error", None):
@@ -376,7 +346,7 @@ def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float |
     import ray
     from ray import tune
 
-    from . import data, preflight, tracking
+    from . import preflight, tracking
     from .runner import absolute_storage, init_ray
 
     def say(text: str) -> None:
@@ -400,13 +370,12 @@ def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float |
     if resume and not exists:
         raise CampaignError(f"no campaign to resume at {campaign_dir(spec)} (submit it first)")
 
-    say(f"[data]  preparing {spec.data.dataset or spec.data.train} ...")
-    prepared = data.prepare_data(spec, storage.join(spec.storage, "datasets"))
+    say(f"[data]  preparing {tasks.source_name(spec)} ...")
+    prepared = tasks.prepare(spec, storage.join(spec.storage, "datasets"))
     uri = tracking.tracking_uri_for(spec)
     parent_id, reopened = tracking.open_run(spec, uri, {TAG_KIND: "campaign", tracking.TAG_CAMPAIGN: spec.name,
                                                         "ray.job_id": ray.get_runtime_context().get_job_id()})
-    tracking.log_job_files(uri, parent_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-                           storage.read_bytes(storage.join(prepared.root, "vocab.json")))
+    tracking.log_job_files(uri, parent_id, spec, prepared.root, prepared.manifest)
     storage.write_bytes_atomic(storage.join(campaign_dir(spec), DRIVER_FILE),
                                json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                            "started": time.time()}).encode())
@@ -417,7 +386,7 @@ def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float |
     per_trial_cpu = r.workers * r.cpus_per_worker
     concurrent = search.max_concurrent or max(1, int(cluster.get("CPU", 1.0) // per_trial_cpu))
     setup = {"spec": spec.model_dump(mode="json"), "keys": searched_keys(spec), "tracking_uri": uri,
-             "parent_run_id": parent_id, "data_root": prepared.root}
+             "parent_run_id": parent_id, "data_root": prepared.root, "manifest": prepared.manifest}
     # The trial's driver function only waits on its TorchTrainer: it holds no CPU (the Train workers
     # hold the trial's resources), only a token of memory, as Tune needs a non-empty request.
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": 0, "memory": 2**20})

@@ -186,11 +186,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .runner import list_runs
 
     rows = list_runs(_tracking_uri(args))
-    print(f"{'RUN ID':<34} {'STATUS':<9} {'JOB':<28} {'STEP':>7} {'VALID BPC':>9} {'TEST BPC':>9}")
+    print(f"{'RUN ID':<34} {'STATUS':<9} {'JOB':<28} {'TASK':<20} {'STEP':>7} {'METRIC':<6} {'VALID':>9} {'TEST':>9}")
     for r in rows:
         fmt = lambda v: f"{v:9.4f}" if isinstance(v, float) else f"{'-':>9}"  # noqa: E731
-        print(f"{r['run_id']:<34} {r['status']:<9} {r['job']:<28} {r['step']:>7} {fmt(r['valid_bpc'])} "
-              f"{fmt(r['test_bpc'])}")
+        print(f"{r['run_id']:<34} {r['status']:<9} {r['job']:<28} {r['task']:<20} {r['step']:>7} {r['metric']:<6} "
+              f"{fmt(r['valid'])} {fmt(r['test'])}")
     return EXIT_OK
 
 
@@ -227,14 +227,14 @@ def _required_address(args: argparse.Namespace) -> str:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from .spec import JobSpec
+    from .spec import validate_job
     from .tracking import tracking_uri_for
 
     if getattr(args, "tracking_uri", None):
         return args.tracking_uri
     if getattr(args, "job", None):
         return tracking_uri_for(load_job(args.job, []))
-    return tracking_uri_for(JobSpec.model_validate({"name": "x", "train": {"max_steps": 1},
+    return tracking_uri_for(validate_job({"name": "x", "train": {"max_steps": 1},
                                                     "storage": args.storage}))
 
 

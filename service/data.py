@@ -39,6 +39,10 @@ class PreparedData:
     vocab: list[str]   # symbols; id = index
     content_hash: str
     ptb_format: bool   # True when '_' means a space (for readable samples)
+    manifest: str = VOCAB_FILE
+
+    def summary(self) -> str:
+        return f"{len(self.vocab)} symbols, hash {self.content_hash[:12]}"
 
     def has_split(self, split: str) -> bool:
         """Whether ``split`` was prepared (``test`` is optional for user corpora)."""

@@ -13,24 +13,32 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def _metrics(metrics: dict[str, float]) -> str:
+    """``valid_bpc 1.2345  test_bpc 1.2222``: names as MLflow shows them."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
+
+
 def format_event(ev: dict[str, Any]) -> str:
+    """One terminal line for a progress event of any task's worker loop (see service.worker)."""
     kind = ev.get("event")
     if kind == "start":
         how = f"resumed at step {ev['step']}" if ev["step"] else "starting"
         return (f"[train] {how}: {ev['total_steps']} steps, {ev['workers']} worker(s), "
-                f"{ev['segments_per_epoch']} segments/epoch, {ev['parameters']:,} parameters")
+                f"{ev['batches_per_epoch']} {ev.get('unit', 'batches')}/epoch, {ev['parameters']:,} parameters")
     if kind == "log":
         pct = 100.0 * ev["step"] / ev["total_steps"]
+        name, value, unit = ev["loss"]
+        rate, rate_unit = ev["rate"]
         return (f"[train] step {ev['step']:>6}/{ev['total_steps']} ({pct:5.1f}%)  epoch {ev['epoch']}  "
-                f"loss {ev['train_bpc']:.4f} bpc  {ev['tokens_per_s']:,.0f} tok/s  lr {ev['lr']:.2e}  "
+                f"loss {value:.4f} {unit}  {rate:,.0f} {rate_unit}  lr {ev['lr']:.2e}  "
                 f"ETA {fmt_duration(ev['eta_s'])}")
     if kind == "eval":
-        return f"[eval]  step {ev['step']:>6}  valid {ev['valid_bpc']:.4f} bpc ({ev['symbols']:,} symbols)"
+        over = f" ({ev['over']})" if ev.get("over") else ""
+        return f"[eval]  step {ev['step']:>6}  {_metrics(ev['metrics'])}{over}"
     if kind == "checkpoint":
         return f"[ckpt]  step {ev['step']:>6}  checkpoint saved, metrics flushed to MLflow"
     if kind == "final":
-        return (f"[done]  step {ev['step']}  final valid {ev['valid_bpc']:.4f} bpc"
-                + (f"  test {ev['test_bpc']:.4f} bpc" if ev.get("test_bpc") is not None else ""))
+        return f"[done]  step {ev['step']}  {_metrics(ev['metrics'])}"
     if kind == "sample":
         return "[sample] " + ev["text"].replace("\n", "\n         ")
     if kind == "error":

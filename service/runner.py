@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
 
-from . import storage
+from . import storage, tasks
 from .spec import JobSpec
-from .trainer import FAILURE_FILE, NonFiniteLossError, run_dir, train_loop_per_worker
+from .worker import FAILURE_FILE, NonFiniteLossError, run_dir
 
 # Environment sent to a cluster with a submitted job (runtime_env env_vars). Anyone who can list the
 # cluster's jobs can read it, so only named, non-secret settings go: the S3 endpoint and region the
@@ -118,16 +117,42 @@ def _delete(uri: str) -> None:
         fs.delete_file(path)
 
 
+def build_trainer(spec: JobSpec, data_root: str, uri: str, run_id: str, *, progress: Any = None,
+                  callbacks: list[Any] | None = None, report_evals: bool = False, verbose: bool = False):
+    """The ``TorchTrainer`` of one job (a plain job's, or a campaign trial's with Train-to-Tune
+    ``callbacks`` and every eval reported): the task's worker loop on ``resources.workers`` ranks,
+    checkpoints under ``<storage>/<name>``, ``resources.max_failures`` restarts."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
+    r = spec.resources
+    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        resources["GPU"] = r.gpus_per_worker
+    storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
+    return TorchTrainer(
+        tasks.train_loop(spec),
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": data_root, "tracking_uri": uri,
+                           "run_id": run_id, "progress": progress, "report_evals": report_evals},
+        torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo", timeout_s=PROCESS_GROUP_TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+                             callbacks=callbacks or [],
+                             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING")),
+    )
+
+
 def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
             out: TextIO = sys.stdout) -> RunOutcome:
     """Run ``spec`` to completion (or failure) on Ray; returns the outcome (never raises for a failed job)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.train.v2.api.config import LoggingConfig
     from ray.util.queue import Queue
 
-    from . import data, preflight, tracking
+    from . import preflight, tracking
     from .progress import QueuePrinter
 
     def say(text: str) -> None:
@@ -143,41 +168,23 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
     else:
         preflight.check_job(spec, available_cpus=cluster.get("CPU", 0.0), available_gpus=cluster.get("GPU", 0.0))
 
-    say(f"[data]  preparing {spec.data.dataset or spec.data.train} ...")
-    prepared = data.prepare_data(spec, storage.join(spec.storage, "datasets"))
-    say(f"[data]  {prepared.root} ({len(prepared.vocab)} symbols, hash {prepared.content_hash[:12]})")
+    say(f"[data]  preparing {tasks.source_name(spec)} ...")
+    prepared = tasks.prepare(spec, storage.join(spec.storage, "datasets"))
+    say(f"[data]  {prepared.root} ({prepared.summary()})")
 
     uri = tracking.tracking_uri_for(spec)
     tags = {"ray.job_id": ray.get_runtime_context().get_job_id()}
     if os.environ.get("HYPERCTL_SUBMISSION_ID"):
         tags["ray.submission_id"] = os.environ["HYPERCTL_SUBMISSION_ID"]
     run_id, resumed = tracking.open_run(spec, uri, tags)
-    tracking.log_job_files(uri, run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-                           storage.read_bytes(storage.join(prepared.root, "vocab.json")))
+    tracking.log_job_files(uri, run_id, spec, prepared.root, prepared.manifest)
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
     _delete(failure_file)
     say(f"[mlflow] run {run_id} ({'resumed' if resumed else 'new'}) in {tracking.redact(uri)}, "
         f"experiment {spec.tracking.experiment!r}")
 
-    r = spec.resources
-    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
-    if r.gpus_per_worker:
-        resources["GPU"] = r.gpus_per_worker
-    storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
     queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": prepared.root,
-                           "tracking_uri": uri, "run_id": run_id, "progress": queue},
-        torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo",
-                                 timeout_s=PROCESS_GROUP_TIMEOUT_S),
-        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=r.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
-                             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING")),
-    )
+    trainer = build_trainer(spec, prepared.root, uri, run_id, progress=queue, verbose=verbose)
     error: str | None = None
     try:
         with QueuePrinter(queue, out):
@@ -318,7 +325,8 @@ def list_runs(uri: str) -> list[dict[str, Any]]:
     """The runs of every experiment in a tracking store, newest first."""
     from mlflow.tracking import MlflowClient
 
-    from .tracking import TAG_JOB
+    from .spec import TASK_METRICS
+    from .tracking import TAG_JOB, TAG_TASK
 
     client = MlflowClient(tracking_uri=uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -327,10 +335,14 @@ def list_runs(uri: str) -> list[dict[str, Any]]:
     rows = []
     for run in client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=200):
         m = run.data.metrics
-        steps = [h.step for h in client.get_metric_history(run.info.run_id, "train_bpc")] if "train_bpc" in m else []
-        rows.append({"run_id": run.info.run_id, "status": run.info.status,
+        task = run.data.tags.get(TAG_TASK, "char_lm")
+        valid = TASK_METRICS.get(task, TASK_METRICS["char_lm"])[0]   # valid_bpc, valid_error, valid_bleu
+        test, train = "test" + valid.removeprefix("valid"), TASK_METRICS.get(task, ("", "", "train_bpc"))[-1]
+        steps = [h.step for h in client.get_metric_history(run.info.run_id, train)] if train in m else []
+        rows.append({"run_id": run.info.run_id, "status": run.info.status, "task": task,
                      "job": run.data.tags.get(TAG_JOB, run.info.run_name or ""), "step": max(steps, default=0),
-                     "valid_bpc": m.get("final_valid_bpc", m.get("valid_bpc")), "test_bpc": m.get("test_bpc")})
+                     "metric": valid.removeprefix("valid_"), "valid": m.get(f"final_{valid}", m.get(valid)),
+                     "test": m.get(test)})
     return rows
 
 

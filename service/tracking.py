@@ -26,6 +26,7 @@ from .spec import JobSpec
 
 RUN_ID_FILE = "mlflow_run_id"
 TAG_JOB = "hyperctl.job"
+TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
@@ -127,7 +128,7 @@ def open_run(spec: JobSpec, uri: str, tags: dict[str, str] | None = None) -> tup
             _set_tags(client, run_id, tags or {})
             return run_id, True
     experiment_id = _experiment_id(client, uri, spec.tracking.experiment)
-    all_tags = {TAG_JOB: spec.name, "mlflow.runName": spec.name, **(tags or {})}
+    all_tags = {TAG_JOB: spec.name, TAG_TASK: spec.task, "mlflow.runName": spec.name, **(tags or {})}
     commit = git_commit()
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
@@ -203,11 +204,15 @@ class MetricBuffer:
         _set_tags(self.client, self.run_id, {k: str(v) for k, v in tags.items()})
 
 
-def log_job_files(uri: str, run_id: str, resolved_yaml: str, vocab_json: bytes) -> None:
-    """Driver-side artifacts: the resolved job YAML and the vocabulary."""
+def log_job_files(uri: str, run_id: str, spec: JobSpec, data_root: str, manifest: str) -> None:
+    """Driver-side artifacts: the resolved job YAML and the prepared data's manifest (e.g. the
+    vocabulary of a char LM, the image counts, the subword settings)."""
+    import yaml
+
     client = _client(uri)
-    client.log_text(run_id, resolved_yaml, "job.yaml")
-    client.log_text(run_id, vocab_json.decode("utf-8"), "vocab.json")
+    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "job.yaml")
+    body = storage.read_bytes(storage.join(data_root, manifest))
+    client.log_text(run_id, body.decode("utf-8"), manifest)
 
 
 def describe_run(uri: str, run_id: str) -> dict[str, Any]:
