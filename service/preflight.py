@@ -20,19 +20,45 @@ _SNIFF_BYTES = 64 * 1024
 _TRACKING_FORMS = "null (a sqlite store under storage), sqlite:////absolute/path.db or http(s)://host[:port]"
 
 
-def _check_corpus(field: str, uri: str) -> str | None:
-    """A problem line for a corpus that is missing, empty, unreadable or not UTF-8, else None."""
+def data_files(spec: JobSpec) -> list[tuple[str, str, bool]]:
+    """The user files a job reads, as (field, URI, is UTF-8 text); built-in data sets have none."""
+    d = spec.data  # type: ignore[attr-defined]
+    if spec.task == "char_lm":
+        return [(f"data.{s}", getattr(d, s), True) for s in ("train", "valid", "test") if getattr(d, s) is not None]
+    if spec.task == "image_classification":
+        if d.dataset is not None:
+            return []
+        if d.format == "cifar10":
+            return [("data.cifar10", storage.join(d.cifar10, name), False)
+                    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]]
+        return [(f"data.{k}", getattr(d, k), False) for k in ("train_images", "train_labels", "test_images", "test_labels")]
+    files = []
+    sources = [("train", d.train), ("valid", d.valid)] + [(f"test.{name}", src) for name, src in d.test.items()]
+    for where, src in sources:
+        if src is None:
+            continue
+        for key in ("src", "tgt", "tsv", "parquet"):
+            if getattr(src, key) is not None:
+                files.append((f"data.{where}.{key}", getattr(src, key), key != "parquet"))
+    return files
+
+
+def _check_corpus(field: str, uri: str, text: bool = True) -> str | None:
+    """A problem line for a data file that is missing, empty, unreadable or (``text``) not UTF-8, else None."""
+    what = "a UTF-8 text file" if text else "a file"
     try:
         if storage.is_s3(uri):
             storage.check_reachable(uri)  # fast, and names a missing bucket, dead endpoint or refused credentials
         fs, path = storage.filesystem_for(uri)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            return f"{field}: expected a UTF-8 text file, found nothing at {uri}"
+            return f"{field}: expected {what}, found nothing at {uri}"
         if info.type != pafs.FileType.File:
-            return f"{field}: expected a UTF-8 text file, found a folder at {uri}"
+            return f"{field}: expected {what}, found a folder at {uri}"
         if info.size == 0:
-            return f"{field}: expected UTF-8 text, found an empty file at {uri}"
+            return f"{field}: expected {'UTF-8 text' if text else 'data'}, found an empty file at {uri}"
+        if not text:
+            return None
         with fs.open_input_stream(path) as f:
             head = f.read(_SNIFF_BYTES)
     except storage.StorageError as e:
@@ -152,8 +178,7 @@ def check_job(spec: JobSpec, available_cpus: float | None = None, available_gpus
     storage only for endpoint, credentials and bucket, unless ``probe_write`` puts (and deletes) a
     small probe object there. ``source`` names the job in the error (default: the job's name).
     """
-    found = [_check_corpus(f"data.{split}", getattr(spec.data, split))
-             for split in ("train", "valid", "test") if getattr(spec.data, split) is not None]
+    found = [_check_corpus(field, uri, text) for field, uri, text in data_files(spec)]
     found += [_check_storage(spec.storage, probe_write), _check_tracking(spec.tracking.uri)]
     problems = [p for p in found if p]
     if check_resources:

@@ -41,6 +41,8 @@ def format_event(ev: dict[str, Any]) -> str:
         return f"[done]  step {ev['step']}  {_metrics(ev['metrics'])}"
     if kind == "sample":
         return "[sample] " + ev["text"].replace("\n", "\n         ")
+    if kind == "info":
+        return f"[info]  {ev['text']}"
     if kind == "error":
         return f"[error] {ev['message']}"
     return f"[train] {ev}"
