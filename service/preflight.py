@@ -59,7 +59,7 @@ def _check_corpus(field: str, uri: str, text: bool = True) -> str | None:
             return f"{field}: expected {'UTF-8 text' if text else 'data'}, found an empty file at {uri}"
         if not text:
             return None
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=None) as f:
             head = f.read(_SNIFF_BYTES)
     except storage.StorageError as e:
         return f"{field}: expected a readable text file, found a problem: {e}"

@@ -109,7 +109,7 @@ def read_bytes(uri: str) -> bytes:
     """The whole object or file; FileNotFoundError when it does not exist."""
     fs, path = filesystem_for(uri)
     try:
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=None) as f:
             return f.readall()
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri}: no such file or object") from None
@@ -142,7 +142,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             raise
         return
     try:
-        with fs.open_output_stream(path) as f:
+        with fs.open_output_stream(path, compression=None) as f:
             f.write(data)
         info = fs.get_file_info(path)
     except OSError as e:
