@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .spec import JobSpecError, load_job
 
@@ -340,15 +341,50 @@ def cmd_campaign_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    """Translate sentences with a trained translation model: one sentence a line on stdin (or
+    --input FILE), one translation a line on stdout, in the same order. RUN_OR_CHECKPOINT is an
+    MLflow run id (its final model; the tracking store from JOB.yaml, --tracking-uri or --storage)
+    or a checkpoint folder of a translation job (local or s3://, e.g. runs/NAME/checkpoint_00001000),
+    usable while the job still trains."""
+    from .translate import load_translator
+
+    uri = None
+    if not (Path(args.source).is_dir() or args.source.startswith("s3://")):
+        uri = _tracking_uri(args)
+    try:
+        translator = load_translator(args.source, uri)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+    try:
+        sentences = [line.rstrip("\n") for line in stream]
+    except UnicodeDecodeError as e:
+        print(f"error: {args.input or 'stdin'}: expected UTF-8 text: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if args.input:
+            stream.close()
+    for line in translator.translate(sentences, batch_size=args.batch_size, beam_size=args.beam_size):
+        print(line, flush=False)
+    sys.stdout.flush()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperctl",
-        description="Train HyperNetworks models (HyperLSTM and baselines) from YAML jobs on Ray, "
+        description="Train HyperNetworks models (HyperLSTM language models and translators, static-hypernetwork "
+                    "convnets, and their baselines) from YAML jobs on Ray, "
                     "tracked in MLflow. Without --address (or RAY_ADDRESS) jobs run on a local Ray instance.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  hyperctl validate jobs/quickstart.yaml\n"
-               "  hyperctl submit jobs/quickstart.yaml --set train.max_steps=200\n",
+               "  hyperctl submit jobs/quickstart.yaml --set train.max_steps=200\n"
+               "  hyperctl submit jobs/mnist-test-hyper.yaml\n"
+               "  hyperctl submit jobs/multi30k-en-fr-hyperlstm.yaml\n"
+               "  echo 'A dog runs on the beach.' | hyperctl translate RUN_ID --storage ./runs\n",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -403,6 +439,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("translate", help="translate stdin with a trained translation model (run id or checkpoint)",
+                       description=cmd_translate.__doc__)
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="MLflow run id, or a checkpoint folder")
+    p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run")
+    _add_store(p)
+    p.add_argument("--input", help="read sentences from this file instead of stdin")
+    p.add_argument("--beam-size", type=int, default=None, help="beam width (default: the job's model.beam_size; 1 = greedy)")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default 32)")
+    p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("tune", help="run a search campaign (a job with a search: section)", description=cmd_tune.__doc__)
     add_job_arguments(p)

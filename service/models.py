@@ -27,6 +27,19 @@ def build_image_model(spec: ImageJob, shape: tuple[int, int, int], num_classes: 
                       embed_size=m.hyper.embed_size, in_channels=shape[0], dropout=m.dropout)
 
 
+def build_translation_model(spec: TranslationJob, src_vocab_size: int, tgt_vocab_size: int) -> nn.Module:
+    """The encoder-decoder of a translation job (special ids as service.nmt_data fixes them)."""
+    from hypermodels import Seq2Seq
+
+    from .nmt_data import BOS_ID, EOS_ID, PAD_ID
+
+    m = spec.model
+    return Seq2Seq(src_vocab_size, tgt_vocab_size, cell=m.cell, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                   embedding_size=m.embedding_size, hyper_size=m.hyper.hidden_size, embed_size=m.hyper.embed_size,
+                   layer_norm=m.layer_norm, dropout=m.dropout, attention=m.attention,
+                   input_feeding=m.input_feeding, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
+
+
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Trainable parameters: all, the hypernetwork's, the layer embeddings', and the weights of
     the kernels it generates (which are not parameters), for MLflow and the terminal."""
@@ -50,6 +63,6 @@ def model_parameter_count(spec: JobSpec) -> int:
         cifar = spec.data.dataset is None and spec.data.format == "cifar10"
         return count_parameters(build_image_model(spec, (3, 32, 32) if cifar else (1, 28, 28), 10))
     if isinstance(spec, TranslationJob):
-        v = spec.model and spec.data.subwords.vocab_size
+        v = spec.data.subwords.vocab_size
         return count_parameters(build_translation_model(spec, v, v))
     return count_parameters(build_model(spec, 50))

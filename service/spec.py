@@ -179,6 +179,9 @@ class TranslationDataSpec(Strict):
     max_len: int = Field(64, gt=0, description="training pairs longer than this (subwords, either side) are skipped")
     batch_size: int = Field(64, gt=0, description="sentence pairs per global batch, split across workers")
     eval_batch_size: int = Field(100, gt=0)
+    eval_sentences: int | None = Field(
+        300, gt=0, description="validation sentences translated for the periodic BLEU (null: all; the final pass "
+                               "is always whole)")
 
     @model_validator(mode="after")
     def _source(self) -> TranslationDataSpec:

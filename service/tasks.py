@@ -43,6 +43,9 @@ def source_name(spec: JobSpec) -> str:
     data = spec.data  # type: ignore[attr-defined]
     if data.dataset is not None:
         return data.dataset
+    if spec.task == "nmt":
+        t = data.train
+        return t.tsv or t.parquet or f"{t.src} + {t.tgt}"
     return str(getattr(data, "train", None) or getattr(data, "train_images", None) or getattr(data, "cifar10", None))
 
 
