@@ -71,6 +71,45 @@ def _cpu_flags() -> str:
         return " "
 
 
+STALE_LOCK_S = 600  # a build takes well under a minute: an older lock was left by a killed process
+
+
+def _build_location(isa: str, flags: list[str]) -> dict[str, object]:
+    """``name``, ``sources`` and ``build_directory`` for torch's ``load``.
+
+    The name holds the ISA and a digest of the source and flags, so a cache shared by different
+    machines or versions never loads the wrong build. The source is copied into the build folder,
+    so every checkout of the same code (clones, worktrees, Ray's job packages) shares one build
+    instead of rebuilding whenever another path compiles it. A build lock older than
+    :data:`STALE_LOCK_S` is removed: torch waits forever on the lock of a process that was killed
+    while building.
+    """
+    import hashlib
+    import sys
+    import time
+
+    from torch.utils.cpp_extension import get_default_build_root
+
+    source = (Path(__file__).with_name("csrc") / "hyperlstm_cell.cpp").read_bytes()
+    digest = hashlib.sha256(source + " ".join(flags).encode()).hexdigest()[:12]
+    name = f"hypermodels_hyperlstm_cell_{isa}_{digest}"
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    build_dir = root / f"py{sys.version_info.major}{sys.version_info.minor}_cpu" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    copied = build_dir / "hyperlstm_cell.cpp"
+    if not copied.is_file() or copied.read_bytes() != source:
+        tmp = build_dir / f".hyperlstm_cell.cpp.{os.getpid()}"
+        tmp.write_bytes(source)
+        os.replace(tmp, copied)
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
+    return {"name": name, "sources": [str(copied)], "build_directory": str(build_dir)}
+
+
 def fused_extension():
     """The compiled fused kernels, or None when unavailable and :data:`BACKEND` allows the Python path."""
     global _EXTENSION, _EXTENSION_ERROR
@@ -91,10 +130,8 @@ def fused_extension():
                     # 16-wide exp/tanh (libmvec's AVX-512 variants), as ATen's own kernels use here.
                     isa = "avx512"
                     flags += ["-mavx512f", "-mavx512dq", "-mprefer-vector-width=512"]
-            # The ISA is part of the name: a cache shared by different machines never loads the wrong build.
-            _EXTENSION = load(name=f"hypermodels_hyperlstm_cell_v3_{isa}",
-                              sources=[str(Path(__file__).with_name("csrc") / "hyperlstm_cell.cpp")],
-                              extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+            _EXTENSION = load(extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False,
+                              **_build_location(isa, flags))
         except Exception as exc:  # no compiler, no ninja, read-only cache, ...
             _EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
             if BACKEND != "fused":

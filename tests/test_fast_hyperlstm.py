@@ -6,6 +6,7 @@ zero, which would hide wrong gradients.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,3 +315,29 @@ def test_loading_the_fused_kernels_keeps_denormals(backend):
     fh.fused_extension()
     tiny = torch.tensor([1e-40], dtype=torch.float32)
     assert (tiny * 1.0).item() != 0.0
+
+
+def test_build_location_is_shared_by_checkouts_and_clears_a_stale_lock(tmp_path, monkeypatch) -> None:
+    """A killed build leaves torch's lock file behind, and torch waits on it forever: an old lock is
+    removed, a fresh one (a build in progress) is kept; the source is copied into the build folder so
+    every checkout of the same code builds once."""
+    import os
+    import time
+
+    from hypermodels import fast_hyperlstm
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    where = fast_hyperlstm._build_location("avx2", ["-O3"])
+    build = Path(where["build_directory"])
+    assert where["sources"] == [str(build / "hyperlstm_cell.cpp")] and build.parent.parent == tmp_path
+    assert (build / "hyperlstm_cell.cpp").read_bytes() == \
+        (Path(fast_hyperlstm.__file__).with_name("csrc") / "hyperlstm_cell.cpp").read_bytes()
+    assert fast_hyperlstm._build_location("avx2", ["-O2"])["name"] != where["name"]  # flags are in the name
+    lock = build / "lock"
+    lock.touch()
+    fast_hyperlstm._build_location("avx2", ["-O3"])
+    assert lock.exists()  # fresh: a build in progress
+    old = time.time() - fast_hyperlstm.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    fast_hyperlstm._build_location("avx2", ["-O3"])
+    assert not lock.exists()
