@@ -11,6 +11,7 @@ would be meaningless.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -124,15 +125,42 @@ def prepare_data(spec: JobSpec, cache_root: str) -> PreparedData:
     return PreparedData(root, vocab.symbols, content_hash, ptb_format)
 
 
+def data_error(field: str, message: str) -> JobSpecError:
+    """A problem with a job's data, naming the spec field (and, in ``message``, the file)."""
+    return JobSpecError("data", [f"{field}: {message}"])
+
+
+def read_data_file(field: str, uri: str) -> bytes:
+    """The bytes of a data file named by spec ``field``, gunzipped when gzip'd (by content, not name)."""
+    try:
+        raw = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise data_error(field, f"expected a file, found nothing at {uri}") from None
+    except OSError as e:
+        raise data_error(field, f"cannot read {uri}: {e}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise data_error(field, f"{uri} looks gzip'd but does not decompress: {e}") from None
+    return raw
+
+
+def read_manifest(root: str, name: str, version: int, what: str) -> dict:
+    """The JSON manifest ``name`` of a prepared folder (any task), checked for its schema version."""
+    try:
+        meta = json.loads(storage.read_bytes(storage.join(root, name)))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{root}: not a prepared {what} folder (no {name})") from None
+    if meta.get("schema_version") != version:
+        raise ValueError(f"{root}: prepared with schema version {meta.get('schema_version')}, "
+                         f"this code reads version {version}; prepare the data again")
+    return meta
+
+
 def load_prepared(root: str) -> PreparedData:
     """Re-open a prepared folder (e.g. on a Ray worker, from the URI the driver passed)."""
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(root, VOCAB_FILE)))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{root}: not a prepared data folder (no {VOCAB_FILE})") from None
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{root}: prepared with schema version {meta.get('schema_version')}, "
-                         f"this code reads version {SCHEMA_VERSION}; prepare the data again")
+    meta = read_manifest(root, VOCAB_FILE, SCHEMA_VERSION, "text")
     return PreparedData(root, list(meta["symbols"]), meta["content_hash"], bool(meta["ptb_format"]))
 
 

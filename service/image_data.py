@@ -11,7 +11,6 @@ fixed seed (part of the content hash), so every run of the same data validates o
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from . import storage
+from .data import data_error, read_data_file
 from .spec import ImageJob, JobSpecError
 
 SCHEMA_VERSION = 1
@@ -55,46 +55,27 @@ class PreparedImages:
                 f"images {c}x{h}x{w}, {self.num_classes} classes, hash {self.content_hash[:12]}")
 
 
-def _bad(field: str, message: str) -> JobSpecError:
-    return JobSpecError("data", [f"{field}: {message}"])
-
-
-def _read(field: str, uri: str) -> bytes:
-    try:
-        raw = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise _bad(field, f"expected a file, found nothing at {uri}") from None
-    except OSError as e:
-        raise _bad(field, f"cannot read {uri}: {e}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise _bad(field, f"{uri} looks gzip'd but does not decompress: {e}") from None
-    return raw
-
-
 def parse_idx(raw: bytes, field: str, uri: str, images: bool) -> np.ndarray:
     """An idx file's array: images (N, H, W) uint8 or labels (N,) uint8; errors name the file."""
     want = 3 if images else 1
     if len(raw) < 4 + 4 * want or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != want:
         found = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
-        raise _bad(field, f"expected an idx {'images (magic 00000803)' if images else 'labels (magic 00000801)'} "
+        raise data_error(field, f"expected an idx {'images (magic 00000803)' if images else 'labels (magic 00000801)'} "
                           f"file of unsigned bytes, found header {found} in {uri}")
     dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(want)]
     body = raw[4 + 4 * want:]
     expected = int(np.prod(dims))
     if len(body) != expected:
-        raise _bad(field, f"{uri}: header says {'x'.join(map(str, dims))} = {expected:,} bytes of data, "
+        raise data_error(field, f"{uri}: header says {'x'.join(map(str, dims))} = {expected:,} bytes of data, "
                           f"found {len(body):,} (truncated or not an idx file)")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _idx_pair(images_field: str, images_uri: str, labels_field: str, labels_uri: str) -> tuple[np.ndarray, np.ndarray]:
-    x = parse_idx(_read(images_field, images_uri), images_field, images_uri, images=True)
-    y = parse_idx(_read(labels_field, labels_uri), labels_field, labels_uri, images=False)
+    x = parse_idx(read_data_file(images_field, images_uri), images_field, images_uri, images=True)
+    y = parse_idx(read_data_file(labels_field, labels_uri), labels_field, labels_uri, images=False)
     if len(x) != len(y):
-        raise _bad(labels_field, f"{labels_uri} has {len(y):,} labels but {images_uri} ({images_field}) has "
+        raise data_error(labels_field, f"{labels_uri} has {len(y):,} labels but {images_uri} ({images_field}) has "
                                  f"{len(x):,} images: they must be aligned")
     return x[:, None], y  # channel-first (N, 1, H, W)
 
@@ -103,13 +84,13 @@ def _cifar10(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
         uri = storage.join(folder, name)
         try:
-            d = pickle.loads(_read("data.cifar10", uri), encoding="bytes")
+            d = pickle.loads(read_data_file("data.cifar10", uri), encoding="bytes")
             x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(d[b"labels"], dtype=np.uint8)
         except JobSpecError:
             raise
         except Exception as e:  # noqa: BLE001 - any unpickling / shape problem
-            raise _bad("data.cifar10", f"{uri}: expected a CIFAR-10 python batch (dict with data 10000x3072, "
+            raise data_error("data.cifar10", f"{uri}: expected a CIFAR-10 python batch (dict with data 10000x3072, "
                                        f"labels), found a problem: {type(e).__name__}: {e}") from None
         return x, y
 
@@ -125,7 +106,7 @@ def _builtin_dir(name: str) -> str:
     for folder in candidates:
         if Path(folder, "train-images-idx3-ubyte.gz").is_file():
             return folder
-    raise _bad("data.dataset", f"fashion-mnist: expected its idx files in {' or '.join(candidates)}, found none; "
+    raise data_error("data.dataset", f"fashion-mnist: expected its idx files in {' or '.join(candidates)}, found none; "
                                "install them with `apt-get install dataset-fashion-mnist` (Debian) or point "
                                "FASHION_MNIST_DIR at a folder holding train-images-idx3-ubyte.gz etc.")
 
@@ -153,7 +134,7 @@ def load_arrays(spec: ImageJob) -> tuple[str, dict[str, tuple[np.ndarray, np.nda
     train = _idx_pair("data.train_images", d.train_images, "data.train_labels", d.train_labels)
     test = _idx_pair("data.test_images", d.test_images, "data.test_labels", d.test_labels)
     if train[0].shape[1:] != test[0].shape[1:]:
-        raise _bad("data.test_images", f"images are {'x'.join(map(str, test[0].shape[2:]))}, the training images "
+        raise data_error("data.test_images", f"images are {'x'.join(map(str, test[0].shape[2:]))}, the training images "
                                        f"{'x'.join(map(str, train[0].shape[2:]))}: they must have the same size")
     return "idx", {"train": train, "test": test}
 
@@ -199,13 +180,9 @@ def prepare_images(spec: ImageJob, cache_root: str) -> PreparedImages:
 
 
 def load_prepared(root: str) -> PreparedImages:
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(root, MANIFEST)))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{root}: not a prepared image folder (no {MANIFEST})") from None
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{root}: prepared with schema version {meta.get('schema_version')}, "
-                         f"this code reads version {SCHEMA_VERSION}; prepare the data again")
+    from .data import read_manifest
+
+    meta = read_manifest(root, MANIFEST, SCHEMA_VERSION, "image")
     return PreparedImages(root, meta["content_hash"], tuple(meta["shape"]), int(meta["num_classes"]),
                           dict(meta["counts"]), list(meta["mean"]), list(meta["std"]))
 

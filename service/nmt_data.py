@@ -16,7 +16,6 @@ and the subword settings.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -27,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .spec import JobSpecError, ParallelSource, TranslationJob
+from .data import data_error, read_data_file
+from .spec import ParallelSource, TranslationJob
 
 SCHEMA_VERSION = 1
 MANIFEST = "pairs.json"
@@ -61,30 +61,14 @@ class PreparedPairs:
         return storage.join(self.root, "spm_src.model"), storage.join(self.root, "spm_tgt.model")
 
 
-def _bad(field_name: str, message: str) -> JobSpecError:
-    return JobSpecError("data", [f"{field_name}: {message}"])
-
-
-def _read(field_name: str, uri: str) -> bytes:
-    try:
-        raw = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise _bad(field_name, f"expected a file, found nothing at {uri}") from None
-    except OSError as e:
-        raise _bad(field_name, f"cannot read {uri}: {e}") from None
-    if raw[:2] == b"\x1f\x8b":  # (pyarrow may already have decompressed a .gz by its name)
-        raw = gzip.decompress(raw)
-    return raw
-
-
 def read_lines(field_name: str, uri: str) -> list[str]:
     """The lines of a UTF-8 text file (no trailing newline); undecodable bytes name file and line."""
-    raw = _read(field_name, uri)
+    raw = read_data_file(field_name, uri)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise _bad(field_name, f"{uri} line {line}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} that is "
+        raise data_error(field_name, f"{uri} line {line}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} that is "
                                "not valid UTF-8") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -99,24 +83,24 @@ def read_parallel(where: str, src: ParallelSource) -> tuple[list[str], list[str]
         for i, line in enumerate(read_lines(f"{where}.tsv", src.tsv), 1):
             parts = line.split("\t")
             if len(parts) != 2:
-                raise _bad(f"{where}.tsv", f"{src.tsv} line {i}: expected source TAB target, found "
+                raise data_error(f"{where}.tsv", f"{src.tsv} line {i}: expected source TAB target, found "
                                            f"{len(parts) - 1} tabs")
             left.append(parts[0])
             right.append(parts[1])
         names = (f"{where}.tsv", src.tsv), (f"{where}.tsv", src.tsv)
     elif src.parquet is not None:
         try:
-            table = pq.read_table(pa.BufferReader(_read(f"{where}.parquet", src.parquet)))
+            table = pq.read_table(pa.BufferReader(read_data_file(f"{where}.parquet", src.parquet)))
         except pa.ArrowInvalid as e:
-            raise _bad(f"{where}.parquet", f"{src.parquet}: not a Parquet file: {e}") from None
+            raise data_error(f"{where}.parquet", f"{src.parquet}: not a Parquet file: {e}") from None
         cols = []
         for key, col in (("src_column", src.src_column), ("tgt_column", src.tgt_column)):
             if col not in table.column_names:
-                raise _bad(f"{where}.{key}", f"{src.parquet} has no column {col!r} (columns: "
+                raise data_error(f"{where}.{key}", f"{src.parquet} has no column {col!r} (columns: "
                                              f"{', '.join(table.column_names)})")
             if not pa.types.is_string(table.schema.field(col).type) and not pa.types.is_large_string(
                     table.schema.field(col).type):
-                raise _bad(f"{where}.{key}", f"{src.parquet} column {col!r}: expected strings, found "
+                raise data_error(f"{where}.{key}", f"{src.parquet} column {col!r}: expected strings, found "
                                              f"{table.schema.field(col).type}")
             cols.append([v if v is not None else "" for v in table.column(col).to_pylist()])
         left, right = cols
@@ -126,16 +110,16 @@ def read_parallel(where: str, src: ParallelSource) -> tuple[list[str], list[str]
         assert src.src is not None and src.tgt is not None
         left, right = read_lines(f"{where}.src", src.src), read_lines(f"{where}.tgt", src.tgt)
         if len(left) != len(right):
-            raise _bad(f"{where}", f"misaligned corpus: {src.src} (src) has {len(left):,} lines, {src.tgt} (tgt) "
+            raise data_error(f"{where}", f"misaligned corpus: {src.src} (src) has {len(left):,} lines, {src.tgt} (tgt) "
                                    f"has {len(right):,}; line i of one must translate line i of the other")
         names = (f"{where}.src", src.src), (f"{where}.tgt", src.tgt)
     for i, (a, b) in enumerate(zip(left, right), 1):
         for (fname, what), text, other in ((names[0], a, b), (names[1], b, a)):
             if not text.strip():
                 side = "both sides" if not other.strip() else "one side"
-                raise _bad(fname, f"{what} line {i}: empty sentence ({side}); every line must hold a sentence")
+                raise data_error(fname, f"{what} line {i}: empty sentence ({side}); every line must hold a sentence")
     if not left:
-        raise _bad(where, "expected sentence pairs, found none")
+        raise data_error(where, "expected sentence pairs, found none")
     return left, right
 
 
@@ -177,7 +161,7 @@ def train_sentencepiece(sentences: list[str], spec: TranslationJob, field_name: 
             num_threads=1, minloglevel=2, shuffle_input_sentence=False)
     except RuntimeError as e:
         message = str(e).strip().splitlines()[-1]
-        raise _bad("data.subwords.vocab_size", f"sentencepiece cannot build {sw.vocab_size:,} {sw.model_type} "
+        raise data_error("data.subwords.vocab_size", f"sentencepiece cannot build {sw.vocab_size:,} {sw.model_type} "
                                                f"pieces from {field_name}: {message}") from None
     return out.getvalue()
 
@@ -232,13 +216,9 @@ def prepare_pairs(spec: TranslationJob, cache_root: str) -> PreparedPairs:
 
 
 def load_prepared(root: str) -> PreparedPairs:
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(root, MANIFEST)))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{root}: not a prepared parallel corpus (no {MANIFEST})") from None
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{root}: prepared with schema version {meta.get('schema_version')}, "
-                         f"this code reads version {SCHEMA_VERSION}; prepare the data again")
+    from .data import read_manifest
+
+    meta = read_manifest(root, MANIFEST, SCHEMA_VERSION, "parallel corpus")
     return PreparedPairs(root, meta["content_hash"], meta["src_lang"], meta["tgt_lang"], bool(meta["shared_vocab"]),
                          tuple(meta["vocab_sizes"]), dict(meta["counts"]), list(meta["tests"]))
 

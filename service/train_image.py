@@ -12,7 +12,6 @@ therefore resumes the exact same order.
 """
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -116,31 +115,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         logits = ddp(x)
         loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum / len(y)).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip or math.inf)
-        totals = w.all_finite(pos, loss_sum, len(y), grad_norm)
-        if totals is None:
+        totals = w.optimize(pos, model, optimizer, loss_sum, len(y))
+        if totals is None:  # non-finite: the driver reports it (service.worker)
             return
-        optimizer.step()
         pos.step, pos.segment = pos.step + 1, pos.segment + 1
         window.add(*totals, time.perf_counter() - t0)
 
         if pos.step % tr.log_every == 0 or pos.step == total_steps:
-            logged = {"train_loss": window.mean_loss(), "images_per_s": window.rate(),
-                      "lr": optimizer.param_groups[0]["lr"]}
-            w.log(pos.step, **logged)
-            w.emit(event="log", step=pos.step, total_steps=total_steps, epoch=pos.epoch,
-                   eta_s=window.eta_s(total_steps - pos.step), loss=("train_loss", logged["train_loss"], "nats"),
-                   rate=(logged["images_per_s"], "images/s"), lr=logged["lr"])
-            window = Window()
+            window = w.log_window(pos, total_steps, window, optimizer, loss=("train_loss", window.mean_loss(), "nats"),
+                                  rate=("images_per_s", "images/s"))
 
         if pos.step % tr.eval_every == 0 and pos.step < total_steps:
             valid_error, valid_loss = validate()
-            w.log(pos.step, valid_error=valid_error, valid_loss=valid_loss)
-            w.emit(event="eval", step=pos.step, metrics={"valid_error": valid_error, "valid_loss": valid_loss},
-                   over=f"{len(valid_x):,} images")
-            w.report_eval(pos)  # search campaigns only
+            w.evaluated(pos, f"{len(valid_x):,} images", valid_error=valid_error, valid_loss=valid_loss)
 
         if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
             w.save_checkpoint(pos, model, optimizer, meta)

@@ -146,32 +146,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss_sum, n_tokens = label_smoothed_nll(logits, y_out, m.label_smoothing, ignore_index=PAD_ID)
         nll_sum = F.cross_entropy(logits.detach().reshape(-1, logits.shape[-1]), y_out.reshape(-1),
                                   ignore_index=PAD_ID, reduction="sum")
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum / max(n_tokens, 1)).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip or math.inf)
-        totals = w.all_finite(pos, nll_sum, n_tokens, grad_norm)  # a non-finite loss shows in the norm
-        if totals is None:
+        totals = w.optimize(pos, model, optimizer, loss_sum, n_tokens, reported=nll_sum)  # perplexity without smoothing
+        if totals is None:  # non-finite: the driver reports it (service.worker)
             return
-        optimizer.step()
         pos.step, pos.segment = pos.step + 1, pos.segment + 1
         window.add(*totals, time.perf_counter() - t0)
 
         if pos.step % tr.log_every == 0 or pos.step == total_steps:
-            logged = {"train_ppl": math.exp(min(window.mean_loss(), 50.0)), "tokens_per_s": window.rate(),
-                      "lr": optimizer.param_groups[0]["lr"]}
-            w.log(pos.step, **logged)
-            w.emit(event="log", step=pos.step, total_steps=total_steps, epoch=pos.epoch,
-                   eta_s=window.eta_s(total_steps - pos.step), loss=("train_ppl", logged["train_ppl"], "ppl"),
-                   rate=(logged["tokens_per_s"], "target tok/s"), lr=logged["lr"])
-            window = Window()
+            window = w.log_window(pos, total_steps, window, optimizer,
+                                  loss=("train_ppl", math.exp(min(window.mean_loss(), 50.0)), "ppl"),
+                                  rate=("tokens_per_s", "target tok/s"))
 
         if pos.step % tr.eval_every == 0 and pos.step < total_steps:
             valid_bleu, valid_ppl = valid_scores(spec.data.eval_sentences)
-            w.log(pos.step, valid_bleu=valid_bleu, valid_ppl=valid_ppl)
             n = len(valid.src) if spec.data.eval_sentences is None else min(spec.data.eval_sentences, len(valid.src))
-            w.emit(event="eval", step=pos.step, metrics={"valid_bleu": valid_bleu, "valid_ppl": valid_ppl},
-                   over=f"BLEU on {n:,} sentences, beam {m.beam_size}")
-            w.report_eval(pos)  # search campaigns only
+            w.evaluated(pos, f"BLEU on {n:,} sentences, beam {m.beam_size}", valid_bleu=valid_bleu, valid_ppl=valid_ppl)
 
         if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
             w.save_checkpoint(pos, model, optimizer, meta)

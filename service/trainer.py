@@ -85,31 +85,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = detach_state(state)
         loss_sum = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), ignore_index=PAD,
                                    reduction="sum")
-        n_tokens = int((y != PAD).sum())
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum / max(n_tokens, 1)).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip or math.inf)
-        totals = w.all_finite(pos, loss_sum, n_tokens, grad_norm)
-        if totals is None:
+        totals = w.optimize(pos, model, optimizer, loss_sum, int((y != PAD).sum()))
+        if totals is None:  # non-finite: the driver reports it (service.worker)
             return
-        optimizer.step()
         pos.step, pos.segment = pos.step + 1, pos.segment + 1
         window.add(*totals, time.perf_counter() - t0)
 
         if pos.step % tr.log_every == 0 or pos.step == total_steps:
-            logged = {"train_bpc": window.mean_loss() / math.log(2), "tokens_per_s": window.rate(),
-                      "lr": optimizer.param_groups[0]["lr"]}
-            w.log(pos.step, **logged)
-            w.emit(event="log", step=pos.step, total_steps=total_steps, epoch=pos.epoch,
-                   eta_s=window.eta_s(total_steps - pos.step), loss=("train_bpc", logged["train_bpc"], "bpc"),
-                   rate=(logged["tokens_per_s"], "tok/s"), lr=logged["lr"])
-            window = Window()
+            window = w.log_window(pos, total_steps, window, optimizer,
+                                  loss=("train_bpc", window.mean_loss() / math.log(2), "bpc"), rate=("tokens_per_s", "tok/s"))
 
         if pos.step % tr.eval_every == 0 and pos.step < total_steps:
             valid_bpc, symbols = evaluate(valid_ids, tr.eval_max_symbols)
-            w.log(pos.step, valid_bpc=valid_bpc)
-            w.emit(event="eval", step=pos.step, metrics={"valid_bpc": valid_bpc}, over=f"{symbols:,} symbols")
-            w.report_eval(pos)  # search campaigns only
+            w.evaluated(pos, f"{symbols:,} symbols", valid_bpc=valid_bpc)
 
         if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
             w.save_checkpoint(pos, model, optimizer, meta, recurrent_state=state)

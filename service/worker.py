@@ -116,6 +116,25 @@ class Worker:
         if self.tracker is not None:
             self.tracker.add(step, **metrics)
 
+    def log_window(self, pos: ckpt.Position, total_steps: int, window: Window, optimizer: torch.optim.Optimizer,
+                   loss: tuple[str, float, str], rate: tuple[str, str]) -> Window:
+        """Record and print the training window: ``loss`` (name, value, unit), throughput ``rate``
+        (metric name, unit), learning rate. Returns a fresh window."""
+        rate_name, rate_unit = rate
+        logged = {loss[0]: loss[1], rate_name: window.rate(), "lr": optimizer.param_groups[0]["lr"]}
+        self.log(pos.step, **logged)
+        self.emit(event="log", step=pos.step, total_steps=total_steps, epoch=pos.epoch,
+                  eta_s=window.eta_s(total_steps - pos.step), loss=loss, rate=(logged[rate_name], rate_unit),
+                  lr=logged["lr"])
+        return Window()
+
+    def evaluated(self, pos: ckpt.Position, over: str, **metrics: float) -> None:
+        """Record and print a periodic evaluation (``over``: what it covered); a campaign's tuner
+        gets it too (:meth:`report_eval`)."""
+        self.log(pos.step, **metrics)
+        self.emit(event="eval", step=pos.step, metrics=metrics, over=over)
+        self.report_eval(pos)
+
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[ckpt.Position, Any]:
         """The position (and recurrent state) to continue from: Ray's latest checkpoint, else zero."""
         import ray.train
@@ -126,6 +145,20 @@ class Worker:
         with checkpoint.as_directory() as folder:
             restored = ckpt.load(folder, self.rank, self.world, model, optimizer, self.device)
         return restored.position, restored.recurrent_state
+
+    def optimize(self, pos: ckpt.Position, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_sum: torch.Tensor, count: int, reported: torch.Tensor | None = None) -> tuple[float, float] | None:
+        """One optimizer step on the mean of ``loss_sum`` over ``count`` items (gradients clipped to
+        ``train.grad_clip``, averaged across ranks by DDP). Returns the global (summed over ranks)
+        ``reported`` loss (default: ``loss_sum``) and count, or None when any rank went non-finite:
+        the step is then not taken (see :meth:`all_finite`)."""
+        optimizer.zero_grad(set_to_none=True)
+        (loss_sum / max(count, 1)).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.spec.train.grad_clip or math.inf)
+        totals = self.all_finite(pos, loss_sum if reported is None else reported, count, grad_norm)
+        if totals is not None:
+            optimizer.step()
+        return totals
 
     def all_finite(self, pos: ckpt.Position, loss_sum: torch.Tensor, count: float,
                    grad_norm: torch.Tensor) -> tuple[float, float] | None:
