@@ -6,6 +6,7 @@ and name) resumes from its latest checkpoint in the same MLflow run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -93,9 +94,41 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
     else:
         # "local": a new instance even when a `ray start` cluster on this machine is recorded in
         # /tmp/ray/ray_current_cluster. The dashboard stays on: Ray Train's state API needs it.
-        ray.init(address="local", num_cpus=num_cpus, **common)
+        # Its processes must know its address: Ray Train's placement-group cleaner finds the
+        # instance through the state API, which fails ("multiple active Ray instances") when another
+        # Ray runs on this machine (a second local job, a campaign beside a job); the trial's CPUs
+        # then stay reserved and the next trials wait forever. So the GCS port is chosen here and
+        # RAY_ADDRESS names it in the environment the instance's processes inherit, for its start only.
+        import ray.util
+
+        port = _free_port()
+        with _environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
+            ray.init(address="local", num_cpus=num_cpus, **common)
     _interrupt_on_sigterm()
     return bool(address)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """``os.environ`` with ``values`` set inside the block, restored after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _interrupt_on_sigterm() -> None:
