@@ -26,15 +26,16 @@ def detach_state(state: Any) -> Any:
 
 def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, hyper_size: int = 128,
               embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
-              recurrent_dropout: float = 0.0, batch_first: bool = False) -> nn.Module:
+              recurrent_dropout: float = 0.0, batch_first: bool = False, fast: bool = True) -> nn.Module:
     """The recurrent stack named by ``cell``; all share ``forward(x, state) -> output, state``.
 
     ``layer_norm`` applies to ``hyperlstm`` only (``ln_lstm`` is layer-normalised by definition,
     ``lstm`` never). ``lstm`` is the fused kernel unless recurrent dropout asks for the step loop.
+    ``fast`` (``hyperlstm`` only): the fast path, or ``False`` for the reference implementation.
     """
     if cell == "hyperlstm":
         return HyperLSTM(input_size, hidden_size, hyper_size, embed_size, num_layers, layer_norm,
-                         dropout, recurrent_dropout, batch_first)
+                         dropout, recurrent_dropout, batch_first, fast=fast)
     if cell == "ln_lstm":
         return LayerNormLSTM(input_size, hidden_size, num_layers, True, dropout, recurrent_dropout, batch_first)
     if cell == "lstm":
@@ -54,6 +55,7 @@ class CharLM(nn.Module):
         hyper_size, embed_size, layer_norm: HyperLSTM settings (N_ĥ, N_z, LN).
         dropout: dropout on the RNN output before the softmax and between layers.
         input_dropout: dropout on the one-hot input; defaults to ``dropout``.
+        fast: ``hyperlstm`` only: the fast path (default) or the reference implementation.
         recurrent_dropout: dropout on the cell candidate.
 
     Inputs are one-hot (as in the paper), so the first layer's input projection is the embedding.
@@ -62,7 +64,7 @@ class CharLM(nn.Module):
 
     def __init__(self, vocab_size: int, cell: str = "hyperlstm", hidden_size: int = 1000, num_layers: int = 1,
                  hyper_size: int = 128, embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
-                 recurrent_dropout: float = 0.0, input_dropout: float | None = None) -> None:
+                 recurrent_dropout: float = 0.0, input_dropout: float | None = None, fast: bool = True) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
@@ -70,7 +72,7 @@ class CharLM(nn.Module):
         self.dropout = dropout
         self.input_dropout = dropout if input_dropout is None else input_dropout
         self.rnn = build_rnn(cell, vocab_size, hidden_size, num_layers, hyper_size, embed_size, layer_norm,
-                             dropout, recurrent_dropout)
+                             dropout, recurrent_dropout, fast=fast)
         self.decoder = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:

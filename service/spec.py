@@ -71,6 +71,8 @@ class ModelSpec(Strict):
     layer_norm: bool = Field(True, description="HyperLSTM only: layer norm in both cells")
     hyper: HyperSpec = HyperSpec()
     dropout: DropoutSpec = DropoutSpec()
+    fast: bool = Field(True, description="HyperLSTM only: the fast path (hand-written BPTT, fused kernels); false "
+                                         "runs the reference step-by-step implementation (same numbers, slower)")
 
 
 # ---- image classification (paper §3.1: static hypernetworks for convolutions) ---------------------

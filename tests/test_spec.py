@@ -180,3 +180,35 @@ def test_storage_write_probe(s3_env) -> None:
     job = validate_job({"name": "r", "train": {"max_steps": 1}, "storage": "s3://no-such-bucket/probe"})
     with pytest.raises(JobSpecError, match="storage: .*bucket 'no-such-bucket' does not exist"):
         check_job(job)
+
+
+def test_task_schemas_and_their_errors() -> None:
+    """``task`` picks the schema: each has its own sections, and the errors name the task's fields."""
+    from service.models import build_model
+    from service.spec import CharLMJob, ImageJob, TranslationJob
+
+    base = {"name": "t", "train": {"max_steps": 1}}
+    assert isinstance(validate_job(base), CharLMJob)
+    assert isinstance(validate_job({**base, "task": "image_classification"}), ImageJob)
+    nmt = validate_job({**base, "task": "nmt", "search": {"space": {"model.hyper.embed_size": {"grid": [8, 32]}},
+                                                          "scheduler": "none"}})
+    assert isinstance(nmt, TranslationJob) and (nmt.search.metric, nmt.search.mode) == ("valid_bleu", "max")
+    cases = [
+        ({"task": "image_clasification"}, "task: expected one of char_lm, image_classification, nmt, found "
+                                          "'image_clasification'; did you mean 'image_classification'?"),
+        ({"task": "image_classification", "model": {"kernel": "hyper"}}, "model.kernel: unknown key; did you mean 'model.kernels'?"),
+        ({"task": "image_classification", "model": {"arch": "wide_resnet", "depth": 41}}, "depth must be 6n+4"),
+        ({"task": "nmt", "data": {"dataset": None, "train": {"src": "a.en"}, "valid": {"tsv": "v.tsv"}}},
+         "data.train: src and tgt must both name a file"),
+        ({"task": "nmt", "model": {"cell": "gru"}}, "model.cell: Input should be 'hyperlstm', 'lstm' or 'ln_lstm'"),
+        ({"task": "image_classification", "search": {"metric": "valid_bpc", "space": {"model.hyper.embed_size": {"grid": [2, 4]}}}},
+         "search.metric: 'valid_bpc' is not reported to the tuner by task image_classification"),
+        ({"model": {"hyper": {"embed_size": 4}}, "search": {"space": {"model.kernels": {"grid": ["plain"]}}}},
+         "search.space.model.kernels: names no spec field"),
+    ]
+    for extra, expected in cases:
+        with pytest.raises(JobSpecError) as err:
+            validate_job({**base, **extra})
+        assert expected in str(err.value), str(err.value)
+    reference = validate_job({**base, "model": {"hidden_size": 16, "hyper": {"hidden_size": 8}, "fast": False}})
+    assert build_model(reference, 50).rnn.fast is False and build_model(validate_job(base), 50).rnn.fast is True
