@@ -146,3 +146,71 @@ def test_two_worker_hyper_convnet_job_end_to_end(tmp_path: Path) -> None:
 
     saved = torch.load(tmp_path / "runs" / "mnist-e2e" / "checkpoint_00000040" / "model.pt", weights_only=True)
     assert "conv2.embeddings" in saved and not any(k.startswith("conv2.weight") for k in saved)
+
+
+def write_cifar10(folder: Path, per_batch: int = 12) -> None:
+    """CIFAR-10's python batches (data_batch_1..5, test_batch), tiny: ``per_batch`` images each."""
+    import pickle
+
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, per_batch).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+def test_cifar10_batches_feed_a_hyper_wide_resnet(tmp_path: Path) -> None:
+    import torch
+
+    from service.models import build_image_model, parameter_counts
+
+    write_cifar10(tmp_path / "cifar")
+    job = {"name": "c", "task": "image_classification", "train": {"max_steps": 1},
+           "data": {"dataset": None, "format": "cifar10", "cifar10": str(tmp_path / "cifar"), "batch_size": 4,
+                    "augment": {"pad_crop": 4, "flip": True}},
+           "model": {"arch": "wide_resnet", "depth": 10, "widen_factor": 1, "kernels": "hyper"}}
+    spec = validate_job(job)
+    assert spec.model.hyper.embed_size == 64  # the paper's N_z for WRNs by default
+    prepared = prepare_images(spec, str(tmp_path / "cache"))
+    assert prepared.shape == (3, 32, 32) and prepared.counts["test"] == 12 and sum(prepared.counts.values()) == 72
+    x, y = load_split(prepared, "train")
+    first = pickle_first_image(tmp_path / "cifar")
+    assert any(torch.equal(img, first) for img in x)  # channel-first pixels kept exactly
+    model = build_image_model(spec, prepared.shape, prepared.num_classes)
+    assert model(x[:4].float() / 255).shape == (4, prepared.num_classes)
+    counts = parameter_counts(model)
+    # WRN-10-1: 6 generated 3x3 convs of 1+1, 2+4, 8+16 tiles of 16x16 -> 32 embeddings of N_z 64
+    assert counts["params_hypernetwork"] == 75_920 and counts["params_embeddings"] == 32 * 64
+    assert counts["generated_kernel_weights"] == 32 * 16 * 16 * 9
+
+    (tmp_path / "cifar" / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(JobSpecError, match=r"data.cifar10: .*data_batch_3: expected a CIFAR-10 python batch"):
+        prepare_images(spec, str(tmp_path / "cache2"))
+
+
+def pickle_first_image(folder: Path):
+    import pickle
+
+    import torch
+
+    batch = pickle.loads((folder / "data_batch_1").read_bytes())
+    return torch.from_numpy(np.asarray(batch[b"data"][0], dtype=np.uint8).reshape(3, 32, 32).copy())
+
+
+def test_augmentation_keeps_shapes_and_moves_pixels() -> None:
+    import torch
+
+    from service.train_image import augment
+
+    torch.manual_seed(0)
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6) + 1
+    assert torch.equal(augment(x, 0, False), x)
+    out = augment(x, 2, False)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    # every non-zero output pixel is a pixel of the same image (a shifted crop, zeros from padding)
+    for i in range(2):
+        assert set(out[i][out[i] != 0].tolist()) <= set(x[i].flatten().tolist())
+    flipped = augment(x.repeat(64, 1, 1, 1), 0, True)
+    n_flipped = sum(torch.equal(f, x[i % 2].flip(2)) for i, f in enumerate(flipped))
+    assert 10 < n_flipped < 118  # about half, at random
