@@ -241,8 +241,8 @@ class WideResNet(nn.Module):
     part                   hyper 40-1    hyper 40-2    WRN 40-1       WRN 40-2
     =====================  ============  ============  =============  ==============
     hypernetwork           75,920        75,920        --             --
-    block 3×3 convs        242 tiles     966 tiles     558,000-432    2,241,072-432
-                           ×64 = 15,488  ×64 = 61,824  = 557,568      = 2,240,640
+    block 3×3 convs        242 tiles     966 tiles     242 × 2,304    966 × 2,304
+                           ×64 = 15,488  ×64 = 61,824  = 557,568      = 2,225,664
     conv1 3->16            432           432           432            432
     1×1 shortcuts          2,560         10,752        2,560          10,752
     BatchNorm γ, β         2,720         5,408         2,720          5,408
@@ -257,8 +257,11 @@ class WideResNet(nn.Module):
 
     Hyper 40-2 is 5.2% above the paper's 0.148M; the same ≈7.5k excess shows in the plain 40-2
     (2,243,546 vs 2.236M), i.e. it is in the parts common to both (conv1, shortcuts, BN, linear),
-    not in the hypernetwork or embeddings, and no standard WRN variant removes ≈7.5k at k = 2
-    while removing < 1k at k = 1. The other three counts are within 0.8%.
+    not in the hypernetwork or embeddings: the paper's pairs imply ≈5.5k parameters outside the
+    generated convs at k = 1 and ≈10.3k at k = 2, where this standard WRN has 6,362 and 17,882.
+    No standard variant fits both (zero-padding "option A" shortcuts give 3,802 and 7,130: hyper
+    40-2 then -2.1%; BN without γ, or fewer shortcuts, miss at one k or the other). The other
+    three counts are within 0.8%.
 
     Shape: (B, in_channels, 32, 32) -> logits (B, num_classes).
     """
