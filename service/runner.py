@@ -126,6 +126,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from . import data, preflight, tracking
     from .progress import QueuePrinter
@@ -164,7 +165,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
     storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
-    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+    # On the driver's node: a queue on a worker node would go (and the progress lines with it) when
+    # that node is lost, while the job itself continues from its checkpoint.
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": prepared.root,
