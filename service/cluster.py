@@ -17,7 +17,9 @@ environment, so jobs with ``storage: s3://BUCKET/...`` and ``tracking.uri: null`
 
 ``down`` stops everything by pid (never ``ray stop``, which would stop every Ray instance on the
 machine): SIGTERM to each process, then SIGKILL to what is left of its process group, its process
-tree and any process started under the cluster's Ray temp folder. The MLflow store, the S3 data and
+tree, any process started under the cluster's Ray temp folder and any process whose environment
+holds the nodes' ``HYPERCTL_CLUSTER_NODE=<dir>:<node>`` (Ray workers rename themselves and leave
+their node's process group). The MLflow store, the S3 data and
 the token stay in the state folder for the next ``up`` (``down --purge`` deletes them).
 """
 from __future__ import annotations
@@ -45,10 +47,11 @@ HOST = "127.0.0.1"
 DEFAULT_DIR = Path("~/.hyperctl/cluster")
 STATE_FILE, ENV_FILE, TOKEN_FILE, LOCK_FILE = "cluster.json", "env.sh", "auth_token", ".lock"
 DEFAULT_BUCKET = "hyperctl"
-NODE_START_TIMEOUT_S = 180.0
-SERVER_START_TIMEOUT_S = 120.0
+NODE_START_TIMEOUT_S = 300.0
+SERVER_START_TIMEOUT_S = 300.0  # generous: a busy 2-core machine starts MLflow slowly
 STOP_GRACE_S = 15.0
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+NODE_VAR = "HYPERCTL_CLUSTER_NODE"  # in the environment of a node's processes only: "<state dir>:<node name>"
 # Variables of the calling shell that must not reach the nodes: another cluster, another token.
 RAY_CLIENT_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
@@ -96,24 +99,28 @@ def _all_processes() -> dict[int, tuple[int, int]]:
     return found
 
 
-def _cmdline_has(pid: int, text: str) -> bool:
+def _proc_has(pid: int, what: str, text: str) -> bool:
+    """Whether /proc/<pid>/<what> (cmdline or environ, NUL-separated) contains ``text``."""
     try:
-        return text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return text.encode() in Path(f"/proc/{pid}/{what}").read_bytes()
     except OSError:
         return False
 
 
-def _belonging(proc: dict[str, Any], marker: str | None = None) -> set[int]:
+def _belonging(proc: dict[str, Any], marker: str | None = None, env_marker: str | None = None) -> set[int]:
     """The recorded process and its process group (while it still is that process: pids are
-    reused), their descendants, and every process of ours whose command line names the record's
-    own ``marker`` or ``marker`` (folders only this cluster uses: orphans of a killed process)."""
+    reused), their descendants, and every process of ours whose command line holds the record's
+    ``marker`` or ``marker`` (a folder only this cluster uses), or whose environment holds the
+    record's ``env_marker`` or ``env_marker`` (a variable only this cluster's nodes set): the
+    orphans of a killed process, and Ray workers, which rename themselves and leave their group."""
     procs = _all_processes()
     roots = set()
     if is_running(proc):
         roots = {proc["pid"]} | {p for p, (_, pgid) in procs.items() if pgid == proc["pid"]}
-    for text in (proc.get("marker"), marker):
-        if text:
-            roots |= {p for p in procs if _cmdline_has(p, text)}
+    for what, key, extra in (("cmdline", "marker", marker), ("environ", "env_marker", env_marker)):
+        for text in (proc.get(key), extra):
+            if text:
+                roots |= {p for p in procs if _proc_has(p, what, text)}
     children: dict[int, list[int]] = {}
     for p, (ppid, _) in procs.items():
         children.setdefault(ppid, []).append(p)
@@ -135,16 +142,17 @@ def _signal(pids: set[int], sig: int) -> None:
             pass
 
 
-def stop_processes(procs: list[dict[str, Any]], marker: str | None = None, grace_s: float = STOP_GRACE_S) -> None:
+def stop_processes(procs: list[dict[str, Any]], marker: str | None = None, env_marker: str | None = None,
+                   grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM to each recorded process (a ``ray start --block`` stops its node's processes), then,
     after up to ``grace_s``, SIGKILL to everything still belonging to any of them (:func:`_belonging`)."""
-    targets = {p for proc in procs for p in _belonging(proc, marker)}
+    targets = {p for proc in procs for p in _belonging(proc, marker, env_marker)}
     _signal({proc["pid"] for proc in procs if is_running(proc)}, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(is_running(proc) for proc in procs):
         time.sleep(0.2)
     for _ in range(3):  # what is left, and whatever it started meanwhile
-        targets |= {p for proc in procs for p in _belonging(proc, marker)}
+        targets |= {p for proc in procs for p in _belonging(proc, marker, env_marker)}
         alive = {p for p in targets if (_stat(p) or ["Z"])[0] != "Z"}
         if not alive:
             return
@@ -286,10 +294,11 @@ def _binary(name: str) -> str:
     return found
 
 
-def _node_env(state: dict[str, Any]) -> dict[str, str]:
+def _node_env(state: dict[str, Any], name: str) -> dict[str, str]:
     """The environment each ``ray start`` runs in (its workers and job drivers inherit it)."""
     env = {k: v for k, v in os.environ.items() if k not in RAY_CLIENT_VARS}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=state["token_file"])
+    env[NODE_VAR] = f"{state['dir']}:{name}"  # inherited by every process of the node: found again at `down`
     # A job's entrypoint (`python -m service run ...`) finds this interpreter first, with the project.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if state.get("s3"):
@@ -319,8 +328,8 @@ def _start_node(state: dict[str, Any], folder: Path, name: str, cpus: float, hea
     else:
         cmd += ["--address", state["gcs_address"]]
     node = {"name": name, "role": "head" if head else "worker", "cpus": cpus, "temp_dir": str(temp_dir),
-            "marker": f"{temp_dir}/",
-            "resource": f"hyperctl_node_{name}", **_spawn(cmd, _node_env(state), folder / "logs" / f"{name}.log", folder)}
+            "marker": f"{temp_dir}/", "env_marker": f"{NODE_VAR}={state['dir']}:{name}\0",
+            "resource": f"hyperctl_node_{name}", **_spawn(cmd, _node_env(state, name), folder / "logs" / f"{name}.log", folder)}
     state["nodes"].append(node)
     return node
 
@@ -328,6 +337,25 @@ def _start_node(state: dict[str, Any], folder: Path, name: str, cpus: float, hea
 def _wait_node(node: dict[str, Any], timeout: float = NODE_START_TIMEOUT_S) -> None:
     log = Path(node["log"])
     _wait(f"Ray node {node['name']}", lambda: "Ray runtime started" in log.read_text(errors="replace"), node, timeout)
+
+
+def _start_worker(state: dict[str, Any], folder: Path, cpus: float, attempts: int = 3) -> dict[str, Any]:
+    """Start a worker node and wait for it. `ray start` gives a node 30 s to register with the GCS;
+    on a busy machine (or while the GCS is still handling a lost node) that can run out: try again."""
+    for attempt in range(1, attempts + 1):
+        node = _start_node(state, folder, _next_worker_name(state), cpus, head=False)
+        save_state(folder, state)
+        try:
+            _wait_node(node)
+            return node
+        except LocalClusterError as e:
+            stop_processes([node], grace_s=2.0)
+            state["nodes"].remove(node)
+            save_state(folder, state)
+            if attempt == attempts or "timed out during startup" not in str(e):
+                raise
+            shutil.rmtree(node["temp_dir"], ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 def _next_worker_name(state: dict[str, Any]) -> str:
@@ -392,11 +420,8 @@ def up(folder: Path, *, workers: int = 1, cpus_per_node: float = 1, head_cpus: f
                   head, NODE_START_TIMEOUT_S)
             say(f"[cluster] head    {state['gcs_address']}, Jobs API {state['dashboard_url']}, "
                 f"{head['cpus']:g} CPU (pid {head['pid']})")
-            started = [_start_node(state, folder, _next_worker_name(state), cpus_per_node, head=False)
-                       for _ in range(workers)]
-            save_state(folder, state)
-            for node in started:
-                _wait_node(node)
+            for _ in range(workers):
+                node = _start_worker(state, folder, cpus_per_node)
                 say(f"[cluster] {node['name']:<7} {node['cpus']:g} CPU, resource {node['resource']} (pid {node['pid']})")
         except BaseException:
             save_state(folder, state)
@@ -447,15 +472,7 @@ def add_node(folder: Path, cpus: float = 1, say=print) -> dict[str, Any]:
         raise LocalClusterError("--cpus must be > 0")
     with _locked(folder):
         state = _running_state(folder)
-        node = _start_node(state, folder, _next_worker_name(state), cpus, head=False)
-        save_state(folder, state)
-        try:
-            _wait_node(node)
-        except BaseException:
-            stop_processes([node])
-            state["nodes"].remove(node)
-            save_state(folder, state)
-            raise
+        node = _start_worker(state, folder, cpus)
         say(f"[cluster] {node['name']:<7} {node['cpus']:g} CPU, resource {node['resource']} (pid {node['pid']})")
         return node
 
@@ -491,10 +508,11 @@ def _down(folder: Path, state: dict[str, Any], say=print) -> None:
     nodes = state.get("nodes", [])
     # Workers first (they would otherwise notice the head's end and fail noisily), then the head.
     root = state.get("ray_temp_root")
-    for group, marker in (([n for n in nodes if n["role"] != "head"], None),
-                          ([n for n in nodes if n["role"] == "head"], root and root + "/")):
+    for group, marker, env_marker in (([n for n in nodes if n["role"] != "head"], None, None),
+                                      ([n for n in nodes if n["role"] == "head"], root and root + "/",
+                                       f"{NODE_VAR}={state['dir']}:")):
         if group:
-            stop_processes(group, marker=marker)
+            stop_processes(group, marker=marker, env_marker=env_marker)
             for n in group:
                 say(f"[cluster] {n['name']}: stopped")
     for name in ("mlflow", "s3"):

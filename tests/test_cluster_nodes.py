@@ -133,13 +133,27 @@ def ray_state(cluster: LocalCluster) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def node_ids(cluster: LocalCluster) -> dict[str, str]:
+def node_ids(ray: dict) -> dict[str, str]:
     """Node name (head, w1, ...) -> Ray node id of the alive nodes, by the custom resource each carries."""
     found = {}
-    for node in ray_state(cluster)["nodes"]:
+    for node in ray["nodes"]:
         if node["state"] == "ALIVE":
             [name] = [r.removeprefix("hyperctl_node_") for r in node["resources"] if r.startswith("hyperctl_node_")]
             found[name] = node["node_id"]
+    return found
+
+
+def node_processes(cluster: LocalCluster, node: str = "") -> list[str]:
+    """Processes of ours whose environment says they belong to this cluster (to ``node`` if given):
+    every node process inherits HYPERCTL_CLUSTER_NODE=<dir>:<node>."""
+    marker = f"HYPERCTL_CLUSTER_NODE={cluster.folder}:{node + chr(0) if node else ''}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes():
+                found.append(f"{environ.parent.name} {(environ.parent / 'cmdline').read_bytes()[:80]!r}")
+        except OSError:
+            pass
     return found
 
 
@@ -231,7 +245,8 @@ def test_ddp_ranks_on_two_nodes_stay_in_sync(cluster: LocalCluster, tmp_path: Pa
                           env=cluster.env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and "ddp-check done" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [json.loads((out / f"rank_{r}.json").read_text()) for r in (0, 1)]
-    ids = node_ids(cluster)
+    ray = ray_state(cluster)
+    ids = node_ids(ray)
     # One rank on each node (Ray's node ids, as each worker saw its own).
     assert {r["node_id"] for r in ranks} == {ids["head"], ids["w1"]}
     # Different starting weights and different data, yet after one step: the same gradients
@@ -240,7 +255,7 @@ def test_ddp_ranks_on_two_nodes_stay_in_sync(cluster: LocalCluster, tmp_path: Pa
     assert ranks[0]["grads"] == ranks[1]["grads"]
     assert ranks[0]["params"] == ranks[1]["params"]
     # Ray's state API agrees: the run's two workers lived on the two nodes.
-    workers = ray_state(cluster)["workers"]
+    workers = ray["workers"]
     assert len(workers) == 2 and {w["node_id"] for w in workers} == {ids["head"], ids["w1"]}
 
 
@@ -255,8 +270,9 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
     job["tracking"] = {"uri": None, "experiment": "nodes"}  # null: the nodes' MLFLOW_TRACKING_URI, the cluster's server
     job["resources"] = {"workers": 2, "cpus_per_worker": 1, "max_failures": 2}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    known_workers = {w["actor_id"] for w in ray_state(cluster)["workers"]}  # of the DDP check
-    ids_before = node_ids(cluster)
+    before = ray_state(cluster)
+    known_workers = {w["actor_id"] for w in before["workers"]}  # of the DDP check
+    ids_before = node_ids(before)
 
     log = tmp_path / "submit.out"
     with log.open("w") as out:
@@ -266,7 +282,7 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
         # Wait until Ray has registered the first checkpoint on S3 (its checkpoint-manager snapshot names it).
         run = f"{prefix}/runs/nodeloss"
         first = f"checkpoint_{CKPT_EVERY:08d}"
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             assert submit.poll() is None, log.read_text()[-4000:]
             if f"{run}/checkpoint_manager_snapshot.json" in cluster.keys(run):
@@ -275,13 +291,14 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
                     break
             time.sleep(0.3)
         else:
-            pytest.fail(f"no first checkpoint on S3 after 180 s:\n{log.read_text()[-4000:]}")
+            pytest.fail(f"no first checkpoint on S3 after 300 s:\n{log.read_text()[-4000:]}")
 
         # Placement, from Ray's state API: the job's two live workers, one on each node.
         live = [w for w in ray_state(cluster)["workers"] if w["state"] == "ALIVE" and w["actor_id"] not in known_workers]
         assert sorted(w["node_id"] for w in live) == sorted([ids_before["head"], ids_before["w1"]]), live
 
-        # Lose the worker node: SIGKILL its whole process group (raylet, agents, the training worker).
+        # Lose the worker node: SIGKILL its process group (ray start, raylet, agents; the training
+        # worker, in a group of its own, must follow its raylet).
         w1 = next(n for n in state["nodes"] if n["name"] == "w1")
         assert f"checkpoint_{MAX_STEPS:08d}" not in str(cluster.keys(run)), "the job ended before the node was lost"
         os.killpg(w1["pid"], signal.SIGKILL)
@@ -289,6 +306,10 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
         assert added.returncode == 0, added.stdout + added.stderr
         assert "w2" in added.stdout
         cluster.state  # noqa: B018 - records the new node's pid for the clean-up
+        gone = time.monotonic() + 30  # w1's processes outside the group (Ray workers) follow their raylet
+        while node_processes(cluster, "w1") and time.monotonic() < gone:
+            time.sleep(0.5)
+        assert not node_processes(cluster, "w1"), node_processes(cluster, "w1")
 
         submit.wait(timeout=300)
     finally:
@@ -302,7 +323,7 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
 
     # Ray's view afterwards: w1 dead, w2 alive, and the restarted workers on the head and w2.
     after = ray_state(cluster)
-    ids_after = node_ids(cluster)
+    ids_after = node_ids(after)
     assert "w1" not in ids_after and ids_after["head"] == ids_before["head"] and "w2" in ids_after
     assert {n["node_id"] for n in after["nodes"] if n["state"] == "DEAD"} >= {ids_before["w1"]}
     job_workers = [w for w in after["workers"] if w["actor_id"] not in known_workers]
@@ -334,7 +355,7 @@ def test_down_stops_everything_and_is_idempotent(cluster: LocalCluster) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
     assert not [p["name"] if "name" in p else p["pid"] for p in procs if is_running(p)]
     leftovers = subprocess.run(["pgrep", "-f", state["ray_temp_root"]], capture_output=True, text=True).stdout.split()
-    assert not leftovers, leftovers
+    assert not leftovers and not node_processes(cluster), (leftovers, node_processes(cluster))
     assert not Path(state["ray_temp_root"]).exists() and not (cluster.folder / "cluster.json").exists()
     again = cluster.cli("down")
     assert again.returncode == 0 and "nothing to stop" in again.stdout
