@@ -339,11 +339,13 @@ def _wait_node(node: dict[str, Any], timeout: float = NODE_START_TIMEOUT_S) -> N
     _wait(f"Ray node {node['name']}", lambda: "Ray runtime started" in log.read_text(errors="replace"), node, timeout)
 
 
-def _start_worker(state: dict[str, Any], folder: Path, cpus: float, attempts: int = 3) -> dict[str, Any]:
-    """Start a worker node and wait for it. `ray start` gives a node 30 s to register with the GCS;
-    on a busy machine (or while the GCS is still handling a lost node) that can run out: try again."""
+def _start_and_wait(state: dict[str, Any], folder: Path, cpus: float, head: bool = False,
+                    attempts: int = 3) -> dict[str, Any]:
+    """Start a node (the head, or the next worker) and wait for it. `ray start` gives a node 30 s to
+    register with the GCS; on a busy machine (or while the GCS still handles a lost node) that can
+    run out: try again."""
     for attempt in range(1, attempts + 1):
-        node = _start_node(state, folder, _next_worker_name(state), cpus, head=False)
+        node = _start_node(state, folder, "head" if head else _next_worker_name(state), cpus, head=head)
         save_state(folder, state)
         try:
             _wait_node(node)
@@ -408,20 +410,18 @@ def up(folder: Path, *, workers: int = 1, cpus_per_node: float = 1, head_cpus: f
                 _start_mlflow(state, folder, ports["--mlflow-port"], say)
             state["env"] = client_env(state)
             save_state(folder, state)
-            head = _start_node(state, folder, "head", cpus_per_node if head_cpus is None else head_cpus, head=True)
-            save_state(folder, state)
+            head = _start_and_wait(state, folder, cpus_per_node if head_cpus is None else head_cpus, head=True)
             if state["mlflow"]:
                 _wait("the MLflow server", lambda: _http_ok(state["mlflow"]["uri"] + "/health"), state["mlflow"],
                       SERVER_START_TIMEOUT_S)
                 say(f"[cluster] mlflow  {state['mlflow']['uri']}  (pid {state['mlflow']['pid']})")
-            _wait_node(head)
             token = token_file.read_text().strip()
             _wait("the Ray dashboard (Jobs API)", lambda: _http_ok(state["dashboard_url"] + "/api/version", token),
                   head, NODE_START_TIMEOUT_S)
             say(f"[cluster] head    {state['gcs_address']}, Jobs API {state['dashboard_url']}, "
                 f"{head['cpus']:g} CPU (pid {head['pid']})")
             for _ in range(workers):
-                node = _start_worker(state, folder, cpus_per_node)
+                node = _start_and_wait(state, folder, cpus_per_node)
                 say(f"[cluster] {node['name']:<7} {node['cpus']:g} CPU, resource {node['resource']} (pid {node['pid']})")
         except BaseException:
             save_state(folder, state)
@@ -472,7 +472,7 @@ def add_node(folder: Path, cpus: float = 1, say=print) -> dict[str, Any]:
         raise LocalClusterError("--cpus must be > 0")
     with _locked(folder):
         state = _running_state(folder)
-        node = _start_worker(state, folder, cpus)
+        node = _start_and_wait(state, folder, cpus)
         say(f"[cluster] {node['name']:<7} {node['cpus']:g} CPU, resource {node['resource']} (pid {node['pid']})")
         return node
 
