@@ -459,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_arguments(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_resume)
+
+    from .cluster import add_parser as add_cluster_parser  # hyperctl cluster up|down|status|add-node|remove-node
+    add_cluster_parser(sub)
     return parser
 
 

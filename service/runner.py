@@ -184,6 +184,7 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
     """Run ``spec`` to completion (or failure) on Ray; returns the outcome (never raises for a failed job)."""
     import ray
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from . import preflight, tracking
     from .progress import QueuePrinter
@@ -216,7 +217,10 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
     say(f"[mlflow] run {run_id} ({'resumed' if resumed else 'new'}) in {tracking.redact(uri)}, "
         f"experiment {spec.tracking.experiment!r}")
 
-    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+    # On the driver's node: a queue on a worker node would go (and the progress lines with it) when
+    # that node is lost, while the job itself continues from its checkpoint.
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)})
     trainer = build_trainer(spec, prepared.root, uri, run_id, progress=queue, verbose=verbose)
     error: str | None = None
     try:

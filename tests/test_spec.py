@@ -133,7 +133,7 @@ def test_good_job_prints_resolved_spec_and_parameters(workdir: Path) -> None:
     resolved = yaml.safe_load(result.stdout)
     assert resolved["model"] == {"cell": "hyperlstm", "hidden_size": 1000, "num_layers": 1, "layer_norm": True,
                                  "hyper": {"hidden_size": 128, "embed_size": 4},
-                                 "dropout": {"input": 0.0, "output": 0.0, "recurrent": 0.0}}
+                                 "dropout": {"input": 0.0, "output": 0.0, "recurrent": 0.0}, "fast": True}
     assert resolved["train"]["max_steps"] == 10 and resolved["storage"] == "./runs"
 
     result = hyperctl(["validate", "job.yaml", "--json", "--set", "model.hyper.embed_size=16"], workdir)
