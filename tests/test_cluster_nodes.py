@@ -197,7 +197,7 @@ def loop(config):
     import ray.train
     from ray.train.torch import prepare_model
     from service.models import build_model
-    from service.spec import JobSpec
+    from service.spec import validate_job
 
     def digest(tensors):
         h = hashlib.sha256()
@@ -206,7 +206,7 @@ def loop(config):
         return h.hexdigest()
 
     rank = ray.train.get_context().get_world_rank()
-    spec = JobSpec.model_validate(config["spec"])
+    spec = validate_job(config["spec"])
     torch.manual_seed(1000 + rank)  # different initial weights on each rank: DDP must broadcast rank 0's
     model = build_model(spec, VOCAB)
     initial = digest(model.parameters())
