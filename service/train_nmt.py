@@ -228,7 +228,7 @@ def finish_artifacts(spec: TranslationJob, model: torch.nn.Module, translator: T
             src_pieces = translator.src_sp.id_to_piece(split.src[i])
             out_pieces = translator.tgt_sp.id_to_piece(hyp) + ["</s>"]
             heat.append((src_pieces, out_pieces[:weights.shape[0]], weights))
-        plots.attention_maps(heat, str(tmp_path / "attention.png"), title=f"{spec.name}: attention ({first})")
+        plots.attention_maps(heat, str(tmp_path / "attention.png"), title=f"{spec.name}: attention ({first.removeprefix('test.')})")
         tracker.log_artifact(str(tmp_path / "attention.png"), "plots")
 
         plots.learning_curve(tracker.history("train_ppl"), tracker.history("valid_bleu"),
