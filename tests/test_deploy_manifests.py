@@ -28,6 +28,7 @@ import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import jsonschema
 import pytest
@@ -522,16 +523,8 @@ def mlflow_server_context(args: list[str], env: dict[str, str]):
     """Parse `mlflow server ARGS` with MLflow's own click command (no server is started)."""
     from mlflow.cli import server
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, env):  # restored afterwards
         return server.make_context("server", list(args))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def mlflow_problems(args: list[str], env: dict[str, str], hosts: list[str]) -> list[str]:
