@@ -6,7 +6,7 @@ Read top to bottom:
 * :func:`run_trial` is Tune's trainable, a *driver function* (Ray 2.60 runs Train V2: Tune wraps a
   function that builds a ``TorchTrainer`` and fits it; never ``Tuner(trainer)``). It puts the
   trial's sampled values into the spec, opens the trial's nested MLflow run and fits the ordinary
-  training loop (:func:`service.trainer.train_loop_per_worker`) with its checkpoints under
+  training loop (its task's ``train_loop_per_worker``, see :mod:`service.tasks`) with its checkpoints under
   ``<storage>/<campaign>/<campaign>-<trial id>/``. Every evaluation reaches Tune through
   :class:`ReportToTune` (Train V2's ``TuneReportCallback``), so ASHA can stop the trial early. A
   relaunched trial (Tune's ``search.max_failures``, or a resumed campaign) builds the same

@@ -104,7 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_translation_model(spec, *prepared.vocab_sizes).to(device)
     optimizer = make_optimizer(tr.optimizer, model.parameters())
     seed_rank(tr.seed, rank)
-    translator = Translator(model, src_sp, tgt_sp, m.beam_size, m.length_penalty, m.max_decode_ratio)
+    translator = Translator.for_spec(spec, model, src_sp, tgt_sp)
 
     b = B // world
     src_lengths = [len(s) for s in train_src]
@@ -171,9 +171,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     assert w.tracker is not None
     final: dict[str, float] = {}
     outputs: dict[str, list[str]] = {}
+    splits = {"valid": valid, **{f"test.{t}": nmt_data.load_split(prepared, f"test.{t}") for t in prepared.tests}}
     signature = ""
-    for name in ["valid"] + [f"test.{t}" for t in prepared.tests]:
-        split = valid if name == "valid" else nmt_data.load_split(prepared, name)
+    for name, split in splits.items():
         outputs[name] = tgt_sp.decode(translator.translate_ids(split.src, spec.data.eval_batch_size))
         score, signature = bleu(outputs[name], split.tgt_text)
         key = "valid_bleu" if name == "valid" else f"test_bleu_{name.removeprefix('test.')}"
@@ -188,11 +188,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w.tracker.set_tags(**{"sacrebleu.signature": signature})
     w.emit(event="final", step=total_steps, metrics={k: v for k, v in final.items() if k != "final_valid_bleu"})
     w.emit(event="info", text=f"sacreBLEU signature: {signature}")
-    finish_artifacts(spec, model, translator, prepared, outputs, signature, w.tracker)
+    finish_artifacts(spec, model, translator, prepared, splits, outputs, signature, w.tracker)
 
 
 def finish_artifacts(spec: TranslationJob, model: torch.nn.Module, translator: Translator,
-                     prepared: nmt_data.PreparedPairs, outputs: dict[str, list[str]], signature: str, tracker) -> None:
+                     prepared: nmt_data.PreparedPairs, splits: dict[str, nmt_data.Split], outputs: dict[str, list[str]],
+                     signature: str, tracker) -> None:
     """The model (with its spec and sentencepiece models: all ``hyperctl translate`` needs), the
     subword models, every split's translations, sample translations, an attention heatmap and
     the learning curve."""
@@ -214,7 +215,7 @@ def finish_artifacts(spec: TranslationJob, model: torch.nn.Module, translator: T
             tracker.log_text("\n".join(lines) + "\n", f"translations/{name.removeprefix('test.')}.txt")
 
         first = f"test.{prepared.tests[0]}" if prepared.tests else "valid"
-        split = nmt_data.load_split(prepared, first)
+        split = splits[first]
         lines = [f"# {first.removeprefix('test.')}: source / reference / hypothesis (beam {translator.beam_size})",
                  f"# {signature}", ""]
         for i in range(min(20, len(split.src))):

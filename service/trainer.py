@@ -27,7 +27,7 @@ from hypermodels.text import CharVocab
 
 from .models import build_model
 from .spec import CharLMJob
-from .worker import FAILURE_FILE, NonFiniteLossError, Window, Worker, make_optimizer, run_dir, seed_rank
+from .worker import Window, Worker, make_optimizer, seed_rank
 
 PAD = -100
 
@@ -153,4 +153,4 @@ def finish_artifacts(spec: CharLMJob, model: CharLM, prepared, valid_ids: torch.
             tracker.log_artifact(str(tmp_path / "scaling_vectors.png"), "plots")
 
 
-__all__ = ["FAILURE_FILE", "NonFiniteLossError", "finish_artifacts", "run_dir", "train_loop_per_worker"]
+__all__ = ["finish_artifacts", "train_loop_per_worker"]

@@ -29,6 +29,12 @@ class Translator:
     length_penalty: float
     max_decode_ratio: float
 
+    @classmethod
+    def for_spec(cls, spec: Any, model: Any, src_sp: Any, tgt_sp: Any) -> Translator:
+        """A translator with a translation job's decoding settings (``model.beam_size``, ...)."""
+        m = spec.model
+        return cls(model, src_sp, tgt_sp, m.beam_size, m.length_penalty, m.max_decode_ratio)
+
     def encode(self, sentences: list[str]) -> list[list[int]]:
         return self.src_sp.encode(sentences)
 
@@ -89,8 +95,7 @@ def build_translator(spec_doc: dict[str, Any], state_dict: dict[str, torch.Tenso
     model = build_translation_model(spec, src_sp.get_piece_size(), tgt_sp.get_piece_size())
     model.load_state_dict(state_dict)
     model.eval()
-    m = spec.model
-    return Translator(model, src_sp, tgt_sp, m.beam_size, m.length_penalty, m.max_decode_ratio)
+    return Translator.for_spec(spec, model, src_sp, tgt_sp)
 
 
 def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
