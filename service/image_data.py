@@ -99,16 +99,15 @@ def _cifar10(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), test_x, test_y
 
 
-def _builtin_dir(name: str) -> str:
-    if name == "mnist-test":
-        return str(MNIST_DIR)
+def _fashion_mnist_dir() -> str:
+    """The folder of Fashion-MNIST's idx files: FASHION_MNIST_DIR, else Debian's package."""
     candidates = [os.environ["FASHION_MNIST_DIR"]] if os.environ.get("FASHION_MNIST_DIR") else list(FASHION_MNIST_DIRS)
     for folder in candidates:
         if Path(folder, "train-images-idx3-ubyte.gz").is_file():
             return folder
-    raise data_error("data.dataset", f"fashion-mnist: expected its idx files in {' or '.join(candidates)}, found none; "
-                               "install them with `apt-get install dataset-fashion-mnist` (Debian) or point "
-                               "FASHION_MNIST_DIR at a folder holding train-images-idx3-ubyte.gz etc.")
+    raise data_error("data.dataset", f"fashion-mnist: expected its idx files in {' or '.join(candidates)}, found "
+                                     "none; install them with `apt-get install dataset-fashion-mnist` (Debian) or "
+                                     "point FASHION_MNIST_DIR at a folder holding train-images-idx3-ubyte.gz etc.")
 
 
 def load_arrays(spec: ImageJob) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -120,7 +119,7 @@ def load_arrays(spec: ImageJob) -> tuple[str, dict[str, tuple[np.ndarray, np.nda
         n = MNIST_TEST_TRAIN
         return "mnist-test", {"train": (x[:n], y[:n]), "test": (x[n:], y[n:])}
     if d.dataset == "fashion-mnist":
-        folder = _builtin_dir("fashion-mnist")
+        folder = _fashion_mnist_dir()
         train = _idx_pair("data.dataset", f"{folder}/train-images-idx3-ubyte.gz",
                           "data.dataset", f"{folder}/train-labels-idx1-ubyte.gz")
         test = _idx_pair("data.dataset", f"{folder}/t10k-images-idx3-ubyte.gz",
