@@ -8,7 +8,8 @@ from .fast_hyperlstm import HyperLSTMLayerFunction, fast_forward
 from .hyperlstm import CellState, HyperLSTM, HyperLSTMCell, HyperLSTMState, count_parameters
 from .lstm import LSTM, LayerNormLSTM, LayerNormLSTMCell
 from .seq2seq import Attention, DecoderState, EncoderOutput, RecurrentLayer, Seq2Seq, label_smoothed_nll, length_penalty
-from .static_hyper import HyperConv2d, KernelHyperNetwork, MNISTConvNet, WideBlock, WideResNet, hyper_conv_layers
+from .static_hyper import (CenteredBatchNorm2d, HyperConv2d, KernelHyperNetwork, MNISTConvNet, WideBlock, WideResNet,
+                           hyper_conv_layers, variable_count)
 from .text import CharVocab, load_ptb_char, ptb_char_symbols, raw_char_symbols
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "HyperLSTMState", "LSTM", "LayerNormLSTM", "LayerNormLSTMCell", "bits_per_char", "build_rnn", "count_parameters", "detach_state",
     "Attention", "DecoderState", "EncoderOutput", "RecurrentLayer", "Seq2Seq", "label_smoothed_nll", "length_penalty",
     "fast_forward", "load_ptb_char", "ptb_char_symbols", "raw_char_symbols", "stream_batches",
-    "HyperConv2d", "KernelHyperNetwork", "MNISTConvNet", "WideBlock", "WideResNet", "hyper_conv_layers",
+    "CenteredBatchNorm2d", "HyperConv2d", "KernelHyperNetwork", "MNISTConvNet", "WideBlock", "WideResNet",
+    "hyper_conv_layers", "variable_count",
 ]

@@ -25,7 +25,8 @@ def build_image_model(spec: ImageJob, shape: tuple[int, int, int], num_classes: 
                              f"{'x'.join(map(str, shape))} images in {num_classes} classes (use wide_resnet)")
         return MNISTConvNet(hyper=hyper, embed_size=m.hyper.embed_size)
     return WideResNet(depth=m.depth, widen_factor=m.widen_factor, num_classes=num_classes, hyper=hyper,
-                      embed_size=m.hyper.embed_size, in_channels=shape[0], dropout=m.dropout)
+                      embed_size=m.hyper.embed_size, in_channels=shape[0], dropout=m.dropout,
+                      shortcut=m.shortcut, bn_scale=m.bn_scale)
 
 
 def build_translation_model(spec: TranslationJob, src_vocab_size: int, tgt_vocab_size: int) -> nn.Module:
@@ -43,10 +44,13 @@ def build_translation_model(spec: TranslationJob, src_vocab_size: int, tgt_vocab
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Trainable parameters: all, the hypernetwork's, the layer embeddings', and the weights of
-    the kernels it generates (which are not parameters), for MLflow and the terminal."""
-    from hypermodels import hyper_conv_layers
+    the kernels it generates (which are not parameters), for MLflow and the terminal. With batch
+    norm, also the count with its running statistics: the convention of the paper's figures."""
+    from hypermodels import hyper_conv_layers, variable_count
 
     counts = {"params_total": count_parameters(model)}
+    if variable_count(model) != counts["params_total"]:
+        counts["params_with_bn_statistics"] = variable_count(model)
     layers = hyper_conv_layers(model)
     if layers:
         hypernet = getattr(model, "hyper")

@@ -129,6 +129,11 @@ class ConvModelSpec(Strict):
     depth: int = Field(40, ge=10, description="wide_resnet: depth (6n+4)")
     widen_factor: int = Field(1, gt=0, description="wide_resnet: k")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    shortcut: Literal["pad", "conv"] = Field(
+        "pad", description="wide_resnet: shortcut where the shape changes; pad: parameter-free (the paper's), "
+                           "conv: 1x1 projection (Zagoruyko's WRN)")
+    bn_scale: bool = Field(False, description="wide_resnet: batch norm learns a scale γ as well as β "
+                                              "(the paper's network has β only)")
 
     @model_validator(mode="after")
     def _arch(self) -> ConvModelSpec:

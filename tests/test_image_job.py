@@ -183,6 +183,8 @@ def test_cifar10_batches_feed_a_hyper_wide_resnet(tmp_path: Path) -> None:
     # WRN-10-1: 6 generated 3x3 convs of 1+1, 2+4, 8+16 tiles of 16x16 -> 32 embeddings of N_z 64
     assert counts["params_hypernetwork"] == 75_920 and counts["params_embeddings"] == 32 * 64
     assert counts["generated_kernel_weights"] == 32 * 16 * 16 * 9
+    # BN channels: 16+16, 16+32, 32+64 in the blocks and 64 at the end; mean and variance each
+    assert counts["params_with_bn_statistics"] == counts["params_total"] + 2 * 240
 
     (tmp_path / "cifar" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(JobSpecError, match=r"data.cifar10: .*data_batch_3: expected a CIFAR-10 python batch"):
