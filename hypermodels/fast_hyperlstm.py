@@ -6,21 +6,25 @@ tensors cost far more than the arithmetic. Here a :class:`torch.autograd.Functio
 sequence of one layer under no-grad, saves only what backpropagation through time needs, and runs BPTT
 by hand:
 
-* forward saves per step only the recurrent product ``r = [W_h; W_ĥh] h_{t-1}`` (or just ``u = W_h h``),
-  the gate pre-activations (before layer norm), the cell state ``c``, the small embeddings ``z`` and the
-  same for the (small) hyper cell; everything else (layer norms, gate activations, ``d = W_{.z} z``,
-  ``W_x x``) is recomputed in backward, which is cheap element-wise work;
+* forward saves per step what BPTT needs: the recurrent product ``r = [W_h; W_ĥh] h_{t-1}`` (or just
+  ``u = W_h h``), the gate pre-activations, the cell state ``c``, the small embeddings ``z``, ``ĥ``, ``ĉ``
+  and (fused) ``W_x x``; backward recomputes layer norms and activations (the fused path can save those
+  instead, :data:`SAVE_ACTIVATIONS`, slower on an idle machine) and (Python path) ``d = W_{.z} z`` and
+  ``W_x x``;
 * backward runs only the recurrent matrix products per step; the weight gradients (``W_h``, ``W_x``, the
   hyper cell's weights, ``z`` projections) and the input gradient are one large matrix product each over
   the whole sequence after the loop.
 
-Two implementations of the per-step element-wise work, chosen by :data:`BACKEND`:
+Two implementations of the per-step work, chosen by :data:`BACKEND`:
 
-* ``fused`` (CPU): the C++ kernels of ``csrc/hyperlstm_cell.cpp``, one parallel region per cell and step
-  (pre-activation, both layer norms, gates, cell state, and the per-row products ``z``, ``d``), built on
-  first use with the machine's compiler; per step and direction only two matrix products remain.
-* ``python``: the same equations with ATen ops (``native_layer_norm`` and its backward, so no
-  hand-written LN backward there); used on CUDA and wherever the extension cannot be built.
+* ``fused`` (CPU): ``csrc/hyperlstm_cell.cpp``, built on first use with the machine's compiler. The whole
+  time loop of a layer runs in C++, one call for forward and one for backward per layer and sequence:
+  per step two matrix products (ATen/MKL; at small sizes one: both recurrent inputs ``[h, ĥ]_{t-1}``
+  against one combined weight) and one parallel region over the batch rows that runs the hyper cell, ``z``, ``d`` and the
+  main cell (pre-activation, both layer norms, gates, cell state).
+* ``python``: the same equations with ATen ops from a Python loop (``native_layer_norm`` and its
+  backward, so no hand-written LN backward there); used on CUDA and wherever the extension cannot be
+  built.
 
 Numerics: the same equations as ``HyperLSTMCell.step``; results agree with the reference to rounding
 (tests/test_fast_hyperlstm.py runs both implementations). The forget-gate bias is folded into the LN
@@ -59,6 +63,16 @@ _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 # Both compute the same equations; the tests run both against the reference layer.
 BACKEND = os.environ.get("HYPERMODELS_FAST_BACKEND", "auto")
 _EXTENSION: object | None = None
+# Fused path: up to this many multiply-adds per step in the zero block of the combined recurrent product
+# (batch x 4H x Hh), one product per step for [h, hh]: one parallel region less per step, much faster while
+# other jobs load the CPU (256x32: 0.80 -> 1.03 x nn.LSTM, interleaved), but 7-10% slower on an idle one
+# (the zero block is 22% of the product's work at 256x32); above it (every bench size), two products.
+# See the 2026-11-27 section of bench/NOTES.md.
+SPLIT_PRODUCT_MACS = 1_000_000
+# Fused path: forward saves the gate activations of both cells for backward (True), or only the
+# pre-activations, from which backward recomputes them (False, faster on an idle machine: at 256x32 and
+# 512x64 saving them was 5-14% slower, the extra memory traffic costs more than the recomputation).
+SAVE_ACTIVATIONS = False
 _EXTENSION_ERROR: str | None = None
 
 
@@ -245,7 +259,7 @@ class _Prepared:
     """Views and constants of one layer's parameters for a call (shapes in the comments)."""
 
     def __init__(self, params: dict, H: int, Hh: int, forget_bias: float, eps: float, device: torch.device,
-                 fused: bool | None = None):
+                 fused: bool | None = None, batch: int = 1):
         p = params
         # The fused kernels are CPU code; elsewhere (CUDA) the ATen path runs. ``fused`` forces the choice
         # (backward must use what forward used).
@@ -280,12 +294,21 @@ class _Prepared:
         self.hyper = _Core(Hh, ln, eps, forget_bias, p["hyper_ln_weight"], p["hyper_ln_bias"],
                            p["hyper_ln_cell_weight"], p["hyper_ln_cell_bias"])
         if ext is not None:
-            # One product per step for both consumers of h_{t-1}: u = W_h h and the hyper cell's h-part.
-            self.W_cat = torch.cat([self.W_h, self.hW_h])                  # (4H + 4Hh, H)
-            # Transposed copies, so that the per-step products read row-major operands (MKL's "NN" case
+            # One product per step for both recurrent inputs [h, hh]_{t-1}: u = W_h h and the hyper cell's
+            # recurrent part, with a zero block (hh does not feed u), at small sizes; above
+            # SPLIT_PRODUCT_MACS of zero-block work, two products (h against [W_h; W_ĥh], hh against W_ĥhh).
+            W_cat = torch.cat([self.W_h, self.hW_h])                       # (4H + 4Hh, H)
+            self.hW_hh_split = self.hW_hhT = None
+            if batch * GATES * H * Hh > SPLIT_PRODUCT_MACS:
+                self.W2 = W_cat
+                self.hW_hh_split, self.hW_hhT = self.hW_hh, self.hW_hh.t().contiguous()
+            else:
+                self.W2 = self.W_h.new_zeros(GATES * (H + Hh), H + Hh)    # (4H + 4Hh, H + Hh)
+                self.W2[:, :H] = W_cat
+                self.W2[GATES * H:, H:] = self.hW_hh
+            # Transposed copies, so that the forward products read row-major operands (MKL's "NN" case
             # measured ~20% faster than "NT" at batch 32).
-            self.W_catT = self.W_cat.t().contiguous()                      # (H, 4H + 4Hh)
-            self.hW_hhT = self.hW_hh.t().contiguous()                      # (Hh, 4Hh)
+            self.W2T = self.W2.t().contiguous()                            # (H [+ Hh], 4H + 4Hh)
 
     def scales(self, z: Tensor, parts: int = 3) -> Tensor:
         """``z`` ``(B, 12Nz)`` -> ``d`` ``(parts, 4, B, H)``: d_h, d_x and the dynamic bias (without b_0).
@@ -312,12 +335,11 @@ def _forward_loop(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks
     wx = F.linear(x, P.W_x).view(T, B, GATES, H)
     hwx = F.linear(x, P.hW_x, P.hyper_bias)
     out = x.new_empty(T, B, H)
-    keys = ("r" if P.ext is not None else "u", "pre", "c", "z", "hpre", "hc", "hh")
+    keys = ("u", "pre", "c", "z", "hpre", "hc", "hh")
     saved = {k: [] for k in keys} if save else None
-    step = _fused_step if P.ext is not None else _python_step
     for t in range(T):
         mask = None if masks is None else masks[t]
-        h, c, hh, hc, keep = step(P, h, c, hh, hc, wx[t], hwx[t], mask, out[t])
+        h, c, hh, hc, keep = _python_step(P, h, c, hh, hc, wx[t], hwx[t], mask, out[t])
         if save:
             for k, v in zip(keys, keep):
                 saved[k].append(v)
@@ -340,20 +362,6 @@ def _python_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
     pre.add_(d[2].transpose(0, 1)).add_(P.bias)
     h, c = P.main.forward(pre, c, mask, h_out=h_out)
     return h, c, hh, hc, (u, pre, c, z, hpre, hc, hh)
-
-
-def _fused_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
-    """One step with the fused kernels: two matrix products and one kernel per cell."""
-    B, H, Hh, ext = h.shape[0], P.H, P.Hh, P.ext
-    r = torch.mm(h, P.W_catT)                      # (B, 4H + 4Hh): [W_h h, hyper h-part]
-    hh_part = torch.mm(hh, P.hW_hhT)               # (B, 4Hh)
-    hpre, hc_new, hh_new = hh.new_empty(B, GATES * Hh), torch.empty_like(hc), torch.empty_like(hh)
-    z = hh.new_empty(B, P.Zw.shape[0])
-    ext.hyper_forward(r[:, GATES * H:], hh_part, hwx_t, hc, *P.hyper.ln_args(), P.Zw, P.zb, hpre, hc_new, hh_new, z)
-    pre, c_new = h.new_empty(B, GATES * H), torch.empty_like(c)
-    ext.main_forward(r[:, :GATES * H], z, P.DwT, wx_t.view(B, GATES * H), P.bias.reshape(-1), c, mask,
-                     *P.main.ln_args(), pre, c_new, h_out)
-    return h_out, c_new, hh_new, hc_new, (r, pre, c_new, z, hpre, hc_new, hh_new)
 
 
 def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
@@ -410,44 +418,43 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
     return (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ), grads
 
 
+def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared,
+                   save: bool):
+    """The whole forward loop in the extension (one call): per step two matrix products and one kernel.
+
+    Returns ``out``, the final ``c``, ``hh``, ``hc`` and (if ``save``) what backward needs, as whole-sequence
+    tensors: ``r`` ``(T, B, 4H + 4Hh)``, ``z``, ``c``, ``hc``, ``hh``, ``wx = W_x x`` and the activations of
+    both cells (``act``, ``hact``: 5 tensors each, see ``Acts`` in csrc/hyperlstm_cell.cpp).
+    """
+    wx = F.linear(x, P.W_x)                         # (T, B, 4H), kept for backward (d_x's gradient)
+    hwx = F.linear(x, P.hW_x, P.hyper_bias)         # (T, B, 4Hh)
+    res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, P.W2T, P.hW_hhT, P.Zw, P.zb, P.DwT,
+                             P.bias.reshape(-1), *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps, save,
+                             SAVE_ACTIVATIONS)
+    out, c, hh, hc, R, Z, C, HC, HH = res[:9]
+    saved = None
+    if save:
+        k = (len(res) - 9) // 2  # 5 activation tensors per cell, or 1: the pre-activations
+        saved = {"r": R, "z": Z, "c": C, "hc": HC, "hh": HH, "wx": wx, "act": list(res[9:9 + k]),
+                 "hact": list(res[9 + k:])}
+    return out, c, hh, hc, saved
+
+
 def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
-    """BPTT with the fused kernels: per step one kernel per cell and two matrix products."""
-    T, B, _ = x.shape
-    H, Hh, Nz, G, ext = P.H, P.Hh, P.Nz, GATES, P.ext
-    wx = F.linear(x, P.W_x)  # (T, B, 4H), recomputed
-    # Gradients of u and of the hyper pre-activation side by side: one product per step gives dh_{t-1}.
-    DUH = x.new_empty(T, B, G * (H + Hh))
-    DWX = x.new_empty(T, B, G * H)
-    DZ = x.new_empty(T, B, 3 * G * Nz)
-    # Accumulators, summed after the loop: W_.z's gradient per thread, biases and LN per batch row.
-    acc_dDwT = x.new_zeros(torch.get_num_threads(), *P.DwT.shape)
-    acc_bias = x.new_zeros(B, G * H)
-    main_acc, hyper_acc = [None] * 4, [None] * 4
+    """The whole BPTT loop in the extension (one call): per step one kernel and two matrix products."""
+    G, H, Hh = GATES, P.H, P.Hh
+    res = P.ext.backward_loop(saved["r"], saved["z"], saved["c"], saved["hc"], saved["act"], saved["hact"],
+                              saved["wx"], c0, hc0, masks, dout, dh, dc, dhh, dhc, P.W2, P.hW_hh_split, P.Zw, P.DwT,
+                              *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps)
+    DUH, DWX, DZ, dDwT, dbias = res[:5]
+    grads = {"d_weight": dDwT, "bias": dbias}
     if P.ln:
-        main_acc = [x.new_zeros(B, G * H), x.new_zeros(B, G * H), x.new_zeros(B, H), x.new_zeros(B, H)]
-        hyper_acc = [x.new_zeros(B, G * Hh), x.new_zeros(B, G * Hh), x.new_zeros(B, Hh), x.new_zeros(B, Hh)]
-    main_ln, hyper_ln = P.main.ln_args(), P.hyper.ln_args()
-    for t in range(T - 1, -1, -1):
-        c_prev = c0 if t == 0 else saved["c"][t - 1]
-        hc_prev = hc0 if t == 0 else saved["hc"][t - 1]
-        mask = None if masks is None else masks[t]
-        dc_prev, dhc_prev = torch.empty_like(c0), torch.empty_like(hc0)
-        ext.main_backward(saved["pre"][t], saved["r"][t][:, :G * H], saved["z"][t], P.DwT, wx[t], c_prev,
-                          saved["c"][t], mask, *main_ln, dh, dc, dc_prev, DUH[t, :, :G * H], DWX[t], DZ[t],
-                          acc_dDwT, acc_bias, *main_acc)
-        ext.hyper_backward(saved["hpre"][t], hc_prev, saved["hc"][t], *hyper_ln, dhh, DZ[t], P.Zw, dhc, dhc_prev,
-                           DUH[t, :, G * H:], *hyper_acc)
-        dh = torch.mm(DUH[t], P.W_cat) if t == 0 or dout is None else torch.addmm(dout[t - 1], DUH[t], P.W_cat)
-        dhh = torch.mm(DUH[t, :, G * H:], P.hW_hh)
-        dc, dhc = dc_prev, dhc_prev
-    grads = {"d_weight": acc_dDwT.sum(0), "bias": acc_bias.sum(0)}
-    if P.ln:
-        for prefix, acc, n in (("", main_acc, H), ("hyper_", hyper_acc, Hh)):
-            grads[prefix + "ln_weight"] = acc[0].sum(0).view(G, n)
-            grads[prefix + "ln_bias"] = acc[1].sum(0).view(G, n)
-            grads[prefix + "ln_cell_weight"] = acc[2].sum(0)
-            grads[prefix + "ln_cell_bias"] = acc[3].sum(0)
-    return (dh, dc, dhh, dhc), (DUH[..., :G * H], DWX, DUH[..., G * H:], DZ), grads
+        for prefix, acc, n in (("", res[5:9], H), ("hyper_", res[9:13], Hh)):
+            grads[prefix + "ln_weight"] = acc[0].view(G, n)
+            grads[prefix + "ln_bias"] = acc[1].view(G, n)
+            grads[prefix + "ln_cell_weight"] = acc[2]
+            grads[prefix + "ln_cell_bias"] = acc[3]
+    return tuple(res[13:17]), (DUH[..., :G * H], DWX, DUH[..., G * H:], DZ), grads
 
 
 class HyperLSTMLayerFunction(torch.autograd.Function):
@@ -463,28 +470,34 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
     def forward(ctx, forget_bias, eps, x, h0, c0, hh0, hc0, masks, *params):
         p = dict(zip(PARAM_NAMES, params))
         H, Hh = h0.shape[1], hh0.shape[1]
-        P = _Prepared(p, H, Hh, forget_bias, eps, x.device)
+        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, batch=x.shape[1])
         x, h0, c0, hh0, hc0 = (t.contiguous() for t in (x, h0, c0, hh0, hc0))
         masks = None if masks is None else masks.contiguous()
-        out, c, hh, hc, saved = _forward_loop(x, h0, c0, hh0, hc0, masks, P, save=True)
-        T = x.shape[0]
-        # Backward must use the implementation forward used (what is saved differs).
-        ctx.meta = (forget_bias, eps, T, tuple(saved), P.ext is not None)
+        loop = _forward_fused if P.ext is not None else _forward_loop
+        out, c, hh, hc, saved = loop(x, h0, c0, hh0, hc0, masks, P, save=True)
+        # Backward must use the implementation forward used (what is saved differs). Saved entries are
+        # tensors (fused: whole sequence) or lists (per step, or the activation tensors of a cell).
+        layout = tuple((k, len(v) if isinstance(v, list) else None) for k, v in saved.items())
+        ctx.meta = (forget_bias, eps, layout, P.ext is not None)
         # Everything goes through save_for_backward (so saved-tensor hooks and memory counts see it).
-        flat = [t for k in saved for t in saved[k]]
+        flat = [t for v in saved.values() for t in (v if isinstance(v, list) else [v])]
         ctx.save_for_backward(x, h0, c0, hh0, hc0, masks, out, *params, *flat)
         return out, out[-1].clone(), c, hh, hc
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dhT, dcT, dhhT, dhcT):
-        forget_bias, eps, T, keys, fused = ctx.meta
+        forget_bias, eps, layout, fused = ctx.meta
         x, h0, c0, hh0, hc0, masks, out, *rest = ctx.saved_tensors
         params, flat = rest[:len(PARAM_NAMES)], rest[len(PARAM_NAMES):]
-        saved = {k: flat[i * T:(i + 1) * T] for i, k in enumerate(keys)}
+        saved, i = {}, 0
+        for k, count in layout:
+            saved[k] = flat[i] if count is None else list(flat[i:i + count])
+            i += 1 if count is None else count
+        T = x.shape[0]
         p = dict(zip(PARAM_NAMES, params))
         B, H, Hh, G = x.shape[1], h0.shape[1], hh0.shape[1], GATES
-        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, fused=fused)
+        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, fused=fused, batch=B)
 
         def contiguous(t):
             return None if t is None else t.contiguous()
@@ -500,7 +513,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         # Weight gradients: one product over all T*B rows each.
         TB = T * B
         h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).view(TB, H)
-        hh_all = torch.stack(saved["hh"])  # (T, B, Hh)
+        hh_all = saved["hh"] if fused else torch.stack(saved["hh"])  # (T, B, Hh)
         hh_prev = torch.cat([hh0.unsqueeze(0), hh_all[:-1]]).view(TB, Hh)
         xf = x.reshape(TB, -1)
         DU, DWX, DHP, DZ = (t.reshape(TB, t.shape[-1]) for t in (DU, DWX, DHP, DZ))
@@ -534,10 +547,12 @@ def layer_forward(cell: HyperLSTMCell, x: Tensor, h0: Tensor, c0: Tensor, hh0: T
         return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *tensors)
     with torch.no_grad():
         P = _Prepared(dict(zip(PARAM_NAMES, params)), cell.hidden_size, cell.hyper_size, cell.forget_bias,
-                      cell.eps, x.device)
+                      cell.eps, x.device, batch=x.shape[1])
         h0, c0, hh0, hc0 = (t.contiguous() for t in (h0, c0, hh0, hc0))
         masks = None if masks is None else masks.contiguous()
-        out, c, hh, hc, _ = _forward_loop(x, h0, c0, hh0, hc0, masks, P, save=False)
+        x = x.contiguous()
+        loop = _forward_fused if P.ext is not None else _forward_loop
+        out, c, hh, hc, _ = loop(x, h0, c0, hh0, hc0, masks, P, save=False)
     return out, out[-1], c, hh, hc
 
 

@@ -1,27 +1,33 @@
-// Fused element-wise work of one HyperLSTM step, forward and backward (main cell and hyper cell).
+// The time loops of one HyperLSTM layer, forward and backward (main cell and hyper cell).
 //
 // Built on first use by hypermodels/fast_hyperlstm.py (torch.utils.cpp_extension.load); the ATen path
 // there computes the same equations and is the fallback. Why: on a CPU the per-step cost of the
 // reference is dominated by the number of kernels, each a parallel region (fork/join of the intra-op
-// threads), not by arithmetic. Here one parallel region per cell and step handles every row of the
-// batch from the gate pre-activations through both layer norms to h, with the row in cache; the small
-// products z = W_z ĥ and d = W_{.z} z (N_z is 4..64) are done per row too. What is left per step is
-// two matrix products per direction (MKL) and these kernels.
+// threads), and by Python's per-op overhead, not by arithmetic. Here one call runs a layer's whole forward
+// loop and one its whole BPTT loop; per step one matrix product (MKL, through ATen) and one parallel region
+// that handles every row of the batch from the pre-activations through the hyper cell, z = W_z ĥ,
+// d = W_{.z} z (N_z is 4..64), both layer norms and the main cell to h, with the row in cache. Backward
+// recomputes the gate activations (Acts below) from the saved pre-activations, or (save_acts) forward saves
+// them; recomputing was faster on an idle machine (bench/NOTES.md, 2026-11-27).
 //
-// Layouts (n = units of the cell, B = batch; gates i, g, f, o stacked along the row; rows may have a
-// stride, columns must be contiguous):
+// Layouts (n = units of the cell, B = batch; gates i, g, f, o stacked along the row):
 //   pre (B, 4n); c, h, mask (B, n); gain, shift (4n) with the forget bias folded into shift;
 //   cell_gain, cell_shift (n); LN is on when gain is given.
 //   main cell: u = W_h h_{t-1} (first 4H columns of r), wx = W_x x_t (B, 4H), b0 (4H),
 //              z (B, 12 N_z) ordered (z_h, z_x, z_b) x gate x N_z, DwT (12, N_z, H) = W_{hz}, W_{xz}, W_{bz}.
-//   hyper cell: pre = r_h + w_hh ĥ + wx_h (each (B, 4Ĥ)); z = Zw ĥ + zb, Zw (12 N_z, Ĥ).
+//   hyper cell: pre = r_h + wx_h (each (B, 4Ĥ); r_h = Ŵ_h h + Ŵ_hh ĥ, the last 4Ĥ columns of r);
+//              z = Zw ĥ + zb, Zw (12 N_z, Ĥ).
 // Compiled with -ffast-math (compile only, not link: no FTZ side effects) so that gcc vectorises exp and
 // tanh through glibc's libmvec; results agree with the ATen path to a few ulps.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace {
@@ -45,13 +51,6 @@ inline void moments(const T* v, int64_t n, double eps, T& mean, T& rstd) {
 template <typename T>
 T* ptr(const OptT& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
 
-// Row stride of a (rows, cols) tensor whose columns are contiguous.
-int64_t ld(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.stride(1) == 1, name,
-              " must be a 2-D CPU tensor with contiguous rows");
-  return t.stride(0);
-}
-
 void check_contiguous(std::initializer_list<const OptT*> ts) {
   for (const OptT* t : ts)
     if (t->has_value())
@@ -71,58 +70,80 @@ struct LN {
   }
 };
 
-// Per-thread scratch for one row.
+// Activations of one row of an LSTM core of n units: what backward needs, saved by the sequence loop
+// (or recomputed into scratch by the per-step entry points). act (4n): σ(i), tanh(g), σ(f), σ(o) of the
+// (layer-normed) gate pre-activations; norm (4n): the normalised pre-activations x̂ (LN only); cnh (n): the
+// normalised c_new (LN only); tco (n): tanh(LN(c_new)) (tanh(c_new) without LN); rstd (5): 1/σ of the four
+// gate LNs and of the cell LN (LN only).
 template <typename T>
-struct Scratch {
-  std::vector<T> act, sig, tg, norm, cnorm, tco, da, tmp;
-  int64_t n;
-  explicit Scratch(int64_t n_)
-      : act(4 * n_), sig(4 * n_), tg(n_), norm(4 * n_), cnorm(n_), tco(n_), da(4 * n_), tmp(4 * n_), n(n_) {}
+struct Acts {
+  T *act, *norm, *cnh, *tco, *rstd;
 };
 
-// Gate activations of one row from its pre-activation P (4n): LN per gate, sigmoid (all gates), tanh(g).
+// Activations of many rows (row i of each array at i * width), or of one row of scratch.
 template <typename T>
-inline void activate(const T* P, const LN<T>& ln, Scratch<T>& s, T* rstd) {
-  const int64_t n = s.n;
-  T* A = s.act.data();
+struct ActsRows {
+  T *act = nullptr, *norm = nullptr, *cnh = nullptr, *tco = nullptr, *rstd = nullptr;
+  int64_t n = 0;
+  ActsRows() = default;
+  ActsRows(const std::vector<at::Tensor>& t, int64_t n_)  // act, norm, cnh, tco, rstd (LN ones undefined without LN)
+      : act(t[0].data_ptr<T>()), norm(t[1].defined() ? t[1].data_ptr<T>() : nullptr),
+        cnh(t[2].defined() ? t[2].data_ptr<T>() : nullptr), tco(t[3].data_ptr<T>()),
+        rstd(t[4].defined() ? t[4].data_ptr<T>() : nullptr), n(n_) {}
+  Acts<T> row(int64_t i) const {
+    return {act + i * 4 * n, norm ? norm + i * 4 * n : nullptr, cnh ? cnh + i * n : nullptr, tco + i * n,
+            rstd ? rstd + i * 5 : nullptr};
+  }
+};
+
+// One row of scratch activations.
+template <typename T>
+struct ActsScratch {
+  std::vector<T> v;
+  Acts<T> a;
+  explicit ActsScratch(int64_t n) : v(10 * n + 5) {
+    T* p = v.data();
+    a = {p, p + 4 * n, p + 8 * n, p + 9 * n, p + 10 * n};
+  }
+};
+
+// Forward of the LSTM core on one row from its pre-activation P (4n): c_new = σ(f) c + σ(i) tanh(g) m,
+// h = σ(o) tanh(LN(c_new)); the activations go to a.
+template <typename T>
+inline void core_forward_row(const T* P, const T* c, const T* m, const LN<T>& ln, const Acts<T>& a, int64_t n,
+                             T* cn, T* h) {
+  T* A = a.act;
   for (int g = 0; g < 4; ++g) {
     const T* p = P + g * n;
-    T* a = A + g * n;
+    T* x = A + g * n;
     if (ln.on) {
-      T mean;
-      moments(p, n, ln.eps, mean, rstd[g]);
-      T* nm = s.norm.data() + g * n;
+      T mean, r;
+      moments(p, n, ln.eps, mean, r);
+      a.rstd[g] = r;
+      T* nm = a.norm + g * n;
       const T *w = ln.gain + g * n, *b = ln.shift + g * n;
-      const T r = rstd[g];
-      for (int64_t j = 0; j < n; ++j) { nm[j] = (p[j] - mean) * r; a[j] = nm[j] * w[j] + b[j]; }
+      for (int64_t j = 0; j < n; ++j) { nm[j] = (p[j] - mean) * r; x[j] = nm[j] * w[j] + b[j]; }
     } else {
-      for (int64_t j = 0; j < n; ++j) a[j] = p[j];
+      for (int64_t j = 0; j < n; ++j) x[j] = p[j];
     }
   }
-  T* S = s.sig.data();  // sigmoid of gates i, f, o (the g block stays unused)
   for (int g : {0, 2, 3})
-    for (int64_t j = g * n; j < (g + 1) * n; ++j) S[j] = sigmoid(A[j]);
-  T* tg = s.tg.data();
-  for (int64_t j = 0; j < n; ++j) tg[j] = std::tanh(A[n + j]);
-}
-
-// Forward of the LSTM core on one row: c_new = σ(f) c + σ(i) tanh(g) m, h = σ(o) tanh(LN(c_new)).
-template <typename T>
-inline void core_forward_row(const T* P, const T* c, const T* m, const LN<T>& ln, Scratch<T>& s, T* cn, T* h) {
-  const int64_t n = s.n;
-  T rstd[4];
-  activate(P, ln, s, rstd);
-  const T *S = s.sig.data(), *tg = s.tg.data();
-  for (int64_t j = 0; j < n; ++j) cn[j] = S[2 * n + j] * c[j] + S[j] * (m ? tg[j] * m[j] : tg[j]);
-  T* co = s.tco.data();
+    for (int64_t j = g * n; j < (g + 1) * n; ++j) A[j] = sigmoid(A[j]);
+  for (int64_t j = n; j < 2 * n; ++j) A[j] = std::tanh(A[j]);
+  for (int64_t j = 0; j < n; ++j) cn[j] = A[2 * n + j] * c[j] + A[j] * (m ? A[n + j] * m[j] : A[n + j]);
+  T* tco = a.tco;
   if (ln.on) {
     T mean, r;
     moments(cn, n, ln.eps, mean, r);
-    for (int64_t j = 0; j < n; ++j) co[j] = (cn[j] - mean) * r * ln.cgain[j] + ln.cshift[j];
+    a.rstd[4] = r;
+    for (int64_t j = 0; j < n; ++j) {
+      a.cnh[j] = (cn[j] - mean) * r;
+      tco[j] = std::tanh(a.cnh[j] * ln.cgain[j] + ln.cshift[j]);
+    }
   } else {
-    for (int64_t j = 0; j < n; ++j) co[j] = cn[j];
+    for (int64_t j = 0; j < n; ++j) tco[j] = std::tanh(cn[j]);
   }
-  for (int64_t j = 0; j < n; ++j) h[j] = S[3 * n + j] * std::tanh(co[j]);
+  for (int64_t j = 0; j < n; ++j) h[j] = A[3 * n + j] * tco[j];
 }
 
 // Layer-norm backward on one vector: dx = rstd (dy w - mean(dy w) - x̂ mean(dy w x̂)); also adds
@@ -142,52 +163,37 @@ inline void ln_backward(const T* dy, const T* xhat, const T* w, T rstd, int64_t 
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * w[j] - s1 - xhat[j] * s2);
 }
 
-// Backward of core_forward_row (recomputing its activations): writes dL/dP into dP (4n) and dL/dc into
-// dcp; dh, dc are the gradients arriving at h and c_new (dc may be null). acc: LN gain/shift (4n each) and
-// cell gain/shift (n each) accumulators of this row, or null without LN.
+// Backward of core_forward_row from its activations a: writes dL/dP into dP (4n) and dL/dc into dcp; dh, dc
+// are the gradients arriving at h and c_new (dc may be null). tmp: 6n scratch. acc: LN gain/shift (4n each)
+// and cell gain/shift (n each) accumulators of this row, or null without LN.
 template <typename T>
-inline void core_backward_row(const T* P, const T* c, const T* cn, const T* m, const LN<T>& ln, const T* dh,
-                              const T* dc, Scratch<T>& s, T* dP, T* dcp, T* ag, T* as, T* acg, T* acs) {
-  const int64_t n = s.n;
-  T rstd[4];
-  activate(P, ln, s, rstd);
-  const T *S = s.sig.data(), *tg = s.tg.data();
-  T *nc = s.cnorm.data(), *tco = s.tco.data(), *da = s.da.data();
-  T crs = 1;
-  if (ln.on) {
-    T mean;
-    moments(cn, n, ln.eps, mean, crs);
-    for (int64_t j = 0; j < n; ++j) {
-      nc[j] = (cn[j] - mean) * crs;
-      tco[j] = std::tanh(nc[j] * ln.cgain[j] + ln.cshift[j]);
-    }
-  } else {
-    for (int64_t j = 0; j < n; ++j) tco[j] = std::tanh(cn[j]);
-  }
-  T* dco = s.tmp.data();      // dL/d LN(c_new)
-  T* dcn = s.tmp.data() + n;  // dL/d c_new
+inline void core_backward_row(const Acts<T>& a, const T* c, const T* m, const LN<T>& ln, int64_t n, const T* dh,
+                              const T* dc, T* tmp, T* dP, T* dcp, T* ag, T* as, T* acg, T* acs) {
+  const T *A = a.act, *tco = a.tco;
+  T* da = tmp;               // dL/d(gate activation input), 4n
+  T* dco = tmp + 4 * n;      // dL/d LN(c_new)
+  T* dcn = tmp + 5 * n;      // dL/d c_new
   for (int64_t j = 0; j < n; ++j) {
-    T so = S[3 * n + j];
+    T so = A[3 * n + j];
     da[3 * n + j] = dh[j] * tco[j] * so * (T(1) - so);  // o
     dco[j] = dh[j] * so * (T(1) - tco[j] * tco[j]);
   }
   if (ln.on) {
-    ln_backward(dco, nc, ln.cgain, crs, n, acg, acs, dcn);
+    ln_backward(dco, a.cnh, ln.cgain, a.rstd[4], n, acg, acs, dcn);
   } else {
     for (int64_t j = 0; j < n; ++j) dcn[j] = dco[j];
   }
   for (int64_t j = 0; j < n; ++j) {
     T g = dcn[j] + (dc ? dc[j] : T(0));
-    T si = S[j], sf = S[2 * n + j], mk = m ? m[j] : T(1);
-    da[2 * n + j] = g * c[j] * sf * (T(1) - sf);      // f
-    da[j] = g * tg[j] * mk * si * (T(1) - si);         // i
-    da[n + j] = g * si * mk * (T(1) - tg[j] * tg[j]);  // g
+    T si = A[j], tg = A[n + j], sf = A[2 * n + j], mk = m ? m[j] : T(1);
+    da[2 * n + j] = g * c[j] * sf * (T(1) - sf);   // f
+    da[j] = g * tg * mk * si * (T(1) - si);         // i
+    da[n + j] = g * si * mk * (T(1) - tg * tg);     // g
     dcp[j] = g * sf;
   }
   for (int g = 0; g < 4; ++g) {
     if (ln.on) {
-      ln_backward(da + g * n, s.norm.data() + g * n, ln.gain + g * n, rstd[g], n, ag + g * n, as + g * n,
-                  dP + g * n);
+      ln_backward(da + g * n, a.norm + g * n, ln.gain + g * n, a.rstd[g], n, ag + g * n, as + g * n, dP + g * n);
     } else {
       for (int64_t j = 0; j < n; ++j) dP[g * n + j] = da[g * n + j];
     }
@@ -195,199 +201,476 @@ inline void core_backward_row(const T* P, const T* c, const T* cn, const T* m, c
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Hyper cell: pre = r_h + hh_part + wx_h; core; z = Zw ĥ + zb.
+// The main cell's scaling vectors d = W_{.z} z (Eq. 12), for a block of rows at a time. W_{.z} (DwT: 12, nz, H)
+// is walked in chunks of CHUNK units; each chunk is used for every row of the block while it sits in L1, so
+// W_{.z} is read from L2 once per block instead of once per row (12 nz H values a row: at H = 1000 that
+// traffic, and the W_{.z} gradient's read-modify-write, were most of the backward kernel's time). d itself is
+// never stored: each chunk goes straight into the pre-activation (forward) or the gradients (backward).
+// Row r of an operand X is at X + r * ldX.
 // ---------------------------------------------------------------------------------------------------
-template <typename T>
-void hyper_forward_impl(const at::Tensor& r_h, const at::Tensor& hh_part, const at::Tensor& wx_h,
-                        const at::Tensor& c_prev, const LN<T>& ln, const at::Tensor& Zw, const at::Tensor& zb,
-                        at::Tensor& pre, at::Tensor& c_new, at::Tensor& h, at::Tensor& z) {
-  const int64_t B = c_prev.size(0), n = c_prev.size(1), nz = Zw.size(0);
-  const int64_t ldr = ld(r_h, "r_h"), ldp = ld(hh_part, "hh_part"), ldw = ld(wx_h, "wx_h");
-  const T *R = r_h.data_ptr<T>(), *HP = hh_part.data_ptr<T>(), *W = wx_h.data_ptr<T>();
-  const T *C = c_prev.data_ptr<T>(), *ZW = Zw.data_ptr<T>(), *ZB = zb.data_ptr<T>();
-  T *P = pre.data_ptr<T>(), *CN = c_new.data_ptr<T>(), *H = h.data_ptr<T>(), *Z = z.data_ptr<T>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> s(n);
-    for (int64_t b = begin; b < end; ++b) {
-      T* p = P + b * 4 * n;
-      const T *rb = R + b * ldr, *hb = HP + b * ldp, *wb = W + b * ldw;
-      for (int64_t j = 0; j < 4 * n; ++j) p[j] = rb[j] + hb[j] + wb[j];
-      T* hh = H + b * n;
-      core_forward_row(p, C + b * n, static_cast<const T*>(nullptr), ln, s, CN + b * n, hh);
-      T* zr = Z + b * nz;
-      for (int64_t k = 0; k < nz; ++k) {
-        const T* w = ZW + k * n;
-        T acc = 0;
-        for (int64_t j = 0; j < n; ++j) acc += w[j] * hh[j];
-        zr[k] = acc + ZB[k];
-      }
-    }
-  });
-}
+constexpr int64_t CHUNK = 64;
+constexpr int64_t ROW_BLOCK = 8;
 
-// Backward: dĥ = dhh + Zwᵀ dz (z's gradient), then the core; dL/dpre goes to dpre (rows may be strided).
+// One chunk of d for block q (gate g of part h, x or b) of row z: out[0..len) = Σ_k z[q,k] DwT[q,k,j0..].
 template <typename T>
-void hyper_backward_impl(const at::Tensor& pre, const at::Tensor& c_prev, const at::Tensor& c_new, const LN<T>& ln,
-                         const OptT& dhh_, const at::Tensor& dz, const at::Tensor& Zw, const OptT& dc_,
-                         at::Tensor& dc_prev, at::Tensor& dpre, const OptT& acc_gain, const OptT& acc_shift,
-                         const OptT& acc_cgain, const OptT& acc_cshift) {
-  const int64_t B = c_prev.size(0), n = c_prev.size(1), nz = Zw.size(0);
-  const int64_t ldd = ld(dpre, "dpre");
-  const T *P = pre.data_ptr<T>(), *C = c_prev.data_ptr<T>(), *CN = c_new.data_ptr<T>();
-  const T *DHH = ptr<T>(dhh_), *DZ = dz.data_ptr<T>(), *ZW = Zw.data_ptr<T>(), *DC = ptr<T>(dc_);
-  T *DCP = dc_prev.data_ptr<T>(), *DP = dpre.data_ptr<T>();
-  T *AG = ptr<T>(acc_gain), *AS = ptr<T>(acc_shift), *ACG = ptr<T>(acc_cgain), *ACS = ptr<T>(acc_cshift);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> s(n);
-    std::vector<T> dh(n);
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t j = 0; j < n; ++j) dh[j] = DHH ? DHH[b * n + j] : T(0);
-      const T* dzr = DZ + b * nz;
-      for (int64_t k = 0; k < nz; ++k) {
-        const T* w = ZW + k * n;
-        const T g = dzr[k];
-        for (int64_t j = 0; j < n; ++j) dh[j] += g * w[j];
-      }
-      core_backward_row(P + b * 4 * n, C + b * n, CN + b * n, static_cast<const T*>(nullptr), ln, dh.data(),
-                        DC ? DC + b * n : nullptr, s, DP + b * ldd, DCP + b * n, AG ? AG + b * 4 * n : nullptr,
-                        AS ? AS + b * 4 * n : nullptr, ACG ? ACG + b * n : nullptr, ACS ? ACS + b * n : nullptr);
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Main cell: d = W_{.z} z per row, pre = d_h u + d_x wx + d_b + b0; core.
-// ---------------------------------------------------------------------------------------------------
-
-// d (12 blocks of n: d_h, d_x, d_b per gate) of one row from its z (12 blocks of nz): d[q] = Σ_k z[q,k] DwT[q,k,:].
-template <typename T>
-inline void scales_row(const T* z, const T* DwT, int64_t n, int64_t nz, int blocks, T* d) {
-  for (int q = 0; q < blocks; ++q) {
-    T* dq = d + q * n;
-    for (int64_t j = 0; j < n; ++j) dq[j] = 0;
-    for (int64_t k = 0; k < nz; ++k) {
-      const T zk = z[q * nz + k];
-      const T* w = DwT + (q * nz + k) * n;
-      for (int64_t j = 0; j < n; ++j) dq[j] += zk * w[j];
-    }
+inline void d_chunk(const T* z, const T* DW, int64_t n, int64_t nz, int q, int64_t j0, int64_t len, T* out) {
+  for (int64_t j = 0; j < len; ++j) out[j] = 0;
+  for (int64_t k = 0; k < nz; ++k) {
+    const T zk = z[q * nz + k];
+    const T* w = DW + (q * nz + k) * n + j0;
+    for (int64_t j = 0; j < len; ++j) out[j] += zk * w[j];
   }
 }
 
+// pre = d_h u + d_x wx + d_b + b0 for `rows` rows (4n each).
 template <typename T>
-void main_forward_impl(const at::Tensor& u, const at::Tensor& z, const at::Tensor& DwT, const at::Tensor& wx,
-                       const at::Tensor& b0, const at::Tensor& c_prev, const OptT& mask, const LN<T>& ln,
-                       at::Tensor& pre, at::Tensor& c_new, at::Tensor& h) {
-  const int64_t B = c_prev.size(0), n = c_prev.size(1), nz = DwT.size(1);
-  const int64_t ldu = ld(u, "u"), ldw = ld(wx, "wx"), ldh = ld(h, "h");
-  const T *U = u.data_ptr<T>(), *Z = z.data_ptr<T>(), *DW = DwT.data_ptr<T>(), *W = wx.data_ptr<T>();
-  const T *B0 = b0.data_ptr<T>(), *C = c_prev.data_ptr<T>(), *M = ptr<T>(mask);
-  T *P = pre.data_ptr<T>(), *CN = c_new.data_ptr<T>(), *H = h.data_ptr<T>();
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> s(n);
-    std::vector<T> d(12 * n);
-    for (int64_t b = begin; b < end; ++b) {
-      scales_row(Z + b * 12 * nz, DW, n, nz, 12, d.data());
-      T* p = P + b * 4 * n;
-      const T *ub = U + b * ldu, *wb = W + b * ldw;
-      const T *dh = d.data(), *dx = d.data() + 4 * n, *db = d.data() + 8 * n;
-      for (int64_t j = 0; j < 4 * n; ++j) p[j] = dh[j] * ub[j] + dx[j] * wb[j] + db[j] + B0[j];
-      core_forward_row(p, C + b * n, M ? M + b * n : nullptr, ln, s, CN + b * n, H + b * ldh);
+inline void main_pre_rows(int64_t rows, const T* U, int64_t ldu, const T* Z, int64_t ldz, const T* DW, const T* WX,
+                          int64_t ldw, const T* B0, int64_t n, int64_t nz, T* P, int64_t ldp) {
+  T dh[CHUNK], dx[CHUNK], db[CHUNK];
+  for (int g = 0; g < 4; ++g)
+    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
+      const int64_t len = std::min(CHUNK, n - j0), o = g * n + j0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* z = Z + r * ldz;
+        d_chunk(z, DW, n, nz, g, j0, len, dh);
+        d_chunk(z, DW, n, nz, 4 + g, j0, len, dx);
+        d_chunk(z, DW, n, nz, 8 + g, j0, len, db);
+        const T *u = U + r * ldu + o, *wx = WX + r * ldw + o, *b0 = B0 + o;
+        T* p = P + r * ldp + o;
+        for (int64_t j = 0; j < len; ++j) p[j] = dh[j] * u[j] + dx[j] * wx[j] + db[j] + b0[j];
+      }
     }
-  });
 }
 
-// Backward of the main cell on one step. Outputs per row: du = dpre ⊙ d_h (gradient of u, rows may be
-// strided), dwx = dpre ⊙ d_x, dz (12 nz); accumulates dDwT[q,k,:] += z[q,k] dd[q,:] into the calling
-// thread's slice of acc_dDwT (threads, 12, nz, n), b0's gradient into acc_bias (B, 4n) and LN's.
+// From dpre (gradient of the pre-activation, 4n a row) of `rows` rows: du = dpre ⊙ d_h (gradient of u),
+// dwx = dpre ⊙ d_x, dz (12 nz: z's gradient through d), and adds z[q,k] dd[q,:] to adw (12, nz, n: the
+// W_.z gradient; dd = dpre ⊙ u, dpre ⊙ wx, dpre for the parts h, x, b) and dpre to ab (b0's gradient, 4n).
 template <typename T>
-void main_backward_impl(const at::Tensor& pre, const at::Tensor& u, const at::Tensor& z, const at::Tensor& DwT,
-                        const at::Tensor& wx, const at::Tensor& c_prev, const at::Tensor& c_new, const OptT& mask,
-                        const LN<T>& ln, const at::Tensor& dh_in, const OptT& dc_, at::Tensor& dc_prev,
-                        at::Tensor& du, at::Tensor& dwx, at::Tensor& dz, at::Tensor& acc_dDwT, at::Tensor& acc_bias,
-                        const OptT& acc_gain, const OptT& acc_shift, const OptT& acc_cgain,
-                        const OptT& acc_cshift) {
-  const int64_t B = c_prev.size(0), n = c_prev.size(1), nz = DwT.size(1);
-  const int64_t ldu = ld(u, "u"), ldw = ld(wx, "wx"), lddu = ld(du, "du");
-  TORCH_CHECK(acc_dDwT.size(0) >= at::get_num_threads(), "acc_dDwT needs one slice per thread");
-  const T *P = pre.data_ptr<T>(), *U = u.data_ptr<T>(), *Z = z.data_ptr<T>(), *DW = DwT.data_ptr<T>();
-  const T *W = wx.data_ptr<T>(), *C = c_prev.data_ptr<T>(), *CN = c_new.data_ptr<T>(), *M = ptr<T>(mask);
-  const T *DH = dh_in.data_ptr<T>(), *DC = ptr<T>(dc_);
-  T *DCP = dc_prev.data_ptr<T>(), *DU = du.data_ptr<T>(), *DWX = dwx.data_ptr<T>(), *DZ = dz.data_ptr<T>();
-  T *ADW = acc_dDwT.data_ptr<T>(), *AB = acc_bias.data_ptr<T>();
-  T *AG = ptr<T>(acc_gain), *AS = ptr<T>(acc_shift), *ACG = ptr<T>(acc_cgain), *ACS = ptr<T>(acc_cshift);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    Scratch<T> s(n);
-    std::vector<T> d(8 * n), dpre(4 * n), dd(12 * n);
-    T* adw = ADW + at::get_thread_num() * 12 * nz * n;
-    for (int64_t b = begin; b < end; ++b) {
-      const T* zr = Z + b * 12 * nz;
-      scales_row(zr, DW, n, nz, 8, d.data());  // d_h, d_x (the dynamic bias is not needed)
-      core_backward_row(P + b * 4 * n, C + b * n, CN + b * n, M ? M + b * n : nullptr, ln, DH + b * n,
-                        DC ? DC + b * n : nullptr, s, dpre.data(), DCP + b * n, AG ? AG + b * 4 * n : nullptr,
-                        AS ? AS + b * 4 * n : nullptr, ACG ? ACG + b * n : nullptr, ACS ? ACS + b * n : nullptr);
-      const T *ub = U + b * ldu, *wb = W + b * ldw;
-      T *dub = DU + b * lddu, *dwb = DWX + b * ldw, *ab = AB + b * 4 * n;
-      for (int64_t j = 0; j < 4 * n; ++j) {
-        const T v = dpre[j];
-        dd[j] = v * ub[j];           // d_h's gradient
-        dd[4 * n + j] = v * wb[j];   // d_x's
-        dd[8 * n + j] = v;           // the dynamic bias's
-        ab[j] += v;
-        dub[j] = v * d[j];
-        dwb[j] = v * d[4 * n + j];
-      }
-      T* dzr = DZ + b * 12 * nz;
-      for (int q = 0; q < 12; ++q) {
-        const T* ddq = dd.data() + q * n;
-        for (int64_t k = 0; k < nz; ++k) {
-          const T* w = DW + (q * nz + k) * n;
-          T* a = adw + (q * nz + k) * n;
-          const T zk = zr[q * nz + k];
-          T acc = 0;
-          for (int64_t j = 0; j < n; ++j) { acc += ddq[j] * w[j]; a[j] += zk * ddq[j]; }
-          dzr[q * nz + k] = acc;
+inline void main_grad_rows(int64_t rows, const T* DP, int64_t ldp, const T* U, int64_t ldu, const T* Z, int64_t ldz,
+                           const T* DW, const T* WX, int64_t ldw, int64_t n, int64_t nz, T* DU, int64_t lddu,
+                           T* DWX, int64_t lddw, T* DZ, int64_t lddz, T* adw, T* ab) {
+  T dh[CHUNK], dx[CHUNK], ddh[CHUNK], ddx[CHUNK];
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < 12 * nz; ++k) DZ[r * lddz + k] = 0;
+  for (int g = 0; g < 4; ++g)
+    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
+      const int64_t len = std::min(CHUNK, n - j0), o = g * n + j0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* z = Z + r * ldz;
+        d_chunk(z, DW, n, nz, g, j0, len, dh);
+        d_chunk(z, DW, n, nz, 4 + g, j0, len, dx);
+        const T *dp = DP + r * ldp + o, *u = U + r * ldu + o, *wx = WX + r * ldw + o;
+        T *du = DU + r * lddu + o, *dwx = DWX + r * lddw + o, *b = ab + o;
+        for (int64_t j = 0; j < len; ++j) {
+          const T v = dp[j];
+          ddh[j] = v * u[j];
+          ddx[j] = v * wx[j];
+          du[j] = v * dh[j];
+          dwx[j] = v * dx[j];
+          b[j] += v;
+        }
+        T* dz = DZ + r * lddz;
+        const T* parts[3] = {ddh, ddx, dp};
+        for (int part = 0; part < 3; ++part) {
+          const int q = part * 4 + g;
+          const T* dd = parts[part];
+          for (int64_t k = 0; k < nz; ++k) {
+            const T* w = DW + (q * nz + k) * n + j0;
+            T* aw = adw + (q * nz + k) * n + j0;
+            const T zk = z[q * nz + k];
+            T acc = 0;
+            for (int64_t j = 0; j < len; ++j) { acc += dd[j] * w[j]; aw[j] += zk * dd[j]; }
+            dz[q * nz + k] += acc;
+          }
         }
       }
     }
+}
+
+template <typename T>
+inline void hyper_forward_row(const T* r_h, const T* hp, const T* wx_h, const T* c, const LN<T>& ln, const T* ZW,
+                              const T* ZB, int64_t n, int64_t NZ, T* p, const Acts<T>& a, T* cn, T* h, T* z) {
+  if (hp) {
+    for (int64_t j = 0; j < 4 * n; ++j) p[j] = r_h[j] + hp[j] + wx_h[j];
+  } else {
+    for (int64_t j = 0; j < 4 * n; ++j) p[j] = r_h[j] + wx_h[j];
+  }
+  core_forward_row(p, c, static_cast<const T*>(nullptr), ln, a, n, cn, h);
+  for (int64_t k = 0; k < NZ; ++k) {
+    const T* w = ZW + k * n;
+    T acc = 0;
+    for (int64_t j = 0; j < n; ++j) acc += w[j] * h[j];
+    z[k] = acc + ZB[k];
+  }
+}
+
+// Backward: dĥ = dhh + Zwᵀ dz (z's gradient), then the core. scratch: n (dĥ) + 6n (core tmp).
+template <typename T>
+inline void hyper_backward_row(const Acts<T>& a, const T* c, const LN<T>& ln, int64_t n, int64_t NZ, const T* dhh,
+                               const T* dz, const T* ZW, const T* dc, T* scratch, T* dcp, T* dpre, T* ag, T* as,
+                               T* acg, T* acs) {
+  T* dh = scratch;
+  for (int64_t j = 0; j < n; ++j) dh[j] = dhh ? dhh[j] : T(0);
+  for (int64_t k = 0; k < NZ; ++k) {
+    const T* w = ZW + k * n;
+    const T g = dz[k];
+    for (int64_t j = 0; j < n; ++j) dh[j] += g * w[j];
+  }
+  core_backward_row(a, c, static_cast<const T*>(nullptr), ln, n, dh, dc, scratch + n, dpre, dcp, ag, as, acg, acs);
+}
+
+template <typename T>
+T* row_or_null(T* base, int64_t i, int64_t width) { return base ? base + i * width : nullptr; }
+
+template <typename T>
+T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+void check_rows(std::initializer_list<const at::Tensor*> ts) {
+  for (const at::Tensor* t : ts)
+    if (t->defined())
+      TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "expected contiguous CPU tensors");
+}
+
+at::Tensor opt_or_undefined(const OptT& t) { return t.has_value() ? *t : at::Tensor(); }
+
+// ---------------------------------------------------------------------------------------------------
+// The per-step products against a fixed weight matrix. A plain GEMM repacks the weight into the BLAS's
+// blocked layout on every call (at H = 1000 that is 18 MB a step, twice per step and direction); MKL's packed
+// GEMM packs it once per sequence and reuses it, as oneDNN's fused LSTM does (11-30% less time per product,
+// bench/NOTES.md). MKL ships inside libtorch_cpu on x86-64; its functions are looked up at run time, so a
+// torch without MKL (or double precision) takes at::mm_out instead.
+// ---------------------------------------------------------------------------------------------------
+struct MklPacked {
+  using GetSize = size_t (*)(int, int, int, int);
+  using Pack = void (*)(int, int, int, int, int, int, float, const float*, int, float*);
+  using Compute = void (*)(int, int, int, int, int, int, const float*, int, const float*, int, float, float*, int);
+  GetSize get_size = nullptr;
+  Pack pack = nullptr;
+  Compute compute = nullptr;
+  MklPacked() {
+    Dl_info info;  // the library that holds ATen (and MKL's cblas symbols, when built with MKL)
+    if (!dladdr(reinterpret_cast<void*>(&at::get_num_threads), &info) || !info.dli_fname) return;
+    void* lib = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+    if (!lib) return;
+    get_size = reinterpret_cast<GetSize>(dlsym(lib, "cblas_sgemm_pack_get_size"));
+    pack = reinterpret_cast<Pack>(dlsym(lib, "cblas_sgemm_pack"));
+    compute = reinterpret_cast<Compute>(dlsym(lib, "cblas_sgemm_compute"));
+  }
+  bool ok() const { return get_size && pack && compute; }
+  // CBLAS constants (mkl_cblas.h): row major, no transpose, packed operand, the B matrix.
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151, kBMatrix = 162;
+};
+
+const MklPacked& mkl_packed() {
+  static const MklPacked m;
+  return m;
+}
+
+bool packed_gemm_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("HYPERMODELS_PACKED_GEMM");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
+// C = A · W for many A (m × k rows, row-major, columns contiguous) against one W (k × n, contiguous).
+class FixedRight {
+ public:
+  FixedRight(const at::Tensor& W, int64_t m) : W_(W) {
+    const MklPacked& mkl = mkl_packed();
+    if (W.scalar_type() != at::kFloat || !mkl.ok() || !packed_gemm_enabled()) return;
+    TORCH_CHECK(W.dim() == 2 && W.is_contiguous(), "the fixed operand must be contiguous");
+    const int k = int(W.size(0)), n = int(W.size(1));
+    const size_t bytes = mkl.get_size(MklPacked::kBMatrix, int(m), n, k);
+    packed_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, W.options());
+    mkl.pack(MklPacked::kRowMajor, MklPacked::kBMatrix, MklPacked::kNoTrans, int(m), n, k, 1.0f,
+             W.data_ptr<float>(), n, packed_.data_ptr<float>());
+  }
+  void mm_out(at::Tensor C, const at::Tensor& A) const {
+    if (!packed_.defined()) {
+      at::mm_out(C, A, W_);
+      return;
+    }
+    TORCH_CHECK(A.stride(1) == 1 && C.stride(1) == 1 && A.size(1) == W_.size(0) && C.size(1) == W_.size(1),
+                "packed product: bad operands");
+    mkl_packed().compute(MklPacked::kRowMajor, MklPacked::kNoTrans, MklPacked::kPacked, int(A.size(0)),
+                         int(W_.size(1)), int(W_.size(0)), A.data_ptr<float>(), int(A.stride(0)),
+                         packed_.data_ptr<float>(), int(W_.size(1)), 0.0f, C.data_ptr<float>(), int(C.stride(0)));
+  }
+
+ private:
+  at::Tensor W_, packed_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Whole-sequence loops of one layer (one call per layer and direction): per step one matrix product
+// (ATen/MKL) and one parallel region over the batch rows that runs the hyper cell, z, d and the main cell.
+// The product takes both recurrent inputs at once: [h, ĥ]_{t-1} (B, H + Ĥ) times
+// W2T = [[W_h; Ŵ_h]ᵀ, [0, Ŵ_hhᵀ]] (H + Ĥ, 4H + 4Ĥ) gives u = W_h h and the hyper cell's recurrent part; the
+// zero block costs 4H Ĥ multiply-adds per row, less than a second product's parallel region at small sizes.
+// At large sizes the caller passes the separate Ŵ_hh instead (hW_hhT / hW_hh): then W2T is [W_h; Ŵ_h]ᵀ
+// (H, 4H + 4Ĥ) and a second product adds ĥ's part.
+// ---------------------------------------------------------------------------------------------------
+
+// Forward. wx = W_x x (steps, B, 4H), hwx = Ŵ_x x + b̂ (steps, B, 4Ĥ); W2T as above. Returns out
+// (steps, B, H), c_T, ĥ_T, ĉ_T and what backward needs (save) or placeholders: r = [h, ĥ]_{t-1} W2T
+// (steps, B, 4H + 4Ĥ), z, c, ĉ, ĥ, then the main cell's activations (act,
+// norm, cnh, tco, rstd) and the hyper cell's (LN ones undefined without LN).
+std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h0, at::Tensor c0, at::Tensor hh0,
+                                     at::Tensor hc0, OptT masks, at::Tensor W2T, OptT hW_hhT, at::Tensor Zw,
+                                     at::Tensor zb, at::Tensor DwT, at::Tensor b0, OptT gain, OptT shift, OptT cgain,
+                                     OptT cshift, OptT hgain, OptT hshift, OptT hcgain, OptT hcshift, double eps,
+                                     bool save, bool save_acts) {
+  const int64_t steps = wx.size(0), B = wx.size(1), H = c0.size(1), Hh = hc0.size(1), NZ = Zw.size(0);
+  const int64_t nz = DwT.size(1), LDR = 4 * H + 4 * Hh;
+  TORCH_CHECK(NZ == 12 * nz && DwT.size(0) == 12 && DwT.size(2) == H && Zw.size(1) == Hh, "bad z/d shapes");
+  const bool split = hW_hhT.has_value();
+  TORCH_CHECK(wx.size(2) == 4 * H && hwx.size(2) == 4 * Hh && W2T.size(0) == (split ? H : H + Hh) &&
+              W2T.size(1) == LDR, "bad shapes");
+  at::Tensor mk = opt_or_undefined(masks);
+  check_rows({&wx, &hwx, &h0, &c0, &hh0, &hc0, &mk, &Zw, &zb, &DwT, &b0});
+  check_contiguous({&gain, &shift, &cgain, &cshift, &hgain, &hshift, &hcgain, &hcshift});
+  const bool lnon = gain.has_value();
+  const int64_t S1 = save ? steps : 1, S2 = save ? steps : 2;
+  auto e = [&](std::initializer_list<int64_t> size) { return at::empty(size, wx.options()); };
+  auto eln = [&](std::initializer_list<int64_t> size) { return lnon ? e(size) : at::Tensor(); };
+  at::Tensor out = e({steps, B, H}), R = e({S1, B, LDR}), Z = e({S1, B, NZ}), C = e({S2, B, H}),
+             HC = e({S2, B, Hh}), HH = e({S2, B, Hh}), X = e({2, B, H + Hh}),
+             HP = split ? e({B, 4 * Hh}) : at::Tensor();
+  const FixedRight w2t(W2T, B);
+  const std::optional<FixedRight> hw_hht = split ? std::optional<FixedRight>(std::in_place, *hW_hhT, B) : std::nullopt;
+  // [h, ĥ] of the previous step, the product's input: ping-pong, slot 1 first holds the initial state.
+  X[1].narrow(1, 0, H).copy_(h0);
+  X[1].narrow(1, H, Hh).copy_(hh0);
+  // Activations: saved per step (keep_acts), else one slot of scratch rows and the pre-activations are
+  // saved instead (backward recomputes the activations from them).
+  const bool keep_acts = save && save_acts;
+  const int64_t SA = keep_acts ? steps : 1;
+  std::vector<at::Tensor> ma = {e({SA, B, 4 * H}), eln({SA, B, 4 * H}), eln({SA, B, H}), e({SA, B, H}),
+                                eln({SA, B, 5})};
+  std::vector<at::Tensor> ha = {e({SA, B, 4 * Hh}), eln({SA, B, 4 * Hh}), eln({SA, B, Hh}), e({SA, B, Hh}),
+                                eln({SA, B, 5})};
+  at::Tensor MP = save && !save_acts ? e({steps, B, 4 * H}) : at::Tensor(),
+             HPR = save && !save_acts ? e({steps, B, 4 * Hh}) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(wx.scalar_type(), "forward_loop", [&] {
+    using T = scalar_t;
+    LN<T> lm(gain, shift, cgain, cshift, eps), lh(hgain, hshift, hcgain, hcshift, eps);
+    ActsRows<T> am(ma, H), ah(ha, Hh);
+    const T *WX = wx.data_ptr<T>(), *HWX = hwx.data_ptr<T>(), *M = ptr_or_null<T>(mk);
+    const T *ZW = Zw.data_ptr<T>(), *ZB = zb.data_ptr<T>(), *DW = DwT.data_ptr<T>(), *B0 = b0.data_ptr<T>();
+    T *OUT = out.data_ptr<T>(), *RR = R.data_ptr<T>(), *ZZ = Z.data_ptr<T>(), *CC = C.data_ptr<T>();
+    T *HCC = HC.data_ptr<T>(), *HHH = HH.data_ptr<T>(), *XX = X.data_ptr<T>(), *HPP = ptr_or_null<T>(HP);
+    T *MPp = ptr_or_null<T>(MP), *HPRp = ptr_or_null<T>(HPR);
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t s1 = save ? t : 0, s2 = save ? t : t % 2, p2 = save ? t - 1 : (t + 1) % 2;
+      at::Tensor r = R[s1];
+      at::Tensor xp = X[(t + 1) % 2];
+      if (split) {  // ĥ's part into its own (contiguous) buffer, added by the kernel
+        w2t.mm_out(r, xp.narrow(1, 0, H));
+        hw_hht->mm_out(HP, xp.narrow(1, H, Hh));
+      } else {
+        w2t.mm_out(r, xp);
+      }
+      T* Xn = XX + (t % 2) * B * (H + Hh);
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : CC + p2 * B * H;
+      const T* hc_prev = t == 0 ? hc0.data_ptr<T>() : HCC + p2 * B * Hh;
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> buf(4 * Hh + ROW_BLOCK * 4 * H);  // hyper pre, main pre of a block (when not saved)
+        T *hpre = buf.data(), *mpre = hpre + 4 * Hh;
+        for (int64_t bb = begin; bb < end; bb += ROW_BLOCK) {
+          const int64_t rows = std::min(ROW_BLOCK, end - bb);
+          for (int64_t b = bb; b < bb + rows; ++b) {  // the hyper cell and z of each row
+            const int64_t i = s1 * B + b, k = t * B + b, j2 = s2 * B + b, ia = (keep_acts ? t : 0) * B + b;
+            hyper_forward_row(RR + i * LDR + 4 * H, row_or_null(HPP, b, 4 * Hh), HWX + k * 4 * Hh, hc_prev + b * Hh,
+                              lh, ZW, ZB, Hh, NZ, HPRp ? HPRp + k * 4 * Hh : hpre, ah.row(ia), HCC + j2 * Hh,
+                              HHH + j2 * Hh, ZZ + i * NZ);
+          }
+          const int64_t i0 = s1 * B + bb, k0 = t * B + bb;
+          T* P0 = MPp ? MPp + k0 * 4 * H : mpre;
+          main_pre_rows(rows, RR + i0 * LDR, LDR, ZZ + i0 * NZ, NZ, DW, WX + k0 * 4 * H, 4 * H, B0, H, nz, P0, 4 * H);
+          for (int64_t b = bb; b < bb + rows; ++b) {
+          const int64_t k = t * B + b, j2 = s2 * B + b, ia = (keep_acts ? t : 0) * B + b;
+          core_forward_row(P0 + (b - bb) * 4 * H, c_prev + b * H, row_or_null(M, k, H), lm, am.row(ia), H,
+                           CC + j2 * H, OUT + k * H);
+          T* xb = Xn + b * (H + Hh);
+          std::copy(OUT + k * H, OUT + (k + 1) * H, xb);
+          std::copy(HHH + j2 * Hh, HHH + (j2 + 1) * Hh, xb + H);
+          }
+        }
+      });
+    }
   });
+  const int64_t last = save ? steps - 1 : (steps - 1) % 2;
+  std::vector<at::Tensor> res = {out, C[last], HH[last], HC[last], R, Z, C, HC, HH};
+  if (save && !save_acts) {  // the pre-activations stand for the activations
+    ma = {MP};
+    ha = {HPR};
+  }
+  res.insert(res.end(), ma.begin(), ma.end());
+  res.insert(res.end(), ha.begin(), ha.end());
+  return res;
+}
+
+// BPTT over the sequence saved by forward_loop (save=true). dh (B, H) is the gradient at h_T (output's
+// last step included), dc, dhh, dhc at the final state (may be None); dout (steps, B, H) the output's. W2 =
+// W2Tᵀ (4H + 4Ĥ, H + Ĥ): one product per step gives the gradients at [h, ĥ]_{t-1}. Returns DUH (steps, B, 4H + 4Ĥ: gradients of u = W_h h and
+// of the hyper pre-activation), DWX (gradient of W_x x), DZ, the W_.z gradient (12, nz, H), b0's (4H), the
+// main and hyper LN parameter gradients (gain (4n), shift (4n), cell gain, cell shift; undefined without LN),
+// and the gradients at the initial state: dh0, dc0, dhh0, dhc0.
+std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, at::Tensor HC,
+                                      std::vector<OptT> ma_, std::vector<OptT> ha_, at::Tensor wx,
+                                      at::Tensor c0, at::Tensor hc0, OptT masks, OptT dout_, at::Tensor dh_in,
+                                      OptT dc_, OptT dhh_, OptT dhc_, at::Tensor W2, OptT hW_hh,
+                                      at::Tensor Zw, at::Tensor DwT, OptT gain, OptT shift, OptT cgain, OptT cshift,
+                                      OptT hgain, OptT hshift, OptT hcgain, OptT hcshift, double eps) {
+  const int64_t steps = wx.size(0), B = wx.size(1), H = c0.size(1), Hh = hc0.size(1), NZ = Zw.size(0);
+  const int64_t nz = DwT.size(1), LDR = 4 * H + 4 * Hh;
+  // 5 activation tensors per cell as saved by forward_loop, or 1: the pre-activations (then recomputed).
+  const bool recompute = ma_.size() == 1;
+  TORCH_CHECK(ma_.size() == ha_.size() && (ma_.size() == 5 || recompute), "expected 5 or 1 tensors per cell");
+  std::vector<at::Tensor> ma, ha;
+  for (auto& t : ma_) ma.push_back(opt_or_undefined(t));
+  for (auto& t : ha_) ha.push_back(opt_or_undefined(t));
+  at::Tensor mk = opt_or_undefined(masks), dout = opt_or_undefined(dout_), dc0 = opt_or_undefined(dc_),
+             dhh0 = opt_or_undefined(dhh_), dhc0 = opt_or_undefined(dhc_);
+  check_rows({&R, &Z, &C, &HC, &wx, &c0, &hc0, &mk, &dout, &dh_in, &dc0, &dhh0, &dhc0, &Zw, &DwT});
+  for (auto& t : ma) check_rows({&t});
+  for (auto& t : ha) check_rows({&t});
+  check_contiguous({&gain, &shift, &cgain, &cshift, &hgain, &hshift, &hcgain, &hcshift});
+  const bool lnon = gain.has_value();
+  const int threads = at::get_num_threads();
+  auto e = [&](std::initializer_list<int64_t> size) { return at::empty(size, wx.options()); };
+  auto zl = [&](std::initializer_list<int64_t> size) { return lnon ? at::zeros(size, wx.options()) : at::Tensor(); };
+  at::Tensor DUH = e({steps, B, LDR}), DWX = e({steps, B, 4 * H}), DZ = e({steps, B, NZ});
+  // Parameter-gradient accumulators, one slice per thread (each kept hot in its core's cache).
+  at::Tensor acc_dw = at::zeros({threads, 12, nz, H}, wx.options()), acc_b = at::zeros({threads, 4 * H}, wx.options());
+  std::vector<at::Tensor> macc = {zl({threads, 4 * H}), zl({threads, 4 * H}), zl({threads, H}), zl({threads, H})};
+  std::vector<at::Tensor> hacc = {zl({threads, 4 * Hh}), zl({threads, 4 * Hh}), zl({threads, Hh}), zl({threads, Hh})};
+  // Ping-pong buffers for the state gradients; DX holds those at [h, ĥ] (without dout's part), slot 1 first
+  // the final state's.
+  // the final state's. With separate products (hW_hh given) DXh and DXhh hold the two parts instead.
+  const bool split = hW_hh.has_value();
+  const FixedRight w2(W2, B);
+  const std::optional<FixedRight> hw_hh = split ? std::optional<FixedRight>(std::in_place, *hW_hh, B) : std::nullopt;
+  at::Tensor DX = e({2, B, H + Hh}), dcb[2] = {e({B, H}), e({B, H})}, dhcb[2] = {e({B, Hh}), e({B, Hh})};
+  at::Tensor DXh = split ? e({2, B, H}) : DX.narrow(2, 0, H), DXhh = split ? e({2, B, Hh}) : DX.narrow(2, H, Hh);
+  const int64_t ldh = split ? H : H + Hh, ldhh = split ? Hh : H + Hh;
+  DXh[1].copy_(dh_in);
+  if (dhh0.defined()) DXhh[1].copy_(dhh0); else DXhh[1].zero_();
+  at::Tensor dc = dc0, dhc = dhc0;
+  int cur = 1;  // DX slot holding the gradients at [h, ĥ]_t
+  AT_DISPATCH_FLOATING_TYPES(wx.scalar_type(), "backward_loop", [&] {
+    using T = scalar_t;
+    LN<T> lm(gain, shift, cgain, cshift, eps), lh(hgain, hshift, hcgain, hcshift, eps);
+    ActsRows<T> am, ah;
+    if (!recompute) am = ActsRows<T>(ma, H), ah = ActsRows<T>(ha, Hh);
+    const T *MPp = recompute ? ma[0].data_ptr<T>() : nullptr, *HPRp = recompute ? ha[0].data_ptr<T>() : nullptr;
+    const T *RR = R.data_ptr<T>(), *ZZ = Z.data_ptr<T>(), *CC = C.data_ptr<T>(), *HCC = HC.data_ptr<T>();
+    const T *WX = wx.data_ptr<T>(), *M = ptr_or_null<T>(mk), *ZW = Zw.data_ptr<T>(), *DW = DwT.data_ptr<T>();
+    T *DUHp = DUH.data_ptr<T>(), *DWXp = DWX.data_ptr<T>(), *DZp = DZ.data_ptr<T>();
+    T *ADW = acc_dw.data_ptr<T>(), *AB = acc_b.data_ptr<T>();
+    T *MAG = ptr_or_null<T>(macc[0]), *MAS = ptr_or_null<T>(macc[1]), *MACG = ptr_or_null<T>(macc[2]),
+      *MACS = ptr_or_null<T>(macc[3]);
+    T *HAG = ptr_or_null<T>(hacc[0]), *HAS = ptr_or_null<T>(hacc[1]), *HACG = ptr_or_null<T>(hacc[2]),
+      *HACS = ptr_or_null<T>(hacc[3]);
+    const T* DOUT = ptr_or_null<T>(dout);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int nb = t % 2;  // buffers the gradients at step t-1's state go to
+      const T *DHr = DXh[cur].data_ptr<T>(), *DHHr = DXhh[cur].data_ptr<T>(), *DC = ptr_or_null<T>(dc), *DHC = ptr_or_null<T>(dhc);
+      const T* DO = (DOUT && t < steps - 1) ? DOUT + t * B * H : nullptr;  // dh_in already holds dout[T-1]
+      T *DCP = dcb[nb].data_ptr<T>(), *DHCP = dhcb[nb].data_ptr<T>();
+      const T* c_prev = t == 0 ? c0.data_ptr<T>() : CC + (t - 1) * B * H;
+      const T* hc_prev = t == 0 ? hc0.data_ptr<T>() : HCC + (t - 1) * B * Hh;
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        // scratch: the block's dpre (ROW_BLOCK x 4H), core backward (6H, or 7Ĥ for the hyper cell), dh (H)
+        std::vector<T> buf(ROW_BLOCK * 4 * H + std::max(6 * H, 7 * Hh) + H);
+        T *dpre = buf.data(), *tmp = dpre + ROW_BLOCK * 4 * H, *dh = tmp + std::max(6 * H, 7 * Hh);
+        std::optional<ActsScratch<T>> sm, sh;
+        std::vector<T> cn_s, h_s;
+        if (recompute) sm.emplace(H), sh.emplace(Hh), cn_s.resize(H + Hh), h_s.resize(H + Hh);
+        // This thread's accumulators of parameter gradients (summed over threads after the loop).
+        const int64_t th = at::get_thread_num();
+        T* adw = ADW + th * 12 * nz * H;
+        for (int64_t bb = begin; bb < end; bb += ROW_BLOCK) {
+          const int64_t rows = std::min(ROW_BLOCK, end - bb), i0 = t * B + bb;
+          for (int64_t b = bb; b < bb + rows; ++b) {  // the main cell's core of each row
+            const int64_t i = t * B + b;
+            const T* dx = DHr + b * ldh;
+            for (int64_t j = 0; j < H; ++j) dh[j] = DO ? dx[j] + DO[b * H + j] : dx[j];
+            Acts<T> arow;
+            if (recompute) {
+              core_forward_row(MPp + i * 4 * H, c_prev + b * H, row_or_null(M, i, H), lm, sm->a, H, cn_s.data(),
+                               h_s.data());
+              arow = sm->a;
+            } else {
+              arow = am.row(i);
+            }
+            core_backward_row(arow, c_prev + b * H, row_or_null(M, i, H), lm, H, dh, row_or_null(DC, b, H), tmp,
+                              dpre + (b - bb) * 4 * H, DCP + b * H, row_or_null(MAG, th, 4 * H),
+                              row_or_null(MAS, th, 4 * H), row_or_null(MACG, th, H), row_or_null(MACS, th, H));
+          }
+          main_grad_rows(rows, dpre, 4 * H, RR + i0 * LDR, LDR, ZZ + i0 * NZ, NZ, DW, WX + i0 * 4 * H, 4 * H, H, nz,
+                         DUHp + i0 * LDR, LDR, DWXp + i0 * 4 * H, 4 * H, DZp + i0 * NZ, NZ, adw, AB + th * 4 * H);
+          for (int64_t b = bb; b < bb + rows; ++b) {  // the hyper cell of each row, given z's gradient
+            const int64_t i = t * B + b;
+            Acts<T> hrow;
+            if (recompute) {
+              core_forward_row(HPRp + i * 4 * Hh, hc_prev + b * Hh, static_cast<const T*>(nullptr), lh, sh->a, Hh,
+                               cn_s.data(), h_s.data());
+              hrow = sh->a;
+            } else {
+              hrow = ah.row(i);
+            }
+            hyper_backward_row(hrow, hc_prev + b * Hh, lh, Hh, NZ, DHHr + b * ldhh, DZp + i * NZ, ZW,
+                               row_or_null(DHC, b, Hh), tmp, DHCP + b * Hh, DUHp + i * LDR + 4 * H,
+                               row_or_null(HAG, th, 4 * Hh), row_or_null(HAS, th, 4 * Hh), row_or_null(HACG, th, Hh),
+                               row_or_null(HACS, th, Hh));
+          }
+        }
+      });
+      at::Tensor dx_next = DX[1 - cur], duh = DUH[t];
+      if (split) {
+        at::Tensor a = DXh[1 - cur], b = DXhh[1 - cur];
+        w2.mm_out(a, duh);
+        hw_hh->mm_out(b, duh.narrow(1, 4 * H, 4 * Hh));
+      } else {
+        w2.mm_out(dx_next, duh);
+      }
+      cur = 1 - cur;
+      dc = dcb[nb];
+      dhc = dhcb[nb];
+    }
+  });
+  auto sum0 = [](const at::Tensor& t) { return t.defined() ? t.sum(0) : at::Tensor(); };
+  return {DUH, DWX, DZ, acc_dw.sum(0), acc_b.sum(0), sum0(macc[0]), sum0(macc[1]), sum0(macc[2]), sum0(macc[3]),
+          sum0(hacc[0]), sum0(hacc[1]), sum0(hacc[2]), sum0(hacc[3]), DXh[cur].contiguous(), dc,
+          DXhh[cur].contiguous(), dhc};
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Python entry points.
+// Per-step entry points of the main cell (used by the tests to check the core against autograd): forward
+// writes pre (B, 4H), c_new, h; backward recomputes the activations from pre.
 // ---------------------------------------------------------------------------------------------------
-
-void hyper_forward(at::Tensor r_h, at::Tensor hh_part, at::Tensor wx_h, at::Tensor c_prev, OptT gain, OptT shift,
-                   OptT cgain, OptT cshift, double eps, at::Tensor Zw, at::Tensor zb, at::Tensor pre,
-                   at::Tensor c_new, at::Tensor h, at::Tensor z) {
-  check_contiguous({&gain, &shift, &cgain, &cshift});
-  for (auto* t : {&c_prev, &Zw, &zb, &pre, &c_new, &h, &z}) TORCH_CHECK(t->is_contiguous(), "expected contiguous");
-  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "hyper_forward", [&] {
-    LN<scalar_t> ln(gain, shift, cgain, cshift, eps);
-    hyper_forward_impl<scalar_t>(r_h, hh_part, wx_h, c_prev, ln, Zw, zb, pre, c_new, h, z);
-  });
-}
-
-void hyper_backward(at::Tensor pre, at::Tensor c_prev, at::Tensor c_new, OptT gain, OptT shift, OptT cgain,
-                    OptT cshift, double eps, OptT dhh, at::Tensor dz, at::Tensor Zw, OptT dc, at::Tensor dc_prev,
-                    at::Tensor dpre, OptT acc_gain, OptT acc_shift, OptT acc_cgain, OptT acc_cshift) {
-  check_contiguous({&gain, &shift, &cgain, &cshift, &dhh, &dc, &acc_gain, &acc_shift, &acc_cgain, &acc_cshift});
-  for (auto* t : {&pre, &c_prev, &c_new, &dz, &Zw, &dc_prev}) TORCH_CHECK(t->is_contiguous(), "expected contiguous");
-  AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "hyper_backward", [&] {
-    LN<scalar_t> ln(gain, shift, cgain, cshift, eps);
-    hyper_backward_impl<scalar_t>(pre, c_prev, c_new, ln, dhh, dz, Zw, dc, dc_prev, dpre, acc_gain, acc_shift,
-                                  acc_cgain, acc_cshift);
-  });
-}
 
 void main_forward(at::Tensor u, at::Tensor z, at::Tensor DwT, at::Tensor wx, at::Tensor b0, at::Tensor c_prev,
                   OptT mask, OptT gain, OptT shift, OptT cgain, OptT cshift, double eps, at::Tensor pre,
                   at::Tensor c_new, at::Tensor h) {
   check_contiguous({&mask, &gain, &shift, &cgain, &cshift});
-  for (auto* t : {&z, &DwT, &b0, &c_prev, &pre, &c_new}) TORCH_CHECK(t->is_contiguous(), "expected contiguous");
+  for (auto* t : {&u, &wx, &h, &z, &DwT, &b0, &c_prev, &pre, &c_new})
+    TORCH_CHECK(t->is_contiguous(), "expected contiguous");
   TORCH_CHECK(z.size(1) == 12 * DwT.size(1), "z must hold 12 blocks of N_z");
+  const int64_t B = c_prev.size(0), n = c_prev.size(1), nz = DwT.size(1);
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "main_forward", [&] {
-    LN<scalar_t> ln(gain, shift, cgain, cshift, eps);
-    main_forward_impl<scalar_t>(u, z, DwT, wx, b0, c_prev, mask, ln, pre, c_new, h);
+    using T = scalar_t;
+    LN<T> ln(gain, shift, cgain, cshift, eps);
+    const T *U = u.data_ptr<T>(), *Zp = z.data_ptr<T>(), *DW = DwT.data_ptr<T>(), *W = wx.data_ptr<T>();
+    const T *B0 = b0.data_ptr<T>(), *C = c_prev.data_ptr<T>(), *M = ptr<T>(mask);
+    T *P = pre.data_ptr<T>(), *CN = c_new.data_ptr<T>(), *Hp = h.data_ptr<T>();
+    ActsScratch<T> s(n);
+    main_pre_rows(B, U, 4 * n, Zp, 12 * nz, DW, W, 4 * n, B0, n, nz, P, 4 * n);
+    for (int64_t b = 0; b < B; ++b)
+      core_forward_row(P + b * 4 * n, C + b * n, M ? M + b * n : nullptr, ln, s.a, n, CN + b * n, Hp + b * n);
   });
 }
 
@@ -397,21 +680,39 @@ void main_backward(at::Tensor pre, at::Tensor u, at::Tensor z, at::Tensor DwT, a
                    at::Tensor acc_dDwT, at::Tensor acc_bias, OptT acc_gain, OptT acc_shift, OptT acc_cgain,
                    OptT acc_cshift) {
   check_contiguous({&mask, &gain, &shift, &cgain, &cshift, &dc, &acc_gain, &acc_shift, &acc_cgain, &acc_cshift});
-  for (auto* t : {&pre, &z, &DwT, &c_prev, &c_new, &dh, &dc_prev, &dz, &acc_dDwT, &acc_bias})
+  for (auto* t : {&pre, &u, &wx, &du, &dwx, &z, &DwT, &c_prev, &c_new, &dh, &dc_prev, &dz, &acc_dDwT, &acc_bias})
     TORCH_CHECK(t->is_contiguous(), "expected contiguous");
-  TORCH_CHECK(dwx.stride(0) == wx.stride(0), "dwx and wx must share a row stride");
+  const int64_t B = c_prev.size(0), n = c_prev.size(1), nz = DwT.size(1);
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "main_backward", [&] {
-    LN<scalar_t> ln(gain, shift, cgain, cshift, eps);
-    main_backward_impl<scalar_t>(pre, u, z, DwT, wx, c_prev, c_new, mask, ln, dh, dc, dc_prev, du, dwx, dz,
-                                 acc_dDwT, acc_bias, acc_gain, acc_shift, acc_cgain, acc_cshift);
+    using T = scalar_t;
+    LN<T> ln(gain, shift, cgain, cshift, eps);
+    const T *P = pre.data_ptr<T>(), *U = u.data_ptr<T>(), *Zp = z.data_ptr<T>(), *DW = DwT.data_ptr<T>();
+    const T *W = wx.data_ptr<T>(), *C = c_prev.data_ptr<T>(), *M = ptr<T>(mask), *DH = dh.data_ptr<T>(),
+            *DC = ptr<T>(dc);
+    T *DCP = dc_prev.data_ptr<T>(), *DU = du.data_ptr<T>(), *DWX = dwx.data_ptr<T>(), *DZ = dz.data_ptr<T>();
+    T *ADW = acc_dDwT.data_ptr<T>(), *AB = acc_bias.data_ptr<T>();
+    T *AG = ptr<T>(acc_gain), *AS = ptr<T>(acc_shift), *ACG = ptr<T>(acc_cgain), *ACS = ptr<T>(acc_cshift);
+    ActsScratch<T> s(n);
+    std::vector<T> tmp(6 * n), dpre(B * 4 * n), cn(n), h(n);
+    for (int64_t b = 0; b < B; ++b) {
+      // Recompute the activations (c_new comes out the same as the saved one).
+      core_forward_row(P + b * 4 * n, C + b * n, M ? M + b * n : nullptr, ln, s.a, n, cn.data(), h.data());
+      core_backward_row(s.a, C + b * n, M ? M + b * n : nullptr, ln, n, DH + b * n, DC ? DC + b * n : nullptr,
+                        tmp.data(), dpre.data() + b * 4 * n, DCP + b * n, AG ? AG + b * 4 * n : nullptr,
+                        AS ? AS + b * 4 * n : nullptr, ACG ? ACG + b * n : nullptr, ACS ? ACS + b * n : nullptr);
+      // One row at a time: acc_bias has a row per batch row here.
+      main_grad_rows(int64_t(1), dpre.data() + b * 4 * n, 4 * n, U + b * 4 * n, 4 * n, Zp + b * 12 * nz, 12 * nz, DW,
+                     W + b * 4 * n, 4 * n, n, nz, DU + b * 4 * n, 4 * n, DWX + b * 4 * n, 4 * n, DZ + b * 12 * nz,
+                     12 * nz, ADW, AB + b * 4 * n);
+    }
   });
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("hyper_forward", &hyper_forward, "hyper cell step: pre-activation sum, LSTM core, z (hyperlstm_cell.cpp)");
-  m.def("hyper_backward", &hyper_backward, "backward of hyper_forward");
-  m.def("main_forward", &main_forward, "main cell step: d from z, pre-activation, LSTM core (hyperlstm_cell.cpp)");
-  m.def("main_backward", &main_backward, "backward of main_forward, with dz and the W_.z gradient");
+  m.def("forward_loop", &forward_loop, "one HyperLSTM layer over a sequence, saving what backward needs");
+  m.def("backward_loop", &backward_loop, "BPTT of forward_loop over the whole sequence");
+  m.def("main_forward", &main_forward, "main cell, one step (for tests)");
+  m.def("main_backward", &main_backward, "backward of main_forward, recomputing the activations (for tests)");
 }
