@@ -426,7 +426,10 @@ def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, mask
     tensors: ``r`` ``(T, B, 4H + 4Hh)``, ``z``, ``c``, ``hc``, ``hh``, ``wx = W_x x`` and the activations of
     both cells (``act``, ``hact``: 5 tensors each, see ``Acts`` in csrc/hyperlstm_cell.cpp).
     """
-    wx = F.linear(x, P.W_x)                         # (T, B, 4H), kept for backward (d_x's gradient)
+    T, B, I = x.shape
+    # (T, B, 4H), kept for backward (d_x's gradient); in a reused buffer (see ``workspace`` in the C++)
+    wx = P.ext.workspace([T, B, GATES * P.H], x)
+    torch.mm(x.view(T * B, I), P.W_x.t(), out=wx.view(T * B, GATES * P.H))
     hwx = F.linear(x, P.hW_x, P.hyper_bias)         # (T, B, 4Hh)
     res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, P.W2T, P.hW_hhT, P.Zw, P.zb, P.DwT,
                              P.bias.reshape(-1), *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps, save,
@@ -434,7 +437,9 @@ def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, mask
     out, c, hh, hc, R, Z, C, HC, HH = res[:9]
     saved = None
     if save:
-        k = (len(res) - 9) // 2  # 5 activation tensors per cell, or 1: the pre-activations
+        # 5 activation tensors per cell, or none for the main cell (recomputed from r, wx, z) and the hyper
+        # cell's pre-activations
+        k = 5 if SAVE_ACTIVATIONS else 0
         saved = {"r": R, "z": Z, "c": C, "hc": HC, "hh": HH, "wx": wx, "act": list(res[9:9 + k]),
                  "hact": list(res[9 + k:])}
     return out, c, hh, hc, saved
@@ -445,6 +450,7 @@ def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout,
     G, H, Hh = GATES, P.H, P.Hh
     res = P.ext.backward_loop(saved["r"], saved["z"], saved["c"], saved["hc"], saved["act"], saved["hact"],
                               saved["wx"], c0, hc0, masks, dout, dh, dc, dhh, dhc, P.W2, P.hW_hh_split, P.Zw, P.DwT,
+                              P.bias.reshape(-1),
                               *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps)
     DUH, DWX, DZ, dDwT, dbias = res[:5]
     grads = {"d_weight": dDwT, "bias": dbias}
@@ -510,26 +516,33 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ), grads = loop(
             P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, contiguous(dcT), contiguous(dhhT), contiguous(dhcT))
 
-        # Weight gradients: one product over all T*B rows each.
+        # Weight gradients: one product over all T*B rows each. h_{t-1} is out shifted by a step: step 0's
+        # part (h0) is a product of its own, so no shifted copy of the sequence is made.
         TB = T * B
-        h_prev = torch.cat([h0.unsqueeze(0), out[:-1]]).view(TB, H)
         hh_all = saved["hh"] if fused else torch.stack(saved["hh"])  # (T, B, Hh)
-        hh_prev = torch.cat([hh0.unsqueeze(0), hh_all[:-1]]).view(TB, Hh)
+
+        def prev_product(D: Tensor, first: Tensor, rest: Tensor) -> Tensor:
+            """sum_t D_t^T s_{t-1} for D (T, B, n) and states s_{-1} = first (B, m), s_0..s_{T-2} = rest[:-1]."""
+            g = D[0].t() @ first
+            if T > 1:
+                g.addmm_(D[1:].reshape((T - 1) * B, D.shape[-1]).t(), rest[:-1].reshape((T - 1) * B, rest.shape[-1]))
+            return g
+
         xf = x.reshape(TB, -1)
-        DU, DWX, DHP, DZ = (t.reshape(TB, t.shape[-1]) for t in (DU, DWX, DHP, DZ))
+        DWX2, DHP2, DZ2 = (t.reshape(TB, t.shape[-1]) for t in (DWX, DHP, DZ))
         grads.update({
-            "weight_ih": DWX.t() @ xf,
-            "weight_hh": DU.t() @ h_prev,
-            "hyper_weight_ih": torch.cat([DHP.t() @ h_prev, DHP.t() @ xf], dim=1),
-            "hyper_weight_hh": DHP.t() @ hh_prev,
-            "hyper_bias": DHP.sum(0),
-            "z_weight": (DZ.t() @ hh_all.view(TB, Hh)).view_as(p["z_weight"]),
-            "z_bias": DZ.sum(0)[:2 * G * P.Nz].view_as(p["z_bias"]),
+            "weight_ih": (xf.t() @ DWX2).t(),
+            "weight_hh": prev_product(DU, h0, out),
+            "hyper_weight_ih": torch.cat([prev_product(DHP, h0, out), DHP2.t() @ xf], dim=1),
+            "hyper_weight_hh": prev_product(DHP, hh0, hh_all),
+            "hyper_bias": DHP2.sum(0),
+            "z_weight": (DZ2.t() @ hh_all.reshape(TB, Hh)).view_as(p["z_weight"]),
+            "z_bias": DZ2.sum(0)[:2 * G * P.Nz].view_as(p["z_bias"]),
         })
         grads["d_weight"] = grads["d_weight"].transpose(1, 2).reshape(p["d_weight"].shape)
         dx = None
         if ctx.needs_input_grad[2]:
-            dx = (DWX @ P.W_x).addmm_(DHP, P.hW_x).view_as(x)
+            dx = (DWX2 @ P.W_x).addmm_(DHP2, P.hW_x).view_as(x)
         param_grads = [grads.get(name) if ctx.needs_input_grad[8 + i] else None
                        for i, name in enumerate(PARAM_NAMES)]
         return (None, None, dx, dh, dc, dhh, dhc, None, *param_grads)

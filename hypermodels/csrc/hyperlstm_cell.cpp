@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -404,6 +405,70 @@ class FixedRight {
 };
 
 // ---------------------------------------------------------------------------------------------------
+// Workspace: the loops' large buffers (at H = 1000, batch 128: ~1.2 GB a training step) come from a small
+// cache and are reused once nothing else holds them (their storage's only owner is the cache: autograd
+// has released what forward saved, the caller has dropped the output). Fresh buffers of that size come
+// from mmap, and first-touching their pages cost ~0.3 s a training step at that size (page faults), more
+// than any kernel here; cuDNN/oneDNN keep workspaces for the same reason. Buffers under 1 MiB are plain
+// allocations. HYPERMODELS_WORKSPACE_CACHE=0 turns the cache off; release_workspace() empties it.
+// ---------------------------------------------------------------------------------------------------
+constexpr int64_t kWorkspaceMinBytes = 1 << 20;
+constexpr size_t kWorkspaceMaxBuffers = 48;
+
+struct WorkspaceCache {
+  std::mutex mu;
+  std::vector<at::Tensor> buffers;  // flat, most recently used last
+};
+
+WorkspaceCache& workspace_cache() {
+  static WorkspaceCache cache;
+  return cache;
+}
+
+bool workspace_cache_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("HYPERMODELS_WORKSPACE_CACHE");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
+bool is_free(const at::Tensor& t) { return t.use_count() == 1 && t.storage().use_count() == 1; }
+
+// An uninitialised tensor of `size` (like at::empty), from the cache when one of the right size is free.
+at::Tensor workspace(at::IntArrayRef size, const at::TensorOptions& opts) {
+  const int64_t numel = c10::multiply_integers(size);
+  const int64_t bytes = numel * int64_t(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  if (!workspace_cache_enabled() || bytes < kWorkspaceMinBytes || !opts.device().is_cpu())
+    return at::empty(size, opts);
+  WorkspaceCache& cache = workspace_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  auto& bufs = cache.buffers;
+  for (auto it = bufs.begin(); it != bufs.end(); ++it) {
+    if (it->numel() == numel && it->dtype() == opts.dtype() && is_free(*it)) {
+      at::Tensor t = *it;
+      bufs.erase(it);
+      bufs.push_back(t);
+      return t.view(size);
+    }
+  }
+  at::Tensor t = at::empty({numel}, opts);
+  bufs.push_back(t);
+  // Bound the cache: drop the least recently used free buffers.
+  for (auto it = bufs.begin(); bufs.size() > kWorkspaceMaxBuffers && it != bufs.end();)
+    it = is_free(*it) ? bufs.erase(it) : it + 1;
+  return t.view(size);
+}
+
+at::Tensor workspace_like(std::vector<int64_t> size, at::Tensor like) { return workspace(size, like.options()); }
+
+void release_workspace() {
+  WorkspaceCache& cache = workspace_cache();
+  std::lock_guard<std::mutex> lock(cache.mu);
+  cache.buffers.clear();
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Whole-sequence loops of one layer (one call per layer and direction): per step one matrix product
 // (ATen/MKL) and one parallel region over the batch rows that runs the hyper cell, z, d and the main cell.
 // The product takes both recurrent inputs at once: [h, ĥ]_{t-1} (B, H + Ĥ) times
@@ -433,7 +498,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
   check_contiguous({&gain, &shift, &cgain, &cshift, &hgain, &hshift, &hcgain, &hcshift});
   const bool lnon = gain.has_value();
   const int64_t S1 = save ? steps : 1, S2 = save ? steps : 2;
-  auto e = [&](std::initializer_list<int64_t> size) { return at::empty(size, wx.options()); };
+  auto e = [&](std::initializer_list<int64_t> size) { return workspace(size, wx.options()); };
   auto eln = [&](std::initializer_list<int64_t> size) { return lnon ? e(size) : at::Tensor(); };
   at::Tensor out = e({steps, B, H}), R = e({S1, B, LDR}), Z = e({S1, B, NZ}), C = e({S2, B, H}),
              HC = e({S2, B, Hh}), HH = e({S2, B, Hh}), X = e({2, B, H + Hh}),
@@ -451,8 +516,9 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
                                 eln({SA, B, 5})};
   std::vector<at::Tensor> ha = {e({SA, B, 4 * Hh}), eln({SA, B, 4 * Hh}), eln({SA, B, Hh}), e({SA, B, Hh}),
                                 eln({SA, B, 5})};
-  at::Tensor MP = save && !save_acts ? e({steps, B, 4 * H}) : at::Tensor(),
-             HPR = save && !save_acts ? e({steps, B, 4 * Hh}) : at::Tensor();
+  // Without saved activations backward recomputes them: the hyper cell's from its saved pre-activations, the
+  // main cell's from pre = d_h u + d_x wx + d_b + b0 (u, wx and z are saved anyway).
+  at::Tensor HPR = save && !save_acts ? e({steps, B, 4 * Hh}) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(wx.scalar_type(), "forward_loop", [&] {
     using T = scalar_t;
     LN<T> lm(gain, shift, cgain, cshift, eps), lh(hgain, hshift, hcgain, hcshift, eps);
@@ -461,7 +527,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
     const T *ZW = Zw.data_ptr<T>(), *ZB = zb.data_ptr<T>(), *DW = DwT.data_ptr<T>(), *B0 = b0.data_ptr<T>();
     T *OUT = out.data_ptr<T>(), *RR = R.data_ptr<T>(), *ZZ = Z.data_ptr<T>(), *CC = C.data_ptr<T>();
     T *HCC = HC.data_ptr<T>(), *HHH = HH.data_ptr<T>(), *XX = X.data_ptr<T>(), *HPP = ptr_or_null<T>(HP);
-    T *MPp = ptr_or_null<T>(MP), *HPRp = ptr_or_null<T>(HPR);
+    T* HPRp = ptr_or_null<T>(HPR);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t s1 = save ? t : 0, s2 = save ? t : t % 2, p2 = save ? t - 1 : (t + 1) % 2;
       at::Tensor r = R[s1];
@@ -487,7 +553,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
                               HHH + j2 * Hh, ZZ + i * NZ);
           }
           const int64_t i0 = s1 * B + bb, k0 = t * B + bb;
-          T* P0 = MPp ? MPp + k0 * 4 * H : mpre;
+          T* P0 = mpre;
           main_pre_rows(rows, RR + i0 * LDR, LDR, ZZ + i0 * NZ, NZ, DW, WX + k0 * 4 * H, 4 * H, B0, H, nz, P0, 4 * H);
           for (int64_t b = bb; b < bb + rows; ++b) {
           const int64_t k = t * B + b, j2 = s2 * B + b, ia = (keep_acts ? t : 0) * B + b;
@@ -504,7 +570,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
   const int64_t last = save ? steps - 1 : (steps - 1) % 2;
   std::vector<at::Tensor> res = {out, C[last], HH[last], HC[last], R, Z, C, HC, HH};
   if (save && !save_acts) {  // the pre-activations stand for the activations
-    ma = {MP};
+    ma = {};
     ha = {HPR};
   }
   res.insert(res.end(), ma.begin(), ma.end());
@@ -522,13 +588,15 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
                                       std::vector<OptT> ma_, std::vector<OptT> ha_, at::Tensor wx,
                                       at::Tensor c0, at::Tensor hc0, OptT masks, OptT dout_, at::Tensor dh_in,
                                       OptT dc_, OptT dhh_, OptT dhc_, at::Tensor W2, OptT hW_hh,
-                                      at::Tensor Zw, at::Tensor DwT, OptT gain, OptT shift, OptT cgain, OptT cshift,
-                                      OptT hgain, OptT hshift, OptT hcgain, OptT hcshift, double eps) {
+                                      at::Tensor Zw, at::Tensor DwT, at::Tensor b0, OptT gain, OptT shift, OptT cgain,
+                                      OptT cshift, OptT hgain, OptT hshift, OptT hcgain, OptT hcshift, double eps) {
   const int64_t steps = wx.size(0), B = wx.size(1), H = c0.size(1), Hh = hc0.size(1), NZ = Zw.size(0);
   const int64_t nz = DwT.size(1), LDR = 4 * H + 4 * Hh;
   // 5 activation tensors per cell as saved by forward_loop, or 1: the pre-activations (then recomputed).
-  const bool recompute = ma_.size() == 1;
-  TORCH_CHECK(ma_.size() == ha_.size() && (ma_.size() == 5 || recompute), "expected 5 or 1 tensors per cell");
+  // 5 activation tensors per cell as saved by forward_loop, or none for the main cell and the hyper cell's
+  // pre-activations: then both are recomputed.
+  const bool recompute = ma_.empty();
+  TORCH_CHECK(recompute ? ha_.size() == 1 : (ma_.size() == 5 && ha_.size() == 5), "expected 5+5 or 0+1 tensors");
   std::vector<at::Tensor> ma, ha;
   for (auto& t : ma_) ma.push_back(opt_or_undefined(t));
   for (auto& t : ha_) ha.push_back(opt_or_undefined(t));
@@ -540,7 +608,7 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
   check_contiguous({&gain, &shift, &cgain, &cshift, &hgain, &hshift, &hcgain, &hcshift});
   const bool lnon = gain.has_value();
   const int threads = at::get_num_threads();
-  auto e = [&](std::initializer_list<int64_t> size) { return at::empty(size, wx.options()); };
+  auto e = [&](std::initializer_list<int64_t> size) { return workspace(size, wx.options()); };
   auto zl = [&](std::initializer_list<int64_t> size) { return lnon ? at::zeros(size, wx.options()) : at::Tensor(); };
   at::Tensor DUH = e({steps, B, LDR}), DWX = e({steps, B, 4 * H}), DZ = e({steps, B, NZ});
   // Parameter-gradient accumulators, one slice per thread (each kept hot in its core's cache).
@@ -565,7 +633,8 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
     LN<T> lm(gain, shift, cgain, cshift, eps), lh(hgain, hshift, hcgain, hcshift, eps);
     ActsRows<T> am, ah;
     if (!recompute) am = ActsRows<T>(ma, H), ah = ActsRows<T>(ha, Hh);
-    const T *MPp = recompute ? ma[0].data_ptr<T>() : nullptr, *HPRp = recompute ? ha[0].data_ptr<T>() : nullptr;
+    const T* HPRp = recompute ? ha[0].data_ptr<T>() : nullptr;
+    const T* B0 = b0.data_ptr<T>();
     const T *RR = R.data_ptr<T>(), *ZZ = Z.data_ptr<T>(), *CC = C.data_ptr<T>(), *HCC = HC.data_ptr<T>();
     const T *WX = wx.data_ptr<T>(), *M = ptr_or_null<T>(mk), *ZW = Zw.data_ptr<T>(), *DW = DwT.data_ptr<T>();
     T *DUHp = DUH.data_ptr<T>(), *DWXp = DWX.data_ptr<T>(), *DZp = DZ.data_ptr<T>();
@@ -583,9 +652,11 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
       const T* c_prev = t == 0 ? c0.data_ptr<T>() : CC + (t - 1) * B * H;
       const T* hc_prev = t == 0 ? hc0.data_ptr<T>() : HCC + (t - 1) * B * Hh;
       at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-        // scratch: the block's dpre (ROW_BLOCK x 4H), core backward (6H, or 7Ĥ for the hyper cell), dh (H)
-        std::vector<T> buf(ROW_BLOCK * 4 * H + std::max(6 * H, 7 * Hh) + H);
-        T *dpre = buf.data(), *tmp = dpre + ROW_BLOCK * 4 * H, *dh = tmp + std::max(6 * H, 7 * Hh);
+        // scratch: the block's dpre and recomputed pre (ROW_BLOCK x 4H each), core backward (6H, or 7Ĥ for the
+        // hyper cell), dh (H)
+        std::vector<T> buf(2 * ROW_BLOCK * 4 * H + std::max(6 * H, 7 * Hh) + H);
+        T *dpre = buf.data(), *mpre = dpre + ROW_BLOCK * 4 * H, *tmp = mpre + ROW_BLOCK * 4 * H;
+        T* dh = tmp + std::max(6 * H, 7 * Hh);
         std::optional<ActsScratch<T>> sm, sh;
         std::vector<T> cn_s, h_s;
         if (recompute) sm.emplace(H), sh.emplace(Hh), cn_s.resize(H + Hh), h_s.resize(H + Hh);
@@ -594,13 +665,15 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
         T* adw = ADW + th * 12 * nz * H;
         for (int64_t bb = begin; bb < end; bb += ROW_BLOCK) {
           const int64_t rows = std::min(ROW_BLOCK, end - bb), i0 = t * B + bb;
+          if (recompute)  // the same pre-activations forward computed, from the same saved inputs
+            main_pre_rows(rows, RR + i0 * LDR, LDR, ZZ + i0 * NZ, NZ, DW, WX + i0 * 4 * H, 4 * H, B0, H, nz, mpre, 4 * H);
           for (int64_t b = bb; b < bb + rows; ++b) {  // the main cell's core of each row
             const int64_t i = t * B + b;
             const T* dx = DHr + b * ldh;
             for (int64_t j = 0; j < H; ++j) dh[j] = DO ? dx[j] + DO[b * H + j] : dx[j];
             Acts<T> arow;
             if (recompute) {
-              core_forward_row(MPp + i * 4 * H, c_prev + b * H, row_or_null(M, i, H), lm, sm->a, H, cn_s.data(),
+              core_forward_row(mpre + (b - bb) * 4 * H, c_prev + b * H, row_or_null(M, i, H), lm, sm->a, H, cn_s.data(),
                                h_s.data());
               arow = sm->a;
             } else {
@@ -713,6 +786,8 @@ void main_backward(at::Tensor pre, at::Tensor u, at::Tensor z, at::Tensor DwT, a
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_loop", &forward_loop, "one HyperLSTM layer over a sequence, saving what backward needs");
   m.def("backward_loop", &backward_loop, "BPTT of forward_loop over the whole sequence");
+  m.def("workspace", &workspace_like, "an uninitialised tensor (size, like) from the loops' buffer cache");
+  m.def("release_workspace", &release_workspace, "empty the loops' buffer cache");
   m.def("main_forward", &main_forward, "main cell, one step (for tests)");
   m.def("main_backward", &main_backward, "backward of main_forward, recomputing the activations (for tests)");
 }
