@@ -298,17 +298,20 @@ class _Prepared:
             # recurrent part, with a zero block (hh does not feed u), at small sizes; above
             # SPLIT_PRODUCT_MACS of zero-block work, two products (h against [W_h; W_ĥh], hh against W_ĥhh).
             W_cat = torch.cat([self.W_h, self.hW_h])                       # (4H + 4Hh, H)
-            self.hW_hh_split = self.hW_hhT = None
+            self.hW_hh_split = None
             if batch * GATES * H * Hh > SPLIT_PRODUCT_MACS:
                 self.W2 = W_cat
-                self.hW_hh_split, self.hW_hhT = self.hW_hh, self.hW_hh.t().contiguous()
+                self.hW_hh_split = self.hW_hh
             else:
                 self.W2 = self.W_h.new_zeros(GATES * (H + Hh), H + Hh)    # (4H + 4Hh, H + Hh)
                 self.W2[:, :H] = W_cat
                 self.W2[GATES * H:, H:] = self.hW_hh
-            # Transposed copies, so that the forward products read row-major operands (MKL's "NN" case
-            # measured ~20% faster than "NT" at batch 32).
-            self.W2T = self.W2.t().contiguous()                            # (H [+ Hh], 4H + 4Hh)
+
+    def forward_weights(self) -> tuple[Tensor, Tensor | None]:
+        """Transposed copies of ``W2`` ``(H [+ Hh], 4H + 4Hh)`` and of the split-off ``W_ĥhh``, for forward only:
+        its products then read row-major operands (MKL's "NN" case, ~20% faster than "NT" at batch 32)."""
+        split = None if self.hW_hh_split is None else self.hW_hh_split.t().contiguous()
+        return self.W2.t().contiguous(), split
 
     def scales(self, z: Tensor, parts: int = 3) -> Tensor:
         """``z`` ``(B, 12Nz)`` -> ``d`` ``(parts, 4, B, H)``: d_h, d_x and the dynamic bias (without b_0).
@@ -415,7 +418,7 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
             grads[prefix + "ln_bias"] = torch.stack(g["shift"]).sum(0)
             grads[prefix + "ln_cell_weight"] = torch.stack(g["cell_gain"]).sum(0)
             grads[prefix + "ln_cell_bias"] = torch.stack(g["cell_shift"]).sum(0)
-    return (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ), grads
+    return (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ, None), grads
 
 
 def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared,
@@ -430,9 +433,11 @@ def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, mask
     # (T, B, 4H), kept for backward (d_x's gradient); in a reused buffer (see ``workspace`` in the C++)
     wx = P.ext.workspace([T, B, GATES * P.H], x)
     torch.mm(x.view(T * B, I), P.W_x.t(), out=wx.view(T * B, GATES * P.H))
-    hwx = F.linear(x, P.hW_x, P.hyper_bias)         # (T, B, 4Hh)
-    res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, P.W2T, P.hW_hhT, P.Zw, P.zb, P.DwT,
-                             P.bias.reshape(-1), *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps, save,
+    hwx = P.ext.workspace([T, B, GATES * P.Hh], x)  # (T, B, 4Hh): Ŵ_x x, the kernel adds b̂
+    torch.mm(x.view(T * B, I), P.hW_x.t(), out=hwx.view(T * B, GATES * P.Hh))
+    W2T, hW_hhT = P.forward_weights()
+    res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, W2T, hW_hhT, P.Zw, P.zb, P.DwT,
+                             P.bias.reshape(-1), P.hyper_bias, *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps, save,
                              SAVE_ACTIVATIONS)
     out, c, hh, hc, R, Z, C, HC, HH = res[:9]
     saved = None
@@ -460,7 +465,7 @@ def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout,
             grads[prefix + "ln_bias"] = acc[1].view(G, n)
             grads[prefix + "ln_cell_weight"] = acc[2]
             grads[prefix + "ln_cell_bias"] = acc[3]
-    return tuple(res[13:17]), (DUH[..., :G * H], DWX, DUH[..., G * H:], DZ), grads
+    return tuple(res[13:17]), (DUH[..., :G * H], DWX, DUH[..., G * H:], DZ, DUH), grads
 
 
 class HyperLSTMLayerFunction(torch.autograd.Function):
@@ -513,7 +518,8 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         dh = dhT if dout is None else (dout[T - 1] if dhT is None else dout[T - 1] + dhT)
         dh = h0.new_zeros(B, H) if dh is None else dh.contiguous()
         loop = _backward_fused if fused else _backward_python
-        (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ), grads = loop(
+        # DUH: (fused) DU and DHP side by side in one buffer, whose products with h_{t-1} are then one.
+        (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ, DUH), grads = loop(
             P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, contiguous(dcT), contiguous(dhhT), contiguous(dhcT))
 
         # Weight gradients: one product over all T*B rows each. h_{t-1} is out shifted by a step: step 0's
@@ -528,12 +534,16 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
                 g.addmm_(D[1:].reshape((T - 1) * B, D.shape[-1]).t(), rest[:-1].reshape((T - 1) * B, rest.shape[-1]))
             return g
 
+        if DUH is not None:
+            dW_h, dW_hh_part = prev_product(DUH, h0, out).split([G * H, G * Hh])
+        else:
+            dW_h, dW_hh_part = prev_product(DU, h0, out), prev_product(DHP, h0, out)
         xf = x.reshape(TB, -1)
         DWX2, DHP2, DZ2 = (t.reshape(TB, t.shape[-1]) for t in (DWX, DHP, DZ))
         grads.update({
             "weight_ih": (xf.t() @ DWX2).t(),
-            "weight_hh": prev_product(DU, h0, out),
-            "hyper_weight_ih": torch.cat([prev_product(DHP, h0, out), DHP2.t() @ xf], dim=1),
+            "weight_hh": dW_h,
+            "hyper_weight_ih": torch.cat([dW_hh_part, DHP2.t() @ xf], dim=1),
             "hyper_weight_hh": prev_product(DHP, hh0, hh_all),
             "hyper_bias": DHP2.sum(0),
             "z_weight": (DZ2.t() @ hh_all.reshape(TB, Hh)).view_as(p["z_weight"]),
