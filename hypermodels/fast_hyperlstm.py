@@ -307,12 +307,6 @@ class _Prepared:
                 self.W2[:, :H] = W_cat
                 self.W2[GATES * H:, H:] = self.hW_hh
 
-    def forward_weights(self) -> tuple[Tensor, Tensor | None]:
-        """Transposed copies of ``W2`` ``(H [+ Hh], 4H + 4Hh)`` and of the split-off ``W_ĥhh``, for forward only:
-        its products then read row-major operands (MKL's "NN" case, ~20% faster than "NT" at batch 32)."""
-        split = None if self.hW_hh_split is None else self.hW_hh_split.t().contiguous()
-        return self.W2.t().contiguous(), split
-
     def scales(self, z: Tensor, parts: int = 3) -> Tensor:
         """``z`` ``(B, 12Nz)`` -> ``d`` ``(parts, 4, B, H)``: d_h, d_x and the dynamic bias (without b_0).
 
@@ -435,8 +429,7 @@ def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, mask
     torch.mm(x.view(T * B, I), P.W_x.t(), out=wx.view(T * B, GATES * P.H))
     hwx = P.ext.workspace([T, B, GATES * P.Hh], x)  # (T, B, 4Hh): Ŵ_x x, the kernel adds b̂
     torch.mm(x.view(T * B, I), P.hW_x.t(), out=hwx.view(T * B, GATES * P.Hh))
-    W2T, hW_hhT = P.forward_weights()
-    res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, W2T, hW_hhT, P.Zw, P.zb, P.DwT,
+    res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, P.W2, P.hW_hh_split, P.Zw, P.zb, P.DwT,
                              P.bias.reshape(-1), P.hyper_bias, *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps, save,
                              SAVE_ACTIVATIONS)
     out, c, hh, hc, R, Z, C, HC, HH = res[:9]

@@ -29,6 +29,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -367,7 +368,7 @@ struct MklPacked {
   }
   bool ok() const { return get_size && pack && compute; }
   // CBLAS constants (mkl_cblas.h): row major, no transpose, packed operand, the B matrix.
-  static constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151, kBMatrix = 162;
+  static constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
 };
 
 const MklPacked& mkl_packed() {
@@ -383,39 +384,42 @@ bool packed_gemm_enabled() {
   return on;
 }
 
-// C = A · W for many A (m × k rows, row-major, columns contiguous) against one W (k × n, contiguous).
+// C = A · op(W) for many A (rows × k, row-major, columns contiguous) against one contiguous W: op(W) = W (k × n),
+// or Wᵀ for W (n × k) when `transposed` (packed as such: no transposed copy is made).
 class FixedRight {
  public:
   // W is detached: the products run in worker threads, where autograd's (thread-local) grad mode is on.
-  FixedRight(const at::Tensor& W, int64_t m) : W_(W.detach()) {
+  FixedRight(const at::Tensor& W, bool transposed, int64_t m) : W_(transposed ? W.detach().t() : W.detach()) {
+    TORCH_CHECK(W.dim() == 2 && W.is_contiguous(), "the fixed operand must be contiguous");
+    k_ = W_.size(0);
+    n_ = W_.size(1);
     const MklPacked& mkl = mkl_packed();
     if (W.scalar_type() != at::kFloat || !mkl.ok() || !packed_gemm_enabled()) return;
-    TORCH_CHECK(W.dim() == 2 && W.is_contiguous(), "the fixed operand must be contiguous");
-    const int k = int(W.size(0)), n = int(W.size(1));
-    const size_t bytes = mkl.get_size(MklPacked::kBMatrix, int(m), n, k);
+    const size_t bytes = mkl.get_size(MklPacked::kBMatrix, int(m), int(n_), int(k_));
     packed_ = at::empty({int64_t((bytes + sizeof(float) - 1) / sizeof(float))}, W.options());
-    mkl.pack(MklPacked::kRowMajor, MklPacked::kBMatrix, MklPacked::kNoTrans, int(m), n, k, 1.0f,
-             W.data_ptr<float>(), n, packed_.data_ptr<float>());
+    mkl.pack(MklPacked::kRowMajor, MklPacked::kBMatrix, transposed ? MklPacked::kTrans : MklPacked::kNoTrans,
+             int(m), int(n_), int(k_), 1.0f, W.data_ptr<float>(), int(transposed ? k_ : n_), packed_.data_ptr<float>());
   }
-  // Rows [row0, row0 + rows) of C = A · W (A, C 2-D with contiguous columns). Called by each thread for its
-  // own rows inside a parallel region, where MKL and ATen run single-threaded.
-  void mm_rows(const at::Tensor& C, const at::Tensor& A, int64_t row0, int64_t rows) const {
+  // `rows` rows of C = A · op(W), A and C given by their first row and row stride. Each thread calls this for
+  // its own rows inside a parallel region, where MKL and ATen run single-threaded.
+  template <typename T>
+  void mm_rows(const T* A, int64_t lda, T* C, int64_t ldc, int64_t rows) const {
     if (rows <= 0) return;
-    if (!packed_.defined()) {
-      at::Tensor c = C.narrow(0, row0, rows);
-      at::mm_out(c, A.narrow(0, row0, rows), W_);
-      return;
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_.defined()) {
+        mkl_packed().compute(MklPacked::kRowMajor, MklPacked::kNoTrans, MklPacked::kPacked, int(rows), int(n_),
+                             int(k_), A, int(lda), packed_.data_ptr<float>(), int(n_), 0.0f, C, int(ldc));
+        return;
+      }
     }
-    TORCH_CHECK(A.stride(1) == 1 && C.stride(1) == 1 && A.size(1) == W_.size(0) && C.size(1) == W_.size(1),
-                "packed product: bad operands");
-    mkl_packed().compute(MklPacked::kRowMajor, MklPacked::kNoTrans, MklPacked::kPacked, int(rows), int(W_.size(1)),
-                         int(W_.size(0)), A.data_ptr<float>() + row0 * A.stride(0), int(A.stride(0)),
-                         packed_.data_ptr<float>(), int(W_.size(1)), 0.0f, C.data_ptr<float>() + row0 * C.stride(0),
-                         int(C.stride(0)));
+    at::Tensor a = at::from_blob(const_cast<T*>(A), {rows, k_}, {lda, 1}, W_.options());
+    at::Tensor c = at::from_blob(C, {rows, n_}, {ldc, 1}, W_.options());
+    at::mm_out(c, a, W_);
   }
 
  private:
   at::Tensor W_, packed_;
+  int64_t k_ = 0, n_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -483,30 +487,31 @@ void release_workspace() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Whole-sequence loops of one layer (one call per layer and direction): per step one matrix product
-// (ATen/MKL) and one parallel region over the batch rows that runs the hyper cell, z, d and the main cell.
-// The product takes both recurrent inputs at once: [h, ĥ]_{t-1} (B, H + Ĥ) times
-// W2T = [[W_h; Ŵ_h]ᵀ, [0, Ŵ_hhᵀ]] (H + Ĥ, 4H + 4Ĥ) gives u = W_h h and the hyper cell's recurrent part; the
-// zero block costs 4H Ĥ multiply-adds per row, less than a second product's parallel region at small sizes.
-// At large sizes the caller passes the separate Ŵ_hh instead (hW_hhT / hW_hh): then W2T is [W_h; Ŵ_h]ᵀ
-// (H, 4H + 4Ĥ) and a second product adds ĥ's part.
+// Whole-sequence loops of one layer (one call per layer and direction). Batch rows are independent, so
+// each thread takes its rows through the whole sequence: per step the recurrent product for its rows (MKL's
+// packed GEMM, single-threaded inside the parallel region) and the element-wise work of the hyper cell, z, d
+// and the main cell, in row blocks. The product takes both recurrent inputs at once: [h, ĥ]_{t-1} (B, H + Ĥ)
+// times W2ᵀ, W2 = [[W_h, 0]; [Ŵ_h, Ŵ_hh]] (4H + 4Ĥ, H + Ĥ), gives u = W_h h and the hyper cell's recurrent
+// part; the zero block costs 4H Ĥ multiply-adds per row, less than a second product at tiny sizes. Otherwise
+// the caller passes the separate Ŵ_hh (hW_hh): then W2 = [W_h; Ŵ_h] (4H + 4Ĥ, H) and a second product adds
+// ĥ's part. Backward multiplies by W2 and Ŵ_hh, forward by their transposes (packed as such).
 // ---------------------------------------------------------------------------------------------------
 
-// Forward. wx = W_x x (steps, B, 4H), hwx = Ŵ_x x + b̂ (steps, B, 4Ĥ); W2T as above. Returns out
-// (steps, B, H), c_T, ĥ_T, ĉ_T and what backward needs (save) or placeholders: r = [h, ĥ]_{t-1} W2T
+// Forward. wx = W_x x (steps, B, 4H), hwx = Ŵ_x x (steps, B, 4Ĥ), hb = b̂ (4Ĥ); W2, hW_hh as above. Returns out
+// (steps, B, H), c_T, ĥ_T, ĉ_T and what backward needs (save) or placeholders: r = [h, ĥ]_{t-1} W2ᵀ
 // (steps, B, 4H + 4Ĥ), z, c, ĉ, ĥ, then the main cell's activations (act,
 // norm, cnh, tco, rstd) and the hyper cell's (LN ones undefined without LN).
 std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h0, at::Tensor c0, at::Tensor hh0,
-                                     at::Tensor hc0, OptT masks, at::Tensor W2T, OptT hW_hhT, at::Tensor Zw,
+                                     at::Tensor hc0, OptT masks, at::Tensor W2, OptT hW_hh, at::Tensor Zw,
                                      at::Tensor zb, at::Tensor DwT, at::Tensor b0, at::Tensor hb, OptT gain, OptT shift,
                                      OptT cgain, OptT cshift, OptT hgain, OptT hshift, OptT hcgain, OptT hcshift,
                                      double eps, bool save, bool save_acts) {
   const int64_t steps = wx.size(0), B = wx.size(1), H = c0.size(1), Hh = hc0.size(1), NZ = Zw.size(0);
   const int64_t nz = DwT.size(1), LDR = 4 * H + 4 * Hh;
   TORCH_CHECK(NZ == 12 * nz && DwT.size(0) == 12 && DwT.size(2) == H && Zw.size(1) == Hh, "bad z/d shapes");
-  const bool split = hW_hhT.has_value();
-  TORCH_CHECK(wx.size(2) == 4 * H && hwx.size(2) == 4 * Hh && W2T.size(0) == (split ? H : H + Hh) &&
-              W2T.size(1) == LDR, "bad shapes");
+  const bool split = hW_hh.has_value();
+  TORCH_CHECK(wx.size(2) == 4 * H && hwx.size(2) == 4 * Hh && W2.size(1) == (split ? H : H + Hh) &&
+              W2.size(0) == LDR, "bad shapes");
   at::Tensor mk = opt_or_undefined(masks);
   check_rows({&wx, &hwx, &h0, &c0, &hh0, &hc0, &mk, &Zw, &zb, &DwT, &b0, &hb});
   check_contiguous({&gain, &shift, &cgain, &cshift, &hgain, &hshift, &hcgain, &hcshift});
@@ -517,8 +522,9 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
   at::Tensor out = e({steps, B, H}), R = e({S1, B, LDR}), Z = e({S1, B, NZ}), C = e({S2, B, H}),
              HC = e({S2, B, Hh}), HH = e({S2, B, Hh}), X = e({2, B, H + Hh}),
              HP = split ? e({B, 4 * Hh}) : at::Tensor();
-  const FixedRight w2t(W2T, B);
-  const std::optional<FixedRight> hw_hht = split ? std::optional<FixedRight>(std::in_place, *hW_hhT, B) : std::nullopt;
+  const FixedRight w2t(W2, /*transposed=*/true, B);
+  const std::optional<FixedRight> hw_hht =
+      split ? std::optional<FixedRight>(std::in_place, *hW_hh, /*transposed=*/true, B) : std::nullopt;
   // [h, ĥ] of the previous step, the product's input: ping-pong, slot 1 first holds the initial state.
   X[1].narrow(1, 0, H).copy_(h0);
   X[1].narrow(1, H, Hh).copy_(hh0);
@@ -550,13 +556,11 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
       T *hpre = buf.data(), *mpre = hpre + 4 * Hh;
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t s1 = save ? t : 0, s2 = save ? t : t % 2, p2 = save ? t - 1 : (t + 1) % 2;
-        const at::Tensor r = R.select(0, s1), xp = X.select(0, (t + 1) % 2);
-        if (split) {  // ĥ's part into its own (contiguous) buffer, added by the kernel
-          w2t.mm_rows(r, xp.narrow(1, 0, H), begin, end - begin);
-          hw_hht->mm_rows(HP, xp.narrow(1, H, Hh), begin, end - begin);
-        } else {
-          w2t.mm_rows(r, xp, begin, end - begin);
-        }
+        const T* xp = XX + ((t + 1) % 2) * B * (H + Hh) + begin * (H + Hh);  // [h, ĥ]_{t-1} of these rows
+        T* r = RR + (s1 * B + begin) * LDR;
+        w2t.mm_rows(xp, H + Hh, r, LDR, end - begin);
+        if (split)  // ĥ's part into its own (contiguous) buffer, added by the kernel
+          hw_hht->mm_rows(xp + H, H + Hh, HPP + begin * 4 * Hh, 4 * Hh, end - begin);
         T* Xn = XX + (t % 2) * B * (H + Hh);
         const T* c_prev = t == 0 ? c0.data_ptr<T>() : CC + p2 * B * H;
         const T* hc_prev = t == 0 ? hc0.data_ptr<T>() : HCC + p2 * B * Hh;
@@ -596,7 +600,7 @@ std::vector<at::Tensor> forward_loop(at::Tensor wx, at::Tensor hwx, at::Tensor h
 
 // BPTT over the sequence saved by forward_loop (save=true). dh (B, H) is the gradient at h_T (output's
 // last step included), dc, dhh, dhc at the final state (may be None); dout (steps, B, H) the output's. W2 =
-// W2Tᵀ (4H + 4Ĥ, H + Ĥ): one product per step gives the gradients at [h, ĥ]_{t-1}. Returns DUH (steps, B, 4H + 4Ĥ: gradients of u = W_h h and
+// as in forward_loop: one product per step gives the gradients at [h, ĥ]_{t-1}. Returns DUH (steps, B, 4H + 4Ĥ: gradients of u = W_h h and
 // of the hyper pre-activation), DWX (gradient of W_x x), DZ, the W_.z gradient (12, nz, H), b0's (4H), the
 // main and hyper LN parameter gradients (gain (4n), shift (4n), cell gain, cell shift; undefined without LN),
 // and the gradients at the initial state: dh0, dc0, dhh0, dhc0.
@@ -635,8 +639,9 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
   // the final state's.
   // the final state's. With separate products (hW_hh given) DXh and DXhh hold the two parts instead.
   const bool split = hW_hh.has_value();
-  const FixedRight w2(W2, B);
-  const std::optional<FixedRight> hw_hh = split ? std::optional<FixedRight>(std::in_place, *hW_hh, B) : std::nullopt;
+  const FixedRight w2(W2, /*transposed=*/false, B);
+  const std::optional<FixedRight> hw_hh =
+      split ? std::optional<FixedRight>(std::in_place, *hW_hh, /*transposed=*/false, B) : std::nullopt;
   at::Tensor DX = e({2, B, H + Hh}), dcb[2] = {e({B, H}), e({B, H})}, dhcb[2] = {e({B, Hh}), e({B, Hh})};
   at::Tensor DXh = split ? e({2, B, H}) : DX.narrow(2, 0, H), DXhh = split ? e({2, B, Hh}) : DX.narrow(2, H, Hh);
   const int64_t ldh = split ? H : H + Hh, ldhh = split ? Hh : H + Hh;
@@ -658,6 +663,7 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
     T *HAG = ptr_or_null<T>(hacc[0]), *HAS = ptr_or_null<T>(hacc[1]), *HACG = ptr_or_null<T>(hacc[2]),
       *HACS = ptr_or_null<T>(hacc[3]);
     const T* DOUT = ptr_or_null<T>(dout);
+    T *DXhp = DXh.data_ptr<T>(), *DXhhp = DXhh.data_ptr<T>();
     // As in forward, each thread runs the whole sequence for its own rows, products included.
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       // scratch: the block's dpre and recomputed pre (ROW_BLOCK x 4H each), core backward (6H, or 7Ĥ for the
@@ -675,7 +681,7 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
       const T *DC = ptr_or_null<T>(dc0), *DHC = ptr_or_null<T>(dhc0);  // at c_t, ĉ_t (null: zero)
       for (int64_t t = steps - 1; t >= 0; --t) {
         const int nb = t % 2;  // buffers the gradients at step t-1's state go to
-        const T *DHr = DXh[cur].data_ptr<T>(), *DHHr = DXhh[cur].data_ptr<T>();
+        const T *DHr = DXhp + cur * DXh.stride(0), *DHHr = DXhhp + cur * DXhh.stride(0);
         const T* DO = (DOUT && t < steps - 1) ? DOUT + t * B * H : nullptr;  // dh_in already holds dout[T-1]
         T *DCP = dcb[nb].data_ptr<T>(), *DHCP = dhcb[nb].data_ptr<T>();
         const T* c_prev = t == 0 ? c0.data_ptr<T>() : CC + (t - 1) * B * H;
@@ -720,13 +726,10 @@ std::vector<at::Tensor> backward_loop(at::Tensor R, at::Tensor Z, at::Tensor C, 
           }
         }
         // The gradients at [h, ĥ]_{t-1} of this thread's rows.
-        const at::Tensor duh = DUH.select(0, t);
-        if (split) {
-          w2.mm_rows(DXh.select(0, 1 - cur), duh, begin, end - begin);
-          hw_hh->mm_rows(DXhh.select(0, 1 - cur), duh.narrow(1, 4 * H, 4 * Hh), begin, end - begin);
-        } else {
-          w2.mm_rows(DX.select(0, 1 - cur), duh, begin, end - begin);
-        }
+        const T* duh = DUHp + (t * B + begin) * LDR;
+        w2.mm_rows(duh, LDR, DXhp + (1 - cur) * DXh.stride(0) + begin * ldh, ldh, end - begin);
+        if (split)
+          hw_hh->mm_rows(duh + 4 * H, LDR, DXhhp + (1 - cur) * DXhh.stride(0) + begin * ldhh, ldhh, end - begin);
         cur = 1 - cur;
         DC = DCP;
         DHC = DHCP;
