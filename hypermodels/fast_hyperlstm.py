@@ -7,10 +7,10 @@ sequence of one layer under no-grad, saves only what backpropagation through tim
 by hand:
 
 * forward saves per step what BPTT needs: the recurrent product ``r = [W_h; W_ĥh] h_{t-1}`` (or just
-  ``u = W_h h``), the gate pre-activations, the cell state ``c``, the small embeddings ``z``, ``ĥ``, ``ĉ``
-  and (fused) ``W_x x``; backward recomputes layer norms and activations (the fused path can save those
-  instead, :data:`SAVE_ACTIVATIONS`, slower on an idle machine) and (Python path) ``d = W_{.z} z`` and
-  ``W_x x``;
+  ``u = W_h h``), the cell state ``c``, the small embeddings ``z``, ``ĥ``, ``ĉ``, the hyper cell's
+  pre-activations and ``W_x x``; backward recomputes the main cell's pre-activations
+  (``d_h u + d_x W_x x + d_b + b_0``), the layer norms and activations (the fused path can save the
+  activations instead, :data:`SAVE_ACTIVATIONS`, slower on an idle machine) and (Python path) ``d = W_{.z} z``;
 * backward runs only the recurrent matrix products per step; the weight gradients (``W_h``, ``W_x``, the
   hyper cell's weights, ``z`` projections) and the input gradient are one large matrix product each over
   the whole sequence after the loop.
@@ -18,10 +18,12 @@ by hand:
 Two implementations of the per-step work, chosen by :data:`BACKEND`:
 
 * ``fused`` (CPU): ``csrc/hyperlstm_cell.cpp``, built on first use with the machine's compiler. The whole
-  time loop of a layer runs in C++, one call for forward and one for backward per layer and sequence:
-  per step two matrix products (ATen/MKL; at small sizes one: both recurrent inputs ``[h, ĥ]_{t-1}``
-  against one combined weight) and one parallel region over the batch rows that runs the hyper cell, ``z``, ``d`` and the
-  main cell (pre-activation, both layer norms, gates, cell state).
+  time loop of a layer runs in C++, one call for forward and one for backward per layer and sequence.
+  Batch rows are independent, so each thread takes its rows through the whole sequence: per step the
+  recurrent product for its rows (MKL's packed GEMM: the weights are packed once per call, not on every
+  product) and the element-wise work of the hyper cell, ``z``, ``d`` and the main cell (pre-activation,
+  both layer norms, gates, cell state), with no fork/join between steps. Large buffers are reused across
+  calls (first-touch page faults of fresh ones cost more than any kernel at the paper's size).
 * ``python``: the same equations with ATen ops from a Python loop (``native_layer_norm`` and its
   backward, so no hand-written LN backward there); used on CUDA and wherever the extension cannot be
   built.
@@ -64,10 +66,9 @@ _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 BACKEND = os.environ.get("HYPERMODELS_FAST_BACKEND", "auto")
 _EXTENSION: object | None = None
 # Fused path: up to this many multiply-adds per step in the zero block of the combined recurrent product
-# (batch x 4H x Hh), one product per step for [h, hh]: one parallel region less per step, much faster while
-# other jobs load the CPU (256x32: 0.80 -> 1.03 x nn.LSTM, interleaved), but 7-10% slower on an idle one
-# (the zero block is 22% of the product's work at 256x32); above it (every bench size), two products.
-# See the 2026-11-27 section of bench/NOTES.md.
+# (batch x 4H x Hh), one product per step for [h, hh] against one weight; above it (every bench size), two
+# products. With each thread running its own rows there is no fork/join per product to save, and the zero
+# block's work made the combined form slower (256x32: 0.54 vs 0.59 x nn.LSTM, interleaved; bench/NOTES.md).
 SPLIT_PRODUCT_MACS = 1_000_000
 # Fused path: forward saves the gate activations of both cells for backward (True), or only the
 # pre-activations, from which backward recomputes them (False, faster on an idle machine: at 256x32 and
@@ -604,4 +605,10 @@ def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = No
     return output, HyperLSTMState(*(torch.stack(parts) for parts in zip(*finals)))
 
 
-__all__ = ["HyperLSTMLayerFunction", "fast_forward", "layer_forward"]
+def release_workspace() -> None:
+    """Free the buffers the fused path keeps for reuse between calls (about one training step's worth)."""
+    if _EXTENSION is not None:
+        _EXTENSION.release_workspace()
+
+
+__all__ = ["HyperLSTMLayerFunction", "fast_forward", "layer_forward", "release_workspace"]

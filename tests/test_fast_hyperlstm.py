@@ -6,6 +6,7 @@ zero, which would hide wrong gradients.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -369,3 +370,47 @@ def test_build_location_is_shared_by_checkouts_and_clears_a_stale_lock(tmp_path,
     os.utime(lock, (old, old))
     fast_hyperlstm._build_location("avx2", ["-O3"])
     assert not lock.exists()
+
+
+def test_reused_buffers_never_overwrite_a_live_graph(backend):
+    # The fused loops take their large buffers (>= 1 MiB) from a cache and reuse one only when nothing else
+    # holds it. Two graphs alive at once, one backward twice (retain_graph), an output kept by the caller:
+    # every gradient must still equal the reference's.
+    if backend != "fused":
+        pytest.skip("fused kernels only")
+    ref, fast = pair(seed=14, dtype=torch.float32, scale=0.1, input_size=16, hidden_size=192, hyper_size=32,
+                     embed_size=4)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(12, 48, 16, generator=g) for _ in range(3)]
+    assert 12 * 48 * 4 * (192 + 32) * 4 >= 2**20  # r alone is over the cache's threshold
+
+    ref_grads = []
+    for x in xs:
+        out, _ = ref(x)
+        ref_grads.append(torch.autograd.grad((out * out.detach().sin()).sum(), list(ref.parameters())))
+    outs, losses = [], []
+    for x in xs[:2]:                                   # two graphs alive
+        out, _ = fast(x)
+        outs.append(out)
+        losses.append((out * out.detach().sin()).sum())
+    first = torch.autograd.grad(losses[0], list(fast.parameters()), retain_graph=True)
+    out3, _ = fast(xs[2])                              # a third forward between the two backward passes
+    again = torch.autograd.grad(losses[0], list(fast.parameters()))
+    second = torch.autograd.grad(losses[1], list(fast.parameters()))
+    third = torch.autograd.grad((out3 * out3.detach().sin()).sum(), list(fast.parameters()))
+    for got, want in ((first, ref_grads[0]), (again, ref_grads[0]), (second, ref_grads[1]), (third, ref_grads[2])):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs[0], ref(xs[0])[0], rtol=1e-4, atol=1e-5)  # a kept output is untouched
+    fh.release_workspace()  # empties the cache; the next call allocates afresh
+    torch.testing.assert_close(fast(xs[0])[0], outs[0])
+
+
+def test_packed_products_are_found_where_torch_has_mkl(backend):
+    # The per-step products use MKL's packed GEMM, looked up at run time in the library that holds ATen;
+    # losing it would not break anything, only cost ~25% of the speed: make that visible.
+    if backend != "fused":
+        pytest.skip("fused kernels only")
+    if not torch.backends.mkl.is_available() or os.environ.get("HYPERMODELS_PACKED_GEMM") == "0":
+        pytest.skip("this torch has no MKL (or the packed products are turned off): the plain products run")
+    assert fh.fused_extension().packed_gemm_available()

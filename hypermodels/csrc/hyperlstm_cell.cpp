@@ -4,18 +4,20 @@
 // there computes the same equations and is the fallback. Why: on a CPU the per-step cost of the
 // reference is dominated by the number of kernels, each a parallel region (fork/join of the intra-op
 // threads), and by Python's per-op overhead, not by arithmetic. Here one call runs a layer's whole forward
-// loop and one its whole BPTT loop; per step one matrix product (MKL, through ATen) and one parallel region
-// that handles every row of the batch from the pre-activations through the hyper cell, z = W_z ĥ,
-// d = W_{.z} z (N_z is 4..64), both layer norms and the main cell to h, with the row in cache. Backward
-// recomputes the gate activations (Acts below) from the saved pre-activations, or (save_acts) forward saves
-// them; recomputing was faster on an idle machine (bench/NOTES.md, 2026-11-27).
+// loop and one its whole BPTT loop. Batch rows are independent, so each thread takes its own rows through
+// the whole sequence: per step the recurrent product for its rows (MKL's packed GEMM, the weights packed
+// once per call) and the element-wise work of the hyper cell, z = W_z ĥ, d = W_{.z} z (N_z is 4..64), both
+// layer norms and the main cell, a block of rows at a time so that W_{.z} is read once per block. Backward
+// recomputes the main cell's pre-activations from the saved u, W_x x and z and the gate activations from
+// them (or, save_acts, forward saves the activations; recomputing was faster on an idle machine). Large
+// buffers come from a small cache (workspace() below). What each step bought: bench/NOTES.md.
 //
 // Layouts (n = units of the cell, B = batch; gates i, g, f, o stacked along the row):
 //   pre (B, 4n); c, h, mask (B, n); gain, shift (4n) with the forget bias folded into shift;
 //   cell_gain, cell_shift (n); LN is on when gain is given.
 //   main cell: u = W_h h_{t-1} (first 4H columns of r), wx = W_x x_t (B, 4H), b0 (4H),
 //              z (B, 12 N_z) ordered (z_h, z_x, z_b) x gate x N_z, DwT (12, N_z, H) = W_{hz}, W_{xz}, W_{bz}.
-//   hyper cell: pre = r_h + wx_h (each (B, 4Ĥ); r_h = Ŵ_h h + Ŵ_hh ĥ, the last 4Ĥ columns of r);
+//   hyper cell: pre = r_h + wx_h + b̂ (each (B, 4Ĥ); r_h = Ŵ_h h + Ŵ_hh ĥ, the last 4Ĥ columns of r);
 //              z = Zw ĥ + zb, Zw (12 N_z, Ĥ).
 // Compiled with -ffast-math (compile only, not link: no FTZ side effects) so that gcc vectorises exp and
 // tanh through glibc's libmvec; results agree with the ATen path to a few ulps.
@@ -811,6 +813,8 @@ void main_backward(at::Tensor pre, at::Tensor u, at::Tensor z, at::Tensor DwT, a
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_loop", &forward_loop, "one HyperLSTM layer over a sequence, saving what backward needs");
   m.def("backward_loop", &backward_loop, "BPTT of forward_loop over the whole sequence");
+  m.def("packed_gemm_available", [] { return mkl_packed().ok() && packed_gemm_enabled(); },
+        "whether the per-step products use MKL's packed GEMM (float32)");
   m.def("workspace", &workspace_like, "an uninitialised tensor (size, like) from the loops' buffer cache");
   m.def("release_workspace", &release_workspace, "empty the loops' buffer cache");
   m.def("main_forward", &main_forward, "main cell, one step (for tests)");
