@@ -1,9 +1,9 @@
 """Training throughput of LSTM, LayerNormLSTM and HyperLSTM (reference and fast path), side by side.
 
 Measures training tokens/s (forward, backward, Adam step) of one recurrent layer plus a linear
-read-out at (hidden, batch) sizes, sequence length 100, and peak memory (CPU: the allocator's
-peak RSS growth is noisy, so we report the bytes autograd keeps alive for backward, measured with
-saved-tensor hooks; on CUDA: torch.cuda.max_memory_allocated). Cells are interleaved per round
+read-out at (hidden, batch) sizes, sequence length 100, and memory: the bytes autograd keeps alive for
+backward (saved-tensor hooks), and on CPU the peak RSS a fresh process gains over two training steps
+(everything allocated, transients and caches included); on CUDA torch.cuda.max_memory_allocated. Cells are interleaved per round
 so that machine noise hits all alike; the median round counts. Ratios are relative to torch.nn.LSTM.
 
     .venv/bin/python bench/cell_throughput.py                 # all three sizes
@@ -60,6 +60,41 @@ def saved_bytes(rnn, head, x, y) -> int:
     return sum(seen.values())
 
 
+def peak_rss_growth(name: str, hidden: int, batch: int, seq: int, vocab: int) -> int:
+    """Peak resident memory a fresh process gains over two training steps of one cell (CPU): everything the
+    step allocates, transient buffers and caches included, unlike ``saved_bytes``."""
+    import subprocess
+    import sys
+
+    code = f"""
+import resource, torch, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from bench.cell_throughput import make_cells, train_step
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+torch.manual_seed(0)
+x = torch.randn({seq}, {batch}, {vocab}); y = torch.randint(0, {vocab}, ({seq}, {batch}))
+rnn = make_cells({hidden}, {vocab})[{name!r}]
+head = torch.nn.Linear({hidden}, {vocab})
+opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
+# A tiny step of the same cell first: libraries' one-time set-up (MKL, oneDNN, the extension, threads)
+# lands before the baseline, so the figure is the step's own memory.
+tiny = make_cells(8, {vocab})[{name!r}]
+th = torch.nn.Linear(8, {vocab})
+train_step(tiny, th, torch.optim.Adam(list(tiny.parameters()) + list(th.parameters())), x[:, :2], y[:, :2])
+base = rss()
+for _ in range(2):
+    train_step(rnn, head, opt, x, y)
+# VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec.
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(hwm - base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def bench_size(hidden: int, batch: int, seq: int, vocab: int, rounds: int, device: str) -> dict:
     torch.manual_seed(0)
     x = torch.randn(seq, batch, vocab, device=device)
@@ -92,21 +127,28 @@ def bench_size(hidden: int, batch: int, seq: int, vocab: int, rounds: int, devic
             mem = saved_bytes(rnn, head, x, y)
         median = statistics.median(times[name])
         result[name] = {"tokens_per_s": seq * batch / median, "step_s": median, "memory_bytes": mem}
+        if device == "cpu":
+            result[name]["peak_rss_bytes"] = peak_rss_growth(name, hidden, batch, seq, vocab)
     for name in result:
         result[name]["speed_ratio_vs_lstm"] = result[name]["tokens_per_s"] / result["lstm"]["tokens_per_s"]
         result[name]["memory_ratio_vs_lstm"] = result[name]["memory_bytes"] / result["lstm"]["memory_bytes"]
+        if "peak_rss_bytes" in result[name]:
+            result[name]["peak_rss_ratio_vs_lstm"] = result[name]["peak_rss_bytes"] / result["lstm"]["peak_rss_bytes"]
     return result
 
 
 def to_markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}; device {report['device']}; torch {report['torch']}; "
              f"{report['threads']} threads; seq {report['seq_len']}; median of {report['rounds']} rounds.", "",
-             "| hidden x batch | cell | tokens/s | x LSTM speed | memory (MiB) | x LSTM memory |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| hidden x batch | cell | tokens/s | x LSTM speed | saved for backward (MiB) | x LSTM | "
+             "peak RSS growth (MiB) | x LSTM |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for size, cells in report["results"].items():
         for name, r in cells.items():
+            peak = (f"{r['peak_rss_bytes'] / 2**20:,.1f} | {r['peak_rss_ratio_vs_lstm']:.2f}"
+                    if "peak_rss_bytes" in r else "- | -")
             lines.append(f"| {size} | {name} | {r['tokens_per_s']:,.0f} | {r['speed_ratio_vs_lstm']:.2f} | "
-                         f"{r['memory_bytes'] / 2**20:,.1f} | {r['memory_ratio_vs_lstm']:.2f} |")
+                         f"{r['memory_bytes'] / 2**20:,.1f} | {r['memory_ratio_vs_lstm']:.2f} | {peak} |")
     return "\n".join(lines) + "\n"
 
 
