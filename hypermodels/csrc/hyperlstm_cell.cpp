@@ -230,25 +230,32 @@ inline void d_chunk(const T* z, const T* DW, int64_t n, int64_t nz, int q, int64
   }
 }
 
+// Calls f(g, j0, len, o, r) for every gate g, chunk [j0, j0 + len) of its n units (o = g n + j0, the chunk's
+// offset in a 4n row) and row r < rows, rows innermost: a chunk of W_.z stays in L1 across the block's rows.
+template <typename F>
+inline void for_each_chunk_and_row(int64_t rows, int64_t n, F&& f) {
+  for (int g = 0; g < 4; ++g)
+    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
+      const int64_t len = std::min(CHUNK, n - j0), o = g * n + j0;
+      for (int64_t r = 0; r < rows; ++r) f(g, j0, len, o, r);
+    }
+}
+
 // pre = d_h u + d_x wx + d_b + b0 for `rows` rows (4n each).
 template <typename T>
 inline void main_pre_rows(int64_t rows, const T* U, int64_t ldu, const T* Z, int64_t ldz, const T* DW, const T* WX,
                           int64_t ldw, const T* B0, int64_t n, int64_t nz, T* P, int64_t ldp) {
   T dh[CHUNK], dx[CHUNK], db[CHUNK];
-  for (int g = 0; g < 4; ++g)
-    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
-      const int64_t len = std::min(CHUNK, n - j0), o = g * n + j0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* z = Z + r * ldz;
-        d_chunk(z, DW, n, nz, g, j0, len, dh);
-        d_chunk(z, DW, n, nz, 4 + g, j0, len, dx);
-        d_chunk(z, DW, n, nz, 8 + g, j0, len, db);
-        const T *u = U + r * ldu + o, *wx = WX + r * ldw + o, *b0 = B0 + o;
-        T* p = P + r * ldp + o;
-        #pragma GCC ivdep
-        for (int64_t j = 0; j < len; ++j) p[j] = dh[j] * u[j] + dx[j] * wx[j] + db[j] + b0[j];
-      }
-    }
+  for_each_chunk_and_row(rows, n, [&](int g, int64_t j0, int64_t len, int64_t o, int64_t r) {
+    const T* z = Z + r * ldz;
+    d_chunk(z, DW, n, nz, g, j0, len, dh);
+    d_chunk(z, DW, n, nz, 4 + g, j0, len, dx);
+    d_chunk(z, DW, n, nz, 8 + g, j0, len, db);
+    const T *u = U + r * ldu + o, *wx = WX + r * ldw + o, *b0 = B0 + o;
+    T* p = P + r * ldp + o;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < len; ++j) p[j] = dh[j] * u[j] + dx[j] * wx[j] + db[j] + b0[j];
+  });
 }
 
 // From dpre (gradient of the pre-activation, 4n a row) of `rows` rows: du = dpre ⊙ d_h (gradient of u),
@@ -261,41 +268,37 @@ inline void main_grad_rows(int64_t rows, const T* DP, int64_t ldp, const T* U, i
   T dh[CHUNK], dx[CHUNK], ddh[CHUNK], ddx[CHUNK];
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < 12 * nz; ++k) DZ[r * lddz + k] = 0;
-  for (int g = 0; g < 4; ++g)
-    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
-      const int64_t len = std::min(CHUNK, n - j0), o = g * n + j0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* z = Z + r * ldz;
-        d_chunk(z, DW, n, nz, g, j0, len, dh);
-        d_chunk(z, DW, n, nz, 4 + g, j0, len, dx);
-        const T *dp = DP + r * ldp + o, *u = U + r * ldu + o, *wx = WX + r * ldw + o;
-        T *du = DU + r * lddu + o, *dwx = DWX + r * lddw + o, *b = ab + o;
+  for_each_chunk_and_row(rows, n, [&](int g, int64_t j0, int64_t len, int64_t o, int64_t r) {
+    const T* z = Z + r * ldz;
+    d_chunk(z, DW, n, nz, g, j0, len, dh);
+    d_chunk(z, DW, n, nz, 4 + g, j0, len, dx);
+    const T *dp = DP + r * ldp + o, *u = U + r * ldu + o, *wx = WX + r * ldw + o;
+    T *du = DU + r * lddu + o, *dwx = DWX + r * lddw + o, *b = ab + o;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < len; ++j) {
+      const T v = dp[j];
+      ddh[j] = v * u[j];
+      ddx[j] = v * wx[j];
+      du[j] = v * dh[j];
+      dwx[j] = v * dx[j];
+      b[j] += v;
+    }
+    T* dz = DZ + r * lddz;
+    const T* parts[3] = {ddh, ddx, dp};
+    for (int part = 0; part < 3; ++part) {
+      const int q = part * 4 + g;
+      const T* dd = parts[part];
+      for (int64_t k = 0; k < nz; ++k) {
+        const T* w = DW + (q * nz + k) * n + j0;
+        T* aw = adw + (q * nz + k) * n + j0;
+        const T zk = z[q * nz + k];
+        T acc = 0;
         #pragma GCC ivdep
-        for (int64_t j = 0; j < len; ++j) {
-          const T v = dp[j];
-          ddh[j] = v * u[j];
-          ddx[j] = v * wx[j];
-          du[j] = v * dh[j];
-          dwx[j] = v * dx[j];
-          b[j] += v;
-        }
-        T* dz = DZ + r * lddz;
-        const T* parts[3] = {ddh, ddx, dp};
-        for (int part = 0; part < 3; ++part) {
-          const int q = part * 4 + g;
-          const T* dd = parts[part];
-          for (int64_t k = 0; k < nz; ++k) {
-            const T* w = DW + (q * nz + k) * n + j0;
-            T* aw = adw + (q * nz + k) * n + j0;
-            const T zk = z[q * nz + k];
-            T acc = 0;
-            #pragma GCC ivdep
-            for (int64_t j = 0; j < len; ++j) { acc += dd[j] * w[j]; aw[j] += zk * dd[j]; }
-            dz[q * nz + k] += acc;
-          }
-        }
+        for (int64_t j = 0; j < len; ++j) { acc += dd[j] * w[j]; aw[j] += zk * dd[j]; }
+        dz[q * nz + k] += acc;
       }
     }
+  });
 }
 
 template <typename T>
@@ -374,15 +377,18 @@ struct MklPacked {
 };
 
 const MklPacked& mkl_packed() {
-  static const MklPacked m;
-  return m;
+  static const MklPacked mkl;
+  return mkl;
+}
+
+// An on/off switch from the environment: on unless the variable is "0".
+bool env_switch(const char* name) {
+  const char* v = std::getenv(name);
+  return !(v && std::string(v) == "0");
 }
 
 bool packed_gemm_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("HYPERMODELS_PACKED_GEMM");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_switch("HYPERMODELS_PACKED_GEMM");
   return on;
 }
 
@@ -446,10 +452,7 @@ WorkspaceCache& workspace_cache() {
 }
 
 bool workspace_cache_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("HYPERMODELS_WORKSPACE_CACHE");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_switch("HYPERMODELS_WORKSPACE_CACHE");
   return on;
 }
 
