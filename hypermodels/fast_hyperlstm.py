@@ -418,11 +418,12 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
 
 def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared,
                    save: bool):
-    """The whole forward loop in the extension (one call): per step two matrix products and one kernel.
+    """The whole forward loop in the extension (one call; see csrc/hyperlstm_cell.cpp).
 
     Returns ``out``, the final ``c``, ``hh``, ``hc`` and (if ``save``) what backward needs, as whole-sequence
-    tensors: ``r`` ``(T, B, 4H + 4Hh)``, ``z``, ``c``, ``hc``, ``hh``, ``wx = W_x x`` and the activations of
-    both cells (``act``, ``hact``: 5 tensors each, see ``Acts`` in csrc/hyperlstm_cell.cpp).
+    tensors: ``r`` ``(T, B, 4H + 4Hh)``, ``z``, ``c``, ``hc``, ``hh``, ``wx = W_x x``, and in ``act``/``hact``
+    the activations of both cells (5 tensors each, see ``Acts`` in the C++) with :data:`SAVE_ACTIVATIONS`,
+    else none for the main cell and the hyper cell's pre-activations.
     """
     T, B, I = x.shape
     # (T, B, 4H), kept for backward (d_x's gradient); in a reused buffer (see ``workspace`` in the C++)
@@ -445,7 +446,7 @@ def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, mask
 
 
 def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
-    """The whole BPTT loop in the extension (one call): per step one kernel and two matrix products."""
+    """The whole BPTT loop in the extension (one call; see csrc/hyperlstm_cell.cpp)."""
     G, H, Hh = GATES, P.H, P.Hh
     res = P.ext.backward_loop(saved["r"], saved["z"], saved["c"], saved["hc"], saved["act"], saved["hact"],
                               saved["wx"], c0, hc0, masks, dout, dh, dc, dhh, dhc, P.W2, P.hW_hh_split, P.Zw, P.DwT,
