@@ -227,7 +227,9 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         if getattr(result, "error", None):
             raise result.error
     except Exception as e:  # a crashed trial: FAILED now, reopened (same run) if Tune relaunches it
-        tracking.close_run(uri, run_id, f"{type(e).__name__}: {e}")
+        # Only if still running: Tune can deliver an ASHA stop to fit() after the driver has already ended
+        # the trial's run KILLED (close_trial_runs); that must stay KILLED.
+        tracking.close_run(uri, run_id, f"{type(e).__name__}: {e}", only_if_running=True)
         raise
     if storage.exists(failure_file):  # diverged: a (bad) result, not a crash to retry
         info = json.loads(storage.read_bytes(failure_file))

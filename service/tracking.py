@@ -148,9 +148,12 @@ def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
         client.log_batch(run_id, tags=[RunTag(k, str(redact(v))[:_MAX_TAG]) for k, v in tags.items()])
 
 
-def close_run(uri: str, run_id: str, error: str | None = None) -> None:
-    """Mark the run FINISHED, or FAILED with ``error`` as a tag."""
+def close_run(uri: str, run_id: str, error: str | None = None, only_if_running: bool = False) -> None:
+    """Mark the run FINISHED, or FAILED with ``error`` as a tag; with ``only_if_running``, leave a run that
+    something else has already ended as it is."""
     client = _client(uri)
+    if only_if_running and client.get_run(run_id).info.status != "RUNNING":
+        return
     if error is None:
         client.set_terminated(run_id, "FINISHED")
     else:

@@ -153,6 +153,35 @@ def test_validate_names_a_bad_space_key(tmp_path: Path) -> None:
     assert "search.space.train.optimiser.lr: names no spec field; did you mean 'train.optimizer.lr'?" in proc.stderr
 
 
+def test_a_late_trial_failure_keeps_the_drivers_killed(tmp_path: Path) -> None:
+    """Tune can deliver an ASHA stop to a trial's fit() (as ActorDiedError) after the driver has already
+    ended that trial's run KILLED: the trial's failure path must not turn it FAILED. Either order ends
+    KILLED with the stopped-early tag and no error tag."""
+    from mlflow.tracking import MlflowClient
+
+    from service import tracking
+    from service.campaign import TAG_STOPPED, close_trial_runs
+    from service.spec import validate_job
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = validate_job(campaign_job(tmp_path))
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    for driver_first in (True, False):
+        run_id = client.create_run(exp).info.run_id
+        stopped = [{"run_id": run_id, "state": "stopped early", "step": 10, "history": [(10, 3.5)]}]
+        late_failure = "ActorDiedError: The actor died unexpectedly before finishing this task."
+        if driver_first:
+            close_trial_runs(spec, uri, stopped, interrupted=False)
+            tracking.close_run(uri, run_id, late_failure, only_if_running=True)
+        else:
+            tracking.close_run(uri, run_id, late_failure, only_if_running=True)
+            close_trial_runs(spec, uri, stopped, interrupted=False)
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", driver_first
+        assert run.data.tags[TAG_STOPPED] == "asha at step 10" and tracking.TAG_ERROR not in run.data.tags
+
+
 # ---- a whole campaign ---------------------------------------------------------------------------
 
 @pytest.mark.slow
