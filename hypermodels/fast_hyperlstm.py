@@ -432,8 +432,8 @@ def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, mask
     hwx = P.ext.workspace([T, B, GATES * P.Hh], x)  # (T, B, 4Hh): Ŵ_x x, the kernel adds b̂
     torch.mm(x.view(T * B, I), P.hW_x.t(), out=hwx.view(T * B, GATES * P.Hh))
     res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, P.W2, P.hW_hh_split, P.Zw, P.zb, P.DwT,
-                             P.bias.reshape(-1), P.hyper_bias, *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps, save,
-                             SAVE_ACTIVATIONS)
+                             P.bias.reshape(-1), P.hyper_bias, *P.main.ln_args()[:4], *P.hyper.ln_args()[:4],
+                             P.main.eps, save, SAVE_ACTIVATIONS)
     out, c, hh, hc, R, Z, C, HC, HH = res[:9]
     saved = None
     if save:
@@ -450,8 +450,7 @@ def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout,
     G, H, Hh = GATES, P.H, P.Hh
     res = P.ext.backward_loop(saved["r"], saved["z"], saved["c"], saved["hc"], saved["act"], saved["hact"],
                               saved["wx"], c0, hc0, masks, dout, dh, dc, dhh, dhc, P.W2, P.hW_hh_split, P.Zw, P.DwT,
-                              P.bias.reshape(-1),
-                              *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps)
+                              P.bias.reshape(-1), *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps)
     DUH, DWX, DZ, dDwT, dbias = res[:5]
     grads = {"d_weight": dDwT, "bias": dbias}
     if P.ln:

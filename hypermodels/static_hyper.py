@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hyperlstm import count_parameters
+
 
 class KernelHyperNetwork(nn.Module):
     """The paper's two-layer linear hypernetwork for conv kernels.
@@ -337,7 +339,7 @@ def variable_count(module: nn.Module) -> int:
     the model's variables, the convention of the paper's convnet parameter counts."""
     stats = sum(m.running_mean.numel() + m.running_var.numel() for m in module.modules()
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
-    return sum(p.numel() for p in module.parameters() if p.requires_grad) + stats
+    return count_parameters(module) + stats
 
 
 __all__ = ["CenteredBatchNorm2d", "HyperConv2d", "KernelHyperNetwork", "MNISTConvNet", "WideBlock", "WideResNet", "hyper_conv_layers", "variable_count"]

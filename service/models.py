@@ -49,8 +49,9 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     from hypermodels import hyper_conv_layers, variable_count
 
     counts = {"params_total": count_parameters(model)}
-    if variable_count(model) != counts["params_total"]:
-        counts["params_with_bn_statistics"] = variable_count(model)
+    with_statistics = variable_count(model)
+    if with_statistics != counts["params_total"]:
+        counts["params_with_bn_statistics"] = with_statistics
     layers = hyper_conv_layers(model)
     if layers:
         hypernet = getattr(model, "hyper")
