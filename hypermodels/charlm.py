@@ -8,41 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hyperlstm import HyperLSTM
-from .lstm import LSTM, LayerNormLSTM
-
-CELLS = ("hyperlstm", "lstm", "ln_lstm")
-
-
-def detach_state(state: Any) -> Any:
-    """Detach every tensor of a (nested tuple) recurrent state: the truncated-BPTT boundary."""
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, tuple):
-        parts = [detach_state(s) for s in state]
-        return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
-    return state
-
-
-def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, hyper_size: int = 128,
-              embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
-              recurrent_dropout: float = 0.0, batch_first: bool = False, fast: bool = True) -> nn.Module:
-    """The recurrent stack named by ``cell``; all share ``forward(x, state) -> output, state``.
-
-    ``layer_norm`` applies to ``hyperlstm`` only (``ln_lstm`` is layer-normalised by definition,
-    ``lstm`` never). ``lstm`` is the fused kernel unless recurrent dropout asks for the step loop.
-    ``fast`` (``hyperlstm`` only): the fast path, or ``False`` for the reference implementation.
-    """
-    if cell == "hyperlstm":
-        return HyperLSTM(input_size, hidden_size, hyper_size, embed_size, num_layers, layer_norm,
-                         dropout, recurrent_dropout, batch_first, fast=fast)
-    if cell == "ln_lstm":
-        return LayerNormLSTM(input_size, hidden_size, num_layers, True, dropout, recurrent_dropout, batch_first)
-    if cell == "lstm":
-        if recurrent_dropout:
-            return LayerNormLSTM(input_size, hidden_size, num_layers, False, dropout, recurrent_dropout, batch_first)
-        return LSTM(input_size, hidden_size, num_layers, dropout, batch_first)
-    raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+from .recurrent import build_rnn
 
 
 class CharLM(nn.Module):
@@ -71,8 +37,8 @@ class CharLM(nn.Module):
         self.vocab_size, self.cell = vocab_size, cell
         self.dropout = dropout
         self.input_dropout = dropout if input_dropout is None else input_dropout
-        self.rnn = build_rnn(cell, vocab_size, hidden_size, num_layers, hyper_size, embed_size, layer_norm,
-                             dropout, recurrent_dropout, fast=fast)
+        self.rnn = build_rnn(cell, vocab_size, hidden_size, num_layers, hyper_size=hyper_size, embed_size=embed_size,
+                             layer_norm=layer_norm, dropout=dropout, recurrent_dropout=recurrent_dropout, fast=fast)
         self.decoder = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -146,4 +112,4 @@ def bits_per_char(model: CharLM, ids: Tensor, batch_size: int = 16, seq_len: int
     return total / count / math.log(2)
 
 
-__all__ = ["CELLS", "CharLM", "bits_per_char", "build_rnn", "detach_state", "stream_batches"]
+__all__ = ["CharLM", "bits_per_char", "stream_batches"]

@@ -2,7 +2,7 @@
 
 Ha, Dai, Le (2017) replace every LSTM of GNMT by a layer-norm HyperLSTM. :class:`Seq2Seq` builds that
 model at any scale from the project's recurrent layers (``cell`` = ``"hyperlstm"``, ``"lstm"`` or
-``"ln_lstm"``, see :func:`~hypermodels.charlm.build_rnn`):
+``"ln_lstm"``, see :func:`~hypermodels.recurrent.build_rnn`):
 
 * **Encoder.** Layer 1 is bidirectional: a forward and a backward run of the cell, each ``hidden_size``
   wide, concatenated to ``2 * hidden_size`` and **projected** back to ``hidden_size`` by a linear layer
@@ -27,39 +27,21 @@ Every piece of cell-specific state handling (HyperLSTM's 4-tuple vs the LSTMs' `
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .charlm import CELLS, build_rnn
 from .hyperlstm import HyperLSTM
+from .recurrent import CELLS, build_rnn, map_state
 
 ATTENTIONS = ("additive", "general")
 
 
 # --------------------------------------------------------------------------------------------------
-# Recurrent state: the one place that knows what a cell's state looks like.
+# Recurrent layer: the one place that knows what a cell's state looks like.
 # --------------------------------------------------------------------------------------------------
-
-def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
-    """Apply ``fn`` to every tensor of a recurrent state, keeping its structure.
-
-    Works for a :class:`~hypermodels.hyperlstm.HyperLSTMState` (named 4-tuple), an ``(h, c)`` tuple, and
-    lists/tuples of those (a stack of layers).
-    """
-    if isinstance(state, Tensor):
-        return fn(state)
-    if isinstance(state, tuple):
-        parts = [map_state(fn, s) for s in state]
-        return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
-    if isinstance(state, list):
-        return [map_state(fn, s) for s in state]
-    if state is None:
-        return None
-    raise TypeError(f"not a recurrent state: {type(state).__name__}")
-
 
 class RecurrentLayer(nn.Module):
     """One layer of the chosen cell, with the cell's state handled behind a uniform interface.
@@ -67,7 +49,7 @@ class RecurrentLayer(nn.Module):
     Args:
         cell: ``"hyperlstm"`` | ``"lstm"`` | ``"ln_lstm"``.
         input_size, hidden_size: features in and out.
-        hyper_size, embed_size, layer_norm, recurrent_dropout: see :func:`~hypermodels.charlm.build_rnn`.
+        hyper_size, embed_size, layer_norm, recurrent_dropout: see :func:`~hypermodels.recurrent.build_rnn`.
 
     ``forward(x, state)``: ``x`` ``(T, B, input_size)``, ``state`` from :meth:`zero_state` or a previous
     call; returns ``output`` ``(T, B, hidden_size)`` and the new state (each tensor ``(1, B, ·)``).
@@ -77,8 +59,8 @@ class RecurrentLayer(nn.Module):
                  embed_size: int = 4, layer_norm: bool = True, recurrent_dropout: float = 0.0) -> None:
         super().__init__()
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
-        self.rnn = build_rnn(cell, input_size, hidden_size, 1, hyper_size, embed_size, layer_norm,
-                             dropout=0.0, recurrent_dropout=recurrent_dropout)
+        self.rnn = build_rnn(cell, input_size, hidden_size, 1, hyper_size=hyper_size, embed_size=embed_size,
+                             layer_norm=layer_norm, dropout=0.0, recurrent_dropout=recurrent_dropout)
 
     def zero_state(self, batch: int, like: Tensor) -> Any:
         """The all-zero state for ``batch`` sequences (dtype/device of ``like``)."""
@@ -481,4 +463,4 @@ class Seq2Seq(nn.Module):
 
 
 __all__ = ["ATTENTIONS", "Attention", "DecoderState", "EncoderOutput", "RecurrentLayer", "Seq2Seq",
-           "label_smoothed_nll", "length_penalty", "map_state"]
+           "label_smoothed_nll", "length_penalty"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hypermodels import HyperLSTMState, Seq2Seq, label_smoothed_nll, length_penalty
-from hypermodels.seq2seq import RecurrentLayer, map_state
+from hypermodels.recurrent import detach_state, map_state, state_to, state_to_cpu
+from hypermodels.seq2seq import RecurrentLayer
 
 PAD, BOS, EOS = 0, 1, 2
 VOCAB = 13  # 3..12 are words
@@ -342,6 +343,20 @@ def test_map_state_keeps_structure():
     out = map_state(lambda t: t[:, :1], [st, (h, h)])
     assert type(out[0]) is HyperLSTMState and out[0].c.shape == (1, 1, 2) and float(out[0].hyper_c.sum()) == 6.0
     assert type(out[1]) is tuple and out[1][0].shape == (1, 1, 2)
+
+
+def test_state_helpers_detach_and_move():
+    w = torch.ones(1, 2, 3, requires_grad=True)
+    st = HyperLSTMState(w * 1, w * 2, w * 3, w * 4)
+    for out in (detach_state(st), state_to_cpu([st]), state_to((w * 5, w * 6), "cpu")):
+        tensors = [t for s in (out if isinstance(out, list) else [out]) for t in s]
+        assert all(t.device.type == "cpu" for t in tensors)
+    assert type(detach_state(st)) is HyperLSTMState and not any(t.requires_grad for t in detach_state(st))
+    assert not any(t.requires_grad for t in state_to_cpu([st])[0])
+    assert all(t.requires_grad for t in state_to((w * 5, w * 6), "cpu"))  # moving keeps the graph
+    assert detach_state(None) is None and state_to_cpu(None) is None
+    with pytest.raises(TypeError, match="not a recurrent state"):
+        detach_state({"h": w})
 
 
 def _stub_zero_output(layer: RecurrentLayer):
