@@ -28,7 +28,7 @@ class CharLM(nn.Module):
     ``forward(tokens, state=None)``: ``tokens`` ``(T, B)`` long -> ``logits`` ``(T, B, vocab_size)``, state.
     """
 
-    def __init__(self, vocab_size: int, cell: str = "hyperlstm", hidden_size: int = 1000, num_layers: int = 1,
+    def __init__(self, vocab_size: int, cell: str = "hyperlstm", hidden_size: int = 1000, num_layers: int = 1, *,
                  hyper_size: int = 128, embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
                  recurrent_dropout: float = 0.0, input_dropout: float | None = None, fast: bool = True) -> None:
         super().__init__()

@@ -88,6 +88,7 @@ class HyperLSTMCell(nn.Module):
         self,
         input_size: int,
         hidden_size: int,
+        *,
         hyper_size: int = 128,
         embed_size: int = 4,
         layer_norm: bool = True,
@@ -243,7 +244,9 @@ class HyperLSTM(nn.Module):
     """Multi-layer HyperLSTM with the conventions of :class:`torch.nn.LSTM`.
 
     Args:
-        input_size, hidden_size, num_layers, batch_first: as in ``torch.nn.LSTM``.
+        input_size, hidden_size, num_layers, batch_first: as in ``torch.nn.LSTM``; the first three are
+            the only positional arguments (``HyperLSTM(10, 20, 2)`` is two layers, as ``nn.LSTM(10, 20, 2)``),
+            the rest are keyword-only.
         hyper_size, embed_size, layer_norm, recurrent_dropout, forget_bias: see :class:`HyperLSTMCell`.
         dropout: dropout on the outputs of every layer but the last (as ``torch.nn.LSTM``).
         fast: run :func:`~hypermodels.fast_hyperlstm.fast_forward` (one autograd node per layer,
@@ -259,9 +262,10 @@ class HyperLSTM(nn.Module):
         self,
         input_size: int,
         hidden_size: int,
+        num_layers: int = 1,
+        *,
         hyper_size: int = 128,
         embed_size: int = 4,
-        num_layers: int = 1,
         layer_norm: bool = True,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
@@ -279,8 +283,9 @@ class HyperLSTM(nn.Module):
         self.dropout, self.batch_first = dropout, batch_first
         self.fast = fast
         self.cells = nn.ModuleList(
-            HyperLSTMCell(input_size if k == 0 else hidden_size, hidden_size, hyper_size, embed_size,
-                          layer_norm, recurrent_dropout, forget_bias)
+            HyperLSTMCell(input_size if k == 0 else hidden_size, hidden_size, hyper_size=hyper_size,
+                          embed_size=embed_size, layer_norm=layer_norm, recurrent_dropout=recurrent_dropout,
+                          forget_bias=forget_bias)
             for k in range(num_layers)
         )
 

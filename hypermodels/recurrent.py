@@ -29,17 +29,17 @@ def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
     ``fast`` (``hyperlstm`` only): the fast path, or ``False`` for the reference implementation.
     """
     if cell == "hyperlstm":
-        return HyperLSTM(input_size, hidden_size, num_layers=num_layers, hyper_size=hyper_size, embed_size=embed_size,
+        return HyperLSTM(input_size, hidden_size, num_layers, hyper_size=hyper_size, embed_size=embed_size,
                          layer_norm=layer_norm, dropout=dropout, recurrent_dropout=recurrent_dropout,
                          batch_first=batch_first, fast=fast)
     if cell == "ln_lstm":
-        return LayerNormLSTM(input_size, hidden_size, num_layers=num_layers, layer_norm=True, dropout=dropout,
+        return LayerNormLSTM(input_size, hidden_size, num_layers, layer_norm=True, dropout=dropout,
                              recurrent_dropout=recurrent_dropout, batch_first=batch_first)
     if cell == "lstm":
         if recurrent_dropout:
-            return LayerNormLSTM(input_size, hidden_size, num_layers=num_layers, layer_norm=False, dropout=dropout,
+            return LayerNormLSTM(input_size, hidden_size, num_layers, layer_norm=False, dropout=dropout,
                                  recurrent_dropout=recurrent_dropout, batch_first=batch_first)
-        return LSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=batch_first)
+        return LSTM(input_size, hidden_size, num_layers, dropout=dropout, batch_first=batch_first)
     raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
 
 

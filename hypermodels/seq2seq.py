@@ -55,7 +55,7 @@ class RecurrentLayer(nn.Module):
     call; returns ``output`` ``(T, B, hidden_size)`` and the new state (each tensor ``(1, B, ·)``).
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, hyper_size: int = 128,
+    def __init__(self, cell: str, input_size: int, hidden_size: int, *, hyper_size: int = 128,
                  embed_size: int = 4, layer_norm: bool = True, recurrent_dropout: float = 0.0) -> None:
         super().__init__()
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
@@ -226,7 +226,7 @@ class Seq2Seq(nn.Module):
     ``(B, T, tgt_vocab_size)`` under teacher forcing (plus attention ``(B, T, S)`` if asked).
     """
 
-    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, cell: str = "hyperlstm",
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, *, cell: str = "hyperlstm",
                  hidden_size: int = 256, num_layers: int = 2, embedding_size: int = 256,
                  hyper_size: int = 128, embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
                  recurrent_dropout: float = 0.0, attention: str = "additive", input_feeding: bool = True,
@@ -243,8 +243,8 @@ class Seq2Seq(nn.Module):
         self.embedding_size, self.dropout, self.input_feeding = embedding_size, dropout, input_feeding
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         H = hidden_size
-        layer = lambda n_in: RecurrentLayer(cell, n_in, H, hyper_size, embed_size,  # noqa: E731
-                                            layer_norm, recurrent_dropout)
+        layer = lambda n_in: RecurrentLayer(cell, n_in, H, hyper_size=hyper_size, embed_size=embed_size,  # noqa: E731
+                                            layer_norm=layer_norm, recurrent_dropout=recurrent_dropout)
 
         self.src_embedding = nn.Embedding(src_vocab_size, embedding_size, padding_idx=pad_id)
         self.tgt_embedding = nn.Embedding(tgt_vocab_size, embedding_size, padding_idx=pad_id)

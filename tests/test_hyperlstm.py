@@ -200,6 +200,21 @@ def test_bad_arguments_are_named():
         HyperLSTM(3, 4)(torch.zeros(2, 3))
 
 
+def test_positional_arguments_follow_torch_lstm():
+    # HyperLSTM(10, 20, 2) means what nn.LSTM(10, 20, 2) means: two layers; the rest is keyword-only.
+    layer = HyperLSTM(10, 20, 2)
+    assert layer.num_layers == 2 and len(layer.cells) == 2
+    assert layer.hyper_size == 128 and all(cell.hyper_size == 128 for cell in layer.cells)
+    assert layer.embed_size == 4
+    with pytest.raises(TypeError):
+        HyperLSTM(10, 20, 1, 64)  # hyper_size positionally
+    with pytest.raises(TypeError):
+        HyperLSTMCell(10, 20, 64)
+    with pytest.raises(TypeError):
+        LayerNormLSTM(10, 20, 1, False)  # layer_norm positionally
+    assert len(LayerNormLSTM(10, 20, 2).cells) == 2
+
+
 def test_input_projection_matches_functional_linear():
     cell = randomize_(HyperLSTMCell(3, 4, hyper_size=2, embed_size=1), seed=8)
     x = torch.randn(5, 2, 3)
