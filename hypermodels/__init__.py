@@ -11,13 +11,13 @@ from .recurrent import CELLS, build_rnn, detach_state, map_state, state_to, stat
 from .seq2seq import Attention, DecoderState, EncoderOutput, RecurrentLayer, Seq2Seq, label_smoothed_nll, length_penalty
 from .static_hyper import (CenteredBatchNorm2d, HyperConv2d, KernelHyperNetwork, MNISTConvNet, WideBlock, WideResNet,
                            hyper_conv_layers, variable_count)
-from .text import CharVocab, load_ptb_char, ptb_char_symbols, raw_char_symbols
+from .text import CharVocab, ptb_char_symbols, raw_char_symbols
 
 __all__ = [
     "CELLS", "CellState", "CharLM", "CharVocab", "HyperLSTM", "HyperLSTMCell", "HyperLSTMLayerFunction",
     "HyperLSTMState", "LSTM", "LayerNormLSTM", "LayerNormLSTMCell", "bits_per_char", "build_rnn", "count_parameters", "detach_state",
     "Attention", "DecoderState", "EncoderOutput", "RecurrentLayer", "Seq2Seq", "label_smoothed_nll", "length_penalty",
-    "fast_forward", "load_ptb_char", "ptb_char_symbols", "raw_char_symbols", "stream_batches",
+    "fast_forward", "ptb_char_symbols", "raw_char_symbols", "stream_batches",
     "CenteredBatchNorm2d", "HyperConv2d", "KernelHyperNetwork", "MNISTConvNet", "WideBlock", "WideResNet",
     "hyper_conv_layers", "variable_count", "map_state", "state_to", "state_to_cpu",
 ]

@@ -1,21 +1,17 @@
-"""Character vocabularies and the character-level Penn Treebank.
+"""Character vocabularies and symbol splitting: nothing here reads a file.
 
-PTB char format: every symbol separated by a space, ``_`` marks a word boundary, one sentence
-per line; the newline is a symbol of its own (50 symbols in all).
+Two text formats: plain text (every character a symbol, :func:`raw_char_symbols`) and the
+character-level Penn Treebank's (:func:`ptb_char_symbols`): every symbol separated by a space,
+``_`` marks a word boundary, one sentence per line; the newline is a symbol of its own (50 symbols
+in all). Reading the PTB files is the training service's business, not the models'.
 """
 from __future__ import annotations
 
-import gzip
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 NEWLINE = "\n"
 _PTB_SYMBOL = re.compile(r"[^\s]+|\n")
-PTB_CHAR_SPLITS = ("train", "valid", "test")
-# The vendored copy (see data/ptb-char/PROVENANCE.md); the project's shared folder as fallback.
-_REPO = Path(__file__).resolve().parents[1]
-PTB_CHAR_DIRS = (_REPO / "data" / "ptb-char", _REPO.parent / "shared" / "data" / "ptb" / "char")
 
 
 def ptb_char_symbols(text: str) -> list[str]:
@@ -26,19 +22,6 @@ def ptb_char_symbols(text: str) -> list[str]:
 def raw_char_symbols(text: str) -> list[str]:
     """Symbols of plain text: every character, the newline included."""
     return list(text)
-
-
-def load_ptb_char(split: str, root: str | Path | None = None) -> list[str]:
-    """The symbols of one PTB-char split (``train``, ``valid`` or ``test``)."""
-    if split not in PTB_CHAR_SPLITS:
-        raise ValueError(f"split must be one of {PTB_CHAR_SPLITS}, got {split!r}")
-    for folder in ([Path(root)] if root else PTB_CHAR_DIRS):
-        for name, opener in ((f"ptb.char.{split}.txt.gz", gzip.open), (f"ptb.char.{split}.txt", open)):
-            path = folder / name
-            if path.is_file():
-                with opener(path, "rt", encoding="utf-8") as f:
-                    return ptb_char_symbols(f.read())
-    raise FileNotFoundError(f"PTB char split {split!r} not found in {[str(p) for p in PTB_CHAR_DIRS]}")
 
 
 class CharVocab:
@@ -72,4 +55,4 @@ class CharVocab:
         return text.replace("_", " ") if ptb_format else text
 
 
-__all__ = ["CharVocab", "NEWLINE", "PTB_CHAR_SPLITS", "load_ptb_char", "ptb_char_symbols", "raw_char_symbols"]
+__all__ = ["CharVocab", "NEWLINE", "ptb_char_symbols", "raw_char_symbols"]
