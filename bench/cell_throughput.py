@@ -11,6 +11,7 @@ so that machine noise hits all alike; the median round counts. Ratios are relati
 
 Writes bench/results/cell_throughput.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -138,17 +139,25 @@ def bench_size(hidden: int, batch: int, seq: int, vocab: int, rounds: int, devic
 
 
 def to_markdown(report: dict) -> str:
-    lines = [f"Machine: {report['machine']}; device {report['device']}; torch {report['torch']}; "
-             f"{report['threads']} threads; seq {report['seq_len']}; median of {report['rounds']} rounds.", "",
-             "| hidden x batch | cell | tokens/s | x LSTM speed | saved for backward (MiB) | x LSTM | "
-             "peak RSS growth (MiB) | x LSTM |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Machine: {report['machine']}; device {report['device']}; torch {report['torch']}; "
+        f"{report['threads']} threads; seq {report['seq_len']}; median of {report['rounds']} rounds.",
+        "",
+        "| hidden x batch | cell | tokens/s | x LSTM speed | saved for backward (MiB) | x LSTM | "
+        "peak RSS growth (MiB) | x LSTM |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for size, cells in report["results"].items():
         for name, r in cells.items():
-            peak = (f"{r['peak_rss_bytes'] / 2**20:,.1f} | {r['peak_rss_ratio_vs_lstm']:.2f}"
-                    if "peak_rss_bytes" in r else "- | -")
-            lines.append(f"| {size} | {name} | {r['tokens_per_s']:,.0f} | {r['speed_ratio_vs_lstm']:.2f} | "
-                         f"{r['memory_bytes'] / 2**20:,.1f} | {r['memory_ratio_vs_lstm']:.2f} | {peak} |")
+            peak = (
+                f"{r['peak_rss_bytes'] / 2**20:,.1f} | {r['peak_rss_ratio_vs_lstm']:.2f}"
+                if "peak_rss_bytes" in r
+                else "- | -"
+            )
+            lines.append(
+                f"| {size} | {name} | {r['tokens_per_s']:,.0f} | {r['speed_ratio_vs_lstm']:.2f} | "
+                f"{r['memory_bytes'] / 2**20:,.1f} | {r['memory_ratio_vs_lstm']:.2f} | {peak} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -161,10 +170,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "cell_throughput")
     args = ap.parse_args()
-    report = {"machine": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads",
-              "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "seq_len": args.seq_len,
-              "rounds": args.rounds, "results": {}}
+    report = {
+        "machine": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "seq_len": args.seq_len,
+        "rounds": args.rounds,
+        "results": {},
+    }
     for size in args.sizes:
         hidden, batch = (int(v) for v in size.split("x"))
         print(f"measuring {size} ...", flush=True)

@@ -7,6 +7,7 @@ Same steps, same seed, same data order; truncated BPTT with the state carried ac
 
 Writes bench/results/ptb_char_short_run.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hypermodels import CharLM, CharVocab, bits_per_char, count_parameters, detach_state, ptb_char_symbols, stream_batches
+from hypermodels import (
+    CharLM,
+    CharVocab,
+    bits_per_char,
+    count_parameters,
+    detach_state,
+    ptb_char_symbols,
+    stream_batches,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PTB_CHAR = Path(__file__).resolve().parents[1] / "data" / "ptb-char"
@@ -40,9 +49,9 @@ def train(cell: str, args, vocab: CharVocab, train_ids: torch.Tensor, valid_ids:
         start = (step * args.seq_len) % (inputs.shape[0] - args.seq_len)
         if start == 0:
             state = None
-        logits, state = model(inputs[start:start + args.seq_len], state)
+        logits, state = model(inputs[start : start + args.seq_len], state)
         state = detach_state(state)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets[start:start + args.seq_len].flatten(), ignore_index=-100)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets[start : start + args.seq_len].flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -51,9 +60,14 @@ def train(cell: str, args, vocab: CharVocab, train_ids: torch.Tensor, valid_ids:
             curve.append((step + 1, loss.item() / 0.6931471805599453))
             print(f"  {cell} step {step + 1}: train bpc {curve[-1][1]:.3f}", flush=True)
     seconds = time.perf_counter() - t0
-    return {"cell": cell, "parameters": count_parameters(model), "steps": args.steps,
-            "train_tokens_per_s": args.steps * args.batch * args.seq_len / seconds,
-            "valid_bpc": bits_per_char(model, valid_ids, batch_size=64, seq_len=200), "train_curve": curve}
+    return {
+        "cell": cell,
+        "parameters": count_parameters(model),
+        "steps": args.steps,
+        "train_tokens_per_s": args.steps * args.batch * args.seq_len / seconds,
+        "valid_bpc": bits_per_char(model, valid_ids, batch_size=64, seq_len=200),
+        "train_curve": curve,
+    }
 
 
 def main() -> None:
@@ -76,11 +90,16 @@ def main() -> None:
     report = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    lines = [f"PTB char, {args.steps} steps, batch {args.batch} x seq {args.seq_len}, seed {args.seed}, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads", "",
-             "| cell | params | valid bpc (whole split) | train tokens/s |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['cell']} | {r['parameters']:,} | {r['valid_bpc']:.3f} | {r['train_tokens_per_s']:,.0f} |"
-              for r in runs]
+    lines = [
+        f"PTB char, {args.steps} steps, batch {args.batch} x seq {args.seq_len}, seed {args.seed}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "",
+        "| cell | params | valid bpc (whole split) | train tokens/s |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['cell']} | {r['parameters']:,} | {r['valid_bpc']:.3f} | {r['train_tokens_per_s']:,.0f} |" for r in runs
+    ]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -9,6 +9,7 @@ Runs the comparison's jobs first (same budget, same seed), then e.g.:
 writes ``<out>.json`` (every metric, param and tag of each run, plus its wall time) and
 ``<out>.md`` (the chosen metrics, one row per run, and the ratio of each to the first run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,27 @@ def main() -> None:
     experiments = [e.experiment_id for e in client.search_experiments()]
     rows = []
     for name in args.runs:
-        found = client.search_runs(experiments, filter_string=f"tags.`mlflow.runName` = '{name}'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
+        found = client.search_runs(
+            experiments,
+            filter_string=f"tags.`mlflow.runName` = '{name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if not found:
             raise SystemExit(f"no run named {name!r} in {args.tracking_uri}")
         run = found[0]
         wall = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
-        rows.append({"name": name, "run_id": run.info.run_id, "status": run.info.status, "wall_s": wall,
-                     "metrics": run.data.metrics, "params": run.data.params,
-                     "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log")}})
+        rows.append(
+            {
+                "name": name,
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "wall_s": wall,
+                "metrics": run.data.metrics,
+                "params": run.data.params,
+                "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.log")},
+            }
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.node()} {platform.machine()}, {__import__('os').cpu_count()} CPUs"
@@ -53,16 +66,30 @@ def main() -> None:
         return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.4f}"
 
     head = ["run", *args.metrics, "wall (s)"]
-    md = [f"# {args.title or out.stem}", "", f"Machine: {machine}.", "", "| " + " | ".join(head) + " |",
-          "|" + "---|" * len(head)]
+    md = [
+        f"# {args.title or out.stem}",
+        "",
+        f"Machine: {machine}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     first = rows[0]["metrics"]
     for r in rows:
         cells = [fmt(r["metrics"].get(m)) for m in args.metrics]
         md.append(f"| {r['name']} | " + " | ".join(cells) + f" | {fmt(r['wall_s'])} |")
-    md += ["", "Ratio to the first run:", "", "| run | " + " | ".join(args.metrics) + " |", "|" + "---|" * (len(args.metrics) + 1)]
+    md += [
+        "",
+        "Ratio to the first run:",
+        "",
+        "| run | " + " | ".join(args.metrics) + " |",
+        "|" + "---|" * (len(args.metrics) + 1),
+    ]
     for r in rows:
-        ratios = [f"{r['metrics'][m] / first[m]:.2f}" if first.get(m) and r["metrics"].get(m) is not None else "-"
-                  for m in args.metrics]
+        ratios = [
+            f"{r['metrics'][m] / first[m]:.2f}" if first.get(m) and r["metrics"].get(m) is not None else "-"
+            for m in args.metrics
+        ]
         md.append(f"| {r['name']} | " + " | ".join(ratios) + " |")
     if args.note:
         md += ["", args.note]

@@ -10,6 +10,7 @@ count against either side.
 
 Writes bench/results/service_overhead.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,14 @@ def job(args, storage: Path) -> dict:
         "name": "overhead",
         "data": {"dataset": "ptb-char", "seq_len": args.seq_len, "batch_size": args.batch},
         "model": {"cell": args.cell, "hidden_size": args.hidden, "hyper": {"hidden_size": args.hyper, "embed_size": 4}},
-        "train": {"max_steps": args.steps, "log_every": args.window, "eval_every": 10 * args.steps,
-                  "checkpoint_every": args.steps, "sample_length": 0, "seed": 0},
+        "train": {
+            "max_steps": args.steps,
+            "log_every": args.window,
+            "eval_every": 10 * args.steps,
+            "checkpoint_every": args.steps,
+            "sample_length": 0,
+            "seed": 0,
+        },
         "resources": {"workers": 1, "cpus_per_worker": 1},
         "storage": str(storage),
         "tracking": {"experiment": "bench"},
@@ -68,7 +75,7 @@ def bare_loop(spec, steps: int, window: int) -> list[float]:
     opt = torch.optim.Adam(model.parameters(), lr=spec.train.optimizer.lr)
     T, state, rates, t0 = spec.data.seq_len, None, [], time.perf_counter()
     for step in range(steps):
-        x, y = inputs[step * T:(step + 1) * T], targets[step * T:(step + 1) * T]
+        x, y = inputs[step * T : (step + 1) * T], targets[step * T : (step + 1) * T]
         logits, state = model(x, state)
         state = detach_state(state)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
@@ -89,8 +96,14 @@ def service_run(job_file: Path, storage: Path) -> tuple[list[float], float, floa
 
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
-                            cwd=storage.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
+        cwd=storage.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     first_step = None
     lines = []
     for line in proc.stdout:
@@ -100,9 +113,11 @@ def service_run(job_file: Path, storage: Path) -> tuple[list[float], float, floa
     if proc.wait() != 0:
         raise SystemExit("service run failed:\n" + "".join(lines[-40:]))
     total = time.perf_counter() - t0
-    summary = json.loads("".join(lines)[("".join(lines)).rindex("\n{") + 1:])
+    summary = json.loads("".join(lines)[("".join(lines)).rindex("\n{") + 1 :])
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
-    rates = [m.value for m in sorted(client.get_metric_history(summary["run_id"], "tokens_per_s"), key=lambda m: m.step)]
+    rates = [
+        m.value for m in sorted(client.get_metric_history(summary["run_id"], "tokens_per_s"), key=lambda m: m.step)
+    ]
     return rates, first_step, total
 
 
@@ -128,21 +143,36 @@ def main() -> None:
         print("service (hyperctl submit, 1 worker) ...", flush=True)
         service, first_step_s, total_s = service_run(job_file, storage)
     bare_tps, service_tps = statistics.median(bare[1:]), statistics.median(service[1:])
-    report = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "torch_threads": 1,
-              "bare_tokens_per_s": bare_tps, "service_tokens_per_s": service_tps,
-              "service_over_bare": service_tps / bare_tps, "submit_to_first_step_s": first_step_s,
-              "submit_to_exit_s": total_s, "bare_windows": bare, "service_windows": service}
+    report = {
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "torch_threads": 1,
+        "bare_tokens_per_s": bare_tps,
+        "service_tokens_per_s": service_tps,
+        "service_over_bare": service_tps / bare_tps,
+        "submit_to_first_step_s": first_step_s,
+        "submit_to_exit_s": total_s,
+        "bare_windows": bare,
+        "service_windows": service,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    table = "\n".join([
-        f"{args.cell} {args.hidden}/{args.hyper}, batch {args.batch} x seq {args.seq_len}, {args.steps} steps, "
-        f"1 thread; median over {args.window}-step windows (first left out)", "",
-        "| measure | value |", "|---|---:|",
-        f"| bare PyTorch loop, tokens/s | {bare_tps:,.0f} |",
-        f"| service, 1 Ray Train worker, tokens/s | {service_tps:,.0f} |",
-        f"| service / bare | {service_tps / bare_tps:.3f} |",
-        f"| `hyperctl submit` to first training step (s) | {first_step_s:.1f} |",
-        f"| `hyperctl submit` to exit (s) | {total_s:.1f} |"]) + "\n"
+    table = (
+        "\n".join(
+            [
+                f"{args.cell} {args.hidden}/{args.hyper}, batch {args.batch} x seq {args.seq_len}, {args.steps} steps, "
+                f"1 thread; median over {args.window}-step windows (first left out)",
+                "",
+                "| measure | value |",
+                "|---|---:|",
+                f"| bare PyTorch loop, tokens/s | {bare_tps:,.0f} |",
+                f"| service, 1 Ray Train worker, tokens/s | {service_tps:,.0f} |",
+                f"| service / bare | {service_tps / bare_tps:.3f} |",
+                f"| `hyperctl submit` to first training step (s) | {first_step_s:.1f} |",
+                f"| `hyperctl submit` to exit (s) | {total_s:.1f} |",
+            ]
+        )
+        + "\n"
+    )
     args.out.with_suffix(".md").write_text(table)
     print(table)
 

@@ -1,4 +1,5 @@
 """Character-level language model (paper §4.1-4.2): one-hot input, RNN stack, softmax output."""
+
 from __future__ import annotations
 
 import math
@@ -28,17 +29,39 @@ class CharLM(nn.Module):
     ``forward(tokens, state=None)``: ``tokens`` ``(T, B)`` long -> ``logits`` ``(T, B, vocab_size)``, state.
     """
 
-    def __init__(self, vocab_size: int, cell: str = "hyperlstm", hidden_size: int = 1000, num_layers: int = 1, *,
-                 hyper_size: int = 128, embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
-                 recurrent_dropout: float = 0.0, input_dropout: float | None = None, fast: bool = True) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "hyperlstm",
+        hidden_size: int = 1000,
+        num_layers: int = 1,
+        *,
+        hyper_size: int = 128,
+        embed_size: int = 4,
+        layer_norm: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float | None = None,
+        fast: bool = True,
+    ) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
         self.vocab_size, self.cell = vocab_size, cell
         self.dropout = dropout
         self.input_dropout = dropout if input_dropout is None else input_dropout
-        self.rnn = build_rnn(cell, vocab_size, hidden_size, num_layers, hyper_size=hyper_size, embed_size=embed_size,
-                             layer_norm=layer_norm, dropout=dropout, recurrent_dropout=recurrent_dropout, fast=fast)
+        self.rnn = build_rnn(
+            cell,
+            vocab_size,
+            hidden_size,
+            num_layers,
+            hyper_size=hyper_size,
+            embed_size=embed_size,
+            layer_norm=layer_norm,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            fast=fast,
+        )
         self.decoder = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
@@ -49,8 +72,9 @@ class CharLM(nn.Module):
         return self.decoder(output), state
 
     @torch.no_grad()
-    def sample(self, prime: list[int], length: int, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> list[int]:
+    def sample(
+        self, prime: list[int], length: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> list[int]:
         """Continue ``prime`` (token ids, at least one) by ``length`` sampled ids.
 
         ``temperature`` < 1 sharpens the distribution, > 1 flattens it; 0 takes the argmax.
@@ -103,10 +127,13 @@ def bits_per_char(model: CharLM, ids: Tensor, batch_size: int = 16, seq_len: int
     inputs, targets = stream_batches(ids.to(device), batch_size)
     total, count, state = 0.0, 0, None
     for start in range(0, inputs.shape[0], seq_len):
-        logits, state = model(inputs[start:start + seq_len], state)
-        tgt = targets[start:start + seq_len]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), tgt.reshape(-1),
-                                       ignore_index=-100, reduction="sum"))
+        logits, state = model(inputs[start : start + seq_len], state)
+        tgt = targets[start : start + seq_len]
+        total += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).double(), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+        )
         count += int((tgt != -100).sum())
     model.train(was_training)
     return total / count / math.log(2)

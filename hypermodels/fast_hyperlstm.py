@@ -34,6 +34,7 @@ bias (or the gate bias without LN), which changes rounding only. Dropout masks a
 caller, in the same order as the reference path (:func:`~hypermodels.hyperlstm.recurrent_dropout_masks`),
 so both paths see the same masks under one seed. Double backward is not supported (use ``fast=False``).
 """
+
 from __future__ import annotations
 
 import os
@@ -52,10 +53,25 @@ if TYPE_CHECKING:  # only for annotations: hyperlstm imports this module
 GATES = 4  # i, g, f, o (gate f is index 2)
 
 # Parameters of a HyperLSTMCell, in the order the Function receives them (LN ones may be None).
-PARAM_NAMES = ("weight_ih", "weight_hh", "bias", "hyper_weight_ih", "hyper_weight_hh", "hyper_bias",
-               "z_weight", "z_bias", "d_weight",
-               "ln_weight", "ln_bias", "ln_cell_weight", "ln_cell_bias",
-               "hyper_ln_weight", "hyper_ln_bias", "hyper_ln_cell_weight", "hyper_ln_cell_bias")
+PARAM_NAMES = (
+    "weight_ih",
+    "weight_hh",
+    "bias",
+    "hyper_weight_ih",
+    "hyper_weight_hh",
+    "hyper_bias",
+    "z_weight",
+    "z_bias",
+    "d_weight",
+    "ln_weight",
+    "ln_bias",
+    "ln_cell_weight",
+    "ln_cell_bias",
+    "hyper_ln_weight",
+    "hyper_ln_bias",
+    "hyper_ln_cell_weight",
+    "hyper_ln_cell_bias",
+)
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 
@@ -145,13 +161,17 @@ def fused_extension():
                     # 16-wide exp/tanh (libmvec's AVX-512 variants), as ATen's own kernels use here.
                     isa = "avx512"
                     flags += ["-mavx512f", "-mavx512dq", "-mprefer-vector-width=512"]
-            _EXTENSION = load(extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False,
-                              **_build_location(isa, flags))
+            _EXTENSION = load(
+                extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False, **_build_location(isa, flags)
+            )
         except Exception as exc:  # no compiler, no ninja, read-only cache, ...
             _EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
             if BACKEND != "fused":
-                warnings.warn(f"fast HyperLSTM: fused C++ kernels unavailable, using the Python path "
-                              f"({_EXTENSION_ERROR[:300]})", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f"fast HyperLSTM: fused C++ kernels unavailable, using the Python path ({_EXTENSION_ERROR[:300]})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
     if _EXTENSION is None and BACKEND == "fused":
         raise RuntimeError(f"fast HyperLSTM: fused C++ kernels unavailable: {_EXTENSION_ERROR}")
     return _EXTENSION
@@ -160,6 +180,7 @@ def fused_extension():
 # ----------------------------------------------------------------------------------------------------
 # The LSTM core shared by the main and the hyper cell: from gate pre-activations to (h, c).
 # ----------------------------------------------------------------------------------------------------
+
 
 class _Core:
     """Constants of one LSTM core (main or hyper cell), prepared once per call.
@@ -204,8 +225,17 @@ class _Core:
         h = torch.mul(sig[:, 3], torch.tanh(c_out), out=h_out) if h_out is not None else sig[:, 3] * torch.tanh(c_out)
         return h, c_new
 
-    def backward(self, pre: Tensor, c_prev: Tensor, c_new: Tensor, mask: Tensor | None,
-                 dh: Tensor, dc: Tensor | None, grads: dict, dpre_out: Tensor):
+    def backward(
+        self,
+        pre: Tensor,
+        c_prev: Tensor,
+        c_new: Tensor,
+        mask: Tensor | None,
+        dh: Tensor,
+        dc: Tensor | None,
+        grads: dict,
+        dpre_out: Tensor,
+    ):
         """Backward of :meth:`forward`, recomputing the activations.
 
         ``dh``/``dc`` ``(B, n)`` are the gradients arriving at ``h``/``c_new`` (``dc`` None means zero).
@@ -227,8 +257,9 @@ class _Core:
         torch.mul(dh * tco, dsig[:, 3], out=dact[:, 3])  # o
         dc_out = dh * sig[:, 3] * torch.addcmul(self.one, tco, tco, value=-1)  # through tanh(LN(c))
         if self.ln:
-            dc_new, dg_cell, db_cell = _layer_norm_backward(dc_out, c_new, (n,), c_mean, c_rstd, self.cell_gain,
-                                                            self.cell_shift, (True, True, True))
+            dc_new, dg_cell, db_cell = _layer_norm_backward(
+                dc_out, c_new, (n,), c_mean, c_rstd, self.cell_gain, self.cell_shift, (True, True, True)
+            )
             grads["cell_gain"].append(dg_cell)
             grads["cell_shift"].append(db_cell)
         else:
@@ -247,8 +278,9 @@ class _Core:
             norm, mean, rstd = stats
             grads["shift"].append(dact.sum(0))
             grads["gain"].append((dact * norm).sum(0))
-            dpre_out.copy_(_layer_norm_backward(dact * self.gain, pre, (n,), mean, rstd, None, None,
-                                                (True, False, False))[0])
+            dpre_out.copy_(
+                _layer_norm_backward(dact * self.gain, pre, (n,), mean, rstd, None, None, (True, False, False))[0]
+            )
         return dc_prev
 
 
@@ -256,11 +288,21 @@ class _Core:
 # Forward and backward of one layer over a whole sequence.
 # ----------------------------------------------------------------------------------------------------
 
+
 class _Prepared:
     """Views and constants of one layer's parameters for a call (shapes in the comments)."""
 
-    def __init__(self, params: dict, H: int, Hh: int, forget_bias: float, eps: float, device: torch.device,
-                 fused: bool | None = None, batch: int = 1):
+    def __init__(
+        self,
+        params: dict,
+        H: int,
+        Hh: int,
+        forget_bias: float,
+        eps: float,
+        device: torch.device,
+        fused: bool | None = None,
+        batch: int = 1,
+    ):
         p = params
         # The fused kernels are CPU code; elsewhere (CUDA) the ATen path runs. ``fused`` forces the choice
         # (backward must use what forward used).
@@ -270,43 +312,50 @@ class _Prepared:
         self.ln = ln = p["ln_weight"] is not None
         Nz = p["d_weight"].shape[-1]
         self.H, self.Hh, self.Nz = H, Hh, Nz
-        self.W_x, self.W_h = p["weight_ih"], p["weight_hh"]               # (4H, I), (4H, H)
-        self.hW_h = p["hyper_weight_ih"][:, :H]                            # (4Hh, H): h-part of x̂
-        self.hW_x = p["hyper_weight_ih"][:, H:]                            # (4Hh, I): x-part of x̂
-        self.hW_hh = p["hyper_weight_hh"]                                  # (4Hh, Hh)
+        self.W_x, self.W_h = p["weight_ih"], p["weight_hh"]  # (4H, I), (4H, H)
+        self.hW_h = p["hyper_weight_ih"][:, :H]  # (4Hh, H): h-part of x̂
+        self.hW_x = p["hyper_weight_ih"][:, H:]  # (4Hh, I): x-part of x̂
+        self.hW_hh = p["hyper_weight_hh"]  # (4Hh, Hh)
         hyper_bias = p["hyper_bias"]
         bias = p["bias"]
         if not ln:  # no LN to cancel it: fold the forget bias into the gate biases
             hyper_bias = hyper_bias.clone()
-            hyper_bias[2 * Hh:3 * Hh] += forget_bias
+            hyper_bias[2 * Hh : 3 * Hh] += forget_bias
             bias = bias.clone()
-            bias[2 * H:3 * H] += forget_bias
-        self.hyper_bias = hyper_bias                                       # (4Hh,)
-        self.Zw = p["z_weight"].reshape(3 * GATES * Nz, Hh)                # (12Nz, Hh): rows (k, gate, Nz)
+            bias[2 * H : 3 * H] += forget_bias
+        self.hyper_bias = hyper_bias  # (4Hh,)
+        self.Zw = p["z_weight"].reshape(3 * GATES * Nz, Hh)  # (12Nz, Hh): rows (k, gate, Nz)
         # z_h and z_x have a bias, z_b has none.
         self.zb = torch.cat([p["z_bias"].reshape(-1), p["z_bias"].new_zeros(GATES * Nz)])  # (12Nz,)
-        self.Dw = p["d_weight"].reshape(3 * GATES, H, Nz)                  # (12, H, Nz)
-        self.DwT = self.Dw.transpose(1, 2).contiguous()                    # (12, Nz, H): wide rows for the bmm
+        self.Dw = p["d_weight"].reshape(3 * GATES, H, Nz)  # (12, H, Nz)
+        self.DwT = self.Dw.transpose(1, 2).contiguous()  # (12, Nz, H): wide rows for the bmm
         # b_0 is added to pre separately: as a broadcast bias of the d product (baddbmm) it cost a
         # (12, B, H) copy per step, slower than the product itself.
-        self.bias = bias.view(GATES, H)                                    # (4, H)
-        self.main = _Core(H, ln, eps, forget_bias, p["ln_weight"], p["ln_bias"], p["ln_cell_weight"],
-                          p["ln_cell_bias"])
-        self.hyper = _Core(Hh, ln, eps, forget_bias, p["hyper_ln_weight"], p["hyper_ln_bias"],
-                           p["hyper_ln_cell_weight"], p["hyper_ln_cell_bias"])
+        self.bias = bias.view(GATES, H)  # (4, H)
+        self.main = _Core(H, ln, eps, forget_bias, p["ln_weight"], p["ln_bias"], p["ln_cell_weight"], p["ln_cell_bias"])
+        self.hyper = _Core(
+            Hh,
+            ln,
+            eps,
+            forget_bias,
+            p["hyper_ln_weight"],
+            p["hyper_ln_bias"],
+            p["hyper_ln_cell_weight"],
+            p["hyper_ln_cell_bias"],
+        )
         if ext is not None:
             # One product per step for both recurrent inputs [h, hh]_{t-1}: u = W_h h and the hyper cell's
             # recurrent part, with a zero block (hh does not feed u), at small sizes; above
             # SPLIT_PRODUCT_MACS of zero-block work, two products (h against [W_h; W_ĥh], hh against W_ĥhh).
-            W_cat = torch.cat([self.W_h, self.hW_h])                       # (4H + 4Hh, H)
+            W_cat = torch.cat([self.W_h, self.hW_h])  # (4H + 4Hh, H)
             self.hW_hh_split = None
             if batch * GATES * H * Hh > SPLIT_PRODUCT_MACS:
                 self.W2 = W_cat
                 self.hW_hh_split = self.hW_hh
             else:
-                self.W2 = self.W_h.new_zeros(GATES * (H + Hh), H + Hh)    # (4H + 4Hh, H + Hh)
+                self.W2 = self.W_h.new_zeros(GATES * (H + Hh), H + Hh)  # (4H + 4Hh, H + Hh)
                 self.W2[:, :H] = W_cat
-                self.W2[GATES * H:, H:] = self.hW_hh
+                self.W2[GATES * H :, H:] = self.hW_hh
 
     def scales(self, z: Tensor, parts: int = 3) -> Tensor:
         """``z`` ``(B, 12Nz)`` -> ``d`` ``(parts, 4, B, H)``: d_h, d_x and the dynamic bias (without b_0).
@@ -318,8 +367,9 @@ class _Prepared:
         return d.view(parts, GATES, B, self.H)
 
 
-def _forward_loop(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None,
-                  P: _Prepared, save: bool):
+def _forward_loop(
+    x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared, save: bool
+):
     """Run the layer over ``x`` ``(T, B, I)`` from state ``h, c`` ``(B, H)``, ``hh, hc`` ``(B, Hh)``.
 
     Returns ``out`` ``(T, B, H)``, the final ``c``, ``hh``, ``hc`` and (if ``save``) a dict of per-step
@@ -367,12 +417,12 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
     T, B, _ = x.shape
     H, Hh, Nz, G = P.H, P.Hh, P.Nz, GATES
     wx = F.linear(x, P.W_x).view(T, B, G, H)  # recomputed: W_x x_t for d(d_x)
-    DU = x.new_empty(T, B, G * H)       # d pre * d_h: gradient of u = W_h h_{t-1}
-    DWX = x.new_empty(T, B, G * H)      # d pre * d_x: gradient of W_x x_t
-    DHP = x.new_empty(T, B, G * Hh)     # gradient of the hyper pre-activation
+    DU = x.new_empty(T, B, G * H)  # d pre * d_h: gradient of u = W_h h_{t-1}
+    DWX = x.new_empty(T, B, G * H)  # d pre * d_x: gradient of W_x x_t
+    DHP = x.new_empty(T, B, G * Hh)  # gradient of the hyper pre-activation
     DZ = x.new_empty(T, B, 3 * G * Nz)  # gradient of z
-    dd = x.new_empty(3, G, B, H)        # gradients of d_h, d_x, dynamic bias, gate-major for the bmm
-    dpre = dd[2].transpose(0, 1)        # (B, 4, H) view: d(pre) is the dynamic bias's gradient
+    dd = x.new_empty(3, G, B, H)  # gradients of d_h, d_x, dynamic bias, gate-major for the bmm
+    dpre = dd[2].transpose(0, 1)  # (B, 4, H) view: d(pre) is the dynamic bias's gradient
     dDwT = P.DwT.new_zeros(P.DwT.shape)  # (12, Nz, H): accumulated as z^T dd (wide output rows: faster)
     dbias_steps = []
     main_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
@@ -400,8 +450,9 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
         # z = Zw hh + zb.
         dhh = torch.mm(DZ[t], P.Zw) if dhh is None else torch.addmm(dhh, DZ[t], P.Zw)
         # Hyper cell.
-        dhc = P.hyper.backward(saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_grads,
-                               DHP[t].view(B, G, Hh))
+        dhc = P.hyper.backward(
+            saved["hpre"][t], hc_prev, saved["hc"][t], None, dhh, dhc, hyper_grads, DHP[t].view(B, G, Hh)
+        )
         # Into the previous step: h_{t-1} feeds u (main) and x̂ (hyper); hh_{t-1} feeds the hyper cell.
         dh = torch.mm(DU[t], P.W_h) if t == 0 or dout is None else torch.addmm(dout[t - 1], DU[t], P.W_h)
         dh.addmm_(DHP[t], P.hW_h)
@@ -416,8 +467,9 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
     return (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ, None), grads
 
 
-def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared,
-                   save: bool):
+def _forward_fused(
+    x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared, save: bool
+):
     """The whole forward loop in the extension (one call; see csrc/hyperlstm_cell.cpp).
 
     Returns ``out``, the final ``c``, ``hh``, ``hc`` and (if ``save``) what backward needs, as whole-sequence
@@ -431,26 +483,74 @@ def _forward_fused(x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, mask
     torch.mm(x.view(T * B, I), P.W_x.t(), out=wx.view(T * B, GATES * P.H))
     hwx = P.ext.workspace([T, B, GATES * P.Hh], x)  # (T, B, 4Hh): Ŵ_x x, the kernel adds b̂
     torch.mm(x.view(T * B, I), P.hW_x.t(), out=hwx.view(T * B, GATES * P.Hh))
-    res = P.ext.forward_loop(wx, hwx, h, c, hh, hc, masks, P.W2, P.hW_hh_split, P.Zw, P.zb, P.DwT,
-                             P.bias.reshape(-1), P.hyper_bias, *P.main.ln_args()[:4], *P.hyper.ln_args()[:4],
-                             P.main.eps, save, SAVE_ACTIVATIONS)
+    res = P.ext.forward_loop(
+        wx,
+        hwx,
+        h,
+        c,
+        hh,
+        hc,
+        masks,
+        P.W2,
+        P.hW_hh_split,
+        P.Zw,
+        P.zb,
+        P.DwT,
+        P.bias.reshape(-1),
+        P.hyper_bias,
+        *P.main.ln_args()[:4],
+        *P.hyper.ln_args()[:4],
+        P.main.eps,
+        save,
+        SAVE_ACTIVATIONS,
+    )
     out, c, hh, hc, R, Z, C, HC, HH = res[:9]
     saved = None
     if save:
         # 5 activation tensors per cell, or none for the main cell (recomputed from r, wx, z) and the hyper
         # cell's pre-activations
         k = 5 if SAVE_ACTIVATIONS else 0
-        saved = {"r": R, "z": Z, "c": C, "hc": HC, "hh": HH, "wx": wx, "act": list(res[9:9 + k]),
-                 "hact": list(res[9 + k:])}
+        saved = {
+            "r": R,
+            "z": Z,
+            "c": C,
+            "hc": HC,
+            "hh": HH,
+            "wx": wx,
+            "act": list(res[9 : 9 + k]),
+            "hact": list(res[9 + k :]),
+        }
     return out, c, hh, hc, saved
 
 
 def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
     """The whole BPTT loop in the extension (one call; see csrc/hyperlstm_cell.cpp)."""
     G, H, Hh = GATES, P.H, P.Hh
-    res = P.ext.backward_loop(saved["r"], saved["z"], saved["c"], saved["hc"], saved["act"], saved["hact"],
-                              saved["wx"], c0, hc0, masks, dout, dh, dc, dhh, dhc, P.W2, P.hW_hh_split, P.Zw, P.DwT,
-                              P.bias.reshape(-1), *P.main.ln_args()[:4], *P.hyper.ln_args()[:4], P.main.eps)
+    res = P.ext.backward_loop(
+        saved["r"],
+        saved["z"],
+        saved["c"],
+        saved["hc"],
+        saved["act"],
+        saved["hact"],
+        saved["wx"],
+        c0,
+        hc0,
+        masks,
+        dout,
+        dh,
+        dc,
+        dhh,
+        dhc,
+        P.W2,
+        P.hW_hh_split,
+        P.Zw,
+        P.DwT,
+        P.bias.reshape(-1),
+        *P.main.ln_args()[:4],
+        *P.hyper.ln_args()[:4],
+        P.main.eps,
+    )
     DUH, DWX, DZ, dDwT, dbias = res[:5]
     grads = {"d_weight": dDwT, "bias": dbias}
     if P.ln:
@@ -459,7 +559,7 @@ def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout,
             grads[prefix + "ln_bias"] = acc[1].view(G, n)
             grads[prefix + "ln_cell_weight"] = acc[2]
             grads[prefix + "ln_cell_bias"] = acc[3]
-    return tuple(res[13:17]), (DUH[..., :G * H], DWX, DUH[..., G * H:], DZ, DUH), grads
+    return tuple(res[13:17]), (DUH[..., : G * H], DWX, DUH[..., G * H :], DZ, DUH), grads
 
 
 class HyperLSTMLayerFunction(torch.autograd.Function):
@@ -494,10 +594,10 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
     def backward(ctx, dout, dhT, dcT, dhhT, dhcT):
         forget_bias, eps, layout, fused = ctx.meta
         x, h0, c0, hh0, hc0, masks, out, *rest = ctx.saved_tensors
-        params, flat = rest[:len(PARAM_NAMES)], rest[len(PARAM_NAMES):]
+        params, flat = rest[: len(PARAM_NAMES)], rest[len(PARAM_NAMES) :]
         saved, i = {}, 0
         for k, count in layout:
-            saved[k] = flat[i] if count is None else list(flat[i:i + count])
+            saved[k] = flat[i] if count is None else list(flat[i : i + count])
             i += 1 if count is None else count
         T = x.shape[0]
         p = dict(zip(PARAM_NAMES, params))
@@ -514,7 +614,8 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         loop = _backward_fused if fused else _backward_python
         # DUH: (fused) DU and DHP side by side in one buffer, whose products with h_{t-1} are then one.
         (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ, DUH), grads = loop(
-            P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, contiguous(dcT), contiguous(dhhT), contiguous(dhcT))
+            P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, contiguous(dcT), contiguous(dhhT), contiguous(dhcT)
+        )
 
         # Weight gradients: one product over all T*B rows each. h_{t-1} is out shifted by a step: step 0's
         # part (h0) is a product of its own, so no shifted copy of the sequence is made.
@@ -537,26 +638,28 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
             dW_h, dW_hh_part = prev_product(DU, h0, out), prev_product(DHP, h0, out)
         xf = x.reshape(TB, -1)
         DWX2, DHP2, DZ2 = (t.reshape(TB, t.shape[-1]) for t in (DWX, DHP, DZ))
-        grads.update({
-            "weight_ih": (xf.t() @ DWX2).t(),
-            "weight_hh": dW_h,
-            "hyper_weight_ih": torch.cat([dW_hh_part, DHP2.t() @ xf], dim=1),
-            "hyper_weight_hh": prev_product(DHP, hh0, hh_all),
-            "hyper_bias": DHP2.sum(0),
-            "z_weight": (DZ2.t() @ hh_all.reshape(TB, Hh)).view_as(p["z_weight"]),
-            "z_bias": DZ2.sum(0)[:2 * G * P.Nz].view_as(p["z_bias"]),
-        })
+        grads.update(
+            {
+                "weight_ih": (xf.t() @ DWX2).t(),
+                "weight_hh": dW_h,
+                "hyper_weight_ih": torch.cat([dW_hh_part, DHP2.t() @ xf], dim=1),
+                "hyper_weight_hh": prev_product(DHP, hh0, hh_all),
+                "hyper_bias": DHP2.sum(0),
+                "z_weight": (DZ2.t() @ hh_all.reshape(TB, Hh)).view_as(p["z_weight"]),
+                "z_bias": DZ2.sum(0)[: 2 * G * P.Nz].view_as(p["z_bias"]),
+            }
+        )
         grads["d_weight"] = grads["d_weight"].transpose(1, 2).reshape(p["d_weight"].shape)
         dx = None
         if ctx.needs_input_grad[2]:
             dx = (DWX2 @ P.W_x).addmm_(DHP2, P.hW_x).view_as(x)
-        param_grads = [grads.get(name) if ctx.needs_input_grad[8 + i] else None
-                       for i, name in enumerate(PARAM_NAMES)]
+        param_grads = [grads.get(name) if ctx.needs_input_grad[8 + i] else None for i, name in enumerate(PARAM_NAMES)]
         return (None, None, dx, dh, dc, dhh, dhc, None, *param_grads)
 
 
-def layer_forward(cell: HyperLSTMCell, x: Tensor, h0: Tensor, c0: Tensor, hh0: Tensor, hc0: Tensor,
-                  masks: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def layer_forward(
+    cell: HyperLSTMCell, x: Tensor, h0: Tensor, c0: Tensor, hh0: Tensor, hc0: Tensor, masks: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One layer over ``x`` ``(T, B, I)``: ``out`` ``(T, B, H)`` and the final ``h, c, hyper_h, hyper_c``.
 
     Uses the autograd Function when a gradient is needed, else the plain loop (nothing saved).
@@ -566,8 +669,15 @@ def layer_forward(cell: HyperLSTMCell, x: Tensor, h0: Tensor, c0: Tensor, hh0: T
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *tensors)
     with torch.no_grad():
-        P = _Prepared(dict(zip(PARAM_NAMES, params)), cell.hidden_size, cell.hyper_size, cell.forget_bias,
-                      cell.eps, x.device, batch=x.shape[1])
+        P = _Prepared(
+            dict(zip(PARAM_NAMES, params)),
+            cell.hidden_size,
+            cell.hyper_size,
+            cell.forget_bias,
+            cell.eps,
+            x.device,
+            batch=x.shape[1],
+        )
         h0, c0, hh0, hc0 = (t.contiguous() for t in (h0, c0, hh0, hc0))
         masks = None if masks is None else masks.contiguous()
         x = x.contiguous()
@@ -595,8 +705,9 @@ def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = No
     layer_input = x
     for k, cell in enumerate(module.cells):
         masks = recurrent_dropout_masks(cell.recurrent_dropout, module.training, T, B, module.hidden_size, x)
-        out, *final = layer_forward(cell, layer_input, state.h[k], state.c[k], state.hyper_h[k],
-                                    state.hyper_c[k], masks)
+        out, *final = layer_forward(
+            cell, layer_input, state.h[k], state.c[k], state.hyper_h[k], state.hyper_c[k], masks
+        )
         layer_input = out
         if module.dropout and k < module.num_layers - 1:
             layer_input = F.dropout(layer_input, module.dropout, module.training)

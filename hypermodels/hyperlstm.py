@@ -4,6 +4,7 @@ scaled, row by row and step by step, by a small "hyper" LSTM running beside it.
 Notation follows ``PAPER.md`` §1: ``hidden_size`` = N_h, ``hyper_size`` = N_ĥ,
 ``embed_size`` = N_z; the four gates are stacked in the order (i, g, f, o).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -97,8 +98,12 @@ class HyperLSTMCell(nn.Module):
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
-                            ("hyper_size", hyper_size), ("embed_size", embed_size)):
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("hyper_size", hyper_size),
+            ("embed_size", embed_size),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0.0 <= recurrent_dropout < 1.0:
@@ -131,8 +136,16 @@ class HyperLSTMCell(nn.Module):
             self.hyper_ln_cell_weight = nn.Parameter(torch.empty(Hh))
             self.hyper_ln_cell_bias = nn.Parameter(torch.empty(Hh))
         else:
-            for name in ("ln_weight", "ln_bias", "ln_cell_weight", "ln_cell_bias",
-                         "hyper_ln_weight", "hyper_ln_bias", "hyper_ln_cell_weight", "hyper_ln_cell_bias"):
+            for name in (
+                "ln_weight",
+                "ln_bias",
+                "ln_cell_weight",
+                "ln_cell_bias",
+                "hyper_ln_weight",
+                "hyper_ln_bias",
+                "hyper_ln_cell_weight",
+                "hyper_ln_cell_bias",
+            ):
                 self.register_parameter(name, None)
         self.reset_parameters()
 
@@ -158,8 +171,9 @@ class HyperLSTMCell(nn.Module):
 
     def zero_state(self, batch: int, like: Tensor) -> CellState:
         zeros = lambda n: like.new_zeros(batch, n)  # noqa: E731
-        return CellState(zeros(self.hidden_size), zeros(self.hidden_size),
-                         zeros(self.hyper_size), zeros(self.hyper_size))
+        return CellState(
+            zeros(self.hidden_size), zeros(self.hidden_size), zeros(self.hyper_size), zeros(self.hyper_size)
+        )
 
     def project_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The input-only parts of both cells, for any leading shape ``(..., input_size)``.
@@ -167,11 +181,12 @@ class HyperLSTMCell(nn.Module):
         Returns ``W_x x`` ``(..., 4N_h)`` and the x-part of the hyper input projection
         plus the hyper bias ``(..., 4N_ĥ)``. Computed once for a whole sequence by :class:`HyperLSTM`.
         """
-        hyper_wx = self.hyper_weight_ih[:, self.hidden_size:]
+        hyper_wx = self.hyper_weight_ih[:, self.hidden_size :]
         return F.linear(x, self.weight_ih), F.linear(x, hyper_wx, self.hyper_bias)
 
-    def step(self, wx: Tensor, hyper_wx: Tensor, state: CellState,
-             dropout_mask: Tensor | None = None) -> tuple[CellState, Tensor, Tensor]:
+    def step(
+        self, wx: Tensor, hyper_wx: Tensor, state: CellState, dropout_mask: Tensor | None = None
+    ) -> tuple[CellState, Tensor, Tensor]:
         """Advance one step from the projected input (see :meth:`project_input`).
 
         Returns the new state and the weight-scaling vectors ``d_h``, ``d_x``, each ``(batch, 4, N_h)``.
@@ -182,8 +197,9 @@ class HyperLSTMCell(nn.Module):
         ln = self.layer_norm
 
         # Hyper cell on x̂ = [h_{t-1}, x_t] (Eq. 10).
-        hyper_pre = (hyper_wx + F.linear(h, self.hyper_weight_ih[:, :H])
-                     + F.linear(hh, self.hyper_weight_hh)).view(B, GATES, Hh)
+        hyper_pre = (hyper_wx + F.linear(h, self.hyper_weight_ih[:, :H]) + F.linear(hh, self.hyper_weight_hh)).view(
+            B, GATES, Hh
+        )
         if ln:
             hyper_pre = gate_layer_norm(hyper_pre, self.hyper_ln_weight, self.hyper_ln_bias, self.eps)
         hi, hg, hf, ho = hyper_pre.unbind(1)
@@ -198,8 +214,12 @@ class HyperLSTMCell(nn.Module):
         d_h, d_x, dyn_bias = d.unbind(0)
 
         # Main cell (Eq. 12-13).
-        pre = (d_h * F.linear(h, self.weight_hh).view(B, GATES, H)
-               + d_x * wx.view(B, GATES, H) + dyn_bias + self.bias.view(GATES, H))
+        pre = (
+            d_h * F.linear(h, self.weight_hh).view(B, GATES, H)
+            + d_x * wx.view(B, GATES, H)
+            + dyn_bias
+            + self.bias.view(GATES, H)
+        )
         if ln:
             pre = gate_layer_norm(pre, self.ln_weight, self.ln_bias, self.eps)
         i, g, f, o = pre.unbind(1)
@@ -228,8 +248,7 @@ def recurrent_dropout_mask(p: float, training: bool, batch: int, size: int, like
     return F.dropout(like.new_ones(batch, size), p=p, training=True)
 
 
-def recurrent_dropout_masks(p: float, training: bool, steps: int, batch: int, size: int,
-                            like: Tensor) -> Tensor | None:
+def recurrent_dropout_masks(p: float, training: bool, steps: int, batch: int, size: int, like: Tensor) -> Tensor | None:
     """Inverted-dropout masks ``(steps, batch, size)`` for a whole sequence, or None when inactive.
 
     :class:`HyperLSTM` draws a layer's masks up front, in one call, on both its reference and its fast
@@ -283,16 +302,26 @@ class HyperLSTM(nn.Module):
         self.dropout, self.batch_first = dropout, batch_first
         self.fast = fast
         self.cells = nn.ModuleList(
-            HyperLSTMCell(input_size if k == 0 else hidden_size, hidden_size, hyper_size=hyper_size,
-                          embed_size=embed_size, layer_norm=layer_norm, recurrent_dropout=recurrent_dropout,
-                          forget_bias=forget_bias)
+            HyperLSTMCell(
+                input_size if k == 0 else hidden_size,
+                hidden_size,
+                hyper_size=hyper_size,
+                embed_size=embed_size,
+                layer_norm=layer_norm,
+                recurrent_dropout=recurrent_dropout,
+                forget_bias=forget_bias,
+            )
             for k in range(num_layers)
         )
 
     def zero_state(self, batch: int, like: Tensor) -> HyperLSTMState:
         L = self.num_layers
-        return HyperLSTMState(like.new_zeros(L, batch, self.hidden_size), like.new_zeros(L, batch, self.hidden_size),
-                              like.new_zeros(L, batch, self.hyper_size), like.new_zeros(L, batch, self.hyper_size))
+        return HyperLSTMState(
+            like.new_zeros(L, batch, self.hidden_size),
+            like.new_zeros(L, batch, self.hidden_size),
+            like.new_zeros(L, batch, self.hyper_size),
+            like.new_zeros(L, batch, self.hyper_size),
+        )
 
     def forward(self, x: Tensor, state: HyperLSTMState | None = None) -> tuple[Tensor, HyperLSTMState]:
         if self.fast:  # same results, one autograd node per layer (hypermodels/fast_hyperlstm.py)
@@ -352,5 +381,14 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["HyperLSTM", "HyperLSTMCell", "HyperLSTMState", "CellState", "count_parameters", "gate_layer_norm",
-           "orthogonal_per_gate_", "recurrent_dropout_mask", "recurrent_dropout_masks"]
+__all__ = [
+    "HyperLSTM",
+    "HyperLSTMCell",
+    "HyperLSTMState",
+    "CellState",
+    "count_parameters",
+    "gate_layer_norm",
+    "orthogonal_per_gate_",
+    "recurrent_dropout_mask",
+    "recurrent_dropout_masks",
+]

@@ -1,4 +1,5 @@
 """Baselines with the HyperLSTM's conventions: the fused LSTM and the layer-norm LSTM."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,16 @@ class LSTM(nn.LSTM):
     ``forward(x, (h, c))`` returns ``output, (h, c)`` with ``h``, ``c`` ``(num_layers, B, hidden_size)``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, dropout: float = 0.0,
-                 batch_first: bool = False, forget_bias: float = 1.0) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+        forget_bias: float = 1.0,
+    ) -> None:
         super().__init__(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=batch_first)
         with torch.no_grad():
             for name, p in self.named_parameters():
@@ -26,7 +35,7 @@ class LSTM(nn.LSTM):
                 else:
                     p.zero_()
                     if name.startswith("bias_ih"):  # torch gate order is (i, f, g, o)
-                        p[hidden_size:2 * hidden_size].fill_(forget_bias)
+                        p[hidden_size : 2 * hidden_size].fill_(forget_bias)
 
 
 class LayerNormLSTMCell(nn.Module):
@@ -36,8 +45,16 @@ class LayerNormLSTMCell(nn.Module):
     ``layer_norm=False`` gives a plain LSTM cell that supports recurrent dropout.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, *, layer_norm: bool = True,
-                 recurrent_dropout: float = 0.0, forget_bias: float = 1.0, eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        layer_norm: bool = True,
+        recurrent_dropout: float = 0.0,
+        forget_bias: float = 1.0,
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         if not 0.0 <= recurrent_dropout < 1.0:
             raise ValueError(f"recurrent_dropout must be in [0, 1), got {recurrent_dropout}")
@@ -90,15 +107,29 @@ class LayerNormLSTM(nn.Module):
     ``h``, ``c`` ``(num_layers, B, hidden_size)``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, layer_norm: bool = True,
-                 dropout: float = 0.0, recurrent_dropout: float = 0.0, batch_first: bool = False,
-                 forget_bias: float = 1.0) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        layer_norm: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        batch_first: bool = False,
+        forget_bias: float = 1.0,
+    ) -> None:
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.dropout, self.batch_first = dropout, batch_first
         self.cells = nn.ModuleList(
-            LayerNormLSTMCell(input_size if k == 0 else hidden_size, hidden_size, layer_norm=layer_norm,
-                              recurrent_dropout=recurrent_dropout, forget_bias=forget_bias)
+            LayerNormLSTMCell(
+                input_size if k == 0 else hidden_size,
+                hidden_size,
+                layer_norm=layer_norm,
+                recurrent_dropout=recurrent_dropout,
+                forget_bias=forget_bias,
+            )
             for k in range(num_layers)
         )
 

@@ -6,6 +6,7 @@
   tuples of those (a stack of layers). :func:`detach_state`, :func:`state_to` and :func:`state_to_cpu`
   are its common uses.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -19,9 +20,20 @@ from .lstm import LSTM, LayerNormLSTM
 CELLS = ("hyperlstm", "lstm", "ln_lstm")
 
 
-def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *, hyper_size: int = 128,
-              embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
-              recurrent_dropout: float = 0.0, batch_first: bool = False, fast: bool = True) -> nn.Module:
+def build_rnn(
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    *,
+    hyper_size: int = 128,
+    embed_size: int = 4,
+    layer_norm: bool = True,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    batch_first: bool = False,
+    fast: bool = True,
+) -> nn.Module:
     """The recurrent stack named by ``cell``; all share ``forward(x, state) -> output, state``.
 
     ``layer_norm`` applies to ``hyperlstm`` only (``ln_lstm`` is layer-normalised by definition,
@@ -29,16 +41,39 @@ def build_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
     ``fast`` (``hyperlstm`` only): the fast path, or ``False`` for the reference implementation.
     """
     if cell == "hyperlstm":
-        return HyperLSTM(input_size, hidden_size, num_layers, hyper_size=hyper_size, embed_size=embed_size,
-                         layer_norm=layer_norm, dropout=dropout, recurrent_dropout=recurrent_dropout,
-                         batch_first=batch_first, fast=fast)
+        return HyperLSTM(
+            input_size,
+            hidden_size,
+            num_layers,
+            hyper_size=hyper_size,
+            embed_size=embed_size,
+            layer_norm=layer_norm,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            batch_first=batch_first,
+            fast=fast,
+        )
     if cell == "ln_lstm":
-        return LayerNormLSTM(input_size, hidden_size, num_layers, layer_norm=True, dropout=dropout,
-                             recurrent_dropout=recurrent_dropout, batch_first=batch_first)
+        return LayerNormLSTM(
+            input_size,
+            hidden_size,
+            num_layers,
+            layer_norm=True,
+            dropout=dropout,
+            recurrent_dropout=recurrent_dropout,
+            batch_first=batch_first,
+        )
     if cell == "lstm":
         if recurrent_dropout:
-            return LayerNormLSTM(input_size, hidden_size, num_layers, layer_norm=False, dropout=dropout,
-                                 recurrent_dropout=recurrent_dropout, batch_first=batch_first)
+            return LayerNormLSTM(
+                input_size,
+                hidden_size,
+                num_layers,
+                layer_norm=False,
+                dropout=dropout,
+                recurrent_dropout=recurrent_dropout,
+                batch_first=batch_first,
+            )
         return LSTM(input_size, hidden_size, num_layers, dropout=dropout, batch_first=batch_first)
     raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
 

@@ -25,6 +25,7 @@ Token tensors are batch-first: ``(batch, length)`` long. Recurrent layers run ti
 Every piece of cell-specific state handling (HyperLSTM's 4-tuple vs the LSTMs' ``(h, c)``) lives in
 :class:`RecurrentLayer`.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -43,6 +44,7 @@ ATTENTIONS = ("additive", "general")
 # Recurrent layer: the one place that knows what a cell's state looks like.
 # --------------------------------------------------------------------------------------------------
 
+
 class RecurrentLayer(nn.Module):
     """One layer of the chosen cell, with the cell's state handled behind a uniform interface.
 
@@ -55,12 +57,30 @@ class RecurrentLayer(nn.Module):
     call; returns ``output`` ``(T, B, hidden_size)`` and the new state (each tensor ``(1, B, ·)``).
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, *, hyper_size: int = 128,
-                 embed_size: int = 4, layer_norm: bool = True, recurrent_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        *,
+        hyper_size: int = 128,
+        embed_size: int = 4,
+        layer_norm: bool = True,
+        recurrent_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
-        self.rnn = build_rnn(cell, input_size, hidden_size, 1, hyper_size=hyper_size, embed_size=embed_size,
-                             layer_norm=layer_norm, dropout=0.0, recurrent_dropout=recurrent_dropout)
+        self.rnn = build_rnn(
+            cell,
+            input_size,
+            hidden_size,
+            1,
+            hyper_size=hyper_size,
+            embed_size=embed_size,
+            layer_norm=layer_norm,
+            dropout=0.0,
+            recurrent_dropout=recurrent_dropout,
+        )
 
     def zero_state(self, batch: int, like: Tensor) -> Any:
         """The all-zero state for ``batch`` sequences (dtype/device of ``like``)."""
@@ -84,6 +104,7 @@ class RecurrentLayer(nn.Module):
 # Attention
 # --------------------------------------------------------------------------------------------------
 
+
 class Attention(nn.Module):
     """Attention over encoder outputs with a source padding mask.
 
@@ -101,8 +122,9 @@ class Attention(nn.Module):
     exactly 0 on padding.
     """
 
-    def __init__(self, query_size: int, key_size: int, kind: str = "additive",
-                 attention_size: int | None = None) -> None:
+    def __init__(
+        self, query_size: int, key_size: int, kind: str = "additive", attention_size: int | None = None
+    ) -> None:
         super().__init__()
         if kind not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {kind!r}")
@@ -133,6 +155,7 @@ class Attention(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Encoder-decoder
 # --------------------------------------------------------------------------------------------------
+
 
 class EncoderOutput(NamedTuple):
     """What the decoder needs of a source batch.
@@ -174,16 +197,22 @@ def length_penalty(length: Tensor, alpha: float) -> Tensor:
     return ((5.0 + length.to(torch.get_default_dtype())) / 6.0) ** alpha
 
 
-def label_smoothed_nll(logits: Tensor, target: Tensor, epsilon: float = 0.1,
-                       ignore_index: int = 0) -> tuple[Tensor, int]:
+def label_smoothed_nll(
+    logits: Tensor, target: Tensor, epsilon: float = 0.1, ignore_index: int = 0
+) -> tuple[Tensor, int]:
     """Label-smoothed cross-entropy, summed over the non-padding targets.
 
     ``logits`` ``(..., V)``, ``target`` ``(...)`` long. Returns the summed loss (a scalar tensor) and
     the number of target tokens that are not ``ignore_index`` (divide for the per-token mean).
     This is ``F.cross_entropy(label_smoothing=epsilon)``: ``(1 - ε) · NLL + ε · mean_v(-log p_v)``.
     """
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=ignore_index,
-                           label_smoothing=epsilon, reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        ignore_index=ignore_index,
+        label_smoothing=epsilon,
+        reduction="sum",
+    )
     return loss, int((target != ignore_index).sum())
 
 
@@ -226,11 +255,26 @@ class Seq2Seq(nn.Module):
     ``(B, T, tgt_vocab_size)`` under teacher forcing (plus attention ``(B, T, S)`` if asked).
     """
 
-    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, *, cell: str = "hyperlstm",
-                 hidden_size: int = 256, num_layers: int = 2, embedding_size: int = 256,
-                 hyper_size: int = 128, embed_size: int = 4, layer_norm: bool = True, dropout: float = 0.0,
-                 recurrent_dropout: float = 0.0, attention: str = "additive", input_feeding: bool = True,
-                 pad_id: int = 0, bos_id: int = 1, eos_id: int = 2) -> None:
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        *,
+        cell: str = "hyperlstm",
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        embedding_size: int = 256,
+        hyper_size: int = 128,
+        embed_size: int = 4,
+        layer_norm: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        attention: str = "additive",
+        input_feeding: bool = True,
+        pad_id: int = 0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+    ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
@@ -243,8 +287,15 @@ class Seq2Seq(nn.Module):
         self.embedding_size, self.dropout, self.input_feeding = embedding_size, dropout, input_feeding
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         H = hidden_size
-        layer = lambda n_in: RecurrentLayer(cell, n_in, H, hyper_size=hyper_size, embed_size=embed_size,  # noqa: E731
-                                            layer_norm=layer_norm, recurrent_dropout=recurrent_dropout)
+        layer = lambda n_in: RecurrentLayer(
+            cell,
+            n_in,
+            H,
+            hyper_size=hyper_size,
+            embed_size=embed_size,  # noqa: E731
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+        )
 
         self.src_embedding = nn.Embedding(src_vocab_size, embedding_size, padding_idx=pad_id)
         self.tgt_embedding = nn.Embedding(tgt_vocab_size, embedding_size, padding_idx=pad_id)
@@ -255,7 +306,8 @@ class Seq2Seq(nn.Module):
         self.encoder_layers = nn.ModuleList(layer(H) for _ in range(num_layers - 1))
         # Decoder.
         self.decoder_layers = nn.ModuleList(
-            layer(embedding_size + (H if input_feeding else 0) if k == 0 else H) for k in range(num_layers))
+            layer(embedding_size + (H if input_feeding else 0) if k == 0 else H) for k in range(num_layers)
+        )
         self.attention = Attention(H, H, attention)
         self.attentional = nn.Linear(2 * H, H, bias=False)  # W_c [c_t; h_t]
         self.output = nn.Linear(H, tgt_vocab_size)
@@ -266,8 +318,9 @@ class Seq2Seq(nn.Module):
         """``(B, S)`` bool, True at positions below each sentence's length."""
         lengths = src_lengths.to(src.device)
         if lengths.numel() != src.shape[0] or bool((lengths < 1).any()) or int(lengths.max()) > src.shape[1]:
-            raise ValueError(f"src_lengths must be in [1, {src.shape[1]}], one per sentence; "
-                             f"got {src_lengths.tolist()}")
+            raise ValueError(
+                f"src_lengths must be in [1, {src.shape[1]}], one per sentence; got {src_lengths.tolist()}"
+            )
         return torch.arange(src.shape[1], device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
@@ -291,8 +344,9 @@ class Seq2Seq(nn.Module):
     def init_decoder_state(self, enc: EncoderOutput) -> DecoderState:
         """Zero decoder state for the batch of ``enc``."""
         B, like = enc.memory.shape[0], enc.memory
-        return DecoderState([layer.zero_state(B, like) for layer in self.decoder_layers],
-                            like.new_zeros(B, self.hidden_size))
+        return DecoderState(
+            [layer.zero_state(B, like) for layer in self.decoder_layers], like.new_zeros(B, self.hidden_size)
+        )
 
     def _decoder_stack(self, x: Tensor, states: list) -> tuple[Tensor, list]:
         """Run the decoder layers on ``x`` ``(T, B, in)``; residual from layer 3 on."""
@@ -318,8 +372,9 @@ class Seq2Seq(nn.Module):
         logits, attentional, weights = self._attend(top.transpose(0, 1), enc)
         return logits.squeeze(1), DecoderState(layers, attentional.squeeze(1)), weights.squeeze(1)
 
-    def decode_step(self, prev_tokens: Tensor, state: DecoderState,
-                    enc: EncoderOutput) -> tuple[Tensor, DecoderState, Tensor]:
+    def decode_step(
+        self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOutput
+    ) -> tuple[Tensor, DecoderState, Tensor]:
         """One incremental decoder step.
 
         ``prev_tokens`` ``(B,)`` long (``bos`` first), ``state`` from :meth:`init_decoder_state` or the
@@ -329,8 +384,9 @@ class Seq2Seq(nn.Module):
         emb = F.dropout(self.tgt_embedding(prev_tokens), self.dropout, self.training)
         return self._step(emb, state, enc)
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor,
-                return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Teacher-forced logits ``(B, T, tgt_vocab_size)`` (and attention ``(B, T, S)`` if asked).
 
         Positions of ``tgt_in`` after a sentence's end see only earlier positions, so padding there
@@ -355,11 +411,12 @@ class Seq2Seq(nn.Module):
     # ---- search ----------------------------------------------------------------------------------
 
     def _trim(self, tokens: list[int]) -> list[int]:
-        return tokens[:tokens.index(self.eos_id)] if self.eos_id in tokens else tokens
+        return tokens[: tokens.index(self.eos_id)] if self.eos_id in tokens else tokens
 
     @torch.no_grad()
-    def greedy(self, src: Tensor, src_lengths: Tensor, max_len: int = 100,
-               return_attention: bool = False) -> list[list[int]] | tuple[list[list[int]], list[Tensor]]:
+    def greedy(
+        self, src: Tensor, src_lengths: Tensor, max_len: int = 100, return_attention: bool = False
+    ) -> list[list[int]] | tuple[list[list[int]], list[Tensor]]:
         """Greedy decoding of a batch; each sentence stops at its ``eos`` or after ``max_len`` tokens.
 
         Returns one token-id list per sentence (``eos`` not included). With ``return_attention``, also
@@ -392,11 +449,19 @@ class Seq2Seq(nn.Module):
         attn = torch.stack(weights, dim=1)  # (B, T, S)
         lengths = src_lengths.tolist()
         n_out = [min(len(h) + 1, attn.shape[1]) for h in hyps]
-        return hyps, [attn[b, :n_out[b], :lengths[b]] for b in range(B)]
+        return hyps, [attn[b, : n_out[b], : lengths[b]] for b in range(B)]
 
     @torch.no_grad()
-    def beam_search(self, src: Tensor, src_lengths: Tensor, beam_size: int = 4, max_len: int = 100,
-                    alpha: float = 0.6, return_scores: bool = False, return_attention: bool = False):
+    def beam_search(
+        self,
+        src: Tensor,
+        src_lengths: Tensor,
+        beam_size: int = 4,
+        max_len: int = 100,
+        alpha: float = 0.6,
+        return_scores: bool = False,
+        return_attention: bool = False,
+    ):
         """Beam search, batched over sentences (``B * beam_size`` rows in the decoder batch).
 
         Hypotheses are ranked by ``log P(Y|X) / lp(Y)`` with GNMT's length penalty
@@ -443,8 +508,13 @@ class Seq2Seq(nn.Module):
                 finished = finished.gather(1, beam) | (token == self.eos_id)
                 tokens = torch.cat([tokens.gather(1, beam.unsqueeze(-1).expand_as(tokens)), token.unsqueeze(-1)], -1)
                 w = w.view(B, K, 1, -1)
-                attn = torch.cat([attn.gather(1, beam[..., None, None].expand_as(attn)),
-                                  w.gather(1, beam[..., None, None].expand_as(w))], dim=2)
+                attn = torch.cat(
+                    [
+                        attn.gather(1, beam[..., None, None].expand_as(attn)),
+                        w.gather(1, beam[..., None, None].expand_as(w)),
+                    ],
+                    dim=2,
+                )
                 rows = (base + beam).view(-1)
                 state = state.select(rows)
                 prev = token.view(-1)
@@ -458,9 +528,17 @@ class Seq2Seq(nn.Module):
             out.append(best[:, 0])
         if return_attention:
             src_len = src_lengths.tolist()
-            out.append([attn[b, 0, :min(len(hyps[b]) + 1, attn.shape[2]), :src_len[b]] for b in range(B)])
+            out.append([attn[b, 0, : min(len(hyps[b]) + 1, attn.shape[2]), : src_len[b]] for b in range(B)])
         return out[0] if len(out) == 1 else tuple(out)
 
 
-__all__ = ["ATTENTIONS", "Attention", "DecoderState", "EncoderOutput", "RecurrentLayer", "Seq2Seq",
-           "label_smoothed_nll", "length_penalty"]
+__all__ = [
+    "ATTENTIONS",
+    "Attention",
+    "DecoderState",
+    "EncoderOutput",
+    "RecurrentLayer",
+    "Seq2Seq",
+    "label_smoothed_nll",
+    "length_penalty",
+]

@@ -14,6 +14,7 @@ embedding, so its kernel has no free parameters: it is a function of (embeddings
 Kernels are exposed (``HyperConv2d.weight``, :meth:`MNISTConvNet.generated_kernels`,
 :meth:`WideResNet.generated_kernels`) for plotting elsewhere; nothing here plots.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,10 +53,10 @@ class KernelHyperNetwork(nn.Module):
         super().__init__()
         self.embed_size, self.in_size, self.out_size, self.kernel_size = embed_size, in_size, out_size, kernel_size
         d, f = embed_size, kernel_size
-        self.weight_in = nn.Parameter(torch.empty(in_size, d, embed_size))   # W_i stacked: (N_in, d, N_z)
-        self.bias_in = nn.Parameter(torch.zeros(in_size, d))                 # B_i stacked: (N_in, d)
-        self.weight_out = nn.Parameter(torch.empty(d, out_size * f * f))     # W_out: (d, N_out·f·f)
-        self.bias_out = nn.Parameter(torch.zeros(out_size * f * f))          # B_out: (N_out·f·f,)
+        self.weight_in = nn.Parameter(torch.empty(in_size, d, embed_size))  # W_i stacked: (N_in, d, N_z)
+        self.bias_in = nn.Parameter(torch.zeros(in_size, d))  # B_i stacked: (N_in, d)
+        self.weight_out = nn.Parameter(torch.empty(d, out_size * f * f))  # W_out: (d, N_out·f·f)
+        self.bias_out = nn.Parameter(torch.zeros(out_size * f * f))  # B_out: (N_out·f·f,)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -67,13 +68,15 @@ class KernelHyperNetwork(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: (n, N_z) -> (n, N_out, N_in, f, f)."""
         n, f = z.shape[0], self.kernel_size
-        a = torch.einsum("nz,idz->nid", z, self.weight_in) + self.bias_in   # (n, N_in, d)
-        k = a @ self.weight_out + self.bias_out                             # (n, N_in, N_out·f·f)
+        a = torch.einsum("nz,idz->nid", z, self.weight_in) + self.bias_in  # (n, N_in, d)
+        k = a @ self.weight_out + self.bias_out  # (n, N_in, N_out·f·f)
         return k.view(n, self.in_size, self.out_size, f, f).transpose(1, 2)  # (n, N_out, N_in, f, f)
 
     def extra_repr(self) -> str:
-        return (f"embed_size={self.embed_size}, in_size={self.in_size}, out_size={self.out_size}, "
-                f"kernel_size={self.kernel_size}")
+        return (
+            f"embed_size={self.embed_size}, in_size={self.in_size}, out_size={self.out_size}, "
+            f"kernel_size={self.kernel_size}"
+        )
 
 
 class HyperConv2d(nn.Module):
@@ -100,12 +103,21 @@ class HyperConv2d(nn.Module):
     Shape: input (B, C_in, H, W) -> (B, C_out, H', W') as ``nn.Conv2d``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hypernet: KernelHyperNetwork,
-                 stride: int = 1, padding: int = 0, bias: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hypernet: KernelHyperNetwork,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+    ):
         super().__init__()
         if in_channels % hypernet.in_size or out_channels % hypernet.out_size:
-            raise ValueError(f"channels {in_channels}->{out_channels} are not multiples of the hypernetwork's "
-                             f"{hypernet.in_size}x{hypernet.out_size} basic kernel")
+            raise ValueError(
+                f"channels {in_channels}->{out_channels} are not multiples of the hypernetwork's "
+                f"{hypernet.in_size}x{hypernet.out_size} basic kernel"
+            )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = hypernet.kernel_size, stride, padding
         # Plain attribute, bypassing nn.Module.__setattr__: shared, owned (registered) by the model.
@@ -118,7 +130,7 @@ class HyperConv2d(nn.Module):
     def reset_parameters(self) -> None:
         # The hypernet maps var(z) to ≈ the same kernel variance, so Kaiming (fan-in, ReLU) std on z
         # gives a Kaiming-scaled kernel for this layer's fan-in.
-        fan_in = self.in_channels * self.kernel_size ** 2
+        fan_in = self.in_channels * self.kernel_size**2
         nn.init.normal_(self.embeddings, std=math.sqrt(2.0 / fan_in))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -127,7 +139,7 @@ class HyperConv2d(nn.Module):
         """The generated kernel, (C_out, C_in, f, f), differentiable w.r.t. embeddings and hypernet."""
         n_out, n_in, nz = self.embeddings.shape
         h, f = self.hypernet, self.kernel_size
-        tiles = h(self.embeddings.reshape(n_out * n_in, nz))                 # (n_out·n_in, 16, 16, f, f)
+        tiles = h(self.embeddings.reshape(n_out * n_in, nz))  # (n_out·n_in, 16, 16, f, f)
         tiles = tiles.view(n_out, n_in, h.out_size, h.in_size, f, f)
         # Tile (o, i) fills rows o·16.. and columns i·16.. of the (C_out, C_in) channel grid.
         return tiles.permute(0, 2, 1, 3, 4, 5).reshape(self.out_channels, self.in_channels, f, f)
@@ -141,8 +153,10 @@ class HyperConv2d(nn.Module):
         return F.conv2d(x, self.generate_weight(), self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, tiles={tuple(self.embeddings.shape[:2])}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, tiles={tuple(self.embeddings.shape[:2])}, bias={self.bias is not None}"
+        )
 
 
 def hyper_conv_layers(module: nn.Module) -> list[tuple[str, HyperConv2d]]:
@@ -220,8 +234,16 @@ class WideBlock(nn.Module):
     Shape: (B, C_in, H, W) -> (B, C_out, H/stride, W/stride).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float = 0.0,
-                 hypernet: KernelHyperNetwork | None = None, shortcut: str = "pad", bn_scale: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        dropout: float = 0.0,
+        hypernet: KernelHyperNetwork | None = None,
+        shortcut: str = "pad",
+        bn_scale: bool = False,
+    ):
         super().__init__()
         if shortcut not in ("pad", "conv"):
             raise ValueError(f"shortcut must be 'pad' or 'conv', got {shortcut!r}")
@@ -240,8 +262,11 @@ class WideBlock(nn.Module):
         if self.extra_channels < 0:
             raise ValueError(f"a wide block cannot narrow ({in_channels} -> {out_channels} channels)")
         self.equal_in_out = in_channels == out_channels and stride == 1
-        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-                         if shortcut == "conv" and not self.equal_in_out else None)
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+            if shortcut == "conv" and not self.equal_in_out
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))
@@ -299,9 +324,18 @@ class WideResNet(nn.Module):
     Shape: (B, in_channels, 32, 32) -> logits (B, num_classes).
     """
 
-    def __init__(self, depth: int = 40, widen_factor: int = 1, num_classes: int = 10, hyper: bool = False,
-                 embed_size: int = 64, in_channels: int = 3, dropout: float = 0.0, shortcut: str = "pad",
-                 bn_scale: bool = False):
+    def __init__(
+        self,
+        depth: int = 40,
+        widen_factor: int = 1,
+        num_classes: int = 10,
+        hyper: bool = False,
+        embed_size: int = 64,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+        shortcut: str = "pad",
+        bn_scale: bool = False,
+    ):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6N+4, got {depth}")
@@ -312,8 +346,18 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         groups = []
         for g, stride in enumerate((1, 2, 2)):
-            blocks = [WideBlock(widths[g] if b == 0 else widths[g + 1], widths[g + 1], stride if b == 0 else 1,
-                                dropout, self.hyper, shortcut=shortcut, bn_scale=bn_scale) for b in range(n)]
+            blocks = [
+                WideBlock(
+                    widths[g] if b == 0 else widths[g + 1],
+                    widths[g + 1],
+                    stride if b == 0 else 1,
+                    dropout,
+                    self.hyper,
+                    shortcut=shortcut,
+                    bn_scale=bn_scale,
+                )
+                for b in range(n)
+            ]
             groups.append(nn.Sequential(*blocks))
         self.conv2, self.conv3, self.conv4 = groups
         self.bn = _batch_norm(widths[3], bn_scale)
@@ -337,9 +381,21 @@ class WideResNet(nn.Module):
 def variable_count(module: nn.Module) -> int:
     """Trainable parameters plus batch norms' running mean and variance: what TensorFlow lists as
     the model's variables, the convention of the paper's convnet parameter counts."""
-    stats = sum(m.running_mean.numel() + m.running_var.numel() for m in module.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None)
+    stats = sum(
+        m.running_mean.numel() + m.running_var.numel()
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    )
     return count_parameters(module) + stats
 
 
-__all__ = ["CenteredBatchNorm2d", "HyperConv2d", "KernelHyperNetwork", "MNISTConvNet", "WideBlock", "WideResNet", "hyper_conv_layers", "variable_count"]
+__all__ = [
+    "CenteredBatchNorm2d",
+    "HyperConv2d",
+    "KernelHyperNetwork",
+    "MNISTConvNet",
+    "WideBlock",
+    "WideResNet",
+    "hyper_conv_layers",
+    "variable_count",
+]

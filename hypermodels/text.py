@@ -5,6 +5,7 @@ character-level Penn Treebank's (:func:`ptb_char_symbols`): every symbol separat
 ``_`` marks a word boundary, one sentence per line; the newline is a symbol of its own (50 symbols
 in all). Reading the PTB files is the training service's business, not the models'.
 """
+
 from __future__ import annotations
 
 import re

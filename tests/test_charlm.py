@@ -1,4 +1,5 @@
 """CharLM: the paper's parameter counts, bpc evaluation, sampling, learning, baselines, PTB data."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,8 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hypermodels import (LSTM, CharLM, CharVocab, LayerNormLSTM, bits_per_char, count_parameters, detach_state,
-                         ptb_char_symbols, stream_batches)
+from hypermodels import (
+    LSTM,
+    CharLM,
+    CharVocab,
+    LayerNormLSTM,
+    bits_per_char,
+    count_parameters,
+    detach_state,
+    ptb_char_symbols,
+    stream_batches,
+)
 
 PTB_CHAR = Path(__file__).resolve().parents[1] / "data" / "ptb-char"
 
@@ -20,6 +30,7 @@ def read_ptb_char(split: str) -> list[str]:
     with gzip.open(PTB_CHAR / f"ptb.char.{split}.txt.gz", "rt", encoding="utf-8") as f:
         return ptb_char_symbols(f.read())
 
+
 # (paper row, CharLM arguments, parameters in the paper's tables in millions)
 PAPER_COUNTS = [
     ("PTB LSTM 1000", dict(vocab_size=50, cell="lstm"), 4.25),
@@ -28,8 +39,11 @@ PAPER_COUNTS = [
     ("PTB LN HyperLSTM", dict(vocab_size=50), 4.92),
     ("PTB LN HyperLSTM N_z=16", dict(vocab_size=50, embed_size=16), 5.06),
     ("PTB 2-layer LN HyperLSTM N_z=16", dict(vocab_size=50, embed_size=16, num_layers=2), 14.41),
-    ("enwik8 HyperLSTM 1800/256/64", dict(vocab_size=205, hidden_size=1800, hyper_size=256, embed_size=64,
-                                          layer_norm=False), 18.71),
+    (
+        "enwik8 HyperLSTM 1800/256/64",
+        dict(vocab_size=205, hidden_size=1800, hyper_size=256, embed_size=64, layer_norm=False),
+        18.71,
+    ),
 ]
 
 
@@ -59,7 +73,8 @@ def test_bits_per_char_equals_one_full_pass():
         want = F.cross_entropy(logits.view(-1, 7).double(), ids[1:]).item() / math.log(2)
     assert bpc == pytest.approx(want, rel=1e-9)
     assert bits_per_char(model, ids, batch_size=3, seq_len=13) == pytest.approx(
-        bits_per_char(model, ids, batch_size=3, seq_len=1000), rel=1e-5)
+        bits_per_char(model, ids, batch_size=3, seq_len=1000), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("cell", ["hyperlstm", "ln_lstm", "lstm"])
@@ -75,10 +90,11 @@ def test_tiny_model_learns_repeating_text(cell):
         start = (step * 20) % (inputs.shape[0] - 20)
         if start == 0:
             state = None
-        logits, state = model(inputs[start:start + 20], state)
+        logits, state = model(inputs[start : start + 20], state)
         state = detach_state(state)
-        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), targets[start:start + 20].reshape(-1),
-                               ignore_index=-100)
+        loss = F.cross_entropy(
+            logits.reshape(-1, len(vocab)), targets[start : start + 20].reshape(-1), ignore_index=-100
+        )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -101,8 +117,11 @@ def test_sampling_temperature_and_seed():
 def test_baselines_share_conventions():
     torch.manual_seed(0)
     x = torch.randn(6, 2, 3)
-    for rnn in (LSTM(3, 5, num_layers=2), LayerNormLSTM(3, 5, num_layers=2),
-                LayerNormLSTM(3, 5, num_layers=2, layer_norm=False, recurrent_dropout=0.2)):
+    for rnn in (
+        LSTM(3, 5, num_layers=2),
+        LayerNormLSTM(3, 5, num_layers=2),
+        LayerNormLSTM(3, 5, num_layers=2, layer_norm=False, recurrent_dropout=0.2),
+    ):
         out, (h, c) = rnn(x)
         assert out.shape == (6, 2, 5) and h.shape == c.shape == (2, 2, 5)
         first, state = rnn.eval()(x[:2])

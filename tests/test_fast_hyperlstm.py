@@ -3,6 +3,7 @@
 Every comparison uses random (non-initial) weights: at init every d is 0.1 and several parameters are
 zero, which would hide wrong gradients.
 """
+
 from __future__ import annotations
 
 import copy
@@ -128,8 +129,12 @@ def test_loss_on_output_only_or_final_state_only(use_output, use_state):
     ref, fast = pair(seed=4, num_layers=2)
     x, state, w = make_inputs(ref)
     names = grad_names(ref, x, state)
-    assert_same(run(ref, x, state, w, use_output, use_state), run(fast, x, state, w, use_output, use_state),
-                torch.float64, names)
+    assert_same(
+        run(ref, x, state, w, use_output, use_state),
+        run(fast, x, state, w, use_output, use_state),
+        torch.float64,
+        names,
+    )
 
 
 def test_zero_initial_state_and_input_without_grad():
@@ -250,8 +255,12 @@ def test_core_backward_including_layer_norm_matches_autograd(layer_norm, backend
     torch.manual_seed(0)
     B, n, eps, fb = 5, 6, 1e-5, 1.0
     dbl = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    pre, c, dh, dc = dbl(B, 4, n), dbl(B, n), torch.randn(B, n, dtype=torch.float64), torch.randn(B, n,
-                                                                                                   dtype=torch.float64)
+    pre, c, dh, dc = (
+        dbl(B, 4, n),
+        dbl(B, n),
+        torch.randn(B, n, dtype=torch.float64),
+        torch.randn(B, n, dtype=torch.float64),
+    )
     gain, shift, cgain, cshift = dbl(4, n), dbl(4, n), dbl(n), dbl(n)
     mask = (torch.rand(B, n) > 0.5).double() * 2
 
@@ -281,11 +290,31 @@ def test_core_backward_including_layer_norm_matches_autograd(layer_norm, backend
             torch.testing.assert_close(pre_out, u, rtol=0, atol=0)
             acc = [dbl0(B, 4 * n), dbl0(B, 4 * n), dbl0(B, n), dbl0(B, n)] if layer_norm else [None] * 4
             dc_prev = dbl0(B, n)
-            ext.main_backward(pre_out, u, z, DwT, wx, c, c2, mask, *core.ln_args(), dh, dc, dc_prev,
-                              dpre.view(B, 4 * n), dbl0(B, 4 * n), dbl0(B, 12), dbl0(torch.get_num_threads(), 12, 1, n),
-                              dbl0(B, 4 * n), *acc)
-            ln_grads = [a.sum(0).view(4, n) if k in ("gain", "shift") else a.sum(0)
-                        for k, a in zip(names, acc)] if layer_norm else []
+            ext.main_backward(
+                pre_out,
+                u,
+                z,
+                DwT,
+                wx,
+                c,
+                c2,
+                mask,
+                *core.ln_args(),
+                dh,
+                dc,
+                dc_prev,
+                dpre.view(B, 4 * n),
+                dbl0(B, 4 * n),
+                dbl0(B, 12),
+                dbl0(torch.get_num_threads(), 12, 1, n),
+                dbl0(B, 4 * n),
+                *acc,
+            )
+            ln_grads = (
+                [a.sum(0).view(4, n) if k in ("gain", "shift") else a.sum(0) for k, a in zip(names, acc)]
+                if layer_norm
+                else []
+            )
         else:
             h2, c2 = core.forward(pre_nb, c, mask)
             grads = {k: [] for k in names}
@@ -359,8 +388,9 @@ def test_build_location_is_shared_by_checkouts_and_clears_a_stale_lock(tmp_path,
     where = fast_hyperlstm._build_location("avx2", ["-O3"])
     build = Path(where["build_directory"])
     assert where["sources"] == [str(build / "hyperlstm_cell.cpp")] and build.parent.parent == tmp_path
-    assert (build / "hyperlstm_cell.cpp").read_bytes() == \
-        (Path(fast_hyperlstm.__file__).with_name("csrc") / "hyperlstm_cell.cpp").read_bytes()
+    assert (build / "hyperlstm_cell.cpp").read_bytes() == (
+        Path(fast_hyperlstm.__file__).with_name("csrc") / "hyperlstm_cell.cpp"
+    ).read_bytes()
     assert fast_hyperlstm._build_location("avx2", ["-O2"])["name"] != where["name"]  # flags are in the name
     lock = build / "lock"
     lock.touch()
@@ -378,8 +408,9 @@ def test_reused_buffers_never_overwrite_a_live_graph(backend):
     # every gradient must still equal the reference's.
     if backend != "fused":
         pytest.skip("fused kernels only")
-    ref, fast = pair(seed=14, dtype=torch.float32, scale=0.1, input_size=16, hidden_size=192, hyper_size=32,
-                     embed_size=4)
+    ref, fast = pair(
+        seed=14, dtype=torch.float32, scale=0.1, input_size=16, hidden_size=192, hyper_size=32, embed_size=4
+    )
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(12, 48, 16, generator=g) for _ in range(3)]
     assert 12 * 48 * 4 * (192 + 32) * 4 >= 2**20  # r alone is over the cache's threshold
@@ -389,12 +420,12 @@ def test_reused_buffers_never_overwrite_a_live_graph(backend):
         out, _ = ref(x)
         ref_grads.append(torch.autograd.grad((out * out.detach().sin()).sum(), list(ref.parameters())))
     outs, losses = [], []
-    for x in xs[:2]:                                   # two graphs alive
+    for x in xs[:2]:  # two graphs alive
         out, _ = fast(x)
         outs.append(out)
         losses.append((out * out.detach().sin()).sum())
     first = torch.autograd.grad(losses[0], list(fast.parameters()), retain_graph=True)
-    out3, _ = fast(xs[2])                              # a third forward between the two backward passes
+    out3, _ = fast(xs[2])  # a third forward between the two backward passes
     again = torch.autograd.grad(losses[0], list(fast.parameters()))
     second = torch.autograd.grad(losses[1], list(fast.parameters()))
     third = torch.autograd.grad((out3 * out3.detach().sin()).sum(), list(fast.parameters()))

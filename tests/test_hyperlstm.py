@@ -1,4 +1,5 @@
 """HyperLSTM against the paper's equations (PAPER.md §1), written here independently."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,10 +18,10 @@ def ln(v, gain, bias, eps=1e-5):
 def reference_layer(cell: HyperLSTMCell, x, h, c, hh, hc):
     """A straightforward per-step loop over Eq. 10-13, gate by gate, using the cell's parameters."""
     H, Hh = cell.hidden_size, cell.hyper_size
-    Wx = cell.weight_ih.split(H)           # W_x^y
-    Wh = cell.weight_hh.split(H)           # W_h^y
+    Wx = cell.weight_ih.split(H)  # W_x^y
+    Wh = cell.weight_hh.split(H)  # W_h^y
     b0 = cell.bias.split(H)
-    hWx = cell.hyper_weight_ih.split(Hh)   # on [h, x]
+    hWx = cell.hyper_weight_ih.split(Hh)  # on [h, x]
     hWh = cell.hyper_weight_hh.split(Hh)
     hb = cell.hyper_bias.split(Hh)
     outs = []
@@ -72,8 +73,9 @@ def test_layer_matches_reference_equations(layer_norm):
     x = torch.randn(6, 4, 5, dtype=torch.double)
     state = HyperLSTMState(*(torch.randn(1, 4, n, dtype=torch.double) for n in (7, 7, 6, 6)))
     out, new = layer(x, state)
-    ref_out, (h, c, hh, hc) = reference_layer(layer.cells[0], x, state.h[0], state.c[0], state.hyper_h[0],
-                                              state.hyper_c[0])
+    ref_out, (h, c, hh, hc) = reference_layer(
+        layer.cells[0], x, state.h[0], state.c[0], state.hyper_h[0], state.hyper_c[0]
+    )
     torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
     for got, want in zip(new, (h, c, hh, hc)):
         torch.testing.assert_close(got[0], want, rtol=1e-6, atol=1e-6)
@@ -95,8 +97,12 @@ def test_gradcheck_cell_float64():
     cell = randomize_(HyperLSTMCell(3, 4, hyper_size=3, embed_size=2).double(), seed=2)
     x = torch.randn(2, 3, dtype=torch.double, requires_grad=True)
     h0 = torch.randn(2, 4, dtype=torch.double, requires_grad=True)
-    state = (h0, torch.randn(2, 4, dtype=torch.double), torch.randn(2, 3, dtype=torch.double),
-             torch.randn(2, 3, dtype=torch.double))
+    state = (
+        h0,
+        torch.randn(2, 4, dtype=torch.double),
+        torch.randn(2, 3, dtype=torch.double),
+        torch.randn(2, 3, dtype=torch.double),
+    )
 
     def f(x, h0, *params):
         return cell(x, CellState(h0, *state[1:]))[1]

@@ -1,4 +1,5 @@
 """Seq2Seq (GNMT-style attention encoder-decoder): overfitting, search, padding, attention, state handling."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,8 +15,14 @@ PAD, BOS, EOS = 0, 1, 2
 VOCAB = 13  # 3..12 are words
 
 # Six short pairs with no simple rule: the model has to memorise each one (and the lengths differ).
-PAIRS = [([3, 4, 5], [6, 7]), ([5, 9, 8, 4], [10, 3, 3]), ([12, 11], [4, 5, 6, 7]),
-         ([7, 7, 3, 10, 6], [8, 9]), ([4, 3], [12]), ([9, 10, 11, 12, 3, 5], [5, 4, 11, 10])]
+PAIRS = [
+    ([3, 4, 5], [6, 7]),
+    ([5, 9, 8, 4], [10, 3, 3]),
+    ([12, 11], [4, 5, 6, 7]),
+    ([7, 7, 3, 10, 6], [8, 9]),
+    ([4, 3], [12]),
+    ([9, 10, 11, 12, 3, 5], [5, 4, 11, 10]),
+]
 TARGETS = [t for _, t in PAIRS]
 
 
@@ -41,8 +48,9 @@ def make_batch(pairs, src_fill: int = PAD):
 
 def small_model(cell="hyperlstm", seed=0, **kw):
     torch.manual_seed(seed)
-    args = dict(hidden_size=32, num_layers=3, embedding_size=16, hyper_size=16, embed_size=4,
-                pad_id=PAD, bos_id=BOS, eos_id=EOS)
+    args = dict(
+        hidden_size=32, num_layers=3, embedding_size=16, hyper_size=16, embed_size=4, pad_id=PAD, bos_id=BOS, eos_id=EOS
+    )
     args.update(kw)
     return Seq2Seq(VOCAB, VOCAB, cell=cell, **args)
 
@@ -73,6 +81,7 @@ def trained(request, one_thread):
 
 # ---- learning and search ------------------------------------------------------------------------
 
+
 def test_overfits_pairs_under_greedy_and_beam(trained):
     src, lengths, _, _ = make_batch(PAIRS)
     assert trained.greedy(src, lengths, max_len=10) == TARGETS
@@ -91,8 +100,9 @@ def test_beam_size_one_is_greedy(trained):
         cases.append((small_model(cell, seed=3, input_feeding=feed).eval(), other, other_lengths))
     for model, s, n in cases:
         greedy, greedy_attn = model.greedy(s, n, max_len=12, return_attention=True)
-        beam, scores, beam_attn = model.beam_search(s, n, beam_size=1, max_len=12, return_scores=True,
-                                                    return_attention=True)
+        beam, scores, beam_attn = model.beam_search(
+            s, n, beam_size=1, max_len=12, return_scores=True, return_attention=True
+        )
         assert beam == greedy
         for a, b in zip(greedy_attn, beam_attn):
             torch.testing.assert_close(a, b)
@@ -103,8 +113,9 @@ def test_beam_size_one_is_greedy(trained):
 def _check_beam_scores(model, pairs, beam_size, max_len, alpha):
     """The reported score of each best hypothesis is its teacher-forced log P(Y|X) / lp(|Y|)."""
     src, lengths, _, _ = make_batch(pairs)
-    hyps, scores = model.beam_search(src, lengths, beam_size=beam_size, max_len=max_len, alpha=alpha,
-                                     return_scores=True)
+    hyps, scores = model.beam_search(
+        src, lengths, beam_size=beam_size, max_len=max_len, alpha=alpha, return_scores=True
+    )
     ended = [len(h) < max_len for h in hyps]  # otherwise cut at max_len, without eos
     _, _, tgt_in, tgt_out = make_batch([(s, h) for (s, _), h in zip(pairs, hyps)])
     with torch.no_grad():
@@ -138,14 +149,26 @@ def test_wide_beam_is_exhaustive_search(cell, feed):
     """
     V, max_len, alpha = 5, 3, 0.8
     torch.manual_seed(13)
-    model = Seq2Seq(VOCAB, V, cell=cell, hidden_size=16, num_layers=2, embedding_size=8, hyper_size=8,
-                    input_feeding=feed, pad_id=PAD, bos_id=BOS, eos_id=EOS).eval()
+    model = Seq2Seq(
+        VOCAB,
+        V,
+        cell=cell,
+        hidden_size=16,
+        num_layers=2,
+        embedding_size=8,
+        hyper_size=8,
+        input_feeding=feed,
+        pad_id=PAD,
+        bos_id=BOS,
+        eos_id=EOS,
+    ).eval()
     with torch.no_grad():
         model.output.weight.mul_(10.0)  # sharper, more context-dependent next-token distributions
         model.output.bias[EOS] -= 2.0  # and longer hypotheses: the search has somewhere to go
     src, lengths = torch.tensor([[3, 9, 4, 0], [7, 5, 6, 8]]), torch.tensor([3, 4])
-    hyps, scores, mats = model.beam_search(src, lengths, beam_size=V ** max_len, max_len=max_len, alpha=alpha,
-                                           return_scores=True, return_attention=True)
+    hyps, scores, mats = model.beam_search(
+        src, lengths, beam_size=V**max_len, max_len=max_len, alpha=alpha, return_scores=True, return_attention=True
+    )
     others = [t for t in range(V) if t != EOS]
     space = [list(p) + [EOS] for k in range(max_len) for p in itertools.product(others, repeat=k)]
     space += [list(p) for p in itertools.product(others, repeat=max_len)]  # cut at max_len, no eos
@@ -155,8 +178,9 @@ def test_wide_beam_is_exhaustive_search(cell, feed):
         tgt_out = torch.tensor([y + [PAD] * (T - len(y)) for y in space])
         n = len(space)
         with torch.no_grad():
-            logits, attn = model(src[b:b + 1].expand(n, -1), lengths[b:b + 1].expand(n), tgt_in,
-                                 return_attention=True)
+            logits, attn = model(
+                src[b : b + 1].expand(n, -1), lengths[b : b + 1].expand(n), tgt_in, return_attention=True
+            )
         logp = torch.log_softmax(logits, -1).gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)
         n_tokens = torch.tensor([len(y) for y in space])  # the model may emit pad (0) too: mask by length
         logp = logp.masked_fill(torch.arange(T) >= n_tokens.unsqueeze(1), 0.0).sum(1)
@@ -164,7 +188,7 @@ def test_wide_beam_is_exhaustive_search(cell, feed):
         best = int(ranked.argmax())
         assert hyps[b] == [t for t in space[best] if t != EOS]
         assert scores[b].item() == pytest.approx(ranked[best].item(), abs=1e-4)
-        torch.testing.assert_close(mats[b], attn[best, :len(space[best]), :int(lengths[b])], atol=1e-5, rtol=0)
+        torch.testing.assert_close(mats[b], attn[best, : len(space[best]), : int(lengths[b])], atol=1e-5, rtol=0)
     # the searches did not simply follow the greedy path
     assert model.greedy(src, lengths, max_len=max_len) != hyps
 
@@ -185,20 +209,30 @@ def test_input_feeding_feeds_the_previous_attentional_vector():
 def test_beam_search_ranks_by_gnmt_length_penalty():
     assert length_penalty(torch.tensor(1), 0.6).item() == pytest.approx(1.0)
     assert length_penalty(torch.tensor(7), 1.0).item() == pytest.approx(2.0)
-    assert length_penalty(torch.tensor(13), 0.5).item() == pytest.approx(3 ** 0.5)
+    assert length_penalty(torch.tensor(13), 0.5).item() == pytest.approx(3**0.5)
     assert length_penalty(torch.tensor(40), 0.0).item() == 1.0
 
 
 # ---- padding -----------------------------------------------------------------------------------
 
-SENTENCES = [([3, 4, 5, 6, 7, 8], [9, 10, 11]), ([12, 3], [4, 5, 6, 7, 8]), ([5, 5, 9], [10]),
-             ([11, 4, 8, 3, 6], [7, 3])]
+SENTENCES = [
+    ([3, 4, 5, 6, 7, 8], [9, 10, 11]),
+    ([12, 3], [4, 5, 6, 7, 8]),
+    ([5, 5, 9], [10]),
+    ([11, 4, 8, 3, 6], [7, 3]),
+]
 
 
-@pytest.mark.parametrize("cell,feed,attention", [
-    ("hyperlstm", True, "additive"), ("hyperlstm", False, "general"),
-    ("lstm", True, "general"), ("lstm", False, "additive"), ("ln_lstm", True, "additive"),
-])
+@pytest.mark.parametrize(
+    "cell,feed,attention",
+    [
+        ("hyperlstm", True, "additive"),
+        ("hyperlstm", False, "general"),
+        ("lstm", True, "general"),
+        ("lstm", False, "additive"),
+        ("ln_lstm", True, "additive"),
+    ],
+)
 def test_padded_batch_gives_each_sentence_its_own_logits(cell, feed, attention):
     model = small_model(cell, seed=5, input_feeding=feed, attention=attention, num_layers=3).eval()
     # Padding holds word ids, not pad: only src_lengths may decide what is real.
@@ -208,23 +242,27 @@ def test_padded_batch_gives_each_sentence_its_own_logits(cell, feed, attention):
         for b, pair in enumerate(SENTENCES):
             s, n, t_in, _ = make_batch([pair])
             alone = model(s, n, t_in)[0]
-            torch.testing.assert_close(batched[b, :alone.shape[0]], alone, atol=1e-5, rtol=0)
+            torch.testing.assert_close(batched[b, : alone.shape[0]], alone, atol=1e-5, rtol=0)
     # and the sentences do differ (a model ignoring its source would pass the comparison above)
     assert (batched[0, 0] - batched[1, 0]).abs().max() > 1e-3
 
 
 def test_padded_batch_gives_each_sentence_its_own_search_results(trained):
     src, lengths, _, _ = make_batch(PAIRS, src_fill=7)
-    for search in (lambda s, n: trained.greedy(s, n, max_len=10),
-                   lambda s, n: trained.beam_search(s, n, beam_size=3, max_len=10)):
+    for search in (
+        lambda s, n: trained.greedy(s, n, max_len=10),
+        lambda s, n: trained.beam_search(s, n, beam_size=3, max_len=10),
+    ):
         batched = search(src, lengths)
         alone = [search(*make_batch([p])[:2])[0] for p in PAIRS]
         assert batched == alone == TARGETS
     # untrained, on unseen sentences (non-trivial outputs)
     model = small_model("hyperlstm", seed=2).eval()
     src, lengths, _, _ = make_batch(SENTENCES, src_fill=4)
-    for search in (lambda s, n: model.greedy(s, n, max_len=8),
-                   lambda s, n: model.beam_search(s, n, beam_size=3, max_len=8, alpha=1.0)):
+    for search in (
+        lambda s, n: model.greedy(s, n, max_len=8),
+        lambda s, n: model.beam_search(s, n, beam_size=3, max_len=8, alpha=1.0),
+    ):
         assert search(src, lengths) == [search(*make_batch([p])[:2])[0] for p in SENTENCES]
 
 
@@ -248,6 +286,7 @@ def test_backward_direction_starts_at_last_real_token():
 
 
 # ---- attention ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("attention,feed", [("additive", True), ("general", False)])
 def test_attention_sums_to_one_over_real_source_and_is_zero_on_padding(attention, feed):
@@ -280,16 +319,26 @@ def test_overfit_attention_matrices_match_the_search_output(trained):
     with torch.no_grad():
         _, attn = trained(src, lengths, tgt_in, return_attention=True)
     for b, mat in enumerate(mats):  # teacher forcing on the greedy output gives the same weights
-        torch.testing.assert_close(mat, attn[b, :mat.shape[0], :mat.shape[1]], atol=1e-5, rtol=0)
+        torch.testing.assert_close(mat, attn[b, : mat.shape[0], : mat.shape[1]], atol=1e-5, rtol=0)
 
 
 # ---- shapes, incremental decoding, state handling ---------------------------------------------
 
+
 @pytest.mark.parametrize("cell", ["hyperlstm", "lstm", "ln_lstm"])
 @pytest.mark.parametrize("num_layers", [1, 2, 4])
 def test_shapes(cell, num_layers):
-    model = Seq2Seq(11, 17, cell=cell, hidden_size=8, num_layers=num_layers, embedding_size=6, hyper_size=5,
-                    embed_size=3, dropout=0.1)
+    model = Seq2Seq(
+        11,
+        17,
+        cell=cell,
+        hidden_size=8,
+        num_layers=num_layers,
+        embedding_size=6,
+        hyper_size=5,
+        embed_size=3,
+        dropout=0.1,
+    )
     src = torch.randint(3, 11, (3, 5))
     lengths = torch.tensor([5, 2, 4])
     tgt_in = torch.randint(3, 17, (3, 4))
@@ -389,8 +438,9 @@ def test_residual_connections_start_at_the_third_layer():
             model.decoder_layers[1].register_forward_hook(lambda m, i, o: seen.update(out=o[0]))
             for k in zeroed:
                 _stub_zero_output(model.decoder_layers[k])
-            top, _ = model._decoder_stack(model.tgt_embedding(tgt_in).transpose(0, 1),
-                                          model.init_decoder_state(model.encode(src, lengths)).layers)
+            top, _ = model._decoder_stack(
+                model.tgt_embedding(tgt_in).transpose(0, 1), model.init_decoder_state(model.encode(src, lengths)).layers
+            )
             if expect_zero:
                 assert top.abs().max() == 0.0
             else:
@@ -399,6 +449,7 @@ def test_residual_connections_start_at_the_third_layer():
 
 
 # ---- loss and arguments ------------------------------------------------------------------------
+
 
 def test_label_smoothed_nll():
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,5 @@
 """Static hypernetwork for convnets (PAPER.md §2): parameter counts, kernel generation, gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hypermodels import (CenteredBatchNorm2d, HyperConv2d, KernelHyperNetwork, MNISTConvNet, WideBlock, WideResNet,
-                         count_parameters, variable_count)
+from hypermodels import (
+    CenteredBatchNorm2d,
+    HyperConv2d,
+    KernelHyperNetwork,
+    MNISTConvNet,
+    WideBlock,
+    WideResNet,
+    count_parameters,
+    variable_count,
+)
 
 
 def n_params(module: nn.Module) -> int:
@@ -15,6 +24,7 @@ def n_params(module: nn.Module) -> int:
 
 
 # ---- hypernetwork and generated kernels ------------------------------------------------------------
+
 
 def test_mnist_hypernetwork_is_4240_params_and_kernel_12544_weights():
     net = MNISTConvNet(hyper=True, embed_size=4)
@@ -34,14 +44,14 @@ def test_hypernetwork_matches_paper_equations():
     torch.manual_seed(0)
     h = KernelHyperNetwork(embed_size=5, in_size=3, out_size=2, kernel_size=3)
     for p in h.parameters():
-        nn.init.normal_(p)   # non-zero biases too
+        nn.init.normal_(p)  # non-zero biases too
     z = torch.randn(4, 5)
     out = h(z)
     assert out.shape == (4, 2, 3, 3, 3)
     for n in range(4):
         for i in range(3):
-            a_i = h.weight_in[i] @ z[n] + h.bias_in[i]                       # (d,)
-            k_i = (a_i @ h.weight_out + h.bias_out).view(2, 3, 3)           # (N_out, f, f)
+            a_i = h.weight_in[i] @ z[n] + h.bias_in[i]  # (d,)
+            k_i = (a_i @ h.weight_out + h.bias_out).view(2, 3, 3)  # (N_out, f, f)
             torch.testing.assert_close(out[n, :, i], k_i)
 
 
@@ -49,13 +59,13 @@ def test_kernel_is_tiled_from_16x16_basic_kernels_one_embedding_each():
     torch.manual_seed(0)
     h = KernelHyperNetwork(embed_size=8, kernel_size=3)
     conv = HyperConv2d(32, 64, h, padding=1)
-    assert conv.embeddings.shape == (4, 2, 8)   # a 32->64 kernel uses 4*2 = 8 embeddings
+    assert conv.embeddings.shape == (4, 2, 8)  # a 32->64 kernel uses 4*2 = 8 embeddings
     w = conv.weight
     assert w.shape == (64, 32, 3, 3)
     for o in range(4):
         for i in range(2):
             tile = h(conv.embeddings[o, i][None])[0]
-            torch.testing.assert_close(w[16 * o:16 * (o + 1), 16 * i:16 * (i + 1)], tile)
+            torch.testing.assert_close(w[16 * o : 16 * (o + 1), 16 * i : 16 * (i + 1)], tile)
     x = torch.randn(2, 32, 8, 8)
     torch.testing.assert_close(conv(x), F.conv2d(x, w, padding=1))
     with pytest.raises(ValueError):
@@ -70,7 +80,7 @@ def test_hyper_conv_has_no_free_kernel_and_grads_flow_through_hypernet_and_embed
     for m in layers:
         own = dict(m.named_parameters())
         assert set(own) == {"embeddings"}, own.keys()
-        assert all(p.dim() != 4 for p in own.values())          # no (out, in, f, f) parameter
+        assert all(p.dim() != 4 for p in own.values())  # no (out, in, f, f) parameter
     w = layers[-1].weight
     assert not w.is_leaf and w.grad_fn is not None and w.requires_grad
     assert all(w.data_ptr() != p.data_ptr() for p in net.parameters())
@@ -80,7 +90,7 @@ def test_hyper_conv_has_no_free_kernel_and_grads_flow_through_hypernet_and_embed
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     for m in layers:
         assert m.embeddings.grad is not None and m.embeddings.grad.abs().sum() > 0
-        assert (m.embeddings.grad != 0).any(dim=-1).all()         # every tile's embedding gets gradient
+        assert (m.embeddings.grad != 0).any(dim=-1).all()  # every tile's embedding gets gradient
 
 
 def test_shared_hypernetwork_counted_once():
@@ -98,25 +108,34 @@ def test_shared_hypernetwork_counted_once():
 
 # ---- Wide ResNet parameter counts vs the paper ---------------------------------------------------
 
-@pytest.mark.parametrize("k, hyper, trainable, variables, paper", [
-    (1, False, 560_010, 562_730, 0.563e6),
-    (2, False, 2_230_090, 2_235_498, 2.236e6),
-    (1, True, 93_850, 96_570, 0.097e6),
-    (2, True, 142_170, 147_578, 0.148e6),
-])
+
+@pytest.mark.parametrize(
+    "k, hyper, trainable, variables, paper",
+    [
+        (1, False, 560_010, 562_730, 0.563e6),
+        (2, False, 2_230_090, 2_235_498, 2.236e6),
+        (1, True, 93_850, 96_570, 0.097e6),
+        (2, True, 142_170, 147_578, 0.148e6),
+    ],
+)
 def test_wrn_parameter_count_within_2pct_of_paper(k, hyper, trainable, variables, paper):
     """The paper's network (parameter-free shortcuts, BN with β only), counted as the paper counts:
     every variable, BN's running mean and variance included (see the WideResNet docstring)."""
     net = WideResNet(depth=40, widen_factor=k, hyper=hyper)
     assert n_params(net) == trainable
-    assert variable_count(net) == variables == trainable + 2 * sum(
-        m.running_mean.numel() for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    assert (
+        variable_count(net)
+        == variables
+        == trainable
+        + 2 * sum(m.running_mean.numel() for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    )
     assert abs(variables / paper - 1) < 0.005
-    assert round(variables, -3) == paper or (k, hyper) == (2, False)   # 2,235,498 rounds to 2.235M
+    assert round(variables, -3) == paper or (k, hyper) == (2, False)  # 2,235,498 rounds to 2.235M
 
 
-@pytest.mark.parametrize("k, hyper, expected", [(1, False, 563_930), (2, False, 2_243_546), (1, True, 97_770),
-                                                (2, True, 155_626)])
+@pytest.mark.parametrize(
+    "k, hyper, expected", [(1, False, 563_930), (2, False, 2_243_546), (1, True, 97_770), (2, True, 155_626)]
+)
 def test_reference_wrn_variant_counts(k, hyper, expected):
     """Zagoruyko's WRN (1x1 projection shortcuts, BN with γ and β): 0.56M / 2.24M plain, as published."""
     net = WideResNet(depth=40, widen_factor=k, hyper=hyper, shortcut="conv", bn_scale=True)
@@ -128,7 +147,7 @@ def test_pad_shortcut_is_pooled_input_with_zero_channels():
     block = WideBlock(16, 32, stride=2).eval()
     x = torch.randn(2, 16, 8, 8)
     for conv in (block.conv1, block.conv2):
-        nn.init.zeros_(conv.weight)          # the residual branch adds nothing: the block is its shortcut
+        nn.init.zeros_(conv.weight)  # the residual branch adds nothing: the block is its shortcut
     out = block(x)
     assert out.shape == (2, 32, 4, 4)
     assert torch.allclose(out[:, :16], F.avg_pool2d(x, 2)) and torch.equal(out[:, 16:], torch.zeros(2, 16, 4, 4))
@@ -148,6 +167,7 @@ def test_centered_batch_norm_learns_shift_only():
 
 # ---- shapes and a tiny training run --------------------------------------------------------------
 
+
 def test_output_shapes():
     x = torch.randn(3, 1, 28, 28)
     assert MNISTConvNet(hyper=True)(x).shape == (3, 10)
@@ -160,7 +180,7 @@ def test_output_shapes():
 def test_mnist_hyper_convnet_overfits_tiny_batch():
     torch.manual_seed(0)
     x = torch.randn(64, 1, 28, 28)
-    y = torch.randint(0, 10, (64,))      # random labels: pure memorisation
+    y = torch.randint(0, 10, (64,))  # random labels: pure memorisation
     net = MNISTConvNet(hyper=True)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     emb0 = net.conv2.embeddings.detach().clone()
