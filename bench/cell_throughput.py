@@ -3,8 +3,9 @@
 Measures training tokens/s (forward, backward, Adam step) of one recurrent layer plus a linear
 read-out at (hidden, batch) sizes, sequence length 100, and memory: the bytes autograd keeps alive for
 backward (saved-tensor hooks), and on CPU the peak RSS a fresh process gains over two training steps
-(everything allocated, transients and caches included); on CUDA torch.cuda.max_memory_allocated. Cells are interleaved per round
-so that machine noise hits all alike; the median round counts. Ratios are relative to torch.nn.LSTM.
+(everything allocated, transients and caches included); on CUDA torch.cuda.max_memory_allocated. Cells are
+interleaved per round so that machine noise hits all alike; the median round counts. Ratios are relative to
+torch.nn.LSTM.
 
     .venv/bin/python bench/cell_throughput.py                 # all three sizes
     .venv/bin/python bench/cell_throughput.py --sizes 256x32  # one size, quicker

@@ -378,7 +378,7 @@ def _forward_loop(
     ``hc`` ``(B, Hh)``, ``hh`` ``(B, Hh)``.
     """
     T, B, _ = x.shape
-    H, Hh = P.H, P.Hh
+    H = P.H
     # Input-only products for the whole sequence at once (PAPER.md §1, Efficiency).
     wx = F.linear(x, P.W_x).view(T, B, GATES, H)
     hwx = F.linear(x, P.hW_x, P.hyper_bias)
@@ -389,7 +389,7 @@ def _forward_loop(
         mask = None if masks is None else masks[t]
         h, c, hh, hc, keep = _python_step(P, h, c, hh, hc, wx[t], hwx[t], mask, out[t])
         if save:
-            for k, v in zip(keys, keep):
+            for k, v in zip(keys, keep, strict=True):
                 saved[k].append(v)
     return out, c, hh, hc, saved
 
@@ -477,12 +477,12 @@ def _forward_fused(
     the activations of both cells (5 tensors each, see ``Acts`` in the C++) with :data:`SAVE_ACTIVATIONS`,
     else none for the main cell and the hyper cell's pre-activations.
     """
-    T, B, I = x.shape
+    T, B, n_in = x.shape
     # (T, B, 4H), kept for backward (d_x's gradient); in a reused buffer (see ``workspace`` in the C++)
     wx = P.ext.workspace([T, B, GATES * P.H], x)
-    torch.mm(x.view(T * B, I), P.W_x.t(), out=wx.view(T * B, GATES * P.H))
+    torch.mm(x.view(T * B, n_in), P.W_x.t(), out=wx.view(T * B, GATES * P.H))
     hwx = P.ext.workspace([T, B, GATES * P.Hh], x)  # (T, B, 4Hh): Ŵ_x x, the kernel adds b̂
-    torch.mm(x.view(T * B, I), P.hW_x.t(), out=hwx.view(T * B, GATES * P.Hh))
+    torch.mm(x.view(T * B, n_in), P.hW_x.t(), out=hwx.view(T * B, GATES * P.Hh))
     res = P.ext.forward_loop(
         wx,
         hwx,
@@ -573,7 +573,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, forget_bias, eps, x, h0, c0, hh0, hc0, masks, *params):
-        p = dict(zip(PARAM_NAMES, params))
+        p = dict(zip(PARAM_NAMES, params, strict=True))
         H, Hh = h0.shape[1], hh0.shape[1]
         P = _Prepared(p, H, Hh, forget_bias, eps, x.device, batch=x.shape[1])
         x, h0, c0, hh0, hc0 = (t.contiguous() for t in (x, h0, c0, hh0, hc0))
@@ -600,7 +600,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
             saved[k] = flat[i] if count is None else list(flat[i : i + count])
             i += 1 if count is None else count
         T = x.shape[0]
-        p = dict(zip(PARAM_NAMES, params))
+        p = dict(zip(PARAM_NAMES, params, strict=True))
         B, H, Hh, G = x.shape[1], h0.shape[1], hh0.shape[1], GATES
         P = _Prepared(p, H, Hh, forget_bias, eps, x.device, fused=fused, batch=B)
 
@@ -670,7 +670,7 @@ def layer_forward(
         return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *tensors)
     with torch.no_grad():
         P = _Prepared(
-            dict(zip(PARAM_NAMES, params)),
+            dict(zip(PARAM_NAMES, params, strict=True)),
             cell.hidden_size,
             cell.hyper_size,
             cell.forget_bias,
@@ -713,7 +713,7 @@ def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = No
             layer_input = F.dropout(layer_input, module.dropout, module.training)
         finals.append(final)
     output = layer_input.transpose(0, 1) if module.batch_first else layer_input
-    return output, HyperLSTMState(*(torch.stack(parts) for parts in zip(*finals)))
+    return output, HyperLSTMState(*(torch.stack(parts) for parts in zip(*finals, strict=True)))
 
 
 def release_workspace() -> None:

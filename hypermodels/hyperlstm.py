@@ -372,7 +372,7 @@ class HyperLSTM(nn.Module):
             new_state.append(cell_state)
             scales.append((d_hs, d_xs))
         output = layer_input.transpose(0, 1) if self.batch_first else layer_input
-        stacked = HyperLSTMState(*(torch.stack(parts) for parts in zip(*new_state)))
+        stacked = HyperLSTMState(*(torch.stack(parts) for parts in zip(*new_state, strict=True)))
         return output, stacked, scales
 
 

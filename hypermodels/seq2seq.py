@@ -168,7 +168,7 @@ class EncoderOutput(NamedTuple):
     keys: Tensor
     mask: Tensor
 
-    def select(self, index: Tensor) -> "EncoderOutput":
+    def select(self, index: Tensor) -> EncoderOutput:
         """Rows ``index`` of the batch (e.g. each sentence repeated once per beam)."""
         return EncoderOutput(*(t.index_select(0, index) for t in self))
 
@@ -184,7 +184,7 @@ class DecoderState(NamedTuple):
     layers: list
     feed: Tensor
 
-    def select(self, index: Tensor) -> "DecoderState":
+    def select(self, index: Tensor) -> DecoderState:
         """The state of the sequences ``index`` of the batch (beam reordering)."""
         return DecoderState([RecurrentLayer.select(s, index) for s in self.layers], self.feed.index_select(0, index))
 
@@ -287,15 +287,17 @@ class Seq2Seq(nn.Module):
         self.embedding_size, self.dropout, self.input_feeding = embedding_size, dropout, input_feeding
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         H = hidden_size
-        layer = lambda n_in: RecurrentLayer(
-            cell,
-            n_in,
-            H,
-            hyper_size=hyper_size,
-            embed_size=embed_size,  # noqa: E731
-            layer_norm=layer_norm,
-            recurrent_dropout=recurrent_dropout,
-        )
+
+        def layer(n_in: int) -> RecurrentLayer:
+            return RecurrentLayer(
+                cell,
+                n_in,
+                H,
+                hyper_size=hyper_size,
+                embed_size=embed_size,
+                layer_norm=layer_norm,
+                recurrent_dropout=recurrent_dropout,
+            )
 
         self.src_embedding = nn.Embedding(src_vocab_size, embedding_size, padding_idx=pad_id)
         self.tgt_embedding = nn.Embedding(tgt_vocab_size, embedding_size, padding_idx=pad_id)

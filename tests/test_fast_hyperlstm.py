@@ -57,7 +57,7 @@ def run(layer, x, state, loss_weights, use_output=True, use_state=True):
     if use_output:
         loss = loss + (out * loss_weights[0]).sum() + out.pow(2).sum()
     if use_state:
-        loss = loss + sum((s * w).sum() for s, w in zip(new, loss_weights[1:]))
+        loss = loss + sum((s * w).sum() for s, w in zip(new, loss_weights[1:], strict=True))
     inputs = [t for t in (x, *(state or ())) if t.requires_grad] + list(layer.parameters())
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     return out, new, grads
@@ -67,10 +67,10 @@ def assert_same(ref_result, fast_result, dtype, names):
     tol = TOL[dtype]
     (ro, rs, rg), (fo, fs, fg) = ref_result, fast_result
     torch.testing.assert_close(fo, ro, **tol)
-    for a, b in zip(fs, rs):
+    for a, b in zip(fs, rs, strict=True):
         torch.testing.assert_close(a, b, **tol)
     assert len(rg) == len(fg) == len(names)
-    for name, a, b in zip(names, fg, rg):
+    for name, a, b in zip(names, fg, rg, strict=True):
         assert (a is None) == (b is None), name
         if b is not None:
             torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"gradient of {name}: {m}")
@@ -92,7 +92,7 @@ def make_inputs(layer, T=6, B=4, dtype=torch.float64, seed=1, with_state=True):
 
 def grad_names(layer, x, state):
     names = ["x"] if x.requires_grad else []
-    names += [f"state.{f}" for f, s in zip(HyperLSTMState._fields, state or ()) if s.requires_grad]
+    names += [f"state.{f}" for f, s in zip(HyperLSTMState._fields, state or (), strict=False) if s.requires_grad]
     return names + [n for n, _ in layer.named_parameters()]
 
 
@@ -171,7 +171,7 @@ def test_state_carried_across_segments():
         _, mid_fast = fast(x[:3])
         fast_out, fast_state = fast(x[3:], mid_fast)
     torch.testing.assert_close(fast_out, ref_out, **TOL[torch.float64])
-    for a, b in zip(fast_state, ref_state):
+    for a, b in zip(fast_state, ref_state, strict=True):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
@@ -219,7 +219,7 @@ def test_eval_and_no_grad_path_matches_reference():
         a, sa = ref(x, state)
         b, sb = fast(x, state)
     torch.testing.assert_close(b, a, **TOL[torch.float64])
-    for u, v in zip(sb, sa):
+    for u, v in zip(sb, sa, strict=True):
         torch.testing.assert_close(u, v, **TOL[torch.float64])
 
 
@@ -311,7 +311,7 @@ def test_core_backward_including_layer_norm_matches_autograd(layer_norm, backend
                 *acc,
             )
             ln_grads = (
-                [a.sum(0).view(4, n) if k in ("gain", "shift") else a.sum(0) for k, a in zip(names, acc)]
+                [a.sum(0).view(4, n) if k in ("gain", "shift") else a.sum(0) for k, a in zip(names, acc, strict=True)]
                 if layer_norm
                 else []
             )
@@ -323,7 +323,7 @@ def test_core_backward_including_layer_norm_matches_autograd(layer_norm, backend
         torch.testing.assert_close(h2, h, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(c2, c_new, rtol=1e-12, atol=1e-12)
     got = [dpre, dc_prev] + (ln_grads if layer_norm else [])
-    for name, u, v in zip(["pre", "c", "gain", "shift", "cell_gain", "cell_shift"], got, want):
+    for name, u, v in zip(["pre", "c", "gain", "shift", "cell_gain", "cell_shift"], got, want, strict=False):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -430,7 +430,7 @@ def test_reused_buffers_never_overwrite_a_live_graph(backend):
     second = torch.autograd.grad(losses[1], list(fast.parameters()))
     third = torch.autograd.grad((out3 * out3.detach().sin()).sum(), list(fast.parameters()))
     for got, want in ((first, ref_grads[0]), (again, ref_grads[0]), (second, ref_grads[1]), (third, ref_grads[2])):
-        for a, b in zip(got, want):
+        for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(outs[0], ref(xs[0])[0], rtol=1e-4, atol=1e-5)  # a kept output is untouched
     fh.release_workspace()  # empties the cache; the next call allocates afresh

@@ -77,7 +77,7 @@ def test_layer_matches_reference_equations(layer_norm):
         layer.cells[0], x, state.h[0], state.c[0], state.hyper_h[0], state.hyper_c[0]
     )
     torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-6)
-    for got, want in zip(new, (h, c, hh, hc)):
+    for got, want in zip(new, (h, c, hh, hc), strict=True):
         torch.testing.assert_close(got[0], want, rtol=1e-6, atol=1e-6)
 
 
@@ -149,7 +149,7 @@ def test_state_carried_across_segments_equals_one_pass():
     first, state = layer(x[:4])
     second, state = layer(x[4:], detach_state(state))
     torch.testing.assert_close(torch.cat([first, second]), full)
-    for a, b in zip(state, full_state):
+    for a, b in zip(state, full_state, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -163,7 +163,7 @@ def test_batch_first_equivalence(cls):
     a, sa = seq_first(x)
     b, sb = batch_first(x.transpose(0, 1).contiguous())
     torch.testing.assert_close(b.transpose(0, 1), a)
-    for u, v in zip(sa, sb):
+    for u, v in zip(sa, sb, strict=True):
         torch.testing.assert_close(u, v)
 
 

@@ -104,7 +104,7 @@ def test_beam_size_one_is_greedy(trained):
             s, n, beam_size=1, max_len=12, return_scores=True, return_attention=True
         )
         assert beam == greedy
-        for a, b in zip(greedy_attn, beam_attn):
+        for a, b in zip(greedy_attn, beam_attn, strict=True):
             torch.testing.assert_close(a, b)
     # the untrained models do not all emit one constant sequence: the comparison above means something
     assert len({tuple(h) for h in greedy}) > 1
@@ -117,14 +117,14 @@ def _check_beam_scores(model, pairs, beam_size, max_len, alpha):
         src, lengths, beam_size=beam_size, max_len=max_len, alpha=alpha, return_scores=True
     )
     ended = [len(h) < max_len for h in hyps]  # otherwise cut at max_len, without eos
-    _, _, tgt_in, tgt_out = make_batch([(s, h) for (s, _), h in zip(pairs, hyps)])
+    _, _, tgt_in, tgt_out = make_batch([(s, h) for (s, _), h in zip(pairs, hyps, strict=True)])
     with torch.no_grad():
         logp = torch.log_softmax(model(src, lengths, tgt_in), dim=-1)
     token_logp = logp.gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1).masked_fill(tgt_out == PAD, 0.0)
-    for b, (hyp, end) in enumerate(zip(hyps, ended)):
+    for b, (hyp, end) in enumerate(zip(hyps, ended, strict=True)):
         if not end:
             token_logp[b, len(hyp)] = 0.0  # the eos make_batch appended was never emitted
-    n = torch.tensor([len(h) + int(e) for h, e in zip(hyps, ended)])  # eos counts in |Y|
+    n = torch.tensor([len(h) + int(e) for h, e in zip(hyps, ended, strict=True)])  # eos counts in |Y|
     expected = token_logp.sum(1) / length_penalty(n, alpha)
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
     return hyps, ended
@@ -303,10 +303,10 @@ def test_attention_sums_to_one_over_real_source_and_is_zero_on_padding(attention
     # search returns one (T_out, S_i) matrix per sentence, rows summing to 1
     hyps, mats = model.greedy(src, lengths, max_len=9, return_attention=True)
     _, beam_mats = model.beam_search(src, lengths, beam_size=2, max_len=9, return_attention=True)
-    for hyp, mat, n in zip(hyps, mats, lengths.tolist()):
+    for hyp, mat, n in zip(hyps, mats, lengths.tolist(), strict=True):
         assert mat.shape == (min(len(hyp) + 1, 9), n)
         torch.testing.assert_close(mat.sum(-1), torch.ones(mat.shape[0]))
-    for mat, n in zip(beam_mats, lengths.tolist()):
+    for mat, n in zip(beam_mats, lengths.tolist(), strict=True):
         assert mat.shape[1] == n
         torch.testing.assert_close(mat.sum(-1), torch.ones(mat.shape[0]))
 
@@ -314,7 +314,7 @@ def test_attention_sums_to_one_over_real_source_and_is_zero_on_padding(attention
 def test_overfit_attention_matrices_match_the_search_output(trained):
     src, lengths, _, _ = make_batch(PAIRS)
     hyps, mats = trained.greedy(src, lengths, max_len=10, return_attention=True)
-    pairs = [(s, h) for (s, _), h in zip(PAIRS, hyps)]
+    pairs = [(s, h) for (s, _), h in zip(PAIRS, hyps, strict=True)]
     _, _, tgt_in, _ = make_batch(pairs)
     with torch.no_grad():
         _, attn = trained(src, lengths, tgt_in, return_attention=True)
@@ -435,7 +435,7 @@ def test_residual_connections_start_at_the_third_layer():
         for zeroed, expect_zero in (((1, 2, 3), True), ((2, 3), False)):
             model = small_model("ln_lstm", seed=9, num_layers=4, input_feeding=False).eval()
             seen = {}
-            model.decoder_layers[1].register_forward_hook(lambda m, i, o: seen.update(out=o[0]))
+            model.decoder_layers[1].register_forward_hook(lambda m, i, o, seen=seen: seen.update(out=o[0]))
             for k in zeroed:
                 _stub_zero_output(model.decoder_layers[k])
             top, _ = model._decoder_stack(
