@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +77,27 @@ PARAM_NAMES = (
 
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward
 
+# What forward keeps for backward, by name: per-step lists of tensors (Python path) or whole-sequence
+# tensors and lists of them (fused path).
+Saved: TypeAlias = Mapping[str, Tensor | list[Tensor]]
+# The gradients of a layer's parameters, by the names of PARAM_NAMES.
+Grads: TypeAlias = dict[str, Tensor]
+# What a BPTT loop returns: the gradients of the initial state ``h, c, hyper_h, hyper_c``; the per-step
+# gradient buffers ``DU, DWX, DHP, DZ`` and (fused) ``DUH``; the gradients of the loop's own parameters.
+BackwardLoopResult: TypeAlias = tuple[
+    tuple[Tensor, Tensor | None, Tensor | None, Tensor | None],
+    tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
+    Grads,
+]
+# A layer's result: ``out`` and the final ``h, c, hyper_h, hyper_c``.
+LayerOutput: TypeAlias = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
 # Which implementation of the per-step element-wise work runs on the CPU: "fused" (the C++ kernels of
 # csrc/hyperlstm_cell.cpp, compiled on first use, ~30 s, cached by torch in ~/.cache/torch_extensions),
 # "python" (ATen ops from Python, below), or "auto" (fused if it builds, else python with a warning).
 # Both compute the same equations; the tests run both against the reference layer.
 BACKEND = os.environ.get("HYPERMODELS_FAST_BACKEND", "auto")
-_EXTENSION: object | None = None
+_EXTENSION: ModuleType | None = None
 # Fused path: up to this many multiply-adds per step in the zero block of the combined recurrent product
 # (batch x 4H x Hh), one product per step for [h, hh] against one weight; above it (every bench size), two
 # products. With each thread running its own rows there is no fork/join per product to save, and the zero
@@ -105,7 +122,13 @@ def _cpu_flags() -> str:
 STALE_LOCK_S = 600  # a build takes well under a minute: an older lock was left by a killed process
 
 
-def _build_location(isa: str, flags: list[str]) -> dict[str, object]:
+class _BuildLocation(TypedDict):
+    name: str
+    sources: list[str]
+    build_directory: str
+
+
+def _build_location(isa: str, flags: list[str]) -> _BuildLocation:
     """``name``, ``sources`` and ``build_directory`` for torch's ``load``.
 
     The name holds the ISA and a digest of the source and flags, so a cache shared by different
@@ -141,7 +164,7 @@ def _build_location(isa: str, flags: list[str]) -> dict[str, object]:
     return {"name": name, "sources": [str(copied)], "build_directory": str(build_dir)}
 
 
-def fused_extension():
+def fused_extension() -> ModuleType | None:
     """The compiled fused kernels, or None when unavailable and :data:`BACKEND` allows the Python path."""
     global _EXTENSION, _EXTENSION_ERROR
     if BACKEND == "python":
@@ -182,46 +205,83 @@ def fused_extension():
 # ----------------------------------------------------------------------------------------------------
 
 
+class _LayerNorm(NamedTuple):
+    """The layer-norm affine of one LSTM core.
+
+    ``gain`` ``(4, n)`` and ``shift`` ``(4, n)`` per gate, the forget bias folded into ``shift``;
+    ``cell_gain``/``cell_shift`` ``(n,)`` on the output path.
+    """
+
+    gain: Tensor
+    shift: Tensor
+    cell_gain: Tensor
+    cell_shift: Tensor
+
+
 class _Core:
     """Constants of one LSTM core (main or hyper cell), prepared once per call.
 
-    ``gain`` ``(4, n)`` and ``shift`` ``(4, n)`` are the per-gate LN affine, with the forget bias folded
-    into ``shift`` (LN case); ``cell_gain``/``cell_shift`` ``(n,)`` the LN on the output path. Without
-    layer norm all are None and the forget bias lives in the gate bias (see :func:`_forward_loop`).
+    ``affine`` is the core's :class:`_LayerNorm` (LN case; the forget bias folded into its ``shift``).
+    Without layer norm it is None and the forget bias lives in the gate bias (see :func:`_forward_loop`).
     """
 
-    def __init__(self, size: int, ln: bool, eps: float, forget_bias: float, gain, shift, cell_gain, cell_shift):
+    def __init__(
+        self,
+        size: int,
+        ln: bool,
+        eps: float,
+        forget_bias: float,
+        gain: Tensor | None,
+        shift: Tensor | None,
+        cell_gain: Tensor | None,
+        cell_shift: Tensor | None,
+    ) -> None:
         self.size, self.ln, self.eps = size, ln, eps
-        self.gain = self.shift = self.cell_gain = self.cell_shift = None  # the kernels read "gain given" as LN
+        self.affine: _LayerNorm | None = None  # the kernels read "gain given" as LN
         if ln:
-            self.gain, self.cell_gain, self.cell_shift = gain, cell_gain, cell_shift
+            if gain is None or shift is None or cell_gain is None or cell_shift is None:
+                raise ValueError("a layer-normalised core needs gain, shift, cell_gain and cell_shift")
             shift = shift.clone()
             shift[2] += forget_bias  # after LN, as the reference (LN would cancel it before)
-            self.shift = shift
-        self.one = None  # scalar 1, made lazily in the right dtype/device
+            self.affine = _LayerNorm(gain, shift, cell_gain, cell_shift)
+        self.one: Tensor | None = None  # scalar 1, made lazily in the right dtype/device
 
-    def ln_args(self) -> tuple:
+    def ln_args(self) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, float]:
         """``(gain, shift, cell_gain, cell_shift, eps)`` for the fused kernels (LN tensors None without LN)."""
-        return self.gain, self.shift, self.cell_gain, self.cell_shift, self.eps
+        if self.affine is None:
+            return None, None, None, None, self.eps
+        return (*self.affine, self.eps)
 
-    def activations(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``pre`` ``(B, 4, n)`` -> (sigmoid of all gates ``(B, 4, n)``, tanh(g) ``(B, n)``, LN stats)."""
-        if self.ln:
+    def activations(self, pre: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+        """``pre`` ``(B, 4, n)`` -> (sigmoid of all gates ``(B, 4, n)``, tanh(g) ``(B, n)``, LN stats).
+
+        The LN stats are ``(norm, mean, rstd)`` of ``native_layer_norm``, None without layer norm.
+        """
+        affine = self.affine
+        stats: tuple[Tensor, Tensor, Tensor] | None = None
+        if affine is not None:
             norm, mean, rstd = torch.native_layer_norm(pre, (self.size,), None, None, self.eps)
-            act = torch.addcmul(self.shift, norm, self.gain)
+            act = torch.addcmul(affine.shift, norm, affine.gain)
             stats = (norm, mean, rstd)
         else:
-            act, stats = pre, None
+            act = pre
         # One sigmoid over all four gates (sigmoid(g) is unused): fewer kernels beats 25% less work.
         return torch.sigmoid(act), torch.tanh(act[:, 1]), stats
 
-    def forward(self, pre: Tensor, c: Tensor, mask: Tensor | None, h_out: Tensor | None = None):
+    def forward(
+        self, pre: Tensor, c: Tensor, mask: Tensor | None, h_out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One step: ``pre`` ``(B, 4, n)``, ``c`` ``(B, n)``, ``mask`` ``(B, n)`` or None -> ``h``, ``c_new``."""
         sig, cand, _ = self.activations(pre)
         if mask is not None:
             cand = cand * mask  # recurrent dropout on the candidate only
         c_new = torch.addcmul(sig[:, 2] * c, sig[:, 0], cand)
-        c_out = F.layer_norm(c_new, (self.size,), self.cell_gain, self.cell_shift, self.eps) if self.ln else c_new
+        affine = self.affine
+        c_out = (
+            F.layer_norm(c_new, (self.size,), affine.cell_gain, affine.cell_shift, self.eps)
+            if affine is not None
+            else c_new
+        )
         h = torch.mul(sig[:, 3], torch.tanh(c_out), out=h_out) if h_out is not None else sig[:, 3] * torch.tanh(c_out)
         return h, c_new
 
@@ -233,9 +293,9 @@ class _Core:
         mask: Tensor | None,
         dh: Tensor,
         dc: Tensor | None,
-        grads: dict,
+        grads: dict[str, list[Tensor]],
         dpre_out: Tensor,
-    ):
+    ) -> Tensor:
         """Backward of :meth:`forward`, recomputing the activations.
 
         ``dh``/``dc`` ``(B, n)`` are the gradients arriving at ``h``/``c_new`` (``dc`` None means zero).
@@ -243,22 +303,25 @@ class _Core:
         per-step LN parameter gradients (summed over the batch) to the lists in ``grads``.
         """
         n = self.size
+        affine = self.affine
         sig, tg, stats = self.activations(pre)
         dsig = torch.addcmul(sig, sig, sig, value=-1)  # sigmoid' = s (1 - s), all gates at once
-        if self.one is None:
-            self.one = pre.new_ones(())
-        if self.ln:
-            c_out, c_mean, c_rstd = torch.native_layer_norm(c_new, (n,), self.cell_gain, self.cell_shift, self.eps)
+        one = self.one
+        if one is None:
+            one = self.one = pre.new_ones(())
+        if affine is not None:
+            c_out, c_mean, c_rstd = torch.native_layer_norm(c_new, (n,), affine.cell_gain, affine.cell_shift, self.eps)
         else:
             c_out = c_new
         tco = torch.tanh(c_out)
         # The gate gradients are assembled in one (B, 4, n) tensor for the LN backward.
-        dact = dpre_out if not self.ln else torch.empty_like(sig)
+        dact = dpre_out if affine is None else torch.empty_like(sig)
         torch.mul(dh * tco, dsig[:, 3], out=dact[:, 3])  # o
-        dc_out = dh * sig[:, 3] * torch.addcmul(self.one, tco, tco, value=-1)  # through tanh(LN(c))
-        if self.ln:
+        dc_out = dh * sig[:, 3] * torch.addcmul(one, tco, tco, value=-1)  # through tanh(LN(c))
+        dc_new: Tensor
+        if affine is not None:
             dc_new, dg_cell, db_cell = _layer_norm_backward(
-                dc_out, c_new, (n,), c_mean, c_rstd, self.cell_gain, self.cell_shift, (True, True, True)
+                dc_out, c_new, (n,), c_mean, c_rstd, affine.cell_gain, affine.cell_shift, (True, True, True)
             )
             grads["cell_gain"].append(dg_cell)
             grads["cell_shift"].append(db_cell)
@@ -272,14 +335,14 @@ class _Core:
         dcand = dc_new * sig[:, 0]
         if mask is not None:
             dcand = dcand * mask
-        torch.mul(dcand, torch.addcmul(self.one, tg, tg, value=-1), out=dact[:, 1])  # g through tanh
+        torch.mul(dcand, torch.addcmul(one, tg, tg, value=-1), out=dact[:, 1])  # g through tanh
         dc_prev = dc_new * sig[:, 2]
-        if self.ln:
+        if affine is not None and stats is not None:  # layer norm: activations() gave its stats
             norm, mean, rstd = stats
             grads["shift"].append(dact.sum(0))
             grads["gain"].append((dact * norm).sum(0))
             dpre_out.copy_(
-                _layer_norm_backward(dact * self.gain, pre, (n,), mean, rstd, None, None, (True, False, False))[0]
+                _layer_norm_backward(dact * affine.gain, pre, (n,), mean, rstd, None, None, (True, False, False))[0]
             )
         return dc_prev
 
@@ -289,12 +352,24 @@ class _Core:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _require(params: Mapping[str, Tensor | None], name: str) -> Tensor:
+    """``params[name]``, which every HyperLSTM cell has (only the layer-norm parameters may be None)."""
+    t = params[name]
+    if t is None:
+        raise ValueError(f"HyperLSTM parameter {name} is None")
+    return t
+
+
 class _Prepared:
     """Views and constants of one layer's parameters for a call (shapes in the comments)."""
 
+    ext: ModuleType | None  # the fused kernels, None on the Python path
+    W2: Tensor  # fused path only: the recurrent weights of the per-step product
+    hW_hh_split: Tensor | None  # fused path only: W_ĥh when it is a product of its own, else None
+
     def __init__(
         self,
-        params: dict,
+        params: Mapping[str, Tensor | None],
         H: int,
         Hh: int,
         forget_bias: float,
@@ -302,32 +377,37 @@ class _Prepared:
         device: torch.device,
         fused: bool | None = None,
         batch: int = 1,
-    ):
+    ) -> None:
         p = params
+
+        def req(name: str) -> Tensor:
+            return _require(p, name)
+
         # The fused kernels are CPU code; elsewhere (CUDA) the ATen path runs. ``fused`` forces the choice
         # (backward must use what forward used).
         if fused is None:
             fused = device.type == "cpu" and fused_extension() is not None
         self.ext = ext = fused_extension() if fused else None
         self.ln = ln = p["ln_weight"] is not None
-        Nz = p["d_weight"].shape[-1]
+        Nz = req("d_weight").shape[-1]
         self.H, self.Hh, self.Nz = H, Hh, Nz
-        self.W_x, self.W_h = p["weight_ih"], p["weight_hh"]  # (4H, I), (4H, H)
-        self.hW_h = p["hyper_weight_ih"][:, :H]  # (4Hh, H): h-part of x̂
-        self.hW_x = p["hyper_weight_ih"][:, H:]  # (4Hh, I): x-part of x̂
-        self.hW_hh = p["hyper_weight_hh"]  # (4Hh, Hh)
-        hyper_bias = p["hyper_bias"]
-        bias = p["bias"]
+        self.W_x, self.W_h = req("weight_ih"), req("weight_hh")  # (4H, I), (4H, H)
+        self.hW_h = req("hyper_weight_ih")[:, :H]  # (4Hh, H): h-part of x̂
+        self.hW_x = req("hyper_weight_ih")[:, H:]  # (4Hh, I): x-part of x̂
+        self.hW_hh = req("hyper_weight_hh")  # (4Hh, Hh)
+        hyper_bias = req("hyper_bias")
+        bias = req("bias")
         if not ln:  # no LN to cancel it: fold the forget bias into the gate biases
             hyper_bias = hyper_bias.clone()
             hyper_bias[2 * Hh : 3 * Hh] += forget_bias
             bias = bias.clone()
             bias[2 * H : 3 * H] += forget_bias
         self.hyper_bias = hyper_bias  # (4Hh,)
-        self.Zw = p["z_weight"].reshape(3 * GATES * Nz, Hh)  # (12Nz, Hh): rows (k, gate, Nz)
+        self.Zw = req("z_weight").reshape(3 * GATES * Nz, Hh)  # (12Nz, Hh): rows (k, gate, Nz)
         # z_h and z_x have a bias, z_b has none.
-        self.zb = torch.cat([p["z_bias"].reshape(-1), p["z_bias"].new_zeros(GATES * Nz)])  # (12Nz,)
-        self.Dw = p["d_weight"].reshape(3 * GATES, H, Nz)  # (12, H, Nz)
+        z_bias = req("z_bias")
+        self.zb = torch.cat([z_bias.reshape(-1), z_bias.new_zeros(GATES * Nz)])  # (12Nz,)
+        self.Dw = req("d_weight").reshape(3 * GATES, H, Nz)  # (12, H, Nz)
         self.DwT = self.Dw.transpose(1, 2).contiguous()  # (12, Nz, H): wide rows for the bmm
         # b_0 is added to pre separately: as a broadcast bias of the d product (baddbmm) it cost a
         # (12, B, H) copy per step, slower than the product itself.
@@ -343,12 +423,12 @@ class _Prepared:
             p["hyper_ln_cell_weight"],
             p["hyper_ln_cell_bias"],
         )
+        self.hW_hh_split = None
         if ext is not None:
             # One product per step for both recurrent inputs [h, hh]_{t-1}: u = W_h h and the hyper cell's
             # recurrent part, with a zero block (hh does not feed u), at small sizes; above
             # SPLIT_PRODUCT_MACS of zero-block work, two products (h against [W_h; W_ĥh], hh against W_ĥhh).
             W_cat = torch.cat([self.W_h, self.hW_h])  # (4H + 4Hh, H)
-            self.hW_hh_split = None
             if batch * GATES * H * Hh > SPLIT_PRODUCT_MACS:
                 self.W2 = W_cat
                 self.hW_hh_split = self.hW_hh
@@ -366,10 +446,16 @@ class _Prepared:
         d = torch.bmm(z.view(B, 3 * GATES, self.Nz).transpose(0, 1)[:n], self.DwT[:n])
         return d.view(parts, GATES, B, self.H)
 
+    def fused(self) -> ModuleType:
+        """The fused kernels (the fused path only)."""
+        if self.ext is None:
+            raise RuntimeError("fast HyperLSTM: the fused path ran without its kernels")
+        return self.ext
+
 
 def _forward_loop(
     x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared, save: bool
-):
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Saved | None]:
     """Run the layer over ``x`` ``(T, B, I)`` from state ``h, c`` ``(B, H)``, ``hh, hc`` ``(B, Hh)``.
 
     Returns ``out`` ``(T, B, H)``, the final ``c``, ``hh``, ``hc`` and (if ``save``) a dict of per-step
@@ -384,17 +470,27 @@ def _forward_loop(
     hwx = F.linear(x, P.hW_x, P.hyper_bias)
     out = x.new_empty(T, B, H)
     keys = ("u", "pre", "c", "z", "hpre", "hc", "hh")
-    saved = {k: [] for k in keys} if save else None
+    saved: dict[str, list[Tensor]] | None = {k: [] for k in keys} if save else None
     for t in range(T):
         mask = None if masks is None else masks[t]
         h, c, hh, hc, keep = _python_step(P, h, c, hh, hc, wx[t], hwx[t], mask, out[t])
-        if save:
+        if saved is not None:
             for k, v in zip(keys, keep, strict=True):
                 saved[k].append(v)
     return out, c, hh, hc, saved
 
 
-def _python_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
+def _python_step(
+    P: _Prepared,
+    h: Tensor,
+    c: Tensor,
+    hh: Tensor,
+    hc: Tensor,
+    wx_t: Tensor,
+    hwx_t: Tensor,
+    mask: Tensor | None,
+    h_out: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
     """One step with ATen ops; returns the new state and the tensors to save (see :func:`_forward_loop`)."""
     B, H, Hh = h.shape[0], P.H, P.Hh
     # Hyper cell on x̂ = [h_{t-1}, x_t] (Eq. 10).
@@ -412,7 +508,21 @@ def _python_step(P: _Prepared, h, c, hh, hc, wx_t, hwx_t, mask, h_out):
     return h, c, hh, hc, (u, pre, c, z, hpre, hc, hh)
 
 
-def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
+def _backward_python(
+    P: _Prepared,
+    saved: Saved,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    hh0: Tensor,
+    hc0: Tensor,
+    masks: Tensor | None,
+    dout: Tensor | None,
+    dh: Tensor,
+    dc: Tensor | None,
+    dhh: Tensor | None,
+    dhc: Tensor | None,
+) -> BackwardLoopResult:
     """BPTT with ATen ops. Returns the state gradients and the per-step gradient buffers (see caller)."""
     T, B, _ = x.shape
     H, Hh, Nz, G = P.H, P.Hh, P.Nz, GATES
@@ -424,9 +534,9 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
     dd = x.new_empty(3, G, B, H)  # gradients of d_h, d_x, dynamic bias, gate-major for the bmm
     dpre = dd[2].transpose(0, 1)  # (B, 4, H) view: d(pre) is the dynamic bias's gradient
     dDwT = P.DwT.new_zeros(P.DwT.shape)  # (12, Nz, H): accumulated as z^T dd (wide output rows: faster)
-    dbias_steps = []
-    main_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
-    hyper_grads = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+    dbias_steps: list[Tensor] = []
+    main_grads: dict[str, list[Tensor]] = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
+    hyper_grads: dict[str, list[Tensor]] = {k: [] for k in ("gain", "shift", "cell_gain", "cell_shift")}
     for t in range(T - 1, -1, -1):
         c_prev = c0 if t == 0 else saved["c"][t - 1]
         hc_prev = hc0 if t == 0 else saved["hc"][t - 1]
@@ -457,7 +567,7 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
         dh = torch.mm(DU[t], P.W_h) if t == 0 or dout is None else torch.addmm(dout[t - 1], DU[t], P.W_h)
         dh.addmm_(DHP[t], P.hW_h)
         dhh = torch.mm(DHP[t], P.hW_hh)
-    grads = {"d_weight": dDwT, "bias": torch.stack(dbias_steps).sum(0).view(-1)}
+    grads: Grads = {"d_weight": dDwT, "bias": torch.stack(dbias_steps).sum(0).view(-1)}
     if P.ln:
         for prefix, g in (("", main_grads), ("hyper_", hyper_grads)):
             grads[prefix + "ln_weight"] = torch.stack(g["gain"]).sum(0)
@@ -469,7 +579,7 @@ def _backward_python(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout
 
 def _forward_fused(
     x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared, save: bool
-):
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Saved | None]:
     """The whole forward loop in the extension (one call; see csrc/hyperlstm_cell.cpp).
 
     Returns ``out``, the final ``c``, ``hh``, ``hc`` and (if ``save``) what backward needs, as whole-sequence
@@ -478,12 +588,13 @@ def _forward_fused(
     else none for the main cell and the hyper cell's pre-activations.
     """
     T, B, n_in = x.shape
+    ext = P.fused()
     # (T, B, 4H), kept for backward (d_x's gradient); in a reused buffer (see ``workspace`` in the C++)
-    wx = P.ext.workspace([T, B, GATES * P.H], x)
+    wx = ext.workspace([T, B, GATES * P.H], x)
     torch.mm(x.view(T * B, n_in), P.W_x.t(), out=wx.view(T * B, GATES * P.H))
-    hwx = P.ext.workspace([T, B, GATES * P.Hh], x)  # (T, B, 4Hh): Ŵ_x x, the kernel adds b̂
+    hwx = ext.workspace([T, B, GATES * P.Hh], x)  # (T, B, 4Hh): Ŵ_x x, the kernel adds b̂
     torch.mm(x.view(T * B, n_in), P.hW_x.t(), out=hwx.view(T * B, GATES * P.Hh))
-    res = P.ext.forward_loop(
+    res = ext.forward_loop(
         wx,
         hwx,
         h,
@@ -505,7 +616,7 @@ def _forward_fused(
         SAVE_ACTIVATIONS,
     )
     out, c, hh, hc, R, Z, C, HC, HH = res[:9]
-    saved = None
+    saved: Saved | None = None
     if save:
         # 5 activation tensors per cell, or none for the main cell (recomputed from r, wx, z) and the hyper
         # cell's pre-activations
@@ -523,10 +634,24 @@ def _forward_fused(
     return out, c, hh, hc, saved
 
 
-def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc):
+def _backward_fused(
+    P: _Prepared,
+    saved: Saved,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    hh0: Tensor,
+    hc0: Tensor,
+    masks: Tensor | None,
+    dout: Tensor | None,
+    dh: Tensor,
+    dc: Tensor | None,
+    dhh: Tensor | None,
+    dhc: Tensor | None,
+) -> BackwardLoopResult:
     """The whole BPTT loop in the extension (one call; see csrc/hyperlstm_cell.cpp)."""
     G, H, Hh = GATES, P.H, P.Hh
-    res = P.ext.backward_loop(
+    res = P.fused().backward_loop(
         saved["r"],
         saved["z"],
         saved["c"],
@@ -552,14 +677,14 @@ def _backward_fused(P: _Prepared, saved: dict, x, h0, c0, hh0, hc0, masks, dout,
         P.main.eps,
     )
     DUH, DWX, DZ, dDwT, dbias = res[:5]
-    grads = {"d_weight": dDwT, "bias": dbias}
+    grads: Grads = {"d_weight": dDwT, "bias": dbias}
     if P.ln:
         for prefix, acc, n in (("", res[5:9], H), ("hyper_", res[9:13], Hh)):
             grads[prefix + "ln_weight"] = acc[0].view(G, n)
             grads[prefix + "ln_bias"] = acc[1].view(G, n)
             grads[prefix + "ln_cell_weight"] = acc[2]
             grads[prefix + "ln_cell_bias"] = acc[3]
-    return tuple(res[13:17]), (DUH[..., : G * H], DWX, DUH[..., G * H :], DZ, DUH), grads
+    return (res[13], res[14], res[15], res[16]), (DUH[..., : G * H], DWX, DUH[..., G * H :], DZ, DUH), grads
 
 
 class HyperLSTMLayerFunction(torch.autograd.Function):
@@ -572,7 +697,18 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, forget_bias, eps, x, h0, c0, hh0, hc0, masks, *params):
+    def forward(
+        ctx: Any,
+        forget_bias: float,
+        eps: float,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        hh0: Tensor,
+        hc0: Tensor,
+        masks: Tensor | None,
+        *params: Tensor | None,
+    ) -> LayerOutput:
         p = dict(zip(PARAM_NAMES, params, strict=True))
         H, Hh = h0.shape[1], hh0.shape[1]
         P = _Prepared(p, H, Hh, forget_bias, eps, x.device, batch=x.shape[1])
@@ -580,6 +716,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         masks = None if masks is None else masks.contiguous()
         loop = _forward_fused if P.ext is not None else _forward_loop
         out, c, hh, hc, saved = loop(x, h0, c0, hh0, hc0, masks, P, save=True)
+        assert saved is not None  # save=True
         # Backward must use the implementation forward used (what is saved differs). Saved entries are
         # tensors (fused: whole sequence) or lists (per step, or the activation tensors of a cell).
         layout = tuple((k, len(v) if isinstance(v, list) else None) for k, v in saved.items())
@@ -591,11 +728,19 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dout, dhT, dcT, dhhT, dhcT):
+    def backward(
+        ctx: Any,
+        dout: Tensor | None,
+        dhT: Tensor | None,
+        dcT: Tensor | None,
+        dhhT: Tensor | None,
+        dhcT: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
         forget_bias, eps, layout, fused = ctx.meta
         x, h0, c0, hh0, hc0, masks, out, *rest = ctx.saved_tensors
         params, flat = rest[: len(PARAM_NAMES)], rest[len(PARAM_NAMES) :]
-        saved, i = {}, 0
+        saved: dict[str, Tensor | list[Tensor]] = {}
+        i = 0
         for k, count in layout:
             saved[k] = flat[i] if count is None else list(flat[i : i + count])
             i += 1 if count is None else count
@@ -604,7 +749,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         B, H, Hh, G = x.shape[1], h0.shape[1], hh0.shape[1], GATES
         P = _Prepared(p, H, Hh, forget_bias, eps, x.device, fused=fused, batch=B)
 
-        def contiguous(t):
+        def contiguous(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.contiguous()
 
         # An expanded gradient (e.g. from out.sum()) sends addmm down a slow path (25x): materialise it.
@@ -620,7 +765,8 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         # Weight gradients: one product over all T*B rows each. h_{t-1} is out shifted by a step: step 0's
         # part (h0) is a product of its own, so no shifted copy of the sequence is made.
         TB = T * B
-        hh_all = saved["hh"] if fused else torch.stack(saved["hh"])  # (T, B, Hh)
+        hh_saved = saved["hh"]  # fused: one tensor; Python path: one per step
+        hh_all = hh_saved if isinstance(hh_saved, Tensor) else torch.stack(hh_saved)  # (T, B, Hh)
 
         def prev_product(D: Tensor, first: Tensor, rest: Tensor) -> Tensor:
             """sum_t D_t^T s_{t-1} for D (T, B, n) and states s_{-1} = first (B, m), s_0..s_{T-2} = rest[:-1].
@@ -633,7 +779,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
             return g.t()
 
         if DUH is not None:
-            dW_h, dW_hh_part = prev_product(DUH, h0, out).split([G * H, G * Hh])
+            dW_h, dW_hh_part = torch.split(prev_product(DUH, h0, out), [G * H, G * Hh])
         else:
             dW_h, dW_hh_part = prev_product(DU, h0, out), prev_product(DHP, h0, out)
         xf = x.reshape(TB, -1)
@@ -667,7 +813,9 @@ def layer_forward(
     params = [getattr(cell, name) for name in PARAM_NAMES]
     tensors = [x, h0, c0, hh0, hc0, masks, *params]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *tensors)
+        # torch leaves Function.apply unannotated: its result is typed here.
+        result: LayerOutput = HyperLSTMLayerFunction.apply(cell.forget_bias, cell.eps, *tensors)  # type: ignore[no-untyped-call]
+        return result
     with torch.no_grad():
         P = _Prepared(
             dict(zip(PARAM_NAMES, params, strict=True)),
@@ -686,7 +834,7 @@ def layer_forward(
     return out, out[-1], c, hh, hc
 
 
-def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = None):
+def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = None) -> tuple[Tensor, HyperLSTMState]:
     """``HyperLSTM.forward`` through :class:`HyperLSTMLayerFunction`, one node per layer.
 
     Same conventions, results and dropout masks (drawn in the same order) as the reference path.
@@ -701,9 +849,9 @@ def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = No
     T, B, _ = x.shape
     if state is None:
         state = module.zero_state(B, x)
-    finals = []
+    finals: list[list[Tensor]] = []
     layer_input = x
-    for k, cell in enumerate(module.cells):
+    for k, cell in enumerate(cast("Iterable[HyperLSTMCell]", module.cells)):
         masks = recurrent_dropout_masks(cell.recurrent_dropout, module.training, T, B, module.hidden_size, x)
         out, *final = layer_forward(
             cell, layer_input, state.h[k], state.c[k], state.hyper_h[k], state.hyper_c[k], masks
