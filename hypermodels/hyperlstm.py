@@ -7,7 +7,8 @@ Notation follows ``PAPER.md`` §1: ``hidden_size`` = N_h, ``hyper_size`` = N_ĥ,
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +55,11 @@ def gate_layer_norm(pre: Tensor, weight: Tensor | None, bias: Tensor | None, eps
     Normalises with sqrt(var + eps), the standard form (not std + eps).
     """
     out = F.layer_norm(pre, pre.shape[-1:], eps=eps)
-    if weight is not None:
-        out = out * weight + bias
-    return out
+    if weight is None:
+        return out
+    if bias is None:
+        raise ValueError("gate_layer_norm: a weight needs its bias")
+    return out * weight + bias
 
 
 class HyperLSTMCell(nn.Module):
@@ -84,6 +87,16 @@ class HyperLSTMCell(nn.Module):
     Shapes: ``forward(x, state)`` with ``x`` ``(batch, input_size)``, state a :class:`CellState`
     (or None for zeros); returns ``(h, state)``.
     """
+
+    # Layer-norm parameters: None without layer norm (registered as None, so state_dict has no entry).
+    ln_weight: nn.Parameter | None
+    ln_bias: nn.Parameter | None
+    ln_cell_weight: nn.Parameter | None
+    ln_cell_bias: nn.Parameter | None
+    hyper_ln_weight: nn.Parameter | None
+    hyper_ln_bias: nn.Parameter | None
+    hyper_ln_cell_weight: nn.Parameter | None
+    hyper_ln_cell_bias: nn.Parameter | None
 
     def __init__(
         self,
@@ -163,14 +176,18 @@ class HyperLSTMCell(nn.Module):
             self.z_weight[2].normal_(0.0, 0.01)  # z_b ~ N(0, 0.01)
             self.d_weight[:2].fill_(0.1 / self.embed_size)  # d = (0.1/N_z) * sum(z = 1) = 0.1
             self.d_weight[2].zero_()  # W_bz = 0
-            if self.layer_norm:
-                for w in (self.ln_weight, self.ln_cell_weight, self.hyper_ln_weight, self.hyper_ln_cell_weight):
+            # The layer-norm parameters exist (are not None) exactly when layer_norm is on.
+            for w in (self.ln_weight, self.ln_cell_weight, self.hyper_ln_weight, self.hyper_ln_cell_weight):
+                if w is not None:
                     w.fill_(1.0)
-                for b in (self.ln_bias, self.ln_cell_bias, self.hyper_ln_bias, self.hyper_ln_cell_bias):
+            for b in (self.ln_bias, self.ln_cell_bias, self.hyper_ln_bias, self.hyper_ln_cell_bias):
+                if b is not None:
                     b.zero_()
 
     def zero_state(self, batch: int, like: Tensor) -> CellState:
-        zeros = lambda n: like.new_zeros(batch, n)  # noqa: E731
+        def zeros(n: int) -> Tensor:
+            return like.new_zeros(batch, n)
+
         return CellState(
             zeros(self.hidden_size), zeros(self.hidden_size), zeros(self.hyper_size), zeros(self.hyper_size)
         )
@@ -342,7 +359,9 @@ class HyperLSTM(nn.Module):
             d_h, d_x = d_h.transpose(1, 2), d_x.transpose(1, 2)
         return d_h, d_x
 
-    def _run(self, x: Tensor, state: HyperLSTMState | None, keep_scales: bool):
+    def _run(
+        self, x: Tensor, state: HyperLSTMState | None, keep_scales: bool
+    ) -> tuple[Tensor, HyperLSTMState, list[tuple[list[Tensor], list[Tensor]]]]:
         if x.dim() != 3:
             raise ValueError(f"expected a 3-D input (seq, batch, features), got shape {tuple(x.shape)}")
         if self.batch_first:
@@ -350,15 +369,18 @@ class HyperLSTM(nn.Module):
         T, B, _ = x.shape
         if state is None:
             state = self.zero_state(B, x)
-        new_state, scales = [], []
+        new_state: list[CellState] = []
+        scales: list[tuple[list[Tensor], list[Tensor]]] = []
         layer_input = x
-        for k, cell in enumerate(self.cells):
+        for k, cell in enumerate(cast(Iterable[HyperLSTMCell], self.cells)):
             cell_state = CellState(state.h[k], state.c[k], state.hyper_h[k], state.hyper_c[k])
             # Input projections of the whole sequence at once; unbind (not indexing) keeps backward O(T).
             wx_all, hyper_wx_all = (p.unbind(0) for p in cell.project_input(layer_input))
             # All of the layer's masks up front, as the fast path draws them.
             masks = recurrent_dropout_masks(cell.recurrent_dropout, self.training, T, B, self.hidden_size, x)
-            outputs, d_hs, d_xs = [], [], []
+            outputs: list[Tensor] = []
+            d_hs: list[Tensor] = []
+            d_xs: list[Tensor] = []
             for t in range(T):
                 mask = None if masks is None else masks[t]
                 cell_state, d_h, d_x = cell.step(wx_all[t], hyper_wx_all[t], cell_state, mask)

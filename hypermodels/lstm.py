@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,6 +48,12 @@ class LayerNormLSTMCell(nn.Module):
     ``layer_norm=False`` gives a plain LSTM cell that supports recurrent dropout.
     """
 
+    # Layer-norm parameters: None without layer norm (registered as None, so state_dict has no entry).
+    ln_weight: nn.Parameter | None
+    ln_bias: nn.Parameter | None
+    ln_cell_weight: nn.Parameter | None
+    ln_cell_bias: nn.Parameter | None
+
     def __init__(
         self,
         input_size: int,
@@ -76,7 +85,9 @@ class LayerNormLSTMCell(nn.Module):
         orthogonal_per_gate_(self.weight_ih)
         orthogonal_per_gate_(self.weight_hh)
 
-    def step(self, wx: Tensor, state: tuple[Tensor, Tensor], dropout_mask: Tensor | None = None):
+    def step(
+        self, wx: Tensor, state: tuple[Tensor, Tensor], dropout_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One step from ``wx`` = W_x x_t + b ``(B, 4H)``; returns the new ``(h, c)``."""
         h, c = state
         B, H = h.shape[0], self.hidden_size
@@ -91,7 +102,7 @@ class LayerNormLSTMCell(nn.Module):
         c_out = F.layer_norm(c, (H,), self.ln_cell_weight, self.ln_cell_bias, self.eps) if self.layer_norm else c
         return torch.sigmoid(o) * torch.tanh(c_out), c
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One step: ``x`` ``(B, input_size)`` -> ``h`` ``(B, H)``, ``(h, c)``."""
         if state is None:
             state = (x.new_zeros(x.shape[0], self.hidden_size),) * 2
@@ -133,20 +144,21 @@ class LayerNormLSTM(nn.Module):
             for k in range(num_layers)
         )
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if self.batch_first:
             x = x.transpose(0, 1)
         T, B, _ = x.shape
         if state is None:
             zeros = x.new_zeros(self.num_layers, B, self.hidden_size)
             state = (zeros, zeros)
-        hs, cs = [], []
+        hs: list[Tensor] = []
+        cs: list[Tensor] = []
         layer_input = x
-        for k, cell in enumerate(self.cells):
+        for k, cell in enumerate(cast(Iterable[LayerNormLSTMCell], self.cells)):
             hc = (state[0][k], state[1][k])
             # Whole sequence at once; unbind (not indexing) keeps backward O(T).
             wx_all = F.linear(layer_input, cell.weight_ih, cell.bias).unbind(0)
-            outputs = []
+            outputs: list[Tensor] = []
             for t in range(T):
                 mask = recurrent_dropout_mask(cell.recurrent_dropout, self.training, B, self.hidden_size, x)
                 hc = cell.step(wx_all[t], hc, mask)

@@ -28,7 +28,8 @@ Every piece of cell-specific state handling (HyperLSTM's 4-tuple vs the LSTMs' `
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,12 @@ from .hyperlstm import HyperLSTM
 from .recurrent import CELLS, build_rnn, map_state
 
 ATTENTIONS = ("additive", "general")
+
+# What beam_search returns: the hypotheses, with their scores and/or attention matrices if asked.
+Hypotheses: TypeAlias = list[list[int]]
+BeamSearchResult: TypeAlias = (
+    Hypotheses | tuple[Hypotheses, Tensor] | tuple[Hypotheses, list[Tensor]] | tuple[Hypotheses, Tensor, list[Tensor]]
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,7 +104,8 @@ class RecurrentLayer(nn.Module):
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         if state is None:
             state = self.zero_state(x.shape[1], x)
-        return self.rnn(x.contiguous(), state)
+        result: tuple[Tensor, Any] = self.rnn(x.contiguous(), state)
+        return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,7 +147,8 @@ class Attention(nn.Module):
 
     def precompute(self, memory: Tensor) -> Tensor:
         """The query-independent part: ``W_k memory`` ``(B, S, ·)``."""
-        return self.key_proj(memory)
+        keys: Tensor = self.key_proj(memory)
+        return keys
 
     def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         if self.kind == "additive":
@@ -181,7 +190,7 @@ class DecoderState(NamedTuple):
     used only with input feeding).
     """
 
-    layers: list
+    layers: list[Any]
     feed: Tensor
 
     def select(self, index: Tensor) -> DecoderState:
@@ -333,7 +342,7 @@ class Seq2Seq(nn.Module):
         bwd, _ = self.encoder_bwd(_reverse_within_lengths(x, src_lengths))
         bwd = _reverse_within_lengths(bwd, src_lengths)
         out = self.encoder_merge(torch.cat([fwd, bwd], dim=-1))
-        for k, layer in enumerate(self.encoder_layers, start=2):  # k: 1-based layer number
+        for k, layer in enumerate(self._layers(self.encoder_layers), start=2):  # k: 1-based layer number
             inp = F.dropout(out, self.dropout, self.training)
             out, _ = layer(inp)
             if k >= 3:
@@ -347,13 +356,20 @@ class Seq2Seq(nn.Module):
         """Zero decoder state for the batch of ``enc``."""
         B, like = enc.memory.shape[0], enc.memory
         return DecoderState(
-            [layer.zero_state(B, like) for layer in self.decoder_layers], like.new_zeros(B, self.hidden_size)
+            [layer.zero_state(B, like) for layer in self._layers(self.decoder_layers)],
+            like.new_zeros(B, self.hidden_size),
         )
 
-    def _decoder_stack(self, x: Tensor, states: list) -> tuple[Tensor, list]:
+    @staticmethod
+    def _layers(layers: nn.ModuleList) -> Iterable[RecurrentLayer]:
+        """``layers`` with their type (an encoder or decoder stack)."""
+        return cast(Iterable[RecurrentLayer], layers)
+
+    def _decoder_stack(self, x: Tensor, states: list[Any]) -> tuple[Tensor, list[Any]]:
         """Run the decoder layers on ``x`` ``(T, B, in)``; residual from layer 3 on."""
-        new_states, out = [], x
-        for k, layer in enumerate(self.decoder_layers, start=1):
+        new_states: list[Any] = []
+        out = x
+        for k, layer in enumerate(self._layers(self.decoder_layers), start=1):
             inp = out if k == 1 else F.dropout(out, self.dropout, self.training)
             out, state = layer(inp, states[k - 1])
             if k >= 3:
@@ -463,7 +479,7 @@ class Seq2Seq(nn.Module):
         alpha: float = 0.6,
         return_scores: bool = False,
         return_attention: bool = False,
-    ):
+    ) -> BeamSearchResult:
         """Beam search, batched over sentences (``B * beam_size`` rows in the decoder batch).
 
         Hypotheses are ranked by ``log P(Y|X) / lp(Y)`` with GNMT's length penalty
@@ -525,13 +541,11 @@ class Seq2Seq(nn.Module):
         finally:
             self.train(was_training)
         hyps = [self._trim(r) for r in tokens[:, 0].tolist()]
-        out: list[Any] = [hyps]
-        if return_scores:
-            out.append(best[:, 0])
-        if return_attention:
-            src_len = src_lengths.tolist()
-            out.append([attn[b, 0, : min(len(hyps[b]) + 1, attn.shape[2]), : src_len[b]] for b in range(B)])
-        return out[0] if len(out) == 1 else tuple(out)
+        if not return_attention:
+            return (hyps, best[:, 0]) if return_scores else hyps
+        src_len = src_lengths.tolist()
+        mats = [attn[b, 0, : min(len(hyps[b]) + 1, attn.shape[2]), : src_len[b]] for b in range(B)]
+        return (hyps, best[:, 0], mats) if return_scores else (hyps, mats)
 
 
 __all__ = [

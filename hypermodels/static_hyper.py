@@ -103,6 +103,8 @@ class HyperConv2d(nn.Module):
     Shape: input (B, C_in, H, W) -> (B, C_out, H', W') as ``nn.Conv2d``.
     """
 
+    hypernet: KernelHyperNetwork  # shared: a plain attribute, not a registered submodule (see above)
+
     def __init__(
         self,
         in_channels: int,
@@ -139,7 +141,7 @@ class HyperConv2d(nn.Module):
         """The generated kernel, (C_out, C_in, f, f), differentiable w.r.t. embeddings and hypernet."""
         n_out, n_in, nz = self.embeddings.shape
         h, f = self.hypernet, self.kernel_size
-        tiles = h(self.embeddings.reshape(n_out * n_in, nz))  # (n_out·n_in, 16, 16, f, f)
+        tiles: torch.Tensor = h(self.embeddings.reshape(n_out * n_in, nz))  # (n_out·n_in, 16, 16, f, f)
         tiles = tiles.view(n_out, n_in, h.out_size, h.in_size, f, f)
         # Tile (o, i) fills rows o·16.. and columns i·16.. of the (C_out, C_in) channel grid.
         return tiles.permute(0, 2, 1, 3, 4, 5).reshape(self.out_channels, self.in_channels, f, f)
@@ -185,6 +187,8 @@ class MNISTConvNet(nn.Module):
         super().__init__()
         self.hyper_enabled = hyper
         self.conv1 = nn.Conv2d(1, 16, 7, padding=3)
+        self.hyper: KernelHyperNetwork | None
+        self.conv2: HyperConv2d | nn.Conv2d
         if hyper:
             self.hyper = KernelHyperNetwork(embed_size, in_size=16, out_size=16, kernel_size=7)
             self.conv2 = HyperConv2d(16, 16, self.hyper, padding=3, bias=True)
@@ -197,7 +201,8 @@ class MNISTConvNet(nn.Module):
         """x: (B, 1, 28, 28) -> logits (B, 10)."""
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc(x.flatten(1))
+        logits: torch.Tensor = self.fc(x.flatten(1))
+        return logits
 
     def generated_kernels(self) -> dict[str, torch.Tensor]:
         """{layer name: generated kernel (C_out, C_in, f, f)}; empty for the normal variant."""
@@ -280,7 +285,8 @@ class WideBlock(nn.Module):
             shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.extra_channels))
         o = self.conv1(o)
         o = self.conv2(self.dropout(F.relu(self.bn2(o))))
-        return o + shortcut
+        out: torch.Tensor = o + shortcut
+        return out
 
 
 class WideResNet(nn.Module):
@@ -371,7 +377,8 @@ class WideResNet(nn.Module):
         """x: (B, in_channels, H, W) -> logits (B, num_classes)."""
         x = self.conv4(self.conv3(self.conv2(self.conv1(x))))
         x = F.relu(self.bn(x))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        logits: torch.Tensor = self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return logits
 
     def generated_kernels(self) -> dict[str, torch.Tensor]:
         """{layer name: generated kernel (C_out, C_in, 3, 3)} for the 6N block convs; empty if not hyper."""
@@ -384,7 +391,7 @@ def variable_count(module: nn.Module) -> int:
     stats = sum(
         m.running_mean.numel() + m.running_var.numel()
         for m in module.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and m.running_var is not None
     )
     return count_parameters(module) + stats
 
