@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import logging
+import time
 from pathlib import Path
+from typing import Any
 
-from .spec import JobSpecError, load_job
+import yaml
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from .driver import jobs_api
+from .driver.campaign import CampaignError, campaign_status, format_trials, run_campaign, stop_campaign
+from .driver.jobs_api import ClusterError
+from .driver.local import cluster_address, run_job
+from .driver.preflight import check_job
+from .driver.runs import list_runs
+from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .io.tracking import tracking_uri_for
+from .localcluster.cluster import add_parser as add_cluster_parser
+from .spec.errors import JobSpecError
+from .spec.loading import load_job, validate_job
+from .spec.schema import JobSpec
+from .tasks import TASKS, CommandKit, task_of
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,18 +40,13 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print the fully resolved spec (defaults filled in) and the model's parameter count."""
-    from .models import model_parameter_count
-    from .preflight import check_job
-
     spec = load_job(args.job, args.overrides)
     check_job(spec, source=args.job)
     resolved = spec.model_dump(mode="json")
-    params = model_parameter_count(spec)
+    params = task_of(spec).parameter_count(spec)
     if args.json:
         print(json.dumps({"spec": resolved, "parameters": params}, indent=2))
     else:
-        import yaml
-
         print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
         print(f"# model parameters: {params:,} ({params / 1e6:.2f}M)")
         print(f"# {args.job}: valid")
@@ -45,16 +56,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ---- running jobs ------------------------------------------------------------------------------
 
 def _address(args: argparse.Namespace) -> str | None:
-    import os
-
-    return getattr(args, "address", None) or os.environ.get("RAY_ADDRESS") or None
+    return cluster_address(getattr(args, "address", None))
 
 
-def _run_foreground(args: argparse.Namespace, spec) -> int:
-    if spec.search is not None:  # a search campaign (service/campaign.py)
+def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
+    """Run a job or campaign here (preflight runs once, in its start-up, before Ray starts)."""
+    if spec.search is not None:  # a search campaign (service/driver/campaign.py)
         return _run_campaign(args, spec)
-    from .runner import run_job
-
     try:
         outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
     except KeyboardInterrupt as e:
@@ -77,24 +85,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cluster, not here (nodes may be added by its autoscaler); credentials are never sent with the
     job (the cluster's nodes have their own). Relaunching a job of the same name and storage resumes it
     from its latest checkpoint, in the same MLflow run."""
-    from .preflight import check_job
-
     spec = load_job(args.job, args.overrides)
     address = _address(args)
     if not address:
-        check_job(spec)
         return _run_foreground(args, spec)
-    from .runner import follow_job, submit_to_cluster
-
-    # The cluster's resources are checked by `hyperctl run` there, not against this machine.
+    # Checked here for a quick answer; the cluster's resources are checked by `hyperctl run` there
+    # (its files and storage too, as the cluster sees them), not against this machine.
     check_job(spec, check_resources=False)
-    submission_id = submit_to_cluster(address, args.job, args.overrides, spec)
+    submission_id = jobs_api.submit_to_cluster(address, args.job, args.overrides, spec)
     print(f"submitted {spec.name!r} as {submission_id} to {address}")
     print(f"  follow:  hyperctl logs {submission_id} -f --address {address}")
     print(f"  stop:    hyperctl stop {submission_id} --address {address}")
     if args.detach:
         return EXIT_OK
-    status = follow_job(address, submission_id)
+    status = jobs_api.follow_job(address, submission_id)
     print(f"job {submission_id}: {status}")
     return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
 
@@ -102,8 +106,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """The in-cluster entrypoint of a submitted job (also usable locally): run the job in the
     foreground on the Ray instance at RAY_ADDRESS (a local one if unset)."""
-    from .spec import validate_job
-
     if args.spec_json:
         spec = validate_job(json.loads(args.spec_json), "--spec-json")
     elif args.job:
@@ -116,14 +118,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Status of a submitted job (or of every job when no ID is given) on the Ray cluster.
     Exit 0 when the job is known, whatever its status; 2 when it is not."""
-    from .runner import job_call
-
     if args.id and _is_job_file(args.id):  # a local search campaign
         return cmd_campaign_status(args)
     address = _required_address(args)
     if not args.id:
         return cmd_list(args)
-    info = job_call(address, "get_job_info", args.id)
+    info = jobs_api.job_call(address, "get_job_info", args.id)
     print(json.dumps({"submission_id": args.id, "status": str(info.status.value), "message": info.message,
                       "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time},
                      indent=2))
@@ -133,14 +133,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print a submitted job's logs; with -f follow them until the job ends and exit 0 if it
     SUCCEEDED, 1 otherwise."""
-    from .runner import follow_job, job_call
-
     address = _required_address(args)
     if args.follow:
-        status = follow_job(address, args.id)
+        status = jobs_api.follow_job(address, args.id)
         print(f"job {args.id}: {status}")
         return EXIT_OK if status == "SUCCEEDED" else EXIT_FAILED
-    print(job_call(address, "get_job_logs", args.id), end="")
+    print(jobs_api.job_call(address, "get_job_logs", args.id), end="")
     return EXIT_OK
 
 
@@ -148,24 +146,20 @@ def cmd_stop(args: argparse.Namespace) -> int:
     """Stop a submitted job: SIGTERM to its driver, which marks its MLflow run FAILED, then SIGKILL
     after a grace period. Exit 0 when the job is stopped or had already ended (its status is
     printed), 2 for an unknown id. With --wait, return once the job has ended."""
-    import time
-
-    from .runner import STOP_GRACE_S, job_call
-
     if _is_job_file(args.id):  # a local search campaign
         return cmd_campaign_stop(args)
     address = _required_address(args)
-    requested = job_call(address, "stop_job", args.id)
-    status = str(job_call(address, "get_job_status", args.id).value)
+    requested = jobs_api.job_call(address, "stop_job", args.id)
+    status = str(jobs_api.job_call(address, "get_job_status", args.id).value)
     if not requested:
         print(f"{args.id}: not running ({status})")
         return EXIT_OK
     print(f"{args.id}: stop requested", flush=True)
     if args.wait:
-        deadline = time.monotonic() + STOP_GRACE_S + 60
+        deadline = time.monotonic() + jobs_api.STOP_GRACE_S + 60
         while status in ("PENDING", "RUNNING") and time.monotonic() < deadline:
             time.sleep(1)
-            status = str(job_call(address, "get_job_status", args.id).value)
+            status = str(jobs_api.job_call(address, "get_job_status", args.id).value)
         print(f"{args.id}: {status}")
         if status in ("PENDING", "RUNNING"):
             return EXIT_FAILED
@@ -177,15 +171,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     MLflow runs of a local tracking store (--tracking-uri, or the sqlite store under --storage)."""
     address = _address(args)
     if address:
-        from .runner import job_call
-
-        jobs = sorted(job_call(address, "list_jobs"), key=lambda j: j.start_time or 0)
+        jobs = sorted(jobs_api.job_call(address, "list_jobs"), key=lambda j: j.start_time or 0)
         print(f"{'SUBMISSION ID':<28} {'STATUS':<10} ENTRYPOINT")
         for j in jobs:
             print(f"{j.submission_id or j.job_id:<28} {j.status.value:<10} {j.entrypoint}")
         return EXIT_OK
-    from .runner import list_runs
-
     rows = list_runs(_tracking_uri(args))
     print(f"{'RUN ID':<34} {'STATUS':<9} {'JOB':<28} {'TASK':<20} {'STEP':>7} {'METRIC':<6} {'VALID':>9} {'TEST':>9}")
     for r in rows:
@@ -198,16 +188,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the MLflow UI on 127.0.0.1 for a job's tracking store (from JOB.yaml, --tracking-uri or
     --storage). An http:// tracking URI is a server already: its address is printed."""
-    import subprocess
-
     uri = _tracking_uri(args)
     if uri.startswith(("http://", "https://")):
         print(f"tracking server: {uri}")
         return EXIT_OK
     artifacts = None
     if uri.startswith("sqlite:///"):
-        from pathlib import Path
-
         artifacts = str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(args.port)]
@@ -228,9 +214,8 @@ def _required_address(args: argparse.Namespace) -> str:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    from .spec import validate_job
-    from .tracking import tracking_uri_for
-
+    """The tracking store named by --tracking-uri, else by the ``job`` argument's file, else by
+    --storage (its sqlite store)."""
     if getattr(args, "tracking_uri", None):
         return args.tracking_uri
     if getattr(args, "job", None):
@@ -256,17 +241,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the workers' output")
 
 
-# ---- search campaigns (service/campaign.py) ----------------------------------------------------
+# ---- search campaigns (service/driver/campaign.py) ----------------------------------------------------
 
 def _is_job_file(value: str) -> bool:
-    from pathlib import Path
-
     return value.endswith((".yaml", ".yml")) and Path(value).is_file()
 
 
-def _run_campaign(args: argparse.Namespace, spec, resume: bool = False) -> int:
-    from .campaign import CampaignError, run_campaign
-
+def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False) -> int:
     try:
         outcome = run_campaign(spec, address=_address(args), num_cpus=getattr(args, "num_cpus", None),
                                verbose=getattr(args, "verbose", False), resume=resume)
@@ -285,7 +266,7 @@ def _run_campaign(args: argparse.Namespace, spec, resume: bool = False) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def _campaign_spec(path: str, overrides: list[str] | None = None):
+def _campaign_spec(path: str, overrides: list[str] | None = None) -> JobSpec:
     spec = load_job(path, overrides or [])
     if spec.search is None:
         raise JobSpecError(path, ["not a campaign: the job has no search section (use hyperctl submit)"])
@@ -297,10 +278,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     foreground: every trial is a whole data-parallel training job, ASHA may stop it early, and MLflow
     holds one parent run with a nested run per trial and the campaign's summary. Running it again
     with the same name and storage continues it (as `hyperctl resume`)."""
-    from .preflight import check_job
-
     spec = _campaign_spec(args.job, args.overrides)
-    check_job(spec)
     return _run_foreground(args, spec)
 
 
@@ -314,8 +292,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_campaign_status(args: argparse.Namespace) -> int:
     """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage)."""
-    from .campaign import campaign_status, format_trials
-
     spec = _campaign_spec(args.id)
     status = campaign_status(spec)
     if getattr(args, "json", False):
@@ -331,44 +307,11 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
 def cmd_campaign_stop(args: argparse.Namespace) -> int:
     """`hyperctl stop CAMPAIGN.yaml`: stop this host's campaign driver gracefully (Tune keeps its
     state; `hyperctl resume` continues it)."""
-    from .campaign import stop_campaign
-
     spec = _campaign_spec(args.id)
     if stop_campaign(spec):
         print(f"campaign {spec.name}: stopped (hyperctl resume {args.id} continues it)")
         return EXIT_OK
     print(f"campaign {spec.name}: not running")
-    return EXIT_OK
-
-
-def cmd_translate(args: argparse.Namespace) -> int:
-    """Translate sentences with a trained translation model: one sentence a line on stdin (or
-    --input FILE), one translation a line on stdout, in the same order. RUN_OR_CHECKPOINT is an
-    MLflow run id (its final model; the tracking store from JOB.yaml, --tracking-uri or --storage)
-    or a checkpoint folder of a translation job (local or s3://, e.g. runs/NAME/checkpoint_00001000),
-    usable while the job still trains."""
-    from .translate import load_translator
-
-    uri = None
-    if not (Path(args.source).is_dir() or args.source.startswith("s3://")):
-        uri = _tracking_uri(args)
-    try:
-        translator = load_translator(args.source, uri)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
-    try:
-        sentences = [line.rstrip("\n") for line in stream]
-    except UnicodeDecodeError as e:
-        print(f"error: {args.input or 'stdin'}: expected UTF-8 text: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        if args.input:
-            stream.close()
-    for line in translator.translate(sentences, batch_size=args.batch_size, beam_size=args.beam_size):
-        print(line, flush=False)
-    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -440,16 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("translate", help="translate stdin with a trained translation model (run id or checkpoint)",
-                       description=cmd_translate.__doc__)
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="MLflow run id, or a checkpoint folder")
-    p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run")
-    _add_store(p)
-    p.add_argument("--input", help="read sentences from this file instead of stdin")
-    p.add_argument("--beam-size", type=int, default=None, help="beam width (default: the job's model.beam_size; 1 = greedy)")
-    p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default 32)")
-    p.set_defaults(func=cmd_translate)
-
     p = sub.add_parser("tune", help="run a search campaign (a job with a search: section)", description=cmd_tune.__doc__)
     add_job_arguments(p)
     _add_run_options(p)
@@ -460,14 +393,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_resume)
 
-    from .cluster import add_parser as add_cluster_parser  # hyperctl cluster up|down|status|add-node|remove-node
-    add_cluster_parser(sub)
+    kit = CommandKit(add_store_options=_add_store, tracking_uri=_tracking_uri)
+    for task in TASKS.values():  # the tasks' own commands, e.g. translate
+        if task.add_commands is not None:
+            task.add_commands(sub, kit)
+    add_cluster_parser(sub)  # hyperctl cluster up|down|status|add-node|remove-node
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .runner import ClusterError
+class _StderrLines(logging.Handler):
+    """The ``hyperctl`` logger's warnings as ``warning: ...`` lines on the current stderr."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    log = logging.getLogger("hyperctl")  # e.g. a deprecated task name, said once, in one line
+    if not any(isinstance(h, _StderrLines) for h in log.handlers):
+        log.addHandler(_StderrLines(logging.WARNING))
+        log.propagate = False
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,3 @@
+"""The driver side: running a job on a local Ray instance or in a cluster (:mod:`.local`), the
+Ray Jobs API client (:mod:`.jobs_api`), search campaigns (:mod:`.campaign`), checks before a run
+(:mod:`.preflight`) and the terminal's progress lines (:mod:`.progress`)."""

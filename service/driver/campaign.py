@@ -1,0 +1,677 @@
+"""Search campaigns: a job with a ``search:`` section, run as a Ray Tune experiment of whole jobs.
+
+Read top to bottom:
+
+* :func:`param_space` turns ``search.space`` (dotted spec keys) into Ray Tune domains.
+* :func:`run_trial` is Tune's trainable, a *driver function* (Ray 2.60 runs Train V2: Tune wraps a
+  function that builds a ``TorchTrainer`` and fits it; never ``Tuner(trainer)``). It puts the
+  trial's sampled values into the spec, opens the trial's nested MLflow run and fits the ordinary
+  training loop (its task's ``train_loop``, see :mod:`service.tasks`) with its checkpoints under
+  ``<storage>/<campaign>/<campaign>-<trial id>/``. Every evaluation reaches Tune through
+  :class:`ReportToTune` (Train V2's ``TuneReportCallback``), so ASHA can stop the trial early. A
+  relaunched trial (Tune's ``search.max_failures``, or a resumed campaign) builds the same
+  ``TorchTrainer`` (same storage path and name) and so resumes from its latest checkpoint.
+* :func:`run_campaign` is the campaign's driver: the start-up every run shares
+  (:func:`service.driver.local.start`: preflight, Ray, data prepared once), the campaign's parent
+  MLflow run opened (or reopened), the Tune experiment started under ``<storage>/<campaign>/`` or
+  restored from there (``Tuner.restore``: unfinished trials continue, finished ones are kept),
+  and at the end the summary written on the parent run (:func:`write_summary`).
+
+MLflow: one parent run per campaign (id in ``<storage>/<campaign>/mlflow_run_id``), one nested
+child run per trial (``mlflow.parentRunId``; id in the trial's folder, so restarts and resumes
+never duplicate it). A trial stopped early by ASHA ends KILLED with the tag
+``hyperctl.stopped_early``; a trial whose loss went non-finite ends FAILED and reports the worst
+value of the metric (it is a result, not a crash: it is not retried).
+
+Ray Tune, optuna and matplotlib are imported inside the functions that use them: each takes
+seconds to import, and ``hyperctl status`` / ``stop`` of a campaign need none of them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from ..io import storage, tracking
+from ..io.tracking import TAG_KIND, TAG_STOPPED
+from ..paths import run_dir
+from ..spec.errors import JobSpecError
+from ..spec.loading import validate_job
+from ..spec.schema import JobSpec
+from ..spec.tree import get_dotted, with_values
+from ..tasks import task_of
+from ..worker.plots import pyplot
+from ..worker.worker import FAILURE_FILE
+from .local import absolute_storage, build_trainer, start
+
+DRIVER_FILE = "driver.json"  # pid and host of the running campaign driver (for `hyperctl stop`)
+SUMMARY_FILE = "summary.json"  # the last summary, also readable without MLflow
+
+
+class CampaignError(RuntimeError):
+    """A campaign that cannot be run or resumed as asked."""
+
+
+def trial_name(campaign: str, trial_id: str) -> str:
+    return f"{campaign}-{trial_id}"
+
+
+def trial_spec(base: JobSpec, sampled: dict[str, Any], trial_id: str) -> JobSpec:
+    """The job a trial runs: the campaign's spec with the sampled values, no search section, named
+    ``<campaign>-<trial id>`` and stored inside the campaign's folder."""
+    raw = with_values(base, sampled, name=trial_name(base.name, trial_id), storage=run_dir(base))
+    return validate_job(raw, f"trial {trial_id}")
+
+
+def best_job_document(base: JobSpec, sampled: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's configuration as a ready-to-run job (``<campaign>-best``, same storage and
+    tracking as the campaign)."""
+    raw = with_values(base, sampled, name=f"{base.name}-best")
+    validate_job(raw, "best job")
+    return raw
+
+
+# ---- the search space ---------------------------------------------------------------------------
+
+def param_space(spec: JobSpec) -> tuple[dict[str, Any], int]:
+    """``search.space`` as Ray Tune domains, and Tune's ``num_samples``.
+
+    With algorithm ``grid`` a ``choice`` is a grid axis, and ``samples > 1`` repeats every grid
+    point with ``train.seed`` = seed, seed+1, ... (a grid axis over the seed; num_samples = 1).
+    """
+    from ray import tune  # deferred: see the module's docstring
+
+    search = spec.search
+    assert search is not None
+    space: dict[str, Any] = {}
+    for key, domain in search.space.items():
+        kind, values = domain.kind, getattr(domain, domain.kind)
+        if kind == "grid" or (kind == "choice" and search.algorithm == "grid"):
+            space[key] = tune.grid_search(list(values))
+        elif kind == "choice":
+            space[key] = tune.choice(list(values))
+        elif kind == "uniform":
+            space[key] = tune.uniform(*values)
+        elif kind == "loguniform":
+            space[key] = tune.loguniform(*values)
+        else:
+            space[key] = tune.randint(*values)
+    if search.algorithm == "grid":
+        if search.samples > 1:
+            space["train.seed"] = tune.grid_search([spec.train.seed + i for i in range(search.samples)])
+        return space, 1
+    return space, search.samples
+
+
+def searched_keys(spec: JobSpec) -> list[str]:
+    assert spec.search is not None
+    keys = list(spec.search.space)
+    if spec.search.algorithm == "grid" and spec.search.samples > 1:
+        keys.append("train.seed")
+    return keys
+
+
+def _search_alg(spec: JobSpec, concurrent: int) -> Any:
+    """Tune's search algorithm, limited to ``concurrent`` trials at once (Tune ignores
+    TuneConfig.max_concurrent_trials for a BasicVariantGenerator instance: it takes its own)."""
+    search = spec.search
+    assert search is not None
+    if search.algorithm == "optuna":
+        import optuna
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed)),
+                                  max_concurrent=concurrent)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
+
+
+def _scheduler(spec: JobSpec) -> Any:
+    search = spec.search
+    assert search is not None
+    if search.scheduler.name == "none":
+        from ray.tune.schedulers import FIFOScheduler
+
+        return FIFOScheduler()
+    from ray.tune.schedulers import ASHAScheduler
+
+    sch = search.scheduler
+    return ASHAScheduler(time_attr="step", max_t=sch.max_t or spec.train.max_steps, grace_period=sch.grace_period,
+                         reduction_factor=sch.reduction_factor)
+
+
+# ---- one trial: a driver function that fits a TorchTrainer ---------------------------------------
+
+def _report_to_tune_class() -> Any:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ReportToTune(TuneReportCallback):
+        """Train V2's TuneReportCallback, passing on only the reports that carry the campaign's
+        metric, before the last step: the last checkpoint's report would hold the previous eval's
+        value (the whole-split final evaluation follows it), and ASHA would stop a finished trial at
+        max_t before its final evaluation. The driver function reports the final value itself."""
+
+        def __init__(self, metric: str, total_steps: int | None) -> None:
+            super().__init__()
+            self.metric, self.total_steps = metric, total_steps
+
+        def after_report(self, run_context, metrics, checkpoint):
+            first = metrics[0] if metrics else {}
+            if self.metric in first and (self.total_steps is None or first.get("step", 0) < self.total_steps):
+                super().after_report(run_context, metrics, checkpoint)
+
+    return ReportToTune
+
+
+def _worst(mode: str) -> float:
+    return math.inf if mode == "min" else -math.inf
+
+
+def _finished_run(spec: JobSpec, uri: str) -> dict[str, float] | None:
+    """The metrics of this trial's child run if it already ended FINISHED, else None."""
+    run_id = tracking.run_id_of(spec)
+    info = tracking.find_run(uri, run_id) if run_id else None  # None: not in this store, run the trial
+    return dict(info["metrics"]) if info and info["status"] == "FINISHED" else None
+
+
+def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
+    """Tune's trainable for one trial (runs in a Tune trial actor, which reserves no CPU: the
+    trial's Train workers hold its resources)."""
+    from ray import tune  # deferred: see the module's docstring
+
+    base = validate_job(setup["spec"], "campaign")
+    assert base.search is not None
+    metric, mode = base.search.metric, base.search.mode
+    trial_id = tune.get_context().get_trial_id()
+    sampled = {k: config[k] for k in setup["keys"]}
+    spec = trial_spec(base, sampled, trial_id)
+    uri = setup["tracking_uri"]
+    done = _finished_run(spec, uri)
+    if done is not None:  # finished before the campaign's driver died, but not yet recorded by Tune
+        tune.report({**done, "step": spec.train.max_steps or done.get("step", 0), "trial_state": "completed"})
+        return
+    run_id, resumed = tracking.open_child_run(spec, uri, setup["parent_run_id"], trial_id, sampled,
+                                              tags={tracking.TAG_CAMPAIGN: base.name, TAG_KIND: "trial"})
+    if not resumed:
+        tracking.log_job_files(uri, run_id, spec, setup["data_root"], setup["manifest"])
+    failure_file = storage.join(run_dir(spec), FAILURE_FILE)
+    storage.delete(failure_file)
+
+    total_steps = spec.train.max_steps
+    report_cls = _report_to_tune_class()
+    trainer = build_trainer(spec, setup["data_root"], uri, run_id, callbacks=[report_cls(metric, total_steps)],
+                            report_evals=True)
+    try:
+        result = trainer.fit()
+        if getattr(result, "error", None):
+            raise result.error
+    except Exception as e:  # a crashed trial: FAILED now, reopened (same run) if Tune relaunches it
+        # Only if still running: Tune can deliver an ASHA stop to fit() after the driver has already ended
+        # the trial's run KILLED (close_trial_runs); that must stay KILLED.
+        tracking.close_run(uri, run_id, f"{type(e).__name__}: {e}", only_if_running=True)
+        raise
+    if storage.exists(failure_file):  # diverged: a (bad) result, not a crash to retry
+        info = json.loads(storage.read_bytes(failure_file))
+        tracking.close_run(uri, run_id, info["error"])
+        tune.report({"step": int(info["step"]), metric: _worst(mode), "trial_state": "diverged"})
+        return
+    tracking.close_run(uri, run_id)
+    final = tracking.describe_run(uri, run_id)["metrics"]
+    tune.report({**{k: v for k, v in final.items() if isinstance(v, (int, float))},
+                 "step": total_steps or final.get("step", 0), "trial_state": "completed"})
+
+
+# ---- progress in the driver ---------------------------------------------------------------------
+
+def _progress_callback_class() -> Any:
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per reported eval and per trial end, on the driver's stdout."""
+
+        def __init__(self, metric: str) -> None:
+            self.metric = metric
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            print(f"[trial] {trial.trial_id} started: {_fmt_config(trial.config)}", flush=True)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(self.metric)
+            if isinstance(value, (int, float)):
+                print(f"[trial] {trial.trial_id} step {result.get('step', '?'):>7} {self.metric} {value:.4f}",
+                      flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            state = (trial.last_result or {}).get("trial_state", "stopped early")
+            print(f"[trial] {trial.trial_id} ended: {state}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[trial] {trial.trial_id} failed (see its MLflow run)", flush=True)
+
+    return Progress
+
+
+def _fmt_config(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in config.items())
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ---- the campaign driver ------------------------------------------------------------------------
+
+@dataclass
+class CampaignOutcome:
+    parent_run_id: str
+    tracking_uri: str
+    path: str
+    ok: bool
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _driver_record(spec: JobSpec) -> dict[str, Any] | None:
+    path = storage.join(run_dir(spec), DRIVER_FILE)
+    if not storage.exists(path):
+        return None
+    return json.loads(storage.read_bytes(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def driver_running(spec: JobSpec) -> int | None:
+    """The pid of this campaign's driver if it runs on this host, else None."""
+    rec = _driver_record(spec)
+    if rec and rec.get("host") == socket.gethostname() and _pid_alive(int(rec["pid"])):
+        return int(rec["pid"])
+    return None
+
+
+def can_resume(spec: JobSpec) -> bool:
+    from ray.tune import Tuner
+
+    return storage.exists(run_dir(spec)) and Tuner.can_restore(run_dir(spec))
+
+
+def _sigterm_as_sigint() -> None:
+    """SIGTERM (`hyperctl stop`, `ray job stop`) as SIGINT: Tune then stops the experiment
+    gracefully, saving its state for a resume, and the driver ends the MLflow runs."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+
+
+def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
+                 resume: bool = False, out: TextIO | None = None) -> CampaignOutcome:
+    """Run (or, when ``<storage>/<campaign>`` holds its Tune state, continue) the campaign ``spec``.
+    ``resume=True`` insists on continuing an existing campaign."""
+    import ray  # deferred: see the module's docstring
+    from ray import tune
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    if spec.search is None:
+        raise JobSpecError(spec.name, ["not a campaign: the job has no search section"])
+    spec = absolute_storage(spec)
+    search = spec.search
+    running = driver_running(spec)
+    if running is not None and running != os.getpid():
+        raise CampaignError(f"campaign {spec.name!r} is already running (driver pid {running})")
+    if resume and not can_resume(spec):
+        raise CampaignError(f"no campaign to resume at {run_dir(spec)} (submit it first)")
+    exists = can_resume(spec)
+
+    started = start(spec, address=address, num_cpus=num_cpus, verbose=verbose, say=say)
+    _sigterm_as_sigint()
+    spec, prepared, uri, cluster = started.spec, started.prepared, started.tracking_uri, started.cluster
+    parent_id, reopened = tracking.open_run(spec, uri, {TAG_KIND: "campaign", tracking.TAG_CAMPAIGN: spec.name,
+                                                        "ray.job_id": ray.get_runtime_context().get_job_id()})
+    tracking.log_job_files(uri, parent_id, spec, prepared.root, prepared.manifest)
+    storage.write_bytes_atomic(storage.join(run_dir(spec), DRIVER_FILE),
+                               json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": time.time()}).encode())
+    say(f"[mlflow] campaign run {parent_id} ({'resumed' if reopened else 'new'}) in {tracking.redact(uri)}, "
+        f"experiment {spec.tracking.experiment!r}")
+
+    r = spec.resources
+    per_trial_cpu = r.workers * r.cpus_per_worker
+    concurrent = search.max_concurrent or max(1, int(cluster.get("CPU", 1.0) // per_trial_cpu))
+    setup = {"spec": spec.model_dump(mode="json"), "keys": searched_keys(spec), "tracking_uri": uri,
+             "parent_run_id": parent_id, "data_root": prepared.root, "manifest": prepared.manifest}
+    # The trial's driver function only waits on its TorchTrainer: it holds no CPU (the Train workers
+    # hold the trial's resources), only a token of memory, as Tune needs a non-empty request.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": 0, "memory": 2**20})
+    space, num_samples = param_space(spec)
+    storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
+
+    if exists:
+        say(f"[tune]  resuming {run_dir(spec)}: unfinished trials continue, finished ones are kept")
+        tuner = tune.Tuner.restore(run_dir(spec), trainable, resume_unfinished=True, resume_errored=True,
+                                   restart_errored=False, storage_filesystem=filesystem)
+    else:
+        say(f"[tune]  {search.algorithm} search over {', '.join(searched_keys(spec))}: {num_samples} sample(s), "
+            f"{concurrent} at a time, scheduler {search.scheduler.name}, metric {search.metric} ({search.mode})")
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=num_samples,
+                                        time_budget_s=search.time_budget_s,
+                                        search_alg=_search_alg(spec, concurrent), scheduler=_scheduler(spec),
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
+                                      failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                                      callbacks=[_progress_callback_class()(search.metric)],
+                                      verbose=1 if verbose else 0),
+        )
+    error: str | None = None
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except Exception as e:  # noqa: BLE001 - the experiment itself failed
+        error = f"{type(e).__name__}: {e}"
+    trials = collect_trials(spec)
+    unfinished = [t for t in trials if t["state"] in ("PENDING", "RUNNING", "PAUSED")]
+    if error is None and unfinished:
+        error = f"interrupted with {len(unfinished)} unfinished trial(s)"
+    close_trial_runs(spec, uri, trials, interrupted=bool(unfinished))
+    best = None
+    try:
+        best = write_summary(spec, uri, parent_id, trials)
+    except Exception as e:  # noqa: BLE001 - a summary problem must not hide the campaign's outcome
+        say(f"[warn]  summary not written: {type(e).__name__}: {e}")
+    if error is None:
+        tracking.close_run(uri, parent_id)
+    else:
+        tracking.close_run(uri, parent_id, error + ("; resume with `hyperctl resume`" if unfinished else ""))
+    storage.delete(storage.join(run_dir(spec), DRIVER_FILE))
+    for line in format_trials(spec, trials).splitlines():
+        say(line)
+    if best:
+        say(f"[best]  trial {best['trial']} {spec.search.metric} {best['value']:.4f}: {_fmt_config(best['config'])}")
+    say(f"[mlflow] campaign run {parent_id}: {'FINISHED' if error is None else 'FAILED'}")
+    return CampaignOutcome(parent_run_id=parent_id, tracking_uri=uri, path=run_dir(spec), ok=error is None,
+                           trials=trials, best=best, error=error)
+
+
+# ---- the trials: state from Tune's experiment, runs from MLflow ----------------------------------
+
+def collect_trials(spec: JobSpec) -> list[dict[str, Any]]:
+    """Every trial of the campaign from its Tune experiment state: id, Tune status, our state
+    (completed / stopped early / diverged / failed / running / pending), sampled values, steps, the
+    last reported metric, the child run id. Readable without a running Ray instance."""
+    from ray.tune import ExperimentAnalysis
+
+    assert spec.search is not None
+    metric = spec.search.metric
+    path = run_dir(spec)
+    try:
+        analysis = ExperimentAnalysis(path, storage_filesystem=storage.storage_options_for_ray(spec.storage)[1])
+    except Exception:  # noqa: BLE001 - no state written yet
+        return []
+    keys = searched_keys(spec)
+    rows = []
+    for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
+        last = trial.last_result or {}
+        status = trial.status
+        if status == "TERMINATED":
+            state = last.get("trial_state", "stopped early")
+        elif status == "ERROR":
+            state = "failed"
+        else:
+            state = status.lower()
+        name = trial_name(spec.name, trial.trial_id)
+        id_file = storage.join(run_dir(spec), name, tracking.RUN_ID_FILE)
+        value = last.get(metric)
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        history = []
+        if frame is not None and metric in frame and "step" in frame:
+            history = [(int(st), float(v)) for st, v in zip(frame["step"], frame[metric])
+                       if isinstance(v, (int, float)) and not math.isnan(v)]
+        rows.append({"history": history, "trial": trial.trial_id, "status": status, "state": state,
+                     "config": {k: trial.config.get(k) for k in keys},
+                     "step": last.get("step"), "value": float(value) if isinstance(value, (int, float)) else None,
+                     "run_id": storage.read_bytes(id_file).decode().strip() if storage.exists(id_file) else None})
+    return rows
+
+
+def close_trial_runs(spec: JobSpec, uri: str, trials: list[dict[str, Any]], interrupted: bool) -> None:
+    """End the child runs Tune ended without the trial doing so: stopped early by ASHA (KILLED,
+    tagged), failed (FAILED), or cut off by a stopped campaign (KILLED; a resume reopens them)."""
+    assert spec.search is not None
+    for t in trials:
+        if not t["run_id"]:
+            continue
+        if t["state"] == "stopped early":
+            # Stopped between checkpoints: its run holds the metric up to the last checkpoint; the
+            # evals Tune received after it (the ones ASHA judged) are added.
+            tracking.append_metric(uri, t["run_id"], str(spec.search.metric), t["history"])
+            # Tune's stop can reach the trial's fit() as an exception first, which closed its run
+            # FAILED: a trial stopped by the scheduler is KILLED, whichever came first.
+            tracking.end_run(uri, t["run_id"], "KILLED", {TAG_STOPPED: f"asha at step {t['step']}"},
+                             replace=("FAILED",))
+        elif t["state"] == "failed":
+            tracking.end_run(uri, t["run_id"], "FAILED")
+        elif interrupted and t["state"] in ("running", "pending", "paused"):
+            tracking.end_run(uri, t["run_id"], "KILLED", {tracking.TAG_ERROR: "campaign stopped; resume it"})
+
+
+def ranked(spec: JobSpec, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials sorted by the metric (best first; trials without a value last)."""
+    assert spec.search is not None
+    sign = 1.0 if spec.search.mode == "min" else -1.0
+
+    def key(t: dict[str, Any]) -> tuple[int, float]:
+        v = t["value"]
+        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
+
+    return sorted(trials, key=key)
+
+
+def best_trial(spec: JobSpec, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best completed trial (a trial stopped early holds an early value; it is not a result),
+    or the best of all when none completed."""
+    order = [t for t in ranked(spec, trials) if t["value"] is not None and math.isfinite(t["value"])]
+    completed = [t for t in order if t["state"] == "completed"]
+    return (completed or order or [None])[0]
+
+
+def format_trials(spec: JobSpec, trials: list[dict[str, Any]]) -> str:
+    assert spec.search is not None
+    keys = searched_keys(spec)
+    head = ["trial", "state", "step", spec.search.metric] + keys
+    rows = [[t["trial"], t["state"], str(t["step"] if t["step"] is not None else "-"),
+             f"{t['value']:.4f}" if t["value"] is not None else "-"] + [_fmt(t["config"].get(k)) for k in keys]
+            for t in ranked(spec, trials)]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    return "\n".join(lines)
+
+
+# ---- the summary on the parent run ---------------------------------------------------------------
+
+def write_summary(spec: JobSpec, uri: str, parent_id: str, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """On the campaign's run: ``summary/trials.csv`` and ``summary/trials.md`` (trials sorted by the
+    metric), a plot of the metric against the task's summary axis (e.g. ``plots/<metric>_vs_N_z.png``)
+    and one per other searched key, ``plots/learning_curves.png`` (every trial's metric curve),
+    ``best_job.yaml`` (the best trial as a ready-to-run job), metrics ``best_<metric>`` and trial
+    counts, tags for the best trial."""
+    assert spec.search is not None
+    log = tracking.RunLog(uri, parent_id)
+    metric = str(spec.search.metric)
+    keys = searched_keys(spec)
+    order = ranked(spec, trials)
+    axis = task_of(spec).summary_axis
+    # The summary axis's column: a searched key has one already; otherwise every trial has the base value.
+    axis_column = axis.label if axis is not None and axis.key not in keys else None
+    base_value = get_dotted(spec.model_dump(mode="json"), axis.key) if axis is not None else None
+    axis_of = {t["trial"]: t["config"].get(axis.key, base_value) if axis else None for t in trials}
+    columns = ["rank", "trial", "run_id", "state", "step", metric] + keys + ([axis_column] if axis_column else [])
+    table = []
+    for i, t in enumerate(order, 1):
+        row = {"rank": i, "trial": t["trial"], "run_id": t["run_id"] or "", "state": t["state"], "step": t["step"],
+               metric: t["value"], **{k: t["config"].get(k) for k in keys}}
+        if axis_column:
+            row[axis_column] = axis_of[t["trial"]]
+        table.append(row)
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(table)
+    md = [f"# Campaign {spec.name}: trials by {metric} ({spec.search.mode})", "",
+          "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    md += ["| " + " | ".join(_md(row.get(c)) for c in columns) + " |" for row in table]
+    best = best_trial(spec, trials)
+    if best:
+        md += ["", f"Best: trial `{best['trial']}` ({metric} {best['value']:.4f}), "
+                   f"{_fmt_config(best['config'])}; job: `best_job.yaml`."]
+    log.log_text(buf.getvalue(), "summary/trials.csv")
+    log.log_text("\n".join(md) + "\n", "summary/trials.md")
+
+    curves = {t["trial"]: tracking.metric_history(uri, t["run_id"], metric) for t in trials if t["run_id"]}
+    with tempfile.TemporaryDirectory(prefix="hyperctl-summary-") as tmp:
+        plot_keys = ([axis.key] if axis else []) + [k for k in keys if axis is None or k != axis.key]
+        for key in plot_keys:
+            on_axis = axis is not None and key == axis.key
+            label = axis.label if axis is not None and on_axis else key
+            points = [(axis_of[t["trial"]] if on_axis else t["config"].get(key), t["value"], t["state"])
+                      for t in trials]
+            path = Path(tmp) / f"{metric}_vs_{label}.png"
+            domain = spec.search.space.get(key)
+            log_base = axis.log_base if axis is not None and on_axis else (
+                10 if domain and domain.kind == "loguniform" else None)
+            _scatter(points, path, xlabel=f"{label} ({key})" if on_axis else label, ylabel=metric,
+                     title=f"{spec.name}: {metric} against {label}", log_base=log_base)
+            log.log_artifact(str(path), "plots")
+        path = Path(tmp) / "learning_curves.png"
+        labels = {t["trial"]: f"{t['trial']} ({_fmt_config(t['config'])})" for t in trials}
+        _curves(curves, labels, path, ylabel=metric, title=f"{spec.name}: {metric} of every trial")
+        log.log_artifact(str(path), "plots")
+
+    counts = {s: sum(1 for t in trials if t["state"] == s) for s in ("completed", "stopped early", "failed",
+                                                                      "diverged")}
+    for s, n in counts.items():
+        log.log_metric(f"trials_{s.replace(' ', '_')}", n)
+    log.log_metric("trials", len(trials))
+    storage.write_bytes_atomic(storage.join(run_dir(spec), SUMMARY_FILE),
+                               json.dumps({"trials": table, "best": best}, default=str).encode())
+    if best is None:
+        return None
+    doc = best_job_document(spec, best["config"])
+    text = (f"# Best trial of campaign {spec.name}: trial {best['trial']} (MLflow run {best['run_id']}),\n"
+            f"# {metric} = {best['value']:.4f}; searched values: {_fmt_config(best['config'])}.\n"
+            f"# Run it with: hyperctl submit best_job.yaml\n" + yaml.safe_dump(doc, sort_keys=False))
+    log.log_text(text, "best_job.yaml")
+    log.log_metric(f"best_{metric}", best["value"])
+    log.set_tags(**{tracking.TAG_BEST_TRIAL: best["trial"]})
+    if best["run_id"]:
+        log.set_tags(**{tracking.TAG_BEST_RUN: best["run_id"]})
+    return best
+
+
+def _md(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _scatter(points: list[tuple[Any, Any, str]], path: Path, xlabel: str, ylabel: str, title: str,
+             log_base: int | None) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"completed": ("o", "tab:blue"), "stopped early": ("x", "tab:orange"), "diverged": ("v", "tab:red"),
+              "failed": ("v", "tab:red")}
+    for state, (marker, color) in styles.items():
+        pts = [(x, y) for x, y, s in points if s == state and x is not None and y is not None and math.isfinite(y)]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, color=color, label=state, s=45)
+    other = [(x, y) for x, y, s in points if s not in styles and x is not None and y is not None and math.isfinite(y)]
+    if other:
+        ax.scatter(*zip(*other), marker=".", color="gray", label="running", s=45)
+    xs = [x for x, _, _ in points if isinstance(x, (int, float))]
+    if log_base and xs and min(xs) > 0 and max(xs) > min(xs):
+        ax.set_xscale("log", base=log_base)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel + " (last reported)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _curves(curves: dict[str, list[tuple[int, float]]], labels: dict[str, str], path: Path, ylabel: str,
+            title: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for trial, points in sorted(curves.items()):
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, lw=1.2, label=labels.get(trial, trial))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- status and stop (local) --------------------------------------------------------------------
+
+def campaign_status(spec: JobSpec) -> dict[str, Any]:
+    """The campaign's trials and whether its driver runs, from ``<storage>/<campaign>``."""
+    spec = absolute_storage(spec)
+    trials = collect_trials(spec)
+    pid = driver_running(spec)
+    state = "running" if pid else ("not started" if not trials else
+                                   "finished" if all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+                                   else "interrupted (hyperctl resume continues it)")
+    return {"campaign": spec.name, "path": run_dir(spec), "state": state, "driver_pid": pid, "trials": trials}
+
+
+def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool:
+    """Ask this host's running driver to stop (SIGTERM: Tune saves its state and the driver ends
+    the MLflow runs); returns True once it has exited, False if none was running."""
+    spec = absolute_storage(spec)
+    pid = driver_running(spec)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.5)
+    return not _pid_alive(pid)
+
+
+__all__ = ["CampaignError", "CampaignOutcome", "best_job_document", "campaign_status",
+           "collect_trials", "format_trials", "param_space", "run_campaign", "run_trial", "stop_campaign",
+           "trial_spec", "write_summary"]

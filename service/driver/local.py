@@ -1,0 +1,264 @@
+"""Running a job on Ray: a new local instance, or the cluster this process runs in as a Ray job.
+
+:func:`start` is the start-up every run shares (jobs and campaigns): storage made absolute,
+preflight (once, before Ray starts where it can), Ray started or joined, the data prepared.
+:func:`run_job` then opens the job's MLflow run, builds a ``TorchTrainer`` (:func:`build_trainer`,
+also used by campaign trials) and fits it, printing progress; the run is closed FINISHED or
+FAILED. Relaunching the same job (same storage and name) resumes from its latest checkpoint in
+the same MLflow run.
+
+Ray is imported inside the functions that start it: importing it takes seconds, and the CLI's
+quick commands never need it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from ..io import storage, tracking
+from ..paths import run_dir
+from ..spec.schema import JobSpec
+from ..tasks import Prepared, Task, task_of
+from ..worker.worker import FAILURE_FILE, NonFiniteLossError
+from . import preflight
+from .progress import QueuePrinter
+
+PROCESS_GROUP_TIMEOUT_S = 6 * 3600  # rank 0 evaluates whole splits while the others wait
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    tracking_uri: str
+    run_path: str
+    ok: bool
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def absolute_storage(spec: JobSpec) -> JobSpec:
+    """Local storage as an absolute path: Ray workers run in other working directories."""
+    if storage.is_s3(spec.storage):
+        return spec
+    return spec.model_copy(update={"storage": str(Path(spec.storage).expanduser().resolve())})
+
+
+def _quiet_ray_logs() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
+    for name in ("ray", "ray.train", "ray.data", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster to join: ``address``, else RAY_ADDRESS; None for a new local instance."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> bool:
+    """Connect to ``address`` (or RAY_ADDRESS) if given, else start a new local Ray instance.
+
+    Returns True when connected to an existing cluster. A local instance's processes inherit this
+    process's environment (AWS_*, MLFLOW_*, ...), so nothing is passed through ``runtime_env``: its
+    env_vars would be shown to anyone who can read the local dashboard's job list.
+    """
+    import ray  # deferred: see the module's docstring
+
+    address = cluster_address(address)
+    if ray.is_initialized():
+        return bool(address)
+    _quiet_ray_logs()
+    common: dict[str, Any] = dict(logging_level=logging.INFO if verbose else logging.WARNING,
+                                  log_to_driver=verbose, configure_logging=True)
+    if address:
+        # In-cluster (a Ray job's entrypoint): the job's runtime_env already carries the env vars.
+        ray.init(address=address, **common)
+    else:
+        # "local": a new instance even when a `ray start` cluster on this machine is recorded in
+        # /tmp/ray/ray_current_cluster. The dashboard stays on: Ray Train's state API needs it.
+        # Its processes must know its address: Ray Train's placement-group cleaner finds the
+        # instance through the state API, which fails ("multiple active Ray instances") when another
+        # Ray runs on this machine (a second local job, a campaign beside a job); the trial's CPUs
+        # then stay reserved and the next trials wait forever. So the GCS port is chosen here and
+        # RAY_ADDRESS names it in the environment the instance's processes inherit, for its start only.
+        import ray.util
+
+        port = _free_port()
+        with _environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
+            ray.init(address="local", num_cpus=num_cpus, **common)
+    _interrupt_on_sigterm()
+    return bool(address)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set inside the block, restored after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (`hyperctl stop`, `ray job stop`) as KeyboardInterrupt, so :func:`run_job` marks the
+    MLflow run FAILED before exiting. ray.init installs a handler that calls sys.exit instead."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+@dataclass
+class Started:
+    """What :func:`start` hands a run: the spec (storage absolute), its task, the prepared data,
+    the tracking URI and the Ray cluster's resources."""
+
+    spec: JobSpec
+    task: Task[Any]
+    prepared: Prepared
+    tracking_uri: str
+    cluster: dict[str, float]
+    on_cluster: bool
+
+
+def start(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
+          say: Callable[[str], None] = print) -> Started:
+    """The start-up of every run (a job or a campaign): preflight, Ray, data.
+
+    On a new local instance preflight checks files, storage, tracking and resources before Ray
+    starts (``num_cpus`` or this machine's CPUs); in a cluster it checks all but resources first,
+    then the cluster's resources once joined (a shortfall is a warning: its autoscaler may add
+    nodes). Raises JobSpecError before anything is started or written.
+    """
+    import ray  # deferred: see the module's docstring
+
+    spec = absolute_storage(spec)
+    on_cluster = cluster_address(address) is not None
+    preflight.check_job(spec, available_cpus=num_cpus, check_resources=not on_cluster)
+    init_ray(address, num_cpus, verbose)
+    cluster = ray.cluster_resources()
+    if on_cluster:
+        for warning in preflight.check_cluster_resources(spec, cluster, preflight.cluster_max_resources()):
+            say(f"[warn]  {warning}")
+    task = task_of(spec)
+    say(f"[data]  preparing {task.source_name(spec)} ...")
+    prepared = task.prepare(spec, storage.join(spec.storage, "datasets"))
+    say(f"[data]  {prepared.root} ({prepared.summary()})")
+    return Started(spec, task, prepared, tracking.tracking_uri_for(spec), cluster, on_cluster)
+
+
+def build_trainer(spec: JobSpec, data_root: str, uri: str, run_id: str, *, progress: Any = None,
+                  callbacks: list[Any] | None = None, report_evals: bool = False, verbose: bool = False) -> Any:
+    """The ``TorchTrainer`` of one job (a plain job's, or a campaign trial's with Train-to-Tune
+    ``callbacks`` and every eval reported): the task's worker loop on ``resources.workers`` ranks,
+    checkpoints under ``<storage>/<name>``, ``resources.max_failures`` restarts."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
+
+    r = spec.resources
+    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        resources["GPU"] = r.gpus_per_worker
+    storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
+    return TorchTrainer(
+        task_of(spec).train_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": data_root, "tracking_uri": uri,
+                           "run_id": run_id, "progress": progress, "report_evals": report_evals},
+        torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo", timeout_s=PROCESS_GROUP_TIMEOUT_S),
+        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+                             callbacks=callbacks or [],
+                             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING")),
+    )
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
+            out: TextIO | None = None) -> RunOutcome:
+    """Run ``spec`` to completion (or failure) on Ray; returns the outcome (never raises for a
+    failed job; JobSpecError for a job that cannot start, before anything is written)."""
+    import ray  # deferred: see the module's docstring
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def say(text: str) -> None:
+        print(text, file=out, flush=True)
+
+    started = start(spec, address=address, num_cpus=num_cpus, verbose=verbose, say=say)
+    spec, prepared, uri = started.spec, started.prepared, started.tracking_uri
+    tags = {"ray.job_id": ray.get_runtime_context().get_job_id()}
+    if os.environ.get("HYPERCTL_SUBMISSION_ID"):
+        tags["ray.submission_id"] = os.environ["HYPERCTL_SUBMISSION_ID"]
+    run_id, resumed = tracking.open_run(spec, uri, tags)
+    tracking.log_job_files(uri, run_id, spec, prepared.root, prepared.manifest)
+    failure_file = storage.join(run_dir(spec), FAILURE_FILE)
+    storage.delete(failure_file)
+    say(f"[mlflow] run {run_id} ({'resumed' if resumed else 'new'}) in {tracking.redact(uri)}, "
+        f"experiment {spec.tracking.experiment!r}")
+
+    # On the driver's node: a queue on a worker node would go (and the progress lines with it) when
+    # that node is lost, while the job itself continues from its checkpoint.
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)})
+    trainer = build_trainer(spec, prepared.root, uri, run_id, progress=queue, verbose=verbose)
+    error: str | None = None
+    try:
+        with QueuePrinter(queue, out):
+            result = trainer.fit()
+        if result.error:
+            raise result.error
+        if storage.exists(failure_file):
+            info = json.loads(storage.read_bytes(failure_file))
+            raise NonFiniteLossError(int(info["step"]), info["error"])
+    except KeyboardInterrupt:
+        error = "interrupted (KeyboardInterrupt)"
+        tracking.close_run(uri, run_id, error)
+        raise
+    except Exception as e:  # noqa: BLE001 - any training failure ends the run as FAILED
+        error = f"{type(e).__name__}: {e}"
+    finally:
+        try:
+            ray.kill(queue.actor)
+        except Exception:  # noqa: BLE001 - the queue is gone with its node: nothing to clean up
+            pass
+    tracking.close_run(uri, run_id, error)
+    outcome = RunOutcome(run_id=run_id, tracking_uri=uri, run_path=run_dir(spec), ok=error is None, error=error,
+                         metrics=tracking.describe_run(uri, run_id)["metrics"])
+    say(f"[mlflow] run {run_id}: {'FINISHED' if outcome.ok else 'FAILED'} (tracking URI {tracking.redact(uri)})")
+    if error:
+        say(f"[error] {error.strip().splitlines()[0] if error.strip() else error}")
+    return outcome
+
+
+__all__ = ["RunOutcome", "Started", "absolute_storage", "build_trainer", "cluster_address", "init_ray", "run_job",
+           "start"]

@@ -1,0 +1,357 @@
+"""MLflow tracking: exactly one run per job, whose id survives restarts and relaunches.
+
+* The driver (:mod:`service.driver.local`) calls :func:`open_run`: it reads the run id stored in
+  ``<storage>/<name>/mlflow_run_id`` (reusing that run on a relaunch) or creates the run and
+  writes the file. Params are the flattened spec; tags: job name, git commit, Ray job id.
+* Rank 0 of the training workers logs into that run id with a :class:`MetricBuffer`: metrics are
+  buffered and flushed only right after a checkpoint has been reported, so everything in MLflow is
+  covered by a checkpoint. After a crash the resumed run recomputes the same steps; the buffer also
+  skips any step already logged for a key (a crash between flush and checkpoint registration), so
+  metric steps stay strictly increasing with no duplicates.
+* The driver ends the run with :func:`close_run` (FINISHED, or FAILED with the error as a tag).
+
+Credentials never reach MLflow: URIs are stripped of user-info before they become params or tags,
+and no environment variable is logged.
+
+This is the one module that talks to MLflow: every client and every tag name is here. MLflow is
+imported inside the functions that use it: importing it takes seconds, and commands such as
+``hyperctl validate`` never touch a store.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..paths import PROJECT_ROOT, run_dir
+from ..spec.errors import JobSpecError
+from ..spec.schema import JobSpec
+from . import storage
+
+RUN_ID_FILE = "mlflow_run_id"
+TAG_JOB = "hyperctl.job"
+TAG_TASK = "hyperctl.task"
+TAG_ERROR = "hyperctl.error"
+TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's ("trial")
+TAG_STOPPED = "hyperctl.stopped_early"
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_MAX_TAG = 5000
+
+
+def redact(value: Any) -> Any:
+    """``s3://key:secret@host/x`` -> ``s3://***@host/x``; other values unchanged."""
+    return _USERINFO.sub("***@", value) if isinstance(value, str) else value
+
+
+def local_state_dir(spec: JobSpec) -> str:
+    """Local folder for the tracking store: the storage folder when local, else ``~/.hyperctl``."""
+    if storage.is_s3(spec.storage):
+        return str(Path.home() / ".hyperctl")
+    return str(Path(spec.storage).expanduser().resolve())
+
+
+def tracking_uri_for(spec: JobSpec, environ: dict[str, str] | None = None) -> str:
+    """The job's MLflow tracking URI: ``tracking.uri``; when that is null, MLFLOW_TRACKING_URI from
+    the environment (cluster pods and nodes set it to their tracking server); else an absolute
+    ``sqlite:///.../mlflow.db`` under the storage folder (``~/.hyperctl`` for S3 storage)."""
+    uri = spec.tracking.uri or (os.environ if environ is None else environ).get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
+        return uri
+    return "sqlite:///" + str(Path(local_state_dir(spec)) / "mlflow.db")
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient  # deferred: see the module's docstring
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):  # artifacts beside the database, never relative to a worker's cwd
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _params(spec: JobSpec) -> dict[str, str]:
+    return {k: str(redact(v)) for k, v in spec.flat().items()}
+
+
+def open_run(spec: JobSpec, uri: str, tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """Find or create the job's MLflow run; returns ``(run_id, resumed)``.
+
+    The run id lives in ``<storage>/<name>/mlflow_run_id``. A relaunch reuses that run (set back to
+    RUNNING) if the tracking store still has it and its params match the spec.
+    """
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    id_file = storage.join(run_dir(spec), RUN_ID_FILE)
+    params = _params(spec)
+    if storage.exists(id_file):
+        run_id = storage.read_bytes(id_file).decode().strip()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is not None:
+            old = run.data.params
+            changed = sorted(k for k in params if k in old and old[k] != params[k])
+            if changed:
+                raise JobSpecError(spec.name, [
+                    f"{run_dir(spec)} holds a run of this name with a different spec "
+                    f"({', '.join(f'{k}: {old[k]} -> {params[k]}' for k in changed[:5])}); "
+                    f"resuming it would mix two jobs: choose another name or remove that folder"])
+            client.update_run(run_id, status="RUNNING")
+            if TAG_ERROR in run.data.tags:
+                client.delete_tag(run_id, TAG_ERROR)
+            _set_tags(client, run_id, tags or {})
+            return run_id, True
+    experiment_id = _experiment_id(client, uri, spec.tracking.experiment)
+    all_tags = {TAG_JOB: spec.name, TAG_TASK: spec.task, "mlflow.runName": spec.name, **(tags or {})}
+    commit = git_commit()
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(experiment_id, run_name=spec.name, tags={k: str(redact(v)) for k, v in all_tags.items()})
+    run_id = run.info.run_id
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+    storage.write_bytes_atomic(id_file, run_id.encode())
+    return run_id, False
+
+
+def _set_tags(client: Any, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(redact(v))[:_MAX_TAG]) for k, v in tags.items()])
+
+
+def close_run(uri: str, run_id: str, error: str | None = None, only_if_running: bool = False) -> None:
+    """Mark the run FINISHED, or FAILED with ``error`` as a tag; with ``only_if_running``, leave a run that
+    something else has already ended as it is."""
+    client = _client(uri)
+    if only_if_running and client.get_run(run_id).info.status != "RUNNING":
+        return
+    if error is None:
+        client.set_terminated(run_id, "FINISHED")
+    else:
+        client.set_tag(run_id, TAG_ERROR, redact(error)[-_MAX_TAG:])
+        client.set_terminated(run_id, "FAILED")
+
+
+class RunLog:
+    """Writing to one run: texts, files, metrics and tags."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client, self.run_id = _client(uri), run_id
+
+    def history(self, key: str) -> list[tuple[int, float]]:
+        """Every ``(step, value)`` of metric ``key``, by step."""
+        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(self.run_id, key),
+                                                   key=lambda m: m.step)]
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, local_path, artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        self.client.log_metric(self.run_id, key, value, step=step)
+
+    def set_tags(self, **tags: Any) -> None:
+        _set_tags(self.client, self.run_id, {k: str(v) for k, v in tags.items()})
+
+
+class MetricBuffer(RunLog):
+    """Rank 0's metric log: ``add`` buffers, ``flush`` writes to MLflow (call it after a checkpoint).
+
+    Steps at or below the last step MLflow already holds for a key are dropped, so a resumed run
+    never writes a step twice.
+    """
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        super().__init__(uri, run_id)
+        self.pending: list[tuple[str, float, int, int]] = []
+        run = self.client.get_run(run_id)
+        self.last_step: dict[str, int] = {}
+        for key in run.data.metrics:
+            history = self.client.get_metric_history(run_id, key)
+            self.last_step[key] = max(m.step for m in history) if history else -1
+
+    def add(self, step: int, **metrics: float) -> None:
+        now = int(time.time() * 1000)
+        self.pending.extend((k, float(v), now, step) for k, v in metrics.items())
+
+    def flush(self) -> None:
+        from mlflow.entities import Metric
+
+        batch = []
+        for key, value, ts, step in self.pending:
+            if step > self.last_step.get(key, -1):
+                batch.append(Metric(key, value, ts, step))
+                self.last_step[key] = step
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+        self.pending.clear()
+
+
+def append_metric(uri: str, run_id: str, key: str, points: list[tuple[int, float]]) -> None:
+    """Log the ``(step, value)`` points of ``key`` beyond the last step the run holds (never a step twice)."""
+    from mlflow.entities import Metric
+
+    client = _client(uri)
+    logged = max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+    now = int(time.time() * 1000)
+    batch = [Metric(key, value, now, step) for step, value in points if step > logged]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def log_job_files(uri: str, run_id: str, spec: JobSpec, data_root: str, manifest: str) -> None:
+    """Driver-side artifacts: the resolved job YAML and the prepared data's manifest (e.g. the
+    vocabulary of a char LM, the image counts, the subword settings)."""
+    client = _client(uri)
+    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "job.yaml")
+    body = storage.read_bytes(storage.join(data_root, manifest))
+    client.log_text(run_id, body.decode("utf-8"), manifest)
+
+
+def _describe(run: Any) -> dict[str, Any]:
+    return {"run_id": run.info.run_id, "status": run.info.status, "metrics": dict(run.data.metrics),
+            "tags": dict(run.data.tags), "run_name": run.info.run_name or "", "artifact_uri": run.info.artifact_uri}
+
+
+def describe_run(uri: str, run_id: str) -> dict[str, Any]:
+    """A run's id, status, metrics (latest values), tags, name and artifact URI."""
+    return _describe(_client(uri).get_run(run_id))
+
+
+def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
+    """:func:`describe_run`, or None when the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return describe_run(uri, run_id)
+    except MlflowException:
+        return None
+
+
+def search_runs(uri: str, max_results: int = 200) -> list[dict[str, Any]]:
+    """The runs of every experiment in a store (as :func:`describe_run`), newest first."""
+    client = _client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    runs = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=max_results)
+    return [_describe(run) for run in runs]
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """Every ``(step, value)`` of a run's metric ``key``, by step."""
+    return RunLog(uri, run_id).history(key)
+
+
+def download_artifact(uri: str, run_id: str, path: str, dst: str) -> str:
+    """A run's artifact ``path`` downloaded into ``dst``; FileNotFoundError when the run has none."""
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stdout/stderr carry results
+    try:
+        local: str = _client(uri).download_artifacts(run_id, path, dst)
+    except (MlflowException, OSError):
+        raise FileNotFoundError(f"run {run_id} has no artifact {path}") from None
+    return local
+
+
+# ---- search campaigns (service/driver/campaign.py): a parent run and one nested child run per trial -----
+
+TAG_CAMPAIGN = "hyperctl.campaign"
+TAG_BEST_TRIAL = "hyperctl.best_trial"
+TAG_BEST_RUN = "hyperctl.best_run_id"
+TAG_TRIAL = "hyperctl.trial_id"
+TAG_PARENT = "mlflow.parentRunId"  # what the MLflow UI nests children under
+
+
+def open_child_run(spec: JobSpec, uri: str, parent_run_id: str, trial_id: str, sampled: dict[str, Any],
+                   tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """A campaign trial's nested run (``mlflow.parentRunId`` = the campaign's run): exactly one per
+    trial across trial restarts and campaign resumes. As for a job, the id lives in the trial's
+    folder (``<storage>/<name>/mlflow_run_id``); if that file is missing but the store already has
+    this trial's child (the driver died between creating it and writing the file), that run is
+    adopted. Params: the trial's flat spec and its sampled values as ``sampled.<key>``."""
+    from mlflow.entities import Param
+
+    client = _client(uri)
+    id_file = storage.join(run_dir(spec), RUN_ID_FILE)
+    if not storage.exists(id_file):
+        parent = client.get_run(parent_run_id)
+        found = client.search_runs([parent.info.experiment_id],
+                                   filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and "
+                                                 f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+        if found:
+            storage.write_bytes_atomic(id_file, found[0].info.run_id.encode())
+    run_id, resumed = open_run(spec, uri, {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, **(tags or {})})
+    if not resumed:
+        client.log_batch(run_id, params=[Param(f"sampled.{k}", str(redact(v))) for k, v in sampled.items()])
+    return run_id, resumed
+
+
+def run_id_of(spec: JobSpec) -> str | None:
+    """The MLflow run id recorded in the job's folder (None before its run was opened)."""
+    id_file = storage.join(run_dir(spec), RUN_ID_FILE)
+    return storage.read_bytes(id_file).decode().strip() if storage.exists(id_file) else None
+
+
+def child_runs(uri: str, parent_run_id: str) -> list[Any]:
+    """The nested runs of a campaign's run (MLflow ``Run`` objects), oldest first."""
+    client = _client(uri)
+    parent = client.get_run(parent_run_id)
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=5000)
+
+
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None,
+            replace: tuple[str, ...] = ()) -> None:
+    """Set ``tags`` and end the run with ``status`` (FINISHED, FAILED, KILLED) if it is still RUNNING,
+    or already ended with one of the ``replace`` statuses (whose error tag is then dropped)."""
+    client = _client(uri)
+    _set_tags(client, run_id, tags or {})
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING" or run.info.status in replace:
+        client.set_terminated(run_id, status)
+        if run.info.status in replace and TAG_ERROR in run.data.tags:
+            client.delete_tag(run_id, TAG_ERROR)
+
+
+__all__ = ["MetricBuffer", "RunLog", "append_metric", "child_runs", "close_run", "describe_run", "download_artifact",
+           "end_run", "find_run", "git_commit", "local_state_dir", "log_job_files", "metric_history",
+           "open_child_run", "open_run", "redact", "run_id_of", "search_runs", "tracking_uri_for"]

@@ -1,0 +1,120 @@
+"""The sections every job shares and :class:`JobSpec`, the base of each task's job class.
+
+A task (:mod:`service.tasks`) defines its job class by subclassing :class:`JobSpec` with its own
+``task`` literal, ``data`` section (a :class:`DataSpec`), ``model`` section (a :class:`ModelSpec`)
+and, where it has keys of its own, ``train`` section (a :class:`TrainSpec`). Read a document with
+:func:`service.spec.loading.validate_job`, which picks the task's class from the registry.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from .search import SearchSpec
+from .strict import Strict
+from .tree import flatten
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class DataSpec(Strict):
+    """The base of every task's ``data`` section: the global batch, which every task splits evenly
+    across its workers."""
+
+    batch_size: int = Field(gt=0, description="global batch, split evenly across workers")
+
+
+class ModelSpec(Strict):
+    """The base of every task's ``model`` section."""
+
+
+class HyperSpec(Strict):
+    """The hyper cell of a HyperLSTM (paper §2.2): its width N_ĥ and the embedding size N_z."""
+
+    hidden_size: int = Field(128, gt=0, description="hyper-cell units N_ĥ")
+    embed_size: int = Field(4, gt=0, description="embedding size N_z")
+
+
+class OptimizerSpec(Strict):
+    """The optimizer of every task."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd only: Nesterov momentum when > 0")
+
+
+class TrainSpec(Strict):
+    """How long and how every task trains; a task may extend it with its own keys."""
+
+    optimizer: OptimizerSpec = OptimizerSpec()
+    grad_clip: float | None = Field(1.0, gt=0.0, description="global gradient-norm clip; null for none")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; give this or epochs")
+    epochs: int | None = Field(None, gt=0, description="passes over the training data; give this or max_steps")
+    eval_every: int = Field(1000, gt=0, description="steps between validation passes")
+    checkpoint_every: int = Field(1000, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints retained (the latest ones)")
+    log_every: int = Field(50, gt=0, description="steps between train-loss / tokens-per-second records")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainSpec:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of train.max_steps and train.epochs")
+        return self
+
+
+class ResourcesSpec(Strict):
+    """The Ray Train worker group."""
+
+    workers: int = Field(1, gt=0, description="Ray Train workers (data-parallel ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    max_failures: int = Field(3, ge=0, description="restarts from the latest checkpoint before the job fails")
+
+
+class TrackingSpec(Strict):
+    """Where MLflow records the run."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI; null = local sqlite store under storage")
+    experiment: str = Field("default", min_length=1)
+
+
+class JobSpec(Strict):
+    """A training job: the parts every task shares. A concrete job is one task's subclass, chosen
+    by ``task`` in :func:`service.spec.loading.validate_job`; never read a document with this class."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="run name: letters, digits, '.', '_', '-'")
+    task: str
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: str = Field("./runs", min_length=1, description="checkpoint root: a local folder or s3://bucket/prefix")
+    tracking: TrackingSpec = TrackingSpec()
+    search: SearchSpec | None = Field(None, description="makes the job a search campaign (service/driver/campaign.py)")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> JobSpec:
+        batch = self.data.batch_size
+        if batch % self.resources.workers:
+            raise ValueError(
+                f"data.batch_size ({batch}) must be divisible by resources.workers "
+                f"({self.resources.workers}): the global batch is split evenly across workers")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """The spec as ``{"a.b.c": value}``, e.g. for MLflow params (a campaign's ``search`` section
+        as ``search.*``, a searched key's values as ``search.space.<key>.<kind>``)."""
+        out = flatten(self.model_dump(mode="json", exclude={"search"}))
+        if self.search is not None:
+            search = self.search.model_dump(mode="json", exclude={"space"})
+            out.update(flatten(search, "search."))
+            for key, domain in self.search.space.items():
+                out[f"search.space.{key}.{domain.kind}"] = getattr(domain, domain.kind)
+        return out
+
+
+__all__ = ["DataSpec", "HyperSpec", "JobSpec", "ModelSpec", "NAME_PATTERN", "OptimizerSpec", "ResourcesSpec", "TrackingSpec",
+           "TrainSpec"]

@@ -1,0 +1,113 @@
+"""What a task declares to the service: :class:`Task`, one object per task, found through the
+registry in :mod:`service.tasks`. Everything outside ``service/tasks/<task>/`` reaches a task
+through these fields and never branches on its name."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from ..spec.schema import JobSpec
+
+J = TypeVar("J", bound=JobSpec)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The metrics a task's worker loop logs, by role.
+
+    ``valid`` is what campaigns optimise by default and ``hyperctl list`` shows (with its
+    ``final_<valid>`` when the run logged one), ``test`` the held-out figure, ``train`` the
+    training loss logged every ``train.log_every`` steps (its last step is a run's progress),
+    ``reported`` every metric the loop reports to Ray Tune (a campaign's ``search.metric`` must be
+    one of them), ``higher_is_better`` the metrics a campaign maximises (all others: minimised).
+    """
+
+    valid: str
+    test: str
+    train: str
+    reported: tuple[str, ...]
+    higher_is_better: frozenset[str] = frozenset()
+
+    def mode(self, metric: str) -> Literal["min", "max"]:
+        return "max" if metric in self.higher_is_better else "min"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A user file a job reads, checked by preflight before anything starts."""
+
+    field: str  # the spec field that names it, e.g. "data.train"
+    uri: str  # a path or s3:// URI
+    text: bool  # UTF-8 text (checked by decoding its head) or binary
+
+
+class Prepared(Protocol):
+    """A task's prepared data set, as the driver sees it."""
+
+    @property
+    def root(self) -> str:
+        """URI of the prepared folder, handed to the workers."""
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the sources and settings the folder was prepared from."""
+
+    @property
+    def manifest(self) -> str:
+        """Name of the JSON file in ``root`` that describes the data (logged to MLflow)."""
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+
+
+@dataclass(frozen=True)
+class SummaryAxis:
+    """A spec key a campaign summary always plots its metric against, searched or not."""
+
+    key: str  # dotted spec key, e.g. "model.hyper.embed_size"
+    label: str  # axis label, e.g. "N_z"
+    log_base: int | None = None  # a logarithmic axis of this base
+
+
+@dataclass(frozen=True)
+class CommandKit:
+    """What the CLI lends a task's own subcommands (``Task.add_commands``): the options that name an
+    MLflow tracking store, and how they resolve to a URI."""
+
+    add_store_options: Callable[[argparse.ArgumentParser], None]  # --tracking-uri, --storage
+    tracking_uri: Callable[[argparse.Namespace], str]  # from those, or from a ``job`` argument
+
+
+@dataclass(frozen=True)
+class Task(Generic[J]):
+    """One task: its job schema, how the driver prepares its data, the Ray Train worker loop, and
+    what the rest of the service needs to know about it.
+
+    * ``job_class``: the task's :class:`~service.spec.schema.JobSpec` subclass (``task`` literal = ``name``).
+    * ``prepare(spec, cache_root)``: the prepared data under ``cache_root``, built if missing (driver side).
+    * ``train_loop(config)``: Ray Train's ``train_loop_per_worker``.
+    * ``data_files(spec)``: the user files the job reads (preflight checks them before a run starts).
+    * ``source_name(spec)``: what the data is, for the ``[data] preparing ...`` line.
+    * ``parameter_count(spec)``: trainable parameters of the job's model before its data is prepared.
+    * ``metrics``: see :class:`Metrics`.
+    * ``summary_axis``: what a campaign summary plots the metric against, besides the searched keys.
+    * ``add_commands(subparsers, kit)``: the task's own ``hyperctl`` subcommands (e.g. ``translate``).
+    * ``aliases``: old names job files may still use (read with a deprecation message).
+    """
+
+    name: str
+    job_class: type[J]
+    prepare: Callable[[J, str], Prepared]
+    train_loop: Callable[[dict[str, Any]], None]
+    data_files: Callable[[J], list[DataFile]]
+    source_name: Callable[[J], str]
+    parameter_count: Callable[[J], int]
+    metrics: Metrics
+    summary_axis: SummaryAxis | None = None
+    add_commands: Callable[[argparse._SubParsersAction[Any], CommandKit], None] | None = None
+    aliases: tuple[str, ...] = field(default=())
+
+
+__all__ = ["CommandKit", "DataFile", "Metrics", "Prepared", "SummaryAxis", "Task"]

@@ -1,0 +1,29 @@
+"""``task: image_classification``: convnets whose kernels a static hypernetwork generates (paper
+§3.1): the paper's MNIST convnet and Wide ResNet 40-k, or their free-kernel baselines.
+
+* :mod:`.spec`: the job class; :mod:`.data`: idx files and CIFAR-10 batches to Parquet;
+  :mod:`.model`: the convnet a job describes and its parameter counts; :mod:`.loop`: the Ray Train
+  worker loop and the run's artifacts; :mod:`.plots`: the generated kernels as a picture.
+"""
+from __future__ import annotations
+
+from ..base import Metrics, SummaryAxis, Task
+from .data import data_files, prepare_images, source_name
+from .loop import train_loop_per_worker
+from .model import parameter_count
+from .spec import ImageJob
+
+TASK: Task[ImageJob] = Task(
+    name="image_classification",
+    job_class=ImageJob,
+    prepare=prepare_images,
+    train_loop=train_loop_per_worker,
+    data_files=data_files,
+    source_name=source_name,
+    parameter_count=parameter_count,
+    metrics=Metrics(valid="valid_error", test="test_error", train="train_loss",
+                    reported=("valid_error", "valid_loss", "train_loss")),
+    summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
+)
+
+__all__ = ["TASK"]

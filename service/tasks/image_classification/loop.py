@@ -1,0 +1,176 @@
+"""The Ray Train worker loop of ``task: image_classification``: data-parallel training of a
+convnet whose kernels a static hypernetwork generates (or of the plain baseline).
+
+Read top to bottom: set up (spec, data, model, optimizer, resume) -> loop over steps (a global
+batch split across ranks; forward, backward, clip, step; log / eval / checkpoint every so often)
+-> finish on rank 0 (valid and test error, parameter counts, kernel picture, artifacts).
+
+Data order: epoch ``e`` visits the training images in the permutation drawn from
+``seed + e``; global batch ``i`` is images ``[i*B, (i+1)*B)`` of it (the last partial batch is
+dropped) and rank ``r`` takes its slice ``[r*b, (r+1)*b)``. A checkpoint's (epoch, batch) position
+therefore resumes the exact same order.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ...io.tracking import MetricBuffer
+from ...worker import plots
+from ...worker.worker import Window, Worker, make_optimizer, seed_rank
+from .data import load_prepared, load_split
+from .model import build_model, parameter_counts
+from .plots import kernel_grid
+from .spec import ImageJob
+
+
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float, standardised per channel with the training split's statistics."""
+    return (x.float() / 255.0 - mean) / std
+
+
+def augment(x: torch.Tensor, pad_crop: int, flip: bool) -> torch.Tensor:
+    """The paper's augmentation on a float batch: zero-pad by ``pad_crop`` and crop back at a random
+    offset per image; random horizontal flips."""
+    if pad_crop:
+        b, _, h, w = x.shape
+        padded = F.pad(x, (pad_crop,) * 4)
+        dy = torch.randint(0, 2 * pad_crop + 1, (b,))
+        dx = torch.randint(0, 2 * pad_crop + 1, (b,))
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    if flip:
+        mask = torch.rand(x.shape[0]) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+             batch_size: int) -> tuple[float, float]:
+    """(error rate, mean cross-entropy) of ``model`` over a whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    wrong, loss = 0, 0.0
+    device = mean.device
+    for i in range(0, len(x), batch_size):
+        xb, yb = normalise(x[i:i + batch_size].to(device), mean, std), y[i:i + batch_size].to(device)
+        logits = model(xb)
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        wrong += int((logits.argmax(1) != yb).sum())
+    model.train(was_training)
+    return wrong / max(len(x), 1), loss / max(len(x), 1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train.torch  # deferred: see service.worker.worker
+
+    # ---- set-up -------------------------------------------------------------------------------
+    w = Worker(config, ImageJob)
+    spec, device, rank, world = w.spec, w.device, w.rank, w.world
+    tr, B = spec.train, spec.data.batch_size
+
+    prepared = load_prepared(config["data_root"])
+    train_x, train_y = load_split(prepared, "train")
+    valid_x, valid_y = load_split(prepared, "valid")
+    mean = torch.tensor(prepared.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(prepared.std, device=device).view(1, -1, 1, 1).clamp_min(1e-6)
+
+    torch.manual_seed(tr.seed)  # identical initial weights on every rank
+    model = build_model(spec, prepared.shape, prepared.num_classes).to(device)
+    optimizer = make_optimizer(tr.optimizer, model.parameters())
+    seed_rank(tr.seed, rank)
+
+    b = B // world
+    batches_per_epoch = len(train_x) // B
+    if batches_per_epoch == 0:
+        raise ValueError(f"data.batch_size ({B}) is larger than the training split ({len(train_x)} images)")
+    total_steps = tr.max_steps or tr.epochs * batches_per_epoch
+
+    pos, _ = w.restore(model, optimizer)
+    ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
+    w.start(pos, total_steps, model, batches_per_epoch=batches_per_epoch, unit="batches")
+    meta = {"data_root": prepared.root, "content_hash": prepared.content_hash}
+
+    def epoch_order(epoch: int) -> torch.Tensor:
+        return torch.randperm(len(train_x), generator=torch.Generator().manual_seed(tr.seed * 100_003 + epoch))
+
+    def validate() -> tuple[float, float]:
+        err, loss = evaluate(model, valid_x, valid_y, mean, std, spec.data.eval_batch_size) if rank == 0 else (0.0, 0.0)
+        return w.broadcast(err), w.broadcast(loss)
+
+    # ---- training loop ------------------------------------------------------------------------
+    window, order = Window(), epoch_order(pos.epoch)
+    model.train()
+    while pos.step < total_steps:
+        if pos.batch == batches_per_epoch:  # next epoch, next permutation
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+            order = epoch_order(pos.epoch)
+        t0 = time.perf_counter()
+        idx = order[pos.batch * B + rank * b:pos.batch * B + (rank + 1) * b]
+        x = augment(normalise(train_x[idx].to(device), mean, std), spec.data.augment.pad_crop, spec.data.augment.flip)
+        y = train_y[idx].to(device)
+
+        logits = ddp(x)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        totals = w.optimize(pos, model, optimizer, loss_sum, len(y))
+        if totals is None:  # non-finite: the driver reports it (service.worker.worker)
+            return
+        pos.step, pos.batch = pos.step + 1, pos.batch + 1
+        window.add(*totals, time.perf_counter() - t0)
+
+        if pos.step % tr.log_every == 0 or pos.step == total_steps:
+            window = w.log_window(pos, total_steps, window, optimizer, loss=("train_loss", window.mean_loss(), "nats"),
+                                  rate=("images_per_s", "images/s"))
+
+        if pos.step % tr.eval_every == 0 and pos.step < total_steps:
+            valid_error, valid_loss = validate()
+            w.evaluated(pos, f"{len(valid_x):,} images", valid_error=valid_error, valid_loss=valid_loss)
+
+        if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
+            w.save_checkpoint(pos, model, optimizer, meta)
+
+    # ---- finish (rank 0): valid and test error, parameter counts, artifacts --------------------
+    if rank != 0:
+        return
+    test_x, test_y = load_split(prepared, "test")
+    valid_error, valid_loss = evaluate(model, valid_x, valid_y, mean, std, spec.data.eval_batch_size)
+    test_error, test_loss = evaluate(model, test_x, test_y, mean, std, spec.data.eval_batch_size)
+    counts = parameter_counts(model)
+    final = {"valid_error": valid_error, "valid_loss": valid_loss, "final_valid_error": valid_error,
+             "test_error": test_error, "test_loss": test_loss, **{k: float(v) for k, v in counts.items()}}
+    w.log(total_steps, **final)
+    assert w.tracker is not None
+    w.tracker.flush()
+    w.tracker.set_tags(**{f"hyperctl.{k}": v for k, v in counts.items()})
+    w.emit(event="final", step=total_steps, metrics={"valid_error": valid_error, "test_error": test_error})
+    w.emit(event="info", text="parameters: " + ", ".join(f"{k.removeprefix('params_')} {v:,}"
+                                                            for k, v in counts.items()))
+    finish_artifacts(spec, model, w.tracker)
+
+
+def finish_artifacts(spec: ImageJob, model: torch.nn.Module, tracker: MetricBuffer) -> None:
+    """Final model, learning curve and (hyper kernels) the picture of the generated kernels."""
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
+        tmp_path = Path(tmp)
+        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "spec": spec.model_dump(mode="json")}, tmp_path / "model.pt")
+        tracker.log_artifact(str(tmp_path / "model.pt"), "model")
+        plots.learning_curve(tracker.history("train_loss"), tracker.history("valid_error"),
+                             str(tmp_path / "learning_curve.png"), title=spec.name, train_label="train loss",
+                             valid_label="valid error", ylabel="cross-entropy (nats)", valid_axis="error rate")
+        tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
+        if spec.model.kernels == "hyper":
+            with torch.no_grad():
+                kernels = model.generated_kernels()
+            kernel_grid(kernels, str(tmp_path / "generated_kernels.png"),
+                              title=f"{spec.name}: kernels generated by the hypernetwork (N_z = {spec.model.hyper.embed_size})")
+            tracker.log_artifact(str(tmp_path / "generated_kernels.png"), "plots")
+
+
+__all__ = ["augment", "evaluate", "normalise", "train_loop_per_worker"]

@@ -1,0 +1,55 @@
+"""``hyperctl translate``: the translation task's own command."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ...exitcodes import EXIT_BAD_INPUT, EXIT_OK
+from ..base import CommandKit
+from .translate import load_translator
+
+
+def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
+    def cmd_translate(args: argparse.Namespace) -> int:
+        """Translate sentences with a trained translation model: one sentence a line on stdin (or
+        --input FILE), one translation a line on stdout, in the same order. RUN_OR_CHECKPOINT is an
+        MLflow run id (its final model; the tracking store from JOB.yaml, --tracking-uri or --storage)
+        or a checkpoint folder of a translation job (local or s3://, e.g. runs/NAME/checkpoint_00001000),
+        usable while the job still trains."""
+        uri = None
+        if not (Path(args.source).is_dir() or args.source.startswith("s3://")):
+            uri = kit.tracking_uri(args)
+        try:
+            translator = load_translator(args.source, uri)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+        try:
+            sentences = [line.rstrip("\n") for line in stream]
+        except UnicodeDecodeError as e:
+            print(f"error: {args.input or 'stdin'}: expected UTF-8 text: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        finally:
+            if args.input:
+                stream.close()
+        for line in translator.translate(sentences, batch_size=args.batch_size, beam_size=args.beam_size):
+            print(line, flush=False)
+        sys.stdout.flush()
+        return EXIT_OK
+
+    p = sub.add_parser("translate", help="translate stdin with a trained translation model (run id or checkpoint)",
+                       description=cmd_translate.__doc__)
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="MLflow run id, or a checkpoint folder")
+    p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run")
+    kit.add_store_options(p)
+    p.add_argument("--input", help="read sentences from this file instead of stdin")
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="beam width (default: the job's model.beam_size; 1 = greedy)")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default 32)")
+    p.set_defaults(func=cmd_translate)
+
+
+__all__ = ["add_commands"]

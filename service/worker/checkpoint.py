@@ -1,0 +1,109 @@
+"""Training checkpoints: what is saved, and how a worker resumes from it exactly.
+
+A checkpoint is one directory that Ray Train assembles from every rank's contribution:
+
+* ``model.pt``      rank 0: the unwrapped model's ``state_dict`` (no DDP ``module.`` prefix)
+* ``optimizer.pt``  rank 0: the optimizer's ``state_dict``
+* ``meta.json``     rank 0: step, epoch, batch, world size, data root + content hash (the vocab
+                    reference), the spec
+* ``rank_<r>.pt``   every rank: its recurrent state (carried across truncated-BPTT segments) and
+                    its RNG states (torch, python ``random``, numpy)
+
+Choice documented: the recurrent state is *saved*, per rank, rather than reset at the checkpoint
+boundary, so that a run restarted from a checkpoint continues with the same numbers as an
+uninterrupted one (same world size required; the spec fixes it). Model and optimizer are identical
+on every rank under DDP, so only rank 0 writes them.
+
+Every rank calls ``ray.train.report(metrics, checkpoint=...)`` with its own directory (Ray 2.60
+merges the per-rank directories of one report into one checkpoint folder under
+``<storage>/<name>/``; the report is a barrier across ranks).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hypermodels import state_to, state_to_cpu
+
+MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.pt", "optimizer.pt", "meta.json"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank_{rank}.pt"
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps done, and the next batch of the current epoch (for a
+    language model a batch is one truncated-BPTT segment of every stream)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, int]) -> Position:
+        """A saved position; checkpoints written before the rename call ``batch`` ``segment``."""
+        saved = dict(saved)
+        if "segment" in saved:
+            saved["batch"] = saved.pop("segment")
+        return cls(**saved)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save(directory: str | Path, rank: int, position: Position, recurrent_state: Any, *,
+         model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+         meta: dict[str, Any] | None = None) -> None:
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0 passes model/optimizer/meta)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({"position": asdict(position), "recurrent_state": state_to_cpu(recurrent_state), "rng": rng_state()},
+               directory / rank_file(rank))
+    if rank == 0:
+        assert model is not None and optimizer is not None and meta is not None
+        torch.save(model.state_dict(), directory / MODEL_FILE)
+        torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+        (directory / META_FILE).write_text(json.dumps({**meta, **asdict(position)}, indent=2))
+
+
+@dataclass
+class Restored:
+    position: Position
+    recurrent_state: Any
+    meta: dict[str, Any]
+
+
+def load(directory: str | Path, rank: int, world_size: int, model: torch.nn.Module,
+         optimizer: torch.optim.Optimizer, device: torch.device) -> Restored:
+    """Load a checkpoint into ``model`` (unwrapped) and ``optimizer``; set this rank's RNG states.
+
+    Returns the position to continue from and this rank's recurrent state.
+    """
+    directory = Path(directory)
+    meta = json.loads((directory / META_FILE).read_text())
+    if meta.get("world_size") != world_size:
+        raise RuntimeError(f"checkpoint {directory} was written by {meta.get('world_size')} workers, "
+                           f"this run has {world_size}: exact resume needs the same resources.workers")
+    model.load_state_dict(torch.load(directory / MODEL_FILE, map_location=device, weights_only=True))
+    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True))
+    mine = torch.load(directory / rank_file(rank), map_location="cpu", weights_only=False)
+    set_rng_state(mine["rng"])
+    return Restored(Position.from_dict(mine["position"]), state_to(mine["recurrent_state"], device), meta)
+
+
+__all__ = ["Position", "Restored", "load", "rank_file", "rng_state", "save", "set_rng_state"]

@@ -1,0 +1,87 @@
+"""End to end: a 2-worker job through `hyperctl submit` on a local Ray instance, tracked in a real
+MLflow sqlite store. Tiny model and corpus (the first lines of PTB char) so it runs in ~1-2 minutes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import tiny_job
+from service.spec.loading import validate_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    job = tiny_job(tmp_path, "e2e")
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "[train] step     60/60" in proc.stdout and "[ckpt]" in proc.stdout  # progress was printed
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    assert summary["status"] == "FINISHED"
+
+    # Exactly one MLflow run, in the default sqlite store under the storage folder.
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert summary["tracking_uri"] == uri
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tests")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_id == summary["run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["hyperctl.job"] == "e2e" and run.data.tags.get("ray.job_id")
+
+    # Params = the flattened spec.
+    spec = validate_job(job)
+    assert run.data.params == {k: str(v) for k, v in spec.flat().items()}
+
+    # Metrics at increasing steps.
+    history = {k: client.get_metric_history(run.info.run_id, k)
+               for k in ("train_bpc", "tokens_per_s", "lr", "valid_bpc", "test_bpc", "final_valid_bpc")}
+    assert [m.step for m in history["train_bpc"]] == list(range(5, 61, 5))
+    assert [m.step for m in history["tokens_per_s"]] == list(range(5, 61, 5))
+    assert all(m.value > 0 for m in history["tokens_per_s"])
+    assert [m.value for m in history["lr"]] == [0.01] * 12
+    assert [m.step for m in history["valid_bpc"]] == [20, 40, 60]
+    train = [m.value for m in history["train_bpc"]]
+    assert train[-1] < train[0] - 0.5, train  # it learned something
+    test_bpc = history["test_bpc"][0].value
+    assert len(history["test_bpc"]) == 1 and math.isfinite(test_bpc) and test_bpc < math.log2(50)
+
+    # Artifacts.
+    paths = {a.path for a in client.list_artifacts(run.info.run_id)}
+    paths |= {a.path for d in ("model", "plots") for a in client.list_artifacts(run.info.run_id, d)}
+    assert {"job.yaml", "vocab.json", "sample.txt", "model/model.pt", "plots/learning_curve.png",
+            "plots/scaling_vectors.png"} <= paths
+    local = Path(client.download_artifacts(run.info.run_id, "sample.txt", str(tmp_path)))
+    assert "sample (60 symbols" in local.read_text()
+    logged_job = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "job.yaml", str(tmp_path))).read_text())
+    assert logged_job == spec.model_dump(mode="json")
+
+    # Checkpoints in storage: the latest keep_checkpoints, each with every part.
+    run_dir = tmp_path / "runs" / "e2e"
+    assert (run_dir / "mlflow_run_id").read_text().strip() == run.info.run_id
+    ckpts = sorted(p.name for p in run_dir.glob("checkpoint_0*") if p.is_dir())
+    assert ckpts == ["checkpoint_00000040", "checkpoint_00000060"]
+    files = {p.name for p in (run_dir / "checkpoint_00000060").iterdir()}
+    assert {"model.pt", "optimizer.pt", "meta.json", "rank_0.pt", "rank_1.pt"} <= files
+    meta = json.loads((run_dir / "checkpoint_00000060" / "meta.json").read_text())
+    assert meta["step"] == 60 and meta["world_size"] == 2
+
+    # No credentials anywhere in what MLflow holds.
+    blob = json.dumps([run.data.params, run.data.tags])
+    for key in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if os.environ.get(key):
+            assert os.environ[key] not in blob
