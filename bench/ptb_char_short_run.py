@@ -11,7 +11,6 @@ Writes bench/results/ptb_char_short_run.json and .md.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import time
 from pathlib import Path
@@ -25,18 +24,11 @@ from hypermodels import (
     bits_per_char,
     count_parameters,
     detach_state,
-    ptb_char_symbols,
     stream_batches,
 )
+from service.tasks.char_lm.data import load_ptb_char
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PTB_CHAR = Path(__file__).resolve().parents[1] / "data" / "ptb-char"
-
-
-def read_ptb_char(split: str) -> list[str]:
-    """The symbols of one split of the vendored PTB char (data/ptb-char/ptb.char.<split>.txt.gz)."""
-    with gzip.open(PTB_CHAR / f"ptb.char.{split}.txt.gz", "rt", encoding="utf-8") as f:
-        return ptb_char_symbols(f.read())
 
 
 def train(cell: str, args, vocab: CharVocab, train_ids: torch.Tensor, valid_ids: torch.Tensor) -> dict:
@@ -82,10 +74,10 @@ def main() -> None:
     ap.add_argument("--cells", nargs="+", default=["hyperlstm", "lstm"])
     ap.add_argument("--out", type=Path, default=RESULTS / "ptb_char_short_run")
     args = ap.parse_args()
-    train_symbols = read_ptb_char("train")
+    train_symbols = load_ptb_char("train")
     vocab = CharVocab.build(train_symbols)
     train_ids = torch.tensor(vocab.encode(train_symbols))
-    valid_ids = torch.tensor(vocab.encode(["\n"] + read_ptb_char("valid")))  # predict its first symbol too
+    valid_ids = torch.tensor(vocab.encode(["\n"] + load_ptb_char("valid")))  # predict its first symbol too
     runs = [train(cell, args, vocab, train_ids, valid_ids) for cell in args.cells]
     report = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ Writes bench/results/service_overhead.json and .md.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import statistics
@@ -28,15 +27,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from hypermodels import CharVocab, detach_state, ptb_char_symbols, stream_batches
+from hypermodels import CharVocab, detach_state, stream_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PTB_CHAR = ROOT / "data" / "ptb-char"
 sys.path.insert(0, str(ROOT))
 
-from service.models import build_model  # noqa: E402
-from service.spec import validate_job  # noqa: E402
+from service.spec.loading import validate_job  # noqa: E402
+from service.tasks.char_lm.data import load_ptb_char  # noqa: E402
+from service.tasks.char_lm.model import build_model  # noqa: E402
 
 
 def job(args, storage: Path) -> dict:
@@ -58,17 +57,11 @@ def job(args, storage: Path) -> dict:
     }
 
 
-def read_ptb_char(split: str) -> list[str]:
-    """The symbols of one split of the vendored PTB char (data/ptb-char/ptb.char.<split>.txt.gz)."""
-    with gzip.open(PTB_CHAR / f"ptb.char.{split}.txt.gz", "rt", encoding="utf-8") as f:
-        return ptb_char_symbols(f.read())
-
-
 def bare_loop(spec, steps: int, window: int) -> list[float]:
     """tokens/s per window of the same training step, written as a plain loop."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    symbols = read_ptb_char("train")
+    symbols = load_ptb_char("train")
     vocab = CharVocab.build(symbols)
     inputs, targets = stream_batches(torch.tensor(vocab.encode(symbols)), spec.data.batch_size)
     model = build_model(spec, len(vocab))

@@ -4,16 +4,16 @@ Each subcommand is a function ``cmd_<name>(args) -> int`` registered in :func:`b
 Exit codes: 0 success, 1 the job failed or was stopped, 2 bad input (job spec, arguments,
 unreachable storage or Ray cluster, unknown submission id), 130 interrupted (Ctrl-C, SIGTERM).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
-import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -34,8 +34,14 @@ from .tasks import TASKS, CommandKit, task_of
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job YAML file (see jobs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a spec field, e.g. --set model.hyper.embed_size=16 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a spec field, e.g. --set model.hyper.embed_size=16 (repeatable)",
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -55,6 +61,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # ---- running jobs ------------------------------------------------------------------------------
 
+
 def _address(args: argparse.Namespace) -> str | None:
     return cluster_address(getattr(args, "address", None))
 
@@ -67,12 +74,24 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
         outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
     except KeyboardInterrupt as e:
         why = f" ({e})" if str(e) else ""
-        print(f"[stopped] interrupted{why}: the MLflow run is marked FAILED; relaunch the job to resume it",
-              file=sys.stderr, flush=True)
+        print(
+            f"[stopped] interrupted{why}: the MLflow run is marked FAILED; relaunch the job to resume it",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_INTERRUPTED
-    print(json.dumps({"run_id": outcome.run_id, "tracking_uri": outcome.tracking_uri, "run_path": outcome.run_path,
-                      "status": "FINISHED" if outcome.ok else "FAILED",
-                      "metrics": {k: outcome.metrics[k] for k in sorted(outcome.metrics)}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run_id": outcome.run_id,
+                "tracking_uri": outcome.tracking_uri,
+                "run_path": outcome.run_path,
+                "status": "FINISHED" if outcome.ok else "FAILED",
+                "metrics": {k: outcome.metrics[k] for k in sorted(outcome.metrics)},
+            },
+            indent=2,
+        )
+    )
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
@@ -124,9 +143,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not args.id:
         return cmd_list(args)
     info = jobs_api.job_call(address, "get_job_info", args.id)
-    print(json.dumps({"submission_id": args.id, "status": str(info.status.value), "message": info.message,
-                      "entrypoint": info.entrypoint, "start_time": info.start_time, "end_time": info.end_time},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                "submission_id": args.id,
+                "status": str(info.status.value),
+                "message": info.message,
+                "entrypoint": info.entrypoint,
+                "start_time": info.start_time,
+                "end_time": info.end_time,
+            },
+            indent=2,
+        )
+    )
     return EXIT_OK
 
 
@@ -180,8 +209,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'RUN ID':<34} {'STATUS':<9} {'JOB':<28} {'TASK':<20} {'STEP':>7} {'METRIC':<6} {'VALID':>9} {'TEST':>9}")
     for r in rows:
         fmt = lambda v: f"{v:9.4f}" if isinstance(v, float) else f"{'-':>9}"  # noqa: E731
-        print(f"{r['run_id']:<34} {r['status']:<9} {r['job']:<28} {r['task']:<20} {r['step']:>7} {r['metric']:<6} "
-              f"{fmt(r['valid'])} {fmt(r['test'])}")
+        print(
+            f"{r['run_id']:<34} {r['status']:<9} {r['job']:<28} {r['task']:<20} {r['step']:>7} {r['metric']:<6} "
+            f"{fmt(r['valid'])} {fmt(r['test'])}"
+        )
     return EXIT_OK
 
 
@@ -195,8 +226,18 @@ def cmd_ui(args: argparse.Namespace) -> int:
     artifacts = None
     if uri.startswith("sqlite:///"):
         artifacts = str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
     print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
@@ -220,28 +261,38 @@ def _tracking_uri(args: argparse.Namespace) -> str:
         return args.tracking_uri
     if getattr(args, "job", None):
         return tracking_uri_for(load_job(args.job, []))
-    return tracking_uri_for(validate_job({"name": "x", "train": {"max_steps": 1},
-                                                    "storage": args.storage}))
+    return tracking_uri_for(validate_job({"name": "x", "train": {"max_steps": 1}, "storage": args.storage}))
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster dashboard address, e.g. http://127.0.0.1:8265 "
-                                     "(default: RAY_ADDRESS; token auth from ~/.ray/auth_token is used automatically)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster dashboard address, e.g. http://127.0.0.1:8265 "
+        "(default: RAY_ADDRESS; token auth from ~/.ray/auth_token is used automatically)",
+    )
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (sqlite:///..., http://...)")
-    p.add_argument("--storage", default="./runs",
-                   help="job storage folder whose sqlite store to read when no URI is given (default ./runs)")
+    p.add_argument(
+        "--storage",
+        default="./runs",
+        help="job storage folder whose sqlite store to read when no URI is given (default ./runs)",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-cpus", type=float, default=None,
-                   help="CPUs of the local Ray instance (default: all); ignored on a cluster")
+    p.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs of the local Ray instance (default: all); ignored on a cluster",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's own logs and the workers' output")
 
 
 # ---- search campaigns (service/driver/campaign.py) ----------------------------------------------------
+
 
 def _is_job_file(value: str) -> bool:
     return value.endswith((".yaml", ".yml")) and Path(value).is_file()
@@ -249,20 +300,37 @@ def _is_job_file(value: str) -> bool:
 
 def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False) -> int:
     try:
-        outcome = run_campaign(spec, address=_address(args), num_cpus=getattr(args, "num_cpus", None),
-                               verbose=getattr(args, "verbose", False), resume=resume)
+        outcome = run_campaign(
+            spec,
+            address=_address(args),
+            num_cpus=getattr(args, "num_cpus", None),
+            verbose=getattr(args, "verbose", False),
+            resume=resume,
+        )
     except CampaignError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("[stopped] interrupted: `hyperctl resume` continues the campaign", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    print(json.dumps({"campaign": spec.name, "parent_run_id": outcome.parent_run_id,
-                      "tracking_uri": outcome.tracking_uri, "path": outcome.path,
-                      "status": "FINISHED" if outcome.ok else "FAILED", "error": outcome.error,
-                      "best": outcome.best and {k: outcome.best[k] for k in ("trial", "run_id", "value", "config")},
-                      "trials": [{k: t[k] for k in ("trial", "state", "step", "value", "run_id", "config")}
-                                 for t in outcome.trials]}, indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "campaign": spec.name,
+                "parent_run_id": outcome.parent_run_id,
+                "tracking_uri": outcome.tracking_uri,
+                "path": outcome.path,
+                "status": "FINISHED" if outcome.ok else "FAILED",
+                "error": outcome.error,
+                "best": outcome.best and {k: outcome.best[k] for k in ("trial", "run_id", "value", "config")},
+                "trials": [
+                    {k: t[k] for k in ("trial", "state", "step", "value", "run_id", "config")} for t in outcome.trials
+                ],
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
@@ -319,26 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperctl",
         description="Train HyperNetworks models (HyperLSTM language models and translators, static-hypernetwork "
-                    "convnets, and their baselines) from YAML jobs on Ray, "
-                    "tracked in MLflow. Without --address (or RAY_ADDRESS) jobs run on a local Ray instance.",
+        "convnets, and their baselines) from YAML jobs on Ray, "
+        "tracked in MLflow. Without --address (or RAY_ADDRESS) jobs run on a local Ray instance.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  hyperctl validate jobs/quickstart.yaml\n"
-               "  hyperctl submit jobs/quickstart.yaml --set train.max_steps=200\n"
-               "  hyperctl submit jobs/mnist-test-hyper.yaml\n"
-               "  hyperctl submit jobs/multi30k-en-fr-hyperlstm.yaml\n"
-               "  echo 'A dog runs on the beach.' | hyperctl translate RUN_ID --storage ./runs\n",
+        "  hyperctl validate jobs/quickstart.yaml\n"
+        "  hyperctl submit jobs/quickstart.yaml --set train.max_steps=200\n"
+        "  hyperctl submit jobs/mnist-test-hyper.yaml\n"
+        "  hyperctl submit jobs/multi30k-en-fr-hyperlstm.yaml\n"
+        "  echo 'A dog runs on the beach.' | hyperctl translate RUN_ID --storage ./runs\n",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check a job spec and print it resolved, with the parameter count",
-                       description=cmd_validate.__doc__)
+    p = sub.add_parser(
+        "validate",
+        help="check a job spec and print it resolved, with the parameter count",
+        description=cmd_validate.__doc__,
+    )
     add_job_arguments(p)
     p.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("submit", help="run a job: locally in the foreground, or on a Ray cluster (--address)",
-                       description=cmd_submit.__doc__)
+    p = sub.add_parser(
+        "submit",
+        help="run a job: locally in the foreground, or on a Ray cluster (--address)",
+        description=cmd_submit.__doc__,
+    )
     add_job_arguments(p)
     _add_address(p)
     p.add_argument("--detach", action="store_true", help="cluster: print the submission id and return")
@@ -347,8 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="in-cluster entrypoint: run a job in the foreground", description=cmd_run.__doc__)
     p.add_argument("job", nargs="?", help="job YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a spec field (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a spec field (repeatable)",
+    )
     p.add_argument("--spec-json", help="the resolved spec as JSON (used for job files outside the project)")
     _add_address(p)
     _add_run_options(p)
@@ -383,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("tune", help="run a search campaign (a job with a search: section)", description=cmd_tune.__doc__)
+    p = sub.add_parser(
+        "tune", help="run a search campaign (a job with a search: section)", description=cmd_tune.__doc__
+    )
     add_job_arguments(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_tune)

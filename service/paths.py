@@ -1,4 +1,5 @@
 """Where things are: the project's checkout, its vendored data, and a job's run folder."""
+
 from __future__ import annotations
 
 from pathlib import Path

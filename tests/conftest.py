@@ -6,6 +6,7 @@
 * ``s3_env``: sets those AWS_* variables for in-process code (monkeypatch) and returns the server.
 * ``s3_prefix``: ``s3://<bucket>/<unique folder>`` for one test, with ``s3_env`` applied.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from s3server import S3Server, WeedProcess  # noqa: E402
 
 # Variables that could point code under test at a real account or another endpoint.
-AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_EC2_METADATA_DISABLED")
+AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "AWS_EC2_METADATA_DISABLED",
+)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """What several test modules share: the project's root, and a tiny char-LM job on the first lines
 of PTB char that trains in a minute or two."""
+
 from __future__ import annotations
 
 import gzip
@@ -28,14 +29,25 @@ def tiny_job(tmp: Path, name: str, **train: object) -> dict:
     corpus = write_corpus(tmp, {"train": 600, "valid": 30, "test": 30})
     return {
         "name": name,
-        "data": {"dataset": None, **corpus, "format": "ptb-char", "seq_len": 25, "batch_size": 8,
-                 "eval_batch_size": 4},
-        "model": {"cell": "hyperlstm", "hidden_size": 48, "layer_norm": True,
-                  "hyper": {"hidden_size": 16, "embed_size": 4},
-                  "dropout": {"output": 0.1, "recurrent": 0.1}},
-        "train": {"optimizer": {"name": "adam", "lr": 0.01}, "max_steps": 60, "log_every": 5, "eval_every": 20,
-                  "eval_max_symbols": 2000, "checkpoint_every": 20, "keep_checkpoints": 2, "sample_length": 60,
-                  **train},
+        "data": {"dataset": None, **corpus, "format": "ptb-char", "seq_len": 25, "batch_size": 8, "eval_batch_size": 4},
+        "model": {
+            "cell": "hyperlstm",
+            "hidden_size": 48,
+            "layer_norm": True,
+            "hyper": {"hidden_size": 16, "embed_size": 4},
+            "dropout": {"output": 0.1, "recurrent": 0.1},
+        },
+        "train": {
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "max_steps": 60,
+            "log_every": 5,
+            "eval_every": 20,
+            "eval_max_symbols": 2000,
+            "checkpoint_every": 20,
+            "keep_checkpoints": 2,
+            "sample_length": 60,
+            **train,
+        },
         "resources": {"workers": 2, "cpus_per_worker": 1, "max_failures": 2},
         "storage": str(tmp / "runs"),
         "tracking": {"experiment": "tests"},

@@ -26,6 +26,7 @@ value of the metric (it is a result, not a crash: it is not retried).
 Ray Tune, optuna and matplotlib are imported inside the functions that use them: each takes
 seconds to import, and ``hyperctl status`` / ``stop`` of a campaign need none of them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,6 @@ import math
 import os
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -86,6 +86,7 @@ def best_job_document(base: JobSpec, sampled: dict[str, Any]) -> dict[str, Any]:
 
 # ---- the search space ---------------------------------------------------------------------------
 
+
 def param_space(spec: JobSpec) -> tuple[dict[str, Any], int]:
     """``search.space`` as Ray Tune domains, and Tune's ``num_samples``.
 
@@ -134,8 +135,9 @@ def _search_alg(spec: JobSpec, concurrent: int) -> Any:
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed)),
-                                  max_concurrent=concurrent)
+        return ConcurrencyLimiter(
+            OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed)), max_concurrent=concurrent
+        )
     from ray.tune.search import BasicVariantGenerator
 
     return BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
@@ -151,11 +153,16 @@ def _scheduler(spec: JobSpec) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
     sch = search.scheduler
-    return ASHAScheduler(time_attr="step", max_t=sch.max_t or spec.train.max_steps, grace_period=sch.grace_period,
-                         reduction_factor=sch.reduction_factor)
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=sch.max_t or spec.train.max_steps or 0,  # check_search refused a campaign with neither
+        grace_period=sch.grace_period,
+        reduction_factor=sch.reduction_factor,
+    )
 
 
 # ---- one trial: a driver function that fits a TorchTrainer ---------------------------------------
+
 
 def _report_to_tune_class() -> Any:
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -196,7 +203,7 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
 
     base = validate_job(setup["spec"], "campaign")
     assert base.search is not None
-    metric, mode = base.search.metric, base.search.mode
+    metric, mode = str(base.search.metric), str(base.search.mode)
     trial_id = tune.get_context().get_trial_id()
     sampled = {k: config[k] for k in setup["keys"]}
     spec = trial_spec(base, sampled, trial_id)
@@ -205,8 +212,9 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     if done is not None:  # finished before the campaign's driver died, but not yet recorded by Tune
         tune.report({**done, "step": spec.train.max_steps or done.get("step", 0), "trial_state": "completed"})
         return
-    run_id, resumed = tracking.open_child_run(spec, uri, setup["parent_run_id"], trial_id, sampled,
-                                              tags={tracking.TAG_CAMPAIGN: base.name, TAG_KIND: "trial"})
+    run_id, resumed = tracking.open_child_run(
+        spec, uri, setup["parent_run_id"], trial_id, sampled, tags={tracking.TAG_CAMPAIGN: base.name, TAG_KIND: "trial"}
+    )
     if not resumed:
         tracking.log_job_files(uri, run_id, spec, setup["data_root"], setup["manifest"])
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
@@ -214,8 +222,9 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
 
     total_steps = spec.train.max_steps
     report_cls = _report_to_tune_class()
-    trainer = build_trainer(spec, setup["data_root"], uri, run_id, callbacks=[report_cls(metric, total_steps)],
-                            report_evals=True)
+    trainer = build_trainer(
+        spec, setup["data_root"], uri, run_id, callbacks=[report_cls(metric, total_steps)], report_evals=True
+    )
     try:
         result = trainer.fit()
         if getattr(result, "error", None):
@@ -232,11 +241,17 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         return
     tracking.close_run(uri, run_id)
     final = tracking.describe_run(uri, run_id)["metrics"]
-    tune.report({**{k: v for k, v in final.items() if isinstance(v, (int, float))},
-                 "step": total_steps or final.get("step", 0), "trial_state": "completed"})
+    tune.report(
+        {
+            **{k: v for k, v in final.items() if isinstance(v, (int, float))},
+            "step": total_steps or final.get("step", 0),
+            "trial_state": "completed",
+        }
+    )
 
 
 # ---- progress in the driver ---------------------------------------------------------------------
+
 
 def _progress_callback_class() -> Any:
     from ray.tune import Callback
@@ -253,8 +268,9 @@ def _progress_callback_class() -> Any:
         def on_trial_result(self, iteration, trials, trial, result, **info):
             value = result.get(self.metric)
             if isinstance(value, (int, float)):
-                print(f"[trial] {trial.trial_id} step {result.get('step', '?'):>7} {self.metric} {value:.4f}",
-                      flush=True)
+                print(
+                    f"[trial] {trial.trial_id} step {result.get('step', '?'):>7} {self.metric} {value:.4f}", flush=True
+                )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             state = (trial.last_result or {}).get("trial_state", "stopped early")
@@ -275,6 +291,7 @@ def _fmt(v: Any) -> str:
 
 
 # ---- the campaign driver ------------------------------------------------------------------------
+
 
 @dataclass
 class CampaignOutcome:
@@ -325,8 +342,15 @@ def _sigterm_as_sigint() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
 
 
-def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
-                 resume: bool = False, out: TextIO | None = None) -> CampaignOutcome:
+def run_campaign(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    resume: bool = False,
+    out: TextIO | None = None,
+) -> CampaignOutcome:
     """Run (or, when ``<storage>/<campaign>`` holds its Tune state, continue) the campaign ``spec``.
     ``resume=True`` insists on continuing an existing campaign."""
     import ray  # deferred: see the module's docstring
@@ -339,6 +363,7 @@ def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float |
         raise JobSpecError(spec.name, ["not a campaign: the job has no search section"])
     spec = absolute_storage(spec)
     search = spec.search
+    assert search is not None
     running = driver_running(spec)
     if running is not None and running != os.getpid():
         raise CampaignError(f"campaign {spec.name!r} is already running (driver pid {running})")
@@ -349,20 +374,36 @@ def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float |
     started = start(spec, address=address, num_cpus=num_cpus, verbose=verbose, say=say)
     _sigterm_as_sigint()
     spec, prepared, uri, cluster = started.spec, started.prepared, started.tracking_uri, started.cluster
-    parent_id, reopened = tracking.open_run(spec, uri, {TAG_KIND: "campaign", tracking.TAG_CAMPAIGN: spec.name,
-                                                        "ray.job_id": ray.get_runtime_context().get_job_id()})
+    parent_id, reopened = tracking.open_run(
+        spec,
+        uri,
+        {
+            TAG_KIND: "campaign",
+            tracking.TAG_CAMPAIGN: spec.name,
+            tracking.TAG_RAY_JOB: ray.get_runtime_context().get_job_id(),
+        },
+    )
     tracking.log_job_files(uri, parent_id, spec, prepared.root, prepared.manifest)
-    storage.write_bytes_atomic(storage.join(run_dir(spec), DRIVER_FILE),
-                               json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                           "started": time.time()}).encode())
-    say(f"[mlflow] campaign run {parent_id} ({'resumed' if reopened else 'new'}) in {tracking.redact(uri)}, "
-        f"experiment {spec.tracking.experiment!r}")
+    storage.write_bytes_atomic(
+        storage.join(run_dir(spec), DRIVER_FILE),
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode(),
+    )
+    say(
+        f"[mlflow] campaign run {parent_id} ({'resumed' if reopened else 'new'}) in {tracking.redact(uri)}, "
+        f"experiment {spec.tracking.experiment!r}"
+    )
 
     r = spec.resources
     per_trial_cpu = r.workers * r.cpus_per_worker
     concurrent = search.max_concurrent or max(1, int(cluster.get("CPU", 1.0) // per_trial_cpu))
-    setup = {"spec": spec.model_dump(mode="json"), "keys": searched_keys(spec), "tracking_uri": uri,
-             "parent_run_id": parent_id, "data_root": prepared.root, "manifest": prepared.manifest}
+    setup = {
+        "spec": spec.model_dump(mode="json"),
+        "keys": searched_keys(spec),
+        "tracking_uri": uri,
+        "parent_run_id": parent_id,
+        "data_root": prepared.root,
+        "manifest": prepared.manifest,
+    }
     # The trial's driver function only waits on its TorchTrainer: it holds no CPU (the Train workers
     # hold the trial's resources), only a token of memory, as Tune needs a non-empty request.
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": 0, "memory": 2**20})
@@ -371,21 +412,39 @@ def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float |
 
     if exists:
         say(f"[tune]  resuming {run_dir(spec)}: unfinished trials continue, finished ones are kept")
-        tuner = tune.Tuner.restore(run_dir(spec), trainable, resume_unfinished=True, resume_errored=True,
-                                   restart_errored=False, storage_filesystem=filesystem)
+        tuner = tune.Tuner.restore(
+            run_dir(spec),
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            restart_errored=False,
+            storage_filesystem=filesystem,
+        )
     else:
-        say(f"[tune]  {search.algorithm} search over {', '.join(searched_keys(spec))}: {num_samples} sample(s), "
-            f"{concurrent} at a time, scheduler {search.scheduler.name}, metric {search.metric} ({search.mode})")
+        say(
+            f"[tune]  {search.algorithm} search over {', '.join(searched_keys(spec))}: {num_samples} sample(s), "
+            f"{concurrent} at a time, scheduler {search.scheduler.name}, metric {search.metric} ({search.mode})"
+        )
         tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=num_samples,
-                                        time_budget_s=search.time_budget_s,
-                                        search_alg=_search_alg(spec, concurrent), scheduler=_scheduler(spec),
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
-                                      failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                                      callbacks=[_progress_callback_class()(search.metric)],
-                                      verbose=1 if verbose else 0),
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=search.metric,
+                mode=search.mode,
+                num_samples=num_samples,
+                time_budget_s=search.time_budget_s,
+                search_alg=_search_alg(spec, concurrent),
+                scheduler=_scheduler(spec),
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
+                failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                callbacks=[_progress_callback_class()(search.metric)],
+                verbose=1 if verbose else 0,
+            ),
         )
     error: str | None = None
     try:
@@ -412,13 +471,21 @@ def run_campaign(spec: JobSpec, *, address: str | None = None, num_cpus: float |
     for line in format_trials(spec, trials).splitlines():
         say(line)
     if best:
-        say(f"[best]  trial {best['trial']} {spec.search.metric} {best['value']:.4f}: {_fmt_config(best['config'])}")
+        say(f"[best]  trial {best['trial']} {search.metric} {best['value']:.4f}: {_fmt_config(best['config'])}")
     say(f"[mlflow] campaign run {parent_id}: {'FINISHED' if error is None else 'FAILED'}")
-    return CampaignOutcome(parent_run_id=parent_id, tracking_uri=uri, path=run_dir(spec), ok=error is None,
-                           trials=trials, best=best, error=error)
+    return CampaignOutcome(
+        parent_run_id=parent_id,
+        tracking_uri=uri,
+        path=run_dir(spec),
+        ok=error is None,
+        trials=trials,
+        best=best,
+        error=error,
+    )
 
 
 # ---- the trials: state from Tune's experiment, runs from MLflow ----------------------------------
+
 
 def collect_trials(spec: JobSpec) -> list[dict[str, Any]]:
     """Every trial of the campaign from its Tune experiment state: id, Tune status, our state
@@ -450,12 +517,23 @@ def collect_trials(spec: JobSpec) -> list[dict[str, Any]]:
         frame = analysis.trial_dataframes.get(trial.trial_id)
         history = []
         if frame is not None and metric in frame and "step" in frame:
-            history = [(int(st), float(v)) for st, v in zip(frame["step"], frame[metric])
-                       if isinstance(v, (int, float)) and not math.isnan(v)]
-        rows.append({"history": history, "trial": trial.trial_id, "status": status, "state": state,
-                     "config": {k: trial.config.get(k) for k in keys},
-                     "step": last.get("step"), "value": float(value) if isinstance(value, (int, float)) else None,
-                     "run_id": storage.read_bytes(id_file).decode().strip() if storage.exists(id_file) else None})
+            history = [
+                (int(st), float(v))
+                for st, v in zip(frame["step"], frame[metric], strict=True)
+                if isinstance(v, (int, float)) and not math.isnan(v)
+            ]
+        rows.append(
+            {
+                "history": history,
+                "trial": trial.trial_id,
+                "status": status,
+                "state": state,
+                "config": {k: trial.config.get(k) for k in keys},
+                "step": last.get("step"),
+                "value": float(value) if isinstance(value, (int, float)) else None,
+                "run_id": storage.read_bytes(id_file).decode().strip() if storage.exists(id_file) else None,
+            }
+        )
     return rows
 
 
@@ -472,8 +550,9 @@ def close_trial_runs(spec: JobSpec, uri: str, trials: list[dict[str, Any]], inte
             tracking.append_metric(uri, t["run_id"], str(spec.search.metric), t["history"])
             # Tune's stop can reach the trial's fit() as an exception first, which closed its run
             # FAILED: a trial stopped by the scheduler is KILLED, whichever came first.
-            tracking.end_run(uri, t["run_id"], "KILLED", {TAG_STOPPED: f"asha at step {t['step']}"},
-                             replace=("FAILED",))
+            tracking.end_run(
+                uri, t["run_id"], "KILLED", {TAG_STOPPED: f"asha at step {t['step']}"}, replace=("FAILED",)
+            )
         elif t["state"] == "failed":
             tracking.end_run(uri, t["run_id"], "FAILED")
         elif interrupted and t["state"] in ("running", "pending", "paused"):
@@ -497,22 +576,31 @@ def best_trial(spec: JobSpec, trials: list[dict[str, Any]]) -> dict[str, Any] | 
     or the best of all when none completed."""
     order = [t for t in ranked(spec, trials) if t["value"] is not None and math.isfinite(t["value"])]
     completed = [t for t in order if t["state"] == "completed"]
-    return (completed or order or [None])[0]
+    return (completed or order or [None])[0]  # type: ignore[list-item]  # None: no trial has a value
 
 
 def format_trials(spec: JobSpec, trials: list[dict[str, Any]]) -> str:
     assert spec.search is not None
     keys = searched_keys(spec)
-    head = ["trial", "state", "step", spec.search.metric] + keys
-    rows = [[t["trial"], t["state"], str(t["step"] if t["step"] is not None else "-"),
-             f"{t['value']:.4f}" if t["value"] is not None else "-"] + [_fmt(t["config"].get(k)) for k in keys]
-            for t in ranked(spec, trials)]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    head = ["trial", "state", "step", str(spec.search.metric)] + keys
+    rows = [
+        [
+            t["trial"],
+            t["state"],
+            str(t["step"] if t["step"] is not None else "-"),
+            f"{t['value']:.4f}" if t["value"] is not None else "-",
+        ]
+        + [_fmt(t["config"].get(k)) for k in keys]
+        for t in ranked(spec, trials)
+    ]
+    columns = zip(head, *rows, strict=True)
+    widths = [max(len(str(x)) for x in col) for col in columns] if rows else [len(h) for h in head]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
     return "\n".join(lines)
 
 
 # ---- the summary on the parent run ---------------------------------------------------------------
+
 
 def write_summary(spec: JobSpec, uri: str, parent_id: str, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """On the campaign's run: ``summary/trials.csv`` and ``summary/trials.md`` (trials sorted by the
@@ -533,8 +621,15 @@ def write_summary(spec: JobSpec, uri: str, parent_id: str, trials: list[dict[str
     columns = ["rank", "trial", "run_id", "state", "step", metric] + keys + ([axis_column] if axis_column else [])
     table = []
     for i, t in enumerate(order, 1):
-        row = {"rank": i, "trial": t["trial"], "run_id": t["run_id"] or "", "state": t["state"], "step": t["step"],
-               metric: t["value"], **{k: t["config"].get(k) for k in keys}}
+        row = {
+            "rank": i,
+            "trial": t["trial"],
+            "run_id": t["run_id"] or "",
+            "state": t["state"],
+            "step": t["step"],
+            metric: t["value"],
+            **{k: t["config"].get(k) for k in keys},
+        }
         if axis_column:
             row[axis_column] = axis_of[t["trial"]]
         table.append(row)
@@ -543,13 +638,20 @@ def write_summary(spec: JobSpec, uri: str, parent_id: str, trials: list[dict[str
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(table)
-    md = [f"# Campaign {spec.name}: trials by {metric} ({spec.search.mode})", "",
-          "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    md = [
+        f"# Campaign {spec.name}: trials by {metric} ({spec.search.mode})",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     md += ["| " + " | ".join(_md(row.get(c)) for c in columns) + " |" for row in table]
     best = best_trial(spec, trials)
     if best:
-        md += ["", f"Best: trial `{best['trial']}` ({metric} {best['value']:.4f}), "
-                   f"{_fmt_config(best['config'])}; job: `best_job.yaml`."]
+        md += [
+            "",
+            f"Best: trial `{best['trial']}` ({metric} {best['value']:.4f}), "
+            f"{_fmt_config(best['config'])}; job: `best_job.yaml`.",
+        ]
     log.log_text(buf.getvalue(), "summary/trials.csv")
     log.log_text("\n".join(md) + "\n", "summary/trials.md")
 
@@ -559,33 +661,47 @@ def write_summary(spec: JobSpec, uri: str, parent_id: str, trials: list[dict[str
         for key in plot_keys:
             on_axis = axis is not None and key == axis.key
             label = axis.label if axis is not None and on_axis else key
-            points = [(axis_of[t["trial"]] if on_axis else t["config"].get(key), t["value"], t["state"])
-                      for t in trials]
+            points = [
+                (axis_of[t["trial"]] if on_axis else t["config"].get(key), t["value"], t["state"]) for t in trials
+            ]
             path = Path(tmp) / f"{metric}_vs_{label}.png"
             domain = spec.search.space.get(key)
-            log_base = axis.log_base if axis is not None and on_axis else (
-                10 if domain and domain.kind == "loguniform" else None)
-            _scatter(points, path, xlabel=f"{label} ({key})" if on_axis else label, ylabel=metric,
-                     title=f"{spec.name}: {metric} against {label}", log_base=log_base)
+            log_base = (
+                axis.log_base
+                if axis is not None and on_axis
+                else (10 if domain and domain.kind == "loguniform" else None)
+            )
+            _scatter(
+                points,
+                path,
+                xlabel=f"{label} ({key})" if on_axis else label,
+                ylabel=metric,
+                title=f"{spec.name}: {metric} against {label}",
+                log_base=log_base,
+            )
             log.log_artifact(str(path), "plots")
         path = Path(tmp) / "learning_curves.png"
         labels = {t["trial"]: f"{t['trial']} ({_fmt_config(t['config'])})" for t in trials}
         _curves(curves, labels, path, ylabel=metric, title=f"{spec.name}: {metric} of every trial")
         log.log_artifact(str(path), "plots")
 
-    counts = {s: sum(1 for t in trials if t["state"] == s) for s in ("completed", "stopped early", "failed",
-                                                                      "diverged")}
+    counts = {
+        s: sum(1 for t in trials if t["state"] == s) for s in ("completed", "stopped early", "failed", "diverged")
+    }
     for s, n in counts.items():
         log.log_metric(f"trials_{s.replace(' ', '_')}", n)
     log.log_metric("trials", len(trials))
-    storage.write_bytes_atomic(storage.join(run_dir(spec), SUMMARY_FILE),
-                               json.dumps({"trials": table, "best": best}, default=str).encode())
+    storage.write_bytes_atomic(
+        storage.join(run_dir(spec), SUMMARY_FILE), json.dumps({"trials": table, "best": best}, default=str).encode()
+    )
     if best is None:
         return None
     doc = best_job_document(spec, best["config"])
-    text = (f"# Best trial of campaign {spec.name}: trial {best['trial']} (MLflow run {best['run_id']}),\n"
-            f"# {metric} = {best['value']:.4f}; searched values: {_fmt_config(best['config'])}.\n"
-            f"# Run it with: hyperctl submit best_job.yaml\n" + yaml.safe_dump(doc, sort_keys=False))
+    text = (
+        f"# Best trial of campaign {spec.name}: trial {best['trial']} (MLflow run {best['run_id']}),\n"
+        f"# {metric} = {best['value']:.4f}; searched values: {_fmt_config(best['config'])}.\n"
+        f"# Run it with: hyperctl submit best_job.yaml\n" + yaml.safe_dump(doc, sort_keys=False)
+    )
     log.log_text(text, "best_job.yaml")
     log.log_metric(f"best_{metric}", best["value"])
     log.set_tags(**{tracking.TAG_BEST_TRIAL: best["trial"]})
@@ -600,19 +716,24 @@ def _md(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _scatter(points: list[tuple[Any, Any, str]], path: Path, xlabel: str, ylabel: str, title: str,
-             log_base: int | None) -> None:
+def _scatter(
+    points: list[tuple[Any, Any, str]], path: Path, xlabel: str, ylabel: str, title: str, log_base: int | None
+) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"completed": ("o", "tab:blue"), "stopped early": ("x", "tab:orange"), "diverged": ("v", "tab:red"),
-              "failed": ("v", "tab:red")}
+    styles = {
+        "completed": ("o", "tab:blue"),
+        "stopped early": ("x", "tab:orange"),
+        "diverged": ("v", "tab:red"),
+        "failed": ("v", "tab:red"),
+    }
     for state, (marker, color) in styles.items():
         pts = [(x, y) for x, y, s in points if s == state and x is not None and y is not None and math.isfinite(y)]
         if pts:
-            ax.scatter(*zip(*pts), marker=marker, color=color, label=state, s=45)
+            ax.scatter(*zip(*pts, strict=True), marker=marker, color=color, label=state, s=45)
     other = [(x, y) for x, y, s in points if s not in styles and x is not None and y is not None and math.isfinite(y)]
     if other:
-        ax.scatter(*zip(*other), marker=".", color="gray", label="running", s=45)
+        ax.scatter(*zip(*other, strict=True), marker=".", color="gray", label="running", s=45)
     xs = [x for x, _, _ in points if isinstance(x, (int, float))]
     if log_base and xs and min(xs) > 0 and max(xs) > min(xs):
         ax.set_xscale("log", base=log_base)
@@ -627,13 +748,14 @@ def _scatter(points: list[tuple[Any, Any, str]], path: Path, xlabel: str, ylabel
     plt.close(fig)
 
 
-def _curves(curves: dict[str, list[tuple[int, float]]], labels: dict[str, str], path: Path, ylabel: str,
-            title: str) -> None:
+def _curves(
+    curves: dict[str, list[tuple[int, float]]], labels: dict[str, str], path: Path, ylabel: str, title: str
+) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for trial, points in sorted(curves.items()):
         if points:
-            ax.plot(*zip(*points), "o-", ms=3, lw=1.2, label=labels.get(trial, trial))
+            ax.plot(*zip(*points, strict=True), "o-", ms=3, lw=1.2, label=labels.get(trial, trial))
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -647,14 +769,23 @@ def _curves(curves: dict[str, list[tuple[int, float]]], labels: dict[str, str], 
 
 # ---- status and stop (local) --------------------------------------------------------------------
 
+
 def campaign_status(spec: JobSpec) -> dict[str, Any]:
     """The campaign's trials and whether its driver runs, from ``<storage>/<campaign>``."""
     spec = absolute_storage(spec)
     trials = collect_trials(spec)
     pid = driver_running(spec)
-    state = "running" if pid else ("not started" if not trials else
-                                   "finished" if all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
-                                   else "interrupted (hyperctl resume continues it)")
+    state = (
+        "running"
+        if pid
+        else (
+            "not started"
+            if not trials
+            else "finished"
+            if all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+            else "interrupted (hyperctl resume continues it)"
+        )
+    )
     return {"campaign": spec.name, "path": run_dir(spec), "state": state, "driver_pid": pid, "trials": trials}
 
 
@@ -672,6 +803,17 @@ def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool:
     return not _pid_alive(pid)
 
 
-__all__ = ["CampaignError", "CampaignOutcome", "best_job_document", "campaign_status",
-           "collect_trials", "format_trials", "param_space", "run_campaign", "run_trial", "stop_campaign",
-           "trial_spec", "write_summary"]
+__all__ = [
+    "CampaignError",
+    "CampaignOutcome",
+    "best_job_document",
+    "campaign_status",
+    "collect_trials",
+    "format_trials",
+    "param_space",
+    "run_campaign",
+    "run_trial",
+    "stop_campaign",
+    "trial_spec",
+    "write_summary",
+]

@@ -5,6 +5,7 @@ A submitted job runs ``python -m service run ...`` on the cluster (this project 
 runtime_env, metadata) is readable by anyone who can list the cluster's jobs: only named,
 non-secret settings go with it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,8 @@ import json
 import os
 import re
 import shlex
-import sys
 import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,8 +33,18 @@ SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNO
 # Seconds Ray's job supervisor waits after SIGTERM (`hyperctl stop`) before SIGKILL: time for the
 # driver to mark its MLflow run FAILED.
 STOP_GRACE_S = 15
-WORKING_DIR_EXCLUDES = [".venv", ".git", "runs", "mlruns", "mlartifacts", "*.db", "**/__pycache__",
-                        "**/datasets", ".pytest_cache", "bench"]
+WORKING_DIR_EXCLUDES = [
+    ".venv",
+    ".git",
+    "runs",
+    "mlruns",
+    "mlartifacts",
+    "*.db",
+    "**/__pycache__",
+    "**/datasets",
+    ".pytest_cache",
+    "bench",
+]
 
 
 def is_secret_name(name: str) -> bool:
@@ -44,25 +55,27 @@ def cluster_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The submitting shell's settings a cluster job may take: :data:`CLUSTER_ENV_NAMES` only, never a
     secret-looking name or a value carrying user-info (``scheme://user:pass@host``)."""
     environ = dict(os.environ if environ is None else environ)
-    return {k: environ[k] for k in CLUSTER_ENV_NAMES
-            if environ.get(k) and not is_secret_name(k) and redact(environ[k]) == environ[k]}
+    return {
+        k: environ[k]
+        for k in CLUSTER_ENV_NAMES
+        if environ.get(k) and not is_secret_name(k) and redact(environ[k]) == environ[k]
+    }
 
 
 class ClusterError(RuntimeError):
     """The Ray cluster could not be reached, refused us, or does not know the job."""
 
 
-def use_token_auth(environ: dict[str, str] | None = None) -> None:
+def use_token_auth(environ: MutableMapping[str, str] | None = None) -> None:
     """Set RAY_AUTH_MODE=token when it is unset and a token is at hand (RAY_AUTH_TOKEN,
     RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). Ray reads the mode once, when it is first imported:
     call this before anything imports ray."""
-    environ = os.environ if environ is None else environ
-    if "RAY_AUTH_MODE" in environ:
+    env = os.environ if environ is None else environ
+    if "RAY_AUTH_MODE" in env:
         return
-    path = environ.get("RAY_AUTH_TOKEN_PATH")
-    if environ.get("RAY_AUTH_TOKEN") or (Path(path).is_file() if path else
-                                         (Path.home() / ".ray" / "auth_token").is_file()):
-        environ["RAY_AUTH_MODE"] = "token"
+    path = env.get("RAY_AUTH_TOKEN_PATH")
+    if env.get("RAY_AUTH_TOKEN") or (Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()):
+        env["RAY_AUTH_MODE"] = "token"
 
 
 def job_client(address: str):
@@ -102,8 +115,11 @@ def entrypoint_for(job_path: str, overrides: list[str], spec: JobSpec) -> str:
 def submission_env(submission_id: str, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The env_vars of a submitted job: :func:`cluster_env` (no secrets), the submission id, and the
     time the driver gets after a stop to close its MLflow run."""
-    return {**cluster_env(environ), "HYPERCTL_SUBMISSION_ID": submission_id,
-            "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)}
+    return {
+        **cluster_env(environ),
+        "HYPERCTL_SUBMISSION_ID": submission_id,
+        "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S),
+    }
 
 
 def submit_to_cluster(address: str, job_path: str, overrides: list[str], spec: JobSpec) -> str:
@@ -114,16 +130,26 @@ def submit_to_cluster(address: str, job_path: str, overrides: list[str], spec: J
     """
     entrypoint = entrypoint_for(job_path, overrides, spec)
     if redact(entrypoint) != entrypoint:
-        raise JobSpecError(job_path, ["a URI in the job (or a --set) carries credentials (scheme://user:pass@host): "
-                                      "they would be readable in the cluster's job list; give them to the "
-                                      "cluster's nodes as environment variables instead"])
+        raise JobSpecError(
+            job_path,
+            [
+                "a URI in the job (or a --set) carries credentials (scheme://user:pass@host): "
+                "they would be readable in the cluster's job list; give them to the "
+                "cluster's nodes as environment variables instead"
+            ],
+        )
     submission_id = f"hyperctl-{spec.name}-{uuid.uuid4().hex[:8]}"
     client = job_client(address)
     return client.submit_job(
-        entrypoint=entrypoint, submission_id=submission_id,
-        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": WORKING_DIR_EXCLUDES,
-                     "env_vars": submission_env(submission_id)},
-        metadata={TAG_JOB: spec.name})
+        entrypoint=entrypoint,
+        submission_id=submission_id,
+        runtime_env={
+            "working_dir": str(PROJECT_ROOT),
+            "excludes": WORKING_DIR_EXCLUDES,
+            "env_vars": submission_env(submission_id),
+        },
+        metadata={TAG_JOB: spec.name},
+    )
 
 
 def follow_job(address: str, submission_id: str, out: TextIO | None = None) -> str:
@@ -139,5 +165,17 @@ def follow_job(address: str, submission_id: str, out: TextIO | None = None) -> s
     return str(client.get_job_status(submission_id).value)
 
 
-__all__ = ["CLUSTER_ENV_NAMES", "ClusterError", "STOP_GRACE_S", "cluster_env", "entrypoint_for", "follow_job",
-           "is_secret_name", "job_call", "job_client", "submission_env", "submit_to_cluster", "use_token_auth"]
+__all__ = [
+    "CLUSTER_ENV_NAMES",
+    "ClusterError",
+    "STOP_GRACE_S",
+    "cluster_env",
+    "entrypoint_for",
+    "follow_job",
+    "is_secret_name",
+    "job_call",
+    "job_client",
+    "submission_env",
+    "submit_to_cluster",
+    "use_token_auth",
+]

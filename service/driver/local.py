@@ -10,6 +10,7 @@ the same MLflow run.
 Ray is imported inside the functions that start it: importing it takes seconds, and the CLI's
 quick commands never need it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -67,7 +67,7 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> bool:
+def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS) if given, else start a new local Ray instance.
 
     Returns True when connected to an existing cluster. A local instance's processes inherit this
@@ -80,8 +80,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
     if ray.is_initialized():
         return bool(address)
     _quiet_ray_logs()
-    common: dict[str, Any] = dict(logging_level=logging.INFO if verbose else logging.WARNING,
-                                  log_to_driver=verbose, configure_logging=True)
+    common: dict[str, Any] = dict(
+        logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose, configure_logging=True
+    )
     if address:
         # In-cluster (a Ray job's entrypoint): the job's runtime_env already carries the env vars.
         ray.init(address=address, **common)
@@ -148,8 +149,14 @@ class Started:
     on_cluster: bool
 
 
-def start(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
-          say: Callable[[str], None] = print) -> Started:
+def start(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    say: Callable[[str], None] = print,
+) -> Started:
     """The start-up of every run (a job or a campaign): preflight, Ray, data.
 
     On a new local instance preflight checks files, storage, tracking and resources before Ray
@@ -174,8 +181,17 @@ def start(spec: JobSpec, *, address: str | None = None, num_cpus: float | None =
     return Started(spec, task, prepared, tracking.tracking_uri_for(spec), cluster, on_cluster)
 
 
-def build_trainer(spec: JobSpec, data_root: str, uri: str, run_id: str, *, progress: Any = None,
-                  callbacks: list[Any] | None = None, report_evals: bool = False, verbose: bool = False) -> Any:
+def build_trainer(
+    spec: JobSpec,
+    data_root: str,
+    uri: str,
+    run_id: str,
+    *,
+    progress: Any = None,
+    callbacks: list[Any] | None = None,
+    report_evals: bool = False,
+    verbose: bool = False,
+) -> Any:
     """The ``TorchTrainer`` of one job (a plain job's, or a campaign trial's with Train-to-Tune
     ``callbacks`` and every eval reported): the task's worker loop on ``resources.workers`` ranks,
     checkpoints under ``<storage>/<name>``, ``resources.max_failures`` restarts."""
@@ -190,21 +206,39 @@ def build_trainer(spec: JobSpec, data_root: str, uri: str, run_id: str, *, progr
     storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
     return TorchTrainer(
         task_of(spec).train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "data_root": data_root, "tracking_uri": uri,
-                           "run_id": run_id, "progress": progress, "report_evals": report_evals},
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "data_root": data_root,
+            "tracking_uri": uri,
+            "run_id": run_id,
+            "progress": progress,
+            "report_evals": report_evals,
+        },
         torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo", timeout_s=PROCESS_GROUP_TIMEOUT_S),
-        scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=r.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
-                             callbacks=callbacks or [],
-                             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING")),
+        scaling_config=ScalingConfig(
+            num_workers=r.workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            callbacks=callbacks or [],
+            # Train V2's RunConfig takes it; the v1 class that ray.train's type hints name does not.
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),  # type: ignore[call-arg]
+        ),
     )
 
 
-def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
-            out: TextIO | None = None) -> RunOutcome:
+def run_job(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    out: TextIO | None = None,
+) -> RunOutcome:
     """Run ``spec`` to completion (or failure) on Ray; returns the outcome (never raises for a
     failed job; JobSpecError for a job that cannot start, before anything is written)."""
     import ray  # deferred: see the module's docstring
@@ -216,20 +250,27 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
 
     started = start(spec, address=address, num_cpus=num_cpus, verbose=verbose, say=say)
     spec, prepared, uri = started.spec, started.prepared, started.tracking_uri
-    tags = {"ray.job_id": ray.get_runtime_context().get_job_id()}
+    tags = {tracking.TAG_RAY_JOB: ray.get_runtime_context().get_job_id()}
     if os.environ.get("HYPERCTL_SUBMISSION_ID"):
-        tags["ray.submission_id"] = os.environ["HYPERCTL_SUBMISSION_ID"]
+        tags[tracking.TAG_RAY_SUBMISSION] = os.environ["HYPERCTL_SUBMISSION_ID"]
     run_id, resumed = tracking.open_run(spec, uri, tags)
     tracking.log_job_files(uri, run_id, spec, prepared.root, prepared.manifest)
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
     storage.delete(failure_file)
-    say(f"[mlflow] run {run_id} ({'resumed' if resumed else 'new'}) in {tracking.redact(uri)}, "
-        f"experiment {spec.tracking.experiment!r}")
+    say(
+        f"[mlflow] run {run_id} ({'resumed' if resumed else 'new'}) in {tracking.redact(uri)}, "
+        f"experiment {spec.tracking.experiment!r}"
+    )
 
     # On the driver's node: a queue on a worker node would go (and the progress lines with it) when
     # that node is lost, while the job itself continues from its checkpoint.
-    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(
-        ray.get_runtime_context().get_node_id(), soft=False)})
+    queue = Queue(
+        maxsize=10_000,
+        actor_options={
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        },
+    )
     trainer = build_trainer(spec, prepared.root, uri, run_id, progress=queue, verbose=verbose)
     error: str | None = None
     try:
@@ -248,17 +289,31 @@ def run_job(spec: JobSpec, *, address: str | None = None, num_cpus: float | None
         error = f"{type(e).__name__}: {e}"
     finally:
         try:
-            ray.kill(queue.actor)
+            ray.kill(queue.actor)  # type: ignore[arg-type]  # an ActorHandle; Ray's hint also allows its class
         except Exception:  # noqa: BLE001 - the queue is gone with its node: nothing to clean up
             pass
     tracking.close_run(uri, run_id, error)
-    outcome = RunOutcome(run_id=run_id, tracking_uri=uri, run_path=run_dir(spec), ok=error is None, error=error,
-                         metrics=tracking.describe_run(uri, run_id)["metrics"])
+    outcome = RunOutcome(
+        run_id=run_id,
+        tracking_uri=uri,
+        run_path=run_dir(spec),
+        ok=error is None,
+        error=error,
+        metrics=tracking.describe_run(uri, run_id)["metrics"],
+    )
     say(f"[mlflow] run {run_id}: {'FINISHED' if outcome.ok else 'FAILED'} (tracking URI {tracking.redact(uri)})")
     if error:
         say(f"[error] {error.strip().splitlines()[0] if error.strip() else error}")
     return outcome
 
 
-__all__ = ["RunOutcome", "Started", "absolute_storage", "build_trainer", "cluster_address", "init_ray", "run_job",
-           "start"]
+__all__ = [
+    "RunOutcome",
+    "Started",
+    "absolute_storage",
+    "build_trainer",
+    "cluster_address",
+    "init_ray",
+    "run_job",
+    "start",
+]

@@ -3,6 +3,7 @@
 ``check_job`` raises JobSpecError naming the field, what was expected and what was found. It is
 fast (short network timeouts, no Ray) and writes nothing, so ``hyperctl validate`` can run it.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -47,8 +48,10 @@ def _check_corpus(field: str, uri: str, text: bool = True) -> str | None:
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError as e:
-        return (f"{field}: expected UTF-8 text, found byte 0x{head[e.start]:02x} at offset {e.start} of {uri} "
-                "that is not valid UTF-8 (a binary or compressed file?)")
+        return (
+            f"{field}: expected UTF-8 text, found byte 0x{head[e.start]:02x} at offset {e.start} of {uri} "
+            "that is not valid UTF-8 (a binary or compressed file?)"
+        )
     return None
 
 
@@ -68,12 +71,16 @@ def _check_tracking(uri: str | None) -> str | None:
     if uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
         if not path.startswith("/"):
-            return (f"tracking.uri: expected an absolute sqlite path (sqlite:////absolute/path.db, four slashes), "
-                    f"found the relative {uri!r}: it would depend on the directory each process starts in")
+            return (
+                f"tracking.uri: expected an absolute sqlite path (sqlite:////absolute/path.db, four slashes), "
+                f"found the relative {uri!r}: it would depend on the directory each process starts in"
+            )
         return None
     if uri.startswith(("file:", "/", ".", "~")):
-        return (f"tracking.uri: expected {_TRACKING_FORMS}, found the file store {uri!r}, "
-                "which MLflow 3 no longer supports; use a sqlite:////...db URI instead")
+        return (
+            f"tracking.uri: expected {_TRACKING_FORMS}, found the file store {uri!r}, "
+            "which MLflow 3 no longer supports; use a sqlite:////...db URI instead"
+        )
     return f"tracking.uri: expected {_TRACKING_FORMS}, found {uri!r}"
 
 
@@ -87,16 +94,22 @@ def _check_resources(spec: JobSpec, available_cpus: float | None, available_gpus
     r, problems = spec.resources, []
     cpus = (os.cpu_count() or 1) if available_cpus is None else available_cpus
     if r.workers * r.cpus_per_worker > cpus:
-        problems.append(f"resources: expected workers x cpus_per_worker <= {cpus:g} CPUs available, "
-                        f"found {r.workers} x {r.cpus_per_worker:g} = {r.workers * r.cpus_per_worker:g}")
+        problems.append(
+            f"resources: expected workers x cpus_per_worker <= {cpus:g} CPUs available, "
+            f"found {r.workers} x {r.cpus_per_worker:g} = {r.workers * r.cpus_per_worker:g}"
+        )
     if r.gpus_per_worker > 0:
         gpus = _available_gpus() if available_gpus is None else available_gpus
         if gpus == 0:
-            problems.append(f"resources.gpus_per_worker: expected 0 on a machine without GPUs "
-                            f"(torch.cuda.is_available() is false), found {r.gpus_per_worker:g}")
+            problems.append(
+                f"resources.gpus_per_worker: expected 0 on a machine without GPUs "
+                f"(torch.cuda.is_available() is false), found {r.gpus_per_worker:g}"
+            )
         elif r.workers * r.gpus_per_worker > gpus:
-            problems.append(f"resources: expected workers x gpus_per_worker <= {gpus:g} GPUs available, "
-                            f"found {r.workers} x {r.gpus_per_worker:g} = {r.workers * r.gpus_per_worker:g}")
+            problems.append(
+                f"resources: expected workers x gpus_per_worker <= {gpus:g} GPUs available, "
+                f"found {r.workers} x {r.gpus_per_worker:g} = {r.workers * r.gpus_per_worker:g}"
+            )
     return problems
 
 
@@ -108,8 +121,9 @@ def _cluster_need(spec: JobSpec) -> dict[str, tuple[float, str]]:
     return need
 
 
-def check_cluster_resources(spec: JobSpec, current: dict[str, float],
-                            maximum: dict[str, float] | None = None) -> list[str]:
+def check_cluster_resources(
+    spec: JobSpec, current: dict[str, float], maximum: dict[str, float] | None = None
+) -> list[str]:
     """Resources of a job running on a Ray cluster (``hyperctl run`` with an address).
 
     CPUs and GPUs may appear only after the autoscaler adds nodes, so a shortfall against the
@@ -122,13 +136,17 @@ def check_cluster_resources(spec: JobSpec, current: dict[str, float],
         field = "cpus_per_worker" if key == "CPU" else "gpus_per_worker"
         have = float(current.get(key, 0.0))
         if maximum is not None and need > float(maximum.get(key, 0.0)):
-            problems.append(f"resources: expected workers x {field} <= {float(maximum.get(key, 0.0)):g} {key}s, "
-                            f"the most this cluster's autoscaler can provide, found {how} = {need:g}")
+            problems.append(
+                f"resources: expected workers x {field} <= {float(maximum.get(key, 0.0)):g} {key}s, "
+                f"the most this cluster's autoscaler can provide, found {how} = {need:g}"
+            )
         elif need > have:
-            later = ("the autoscaler can add them" if maximum is not None else
-                     "no autoscaler limits are known: training waits until nodes with them join")
-            warnings.append(f"resources: the job needs {how} = {need:g} {key}s, the cluster has {have:g} now; "
-                            f"{later}")
+            later = (
+                "the autoscaler can add them"
+                if maximum is not None
+                else "no autoscaler limits are known: training waits until nodes with them join"
+            )
+            warnings.append(f"resources: the job needs {how} = {need:g} {key}s, the cluster has {have:g} now; {later}")
     if problems:
         raise JobSpecError(f"job {spec.name!r}", problems)
     return warnings
@@ -146,8 +164,15 @@ def cluster_max_resources() -> dict[str, float] | None:
     return {k: float(v) for k, v in found.items()} if found else None
 
 
-def check_job(spec: JobSpec, available_cpus: float | None = None, available_gpus: float | None = None, *,
-              probe_write: bool = False, source: str | None = None, check_resources: bool = True) -> None:
+def check_job(
+    spec: JobSpec,
+    available_cpus: float | None = None,
+    available_gpus: float | None = None,
+    *,
+    probe_write: bool = False,
+    source: str | None = None,
+    check_resources: bool = True,
+) -> None:
     """Raise JobSpecError listing every problem only the environment can reveal.
 
     ``available_cpus`` / ``available_gpus``: the local Ray instance's totals when the caller knows

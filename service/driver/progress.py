@@ -1,4 +1,5 @@
 """Progress lines for the terminal: rank 0 puts small dicts on a Ray queue, the driver prints them."""
+
 from __future__ import annotations
 
 import sys
@@ -23,15 +24,19 @@ def format_event(ev: dict[str, Any]) -> str:
     kind = ev.get("event")
     if kind == "start":
         how = f"resumed at step {ev['step']}" if ev["step"] else "starting"
-        return (f"[train] {how}: {ev['total_steps']} steps, {ev['workers']} worker(s), "
-                f"{ev['batches_per_epoch']} {ev.get('unit', 'batches')}/epoch, {ev['parameters']:,} parameters")
+        return (
+            f"[train] {how}: {ev['total_steps']} steps, {ev['workers']} worker(s), "
+            f"{ev['batches_per_epoch']} {ev.get('unit', 'batches')}/epoch, {ev['parameters']:,} parameters"
+        )
     if kind == "log":
         pct = 100.0 * ev["step"] / ev["total_steps"]
         name, value, unit = ev["loss"]
         rate, rate_unit = ev["rate"]
-        return (f"[train] step {ev['step']:>6}/{ev['total_steps']} ({pct:5.1f}%)  epoch {ev['epoch']}  "
-                f"loss {value:.4f} {unit}  {rate:,.0f} {rate_unit}  lr {ev['lr']:.2e}  "
-                f"ETA {fmt_duration(ev['eta_s'])}")
+        return (
+            f"[train] step {ev['step']:>6}/{ev['total_steps']} ({pct:5.1f}%)  epoch {ev['epoch']}  "
+            f"loss {value:.4f} {unit}  {rate:,.0f} {rate_unit}  lr {ev['lr']:.2e}  "
+            f"ETA {fmt_duration(ev['eta_s'])}"
+        )
     if kind == "eval":
         over = f" ({ev['over']})" if ev.get("over") else ""
         return f"[eval]  step {ev['step']:>6}  {_metrics(ev['metrics'])}{over}"

@@ -1,4 +1,5 @@
 """The runs of a tracking store as ``hyperctl list`` shows them, each with its task's metrics."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,10 +22,18 @@ def list_runs(uri: str) -> list[dict[str, Any]]:
         if task is not None:
             valid, test, train = task.metrics.valid, task.metrics.test, task.metrics.train
         steps = [step for step, _ in tracking.metric_history(uri, run["run_id"], train)] if train in m else []
-        rows.append({"run_id": run["run_id"], "status": run["status"], "task": task.name if task else name,
-                     "job": run["tags"].get(tracking.TAG_JOB, run["run_name"]), "step": max(steps, default=0),
-                     "metric": valid.removeprefix("valid_") or "-", "valid": m.get(f"final_{valid}", m.get(valid)),
-                     "test": m.get(test)})
+        rows.append(
+            {
+                "run_id": run["run_id"],
+                "status": run["status"],
+                "task": task.name if task else name,
+                "job": run["tags"].get(tracking.TAG_JOB, run["run_name"]),
+                "step": max(steps, default=0),
+                "metric": valid.removeprefix("valid_") or "-",
+                "valid": m.get(f"final_{valid}", m.get(valid)),
+                "test": m.get(test),
+            }
+        )
     return rows
 
 

@@ -6,6 +6,7 @@ a new folder and an unchanged one is reused. Every file is written atomically an
 last: it is the commit marker, and a folder without it is incomplete and gets rebuilt, so
 concurrent preparers of the same data cannot corrupt each other.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -63,8 +64,10 @@ def read_manifest(root: str, name: str, version: int, what: str) -> dict[str, An
     except FileNotFoundError:
         raise FileNotFoundError(f"{root}: not a prepared {what} folder (no {name})") from None
     if meta.get("schema_version") != version:
-        raise ValueError(f"{root}: prepared with schema version {meta.get('schema_version')}, "
-                         f"this code reads version {version}; prepare the data again")
+        raise ValueError(
+            f"{root}: prepared with schema version {meta.get('schema_version')}, "
+            f"this code reads version {version}; prepare the data again"
+        )
     return meta
 
 
@@ -80,5 +83,13 @@ def read_parquet(uri: str) -> pa.Table:
     return pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
 
 
-__all__ = ["data_error", "is_complete", "prepared_folder", "read_data_file", "read_manifest", "read_parquet",
-           "write_manifest", "write_parquet"]
+__all__ = [
+    "data_error",
+    "is_complete",
+    "prepared_folder",
+    "read_data_file",
+    "read_manifest",
+    "read_parquet",
+    "write_manifest",
+    "write_parquet",
+]

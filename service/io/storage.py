@@ -10,6 +10,7 @@ A URI is either a local path (relative paths are resolved against the working di
 
 Credentials are handed to pyarrow only; they never appear in messages or reprs.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,7 @@ def is_s3(uri: str) -> bool:
 
 def _split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b/`` -> ("bucket", "a/b")."""
-    bucket, _, key = uri[len(S3_PREFIX):].partition("/")
+    bucket, _, key = uri[len(S3_PREFIX) :].partition("/")
     if not bucket:
         raise StorageError(f"{uri!r}: expected s3://BUCKET/PREFIX, found no bucket name")
     return bucket, key.strip("/")
@@ -48,8 +49,9 @@ def _check_scheme(uri: str) -> None:
         raise StorageError("empty URI (expected a local path or s3://bucket/prefix)")
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
     if scheme and scheme.group(1) != "s3":
-        raise StorageError(f"{uri!r}: unsupported scheme '{scheme.group(1)}://' "
-                           "(expected a local path or s3://bucket/prefix)")
+        raise StorageError(
+            f"{uri!r}: unsupported scheme '{scheme.group(1)}://' (expected a local path or s3://bucket/prefix)"
+        )
 
 
 def _endpoint() -> str | None:
@@ -61,11 +63,16 @@ def _has_env_credentials() -> bool:
 
 
 def _s3_filesystem(timeouts: dict[str, float], retries: int | None = None) -> pafs.S3FileSystem:
-    kwargs: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
-                    **timeouts}
+    kwargs: dict = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+        **timeouts,
+    }
     if _has_env_credentials():
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-                      session_token=os.environ.get("AWS_SESSION_TOKEN") or None)
+        kwargs.update(
+            access_key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+        )
     endpoint = _endpoint()
     if endpoint:
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -99,8 +106,11 @@ def _describe(uri: str, err: OSError) -> StorageError:
     if "NETWORK_CONNECTION" in text or "curlCode" in text:
         return StorageError(f"{uri}: cannot reach the S3 endpoint {_endpoint() or '(AWS default)'}: {text}")
     if any(code in text for code in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH")):
-        hint = ("" if _has_env_credentials()
-                else "; no credentials in the environment (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        hint = (
+            ""
+            if _has_env_credentials()
+            else "; no credentials in the environment (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
         return StorageError(f"{uri}: access denied{hint}: {text}")
     return StorageError(f"{uri}: {text}")
 
@@ -148,8 +158,10 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     except OSError as e:
         raise _describe(uri, e) from None
     if info.type != pafs.FileType.File or info.size != len(data):
-        raise StorageError(f"{uri}: upload of {len(data)} bytes did not land (found {info.type.name}, "
-                           f"size {info.size}); check the server's logs and the credentials' permissions")
+        raise StorageError(
+            f"{uri}: upload of {len(data)} bytes did not land (found {info.type.name}, "
+            f"size {info.size}); check the server's logs and the credentials' permissions"
+        )
 
 
 def exists(uri: str) -> bool:
@@ -210,8 +222,9 @@ def check_reachable(uri: str, writable: bool = False) -> None:
     fs = _s3_filesystem(_PROBE_TIMEOUTS, retries=1)
     try:
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
-            raise StorageError(f"{uri}: bucket '{bucket}' does not exist at "
-                               f"{_endpoint() or 'the AWS default endpoint'}")
+            raise StorageError(
+                f"{uri}: bucket '{bucket}' does not exist at {_endpoint() or 'the AWS default endpoint'}"
+            )
         if writable:
             probe = f"{bucket}/{key}/.write-probe-{os.getpid()}" if key else f"{bucket}/.write-probe-{os.getpid()}"
             with fs.open_output_stream(probe) as f:
@@ -233,5 +246,16 @@ def storage_options_for_ray(uri: str) -> tuple[str, pafs.FileSystem | None]:
     return (path, fs) if is_s3(uri) else (path, None)
 
 
-__all__ = ["StorageError", "check_reachable", "delete", "ensure_dir", "exists", "filesystem_for", "is_s3", "join",
-           "read_bytes", "storage_options_for_ray", "write_bytes_atomic"]
+__all__ = [
+    "StorageError",
+    "check_reachable",
+    "delete",
+    "ensure_dir",
+    "exists",
+    "filesystem_for",
+    "is_s3",
+    "join",
+    "read_bytes",
+    "storage_options_for_ray",
+    "write_bytes_atomic",
+]

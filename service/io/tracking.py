@@ -17,6 +17,7 @@ This is the one module that talks to MLflow: every client and every tag name is 
 imported inside the functions that use it: importing it takes seconds, and commands such as
 ``hyperctl validate`` never touch a store.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,11 +35,14 @@ from ..spec.schema import JobSpec
 from . import storage
 
 RUN_ID_FILE = "mlflow_run_id"
+TAG_PREFIX = "hyperctl."  # the service's own tags; a task's figures go as TAG_PREFIX + name
 TAG_JOB = "hyperctl.job"
 TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"
 TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's ("trial")
 TAG_STOPPED = "hyperctl.stopped_early"
+TAG_RAY_JOB = "ray.job_id"
+TAG_RAY_SUBMISSION = "ray.submission_id"
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_TAG = 5000
 
@@ -91,8 +95,7 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -124,10 +127,14 @@ def open_run(spec: JobSpec, uri: str, tags: dict[str, str] | None = None) -> tup
             old = run.data.params
             changed = sorted(k for k in params if k in old and old[k] != params[k])
             if changed:
-                raise JobSpecError(spec.name, [
-                    f"{run_dir(spec)} holds a run of this name with a different spec "
-                    f"({', '.join(f'{k}: {old[k]} -> {params[k]}' for k in changed[:5])}); "
-                    f"resuming it would mix two jobs: choose another name or remove that folder"])
+                raise JobSpecError(
+                    spec.name,
+                    [
+                        f"{run_dir(spec)} holds a run of this name with a different spec "
+                        f"({', '.join(f'{k}: {old[k]} -> {params[k]}' for k in changed[:5])}); "
+                        f"resuming it would mix two jobs: choose another name or remove that folder"
+                    ],
+                )
             client.update_run(run_id, status="RUNNING")
             if TAG_ERROR in run.data.tags:
                 client.delete_tag(run_id, TAG_ERROR)
@@ -142,7 +149,7 @@ def open_run(spec: JobSpec, uri: str, tags: dict[str, str] | None = None) -> tup
     run_id = run.info.run_id
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
+        client.log_batch(run_id, params=items[i : i + 100])
     storage.write_bytes_atomic(id_file, run_id.encode())
     return run_id, False
 
@@ -175,8 +182,9 @@ class RunLog:
 
     def history(self, key: str) -> list[tuple[int, float]]:
         """Every ``(step, value)`` of metric ``key``, by step."""
-        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(self.run_id, key),
-                                                   key=lambda m: m.step)]
+        return [
+            (m.step, m.value) for m in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
+        ]
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, local_path, artifact_path)
@@ -220,7 +228,7 @@ class MetricBuffer(RunLog):
                 batch.append(Metric(key, value, ts, step))
                 self.last_step[key] = step
         for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
         self.pending.clear()
 
 
@@ -246,8 +254,14 @@ def log_job_files(uri: str, run_id: str, spec: JobSpec, data_root: str, manifest
 
 
 def _describe(run: Any) -> dict[str, Any]:
-    return {"run_id": run.info.run_id, "status": run.info.status, "metrics": dict(run.data.metrics),
-            "tags": dict(run.data.tags), "run_name": run.info.run_name or "", "artifact_uri": run.info.artifact_uri}
+    return {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+        "run_name": run.info.run_name or "",
+        "artifact_uri": run.info.artifact_uri,
+    }
 
 
 def describe_run(uri: str, run_id: str) -> dict[str, Any]:
@@ -301,8 +315,14 @@ TAG_TRIAL = "hyperctl.trial_id"
 TAG_PARENT = "mlflow.parentRunId"  # what the MLflow UI nests children under
 
 
-def open_child_run(spec: JobSpec, uri: str, parent_run_id: str, trial_id: str, sampled: dict[str, Any],
-                   tags: dict[str, str] | None = None) -> tuple[str, bool]:
+def open_child_run(
+    spec: JobSpec,
+    uri: str,
+    parent_run_id: str,
+    trial_id: str,
+    sampled: dict[str, Any],
+    tags: dict[str, str] | None = None,
+) -> tuple[str, bool]:
     """A campaign trial's nested run (``mlflow.parentRunId`` = the campaign's run): exactly one per
     trial across trial restarts and campaign resumes. As for a job, the id lives in the trial's
     folder (``<storage>/<name>/mlflow_run_id``); if that file is missing but the store already has
@@ -314,9 +334,10 @@ def open_child_run(spec: JobSpec, uri: str, parent_run_id: str, trial_id: str, s
     id_file = storage.join(run_dir(spec), RUN_ID_FILE)
     if not storage.exists(id_file):
         parent = client.get_run(parent_run_id)
-        found = client.search_runs([parent.info.experiment_id],
-                                   filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and "
-                                                 f"tags.`{TAG_TRIAL}` = '{trial_id}'")
+        found = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'",
+        )
         if found:
             storage.write_bytes_atomic(id_file, found[0].info.run_id.encode())
     run_id, resumed = open_run(spec, uri, {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, **(tags or {})})
@@ -335,12 +356,17 @@ def child_runs(uri: str, parent_run_id: str) -> list[Any]:
     """The nested runs of a campaign's run (MLflow ``Run`` objects), oldest first."""
     client = _client(uri)
     parent = client.get_run(parent_run_id)
-    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
-                              order_by=["attributes.start_time ASC"], max_results=5000)
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=5000,
+    )
 
 
-def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None,
-            replace: tuple[str, ...] = ()) -> None:
+def end_run(
+    uri: str, run_id: str, status: str, tags: dict[str, str] | None = None, replace: tuple[str, ...] = ()
+) -> None:
     """Set ``tags`` and end the run with ``status`` (FINISHED, FAILED, KILLED) if it is still RUNNING,
     or already ended with one of the ``replace`` statuses (whose error tag is then dropped)."""
     client = _client(uri)
@@ -352,6 +378,24 @@ def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = No
             client.delete_tag(run_id, TAG_ERROR)
 
 
-__all__ = ["MetricBuffer", "RunLog", "append_metric", "child_runs", "close_run", "describe_run", "download_artifact",
-           "end_run", "find_run", "git_commit", "local_state_dir", "log_job_files", "metric_history",
-           "open_child_run", "open_run", "redact", "run_id_of", "search_runs", "tracking_uri_for"]
+__all__ = [
+    "MetricBuffer",
+    "RunLog",
+    "append_metric",
+    "child_runs",
+    "close_run",
+    "describe_run",
+    "download_artifact",
+    "end_run",
+    "find_run",
+    "git_commit",
+    "local_state_dir",
+    "log_job_files",
+    "metric_history",
+    "open_child_run",
+    "open_run",
+    "redact",
+    "run_id_of",
+    "search_runs",
+    "tracking_uri_for",
+]

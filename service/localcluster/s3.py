@@ -4,6 +4,7 @@ the tests and for ``hyperctl cluster up`` (:mod:`service.localcluster.cluster`).
 The server gets a generated access/secret key identity: without one SeaweedFS refuses
 multipart uploads, and pyarrow and Ray only log that refusal, so large writes vanish silently.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,10 +50,15 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """AWS_* variables that point clients (service.storage, boto3, subprocesses) at this server."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region,
-                "AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_ENDPOINT_URL": self.endpoint,
-                "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def client(self, **config):
         """A boto3 S3 client, independent of our own code, for checking what really landed.
@@ -61,8 +67,14 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region, config=Config(**config))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(**config),
+        )
 
 
 class WeedProcess:
@@ -89,29 +101,81 @@ class WeedProcess:
         data.mkdir(parents=True, exist_ok=True)
         access_key, secret_key = f"AK{secrets.token_hex(8).upper()}", secrets.token_urlsafe(24)
         config = self.workdir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "tester", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "tester",
+                            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         config.chmod(0o600)
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = free_ports(8)
         s3 = self.s3_port or s3
         self.grpc_ports = [master_grpc, volume_grpc, filer_grpc, s3_grpc]
-        cmd = [weed, "server", "-s3", "-s3.config", str(config), "-ip", HOST, "-ip.bind", HOST,
-               "-dir", str(data), "-master.port", str(master), "-master.port.grpc", str(master_grpc),
-               "-volume.port", str(volume), "-volume.port.grpc", str(volume_grpc),
-               "-filer.port", str(filer), "-filer.port.grpc", str(filer_grpc),
-               "-s3.port", str(s3), "-s3.port.grpc", str(s3_grpc),
-               # Sockets inside workdir, not /tmp; no extra servers; no phoning home.
-               "-filer.localSocket", str(self.workdir / "filer.sock"), "-s3.localSocket", str(self.workdir / "s3.sock"),
-               "-s3.port.iceberg", "0", "-s3.port.lance", "0", "-master.telemetry=false",
-               # Behave like AWS: writing to a missing bucket fails instead of creating it.
-               "-s3.autoCreateBucket=false",
-               # Small volumes so that a test bucket does not reserve gigabytes; quick shutdown.
-               "-master.volumeSizeLimitMB", "64", "-volume.max", "0", "-volume.preStopSeconds", "0"]
+        cmd = [
+            weed,
+            "server",
+            "-s3",
+            "-s3.config",
+            str(config),
+            "-ip",
+            HOST,
+            "-ip.bind",
+            HOST,
+            "-dir",
+            str(data),
+            "-master.port",
+            str(master),
+            "-master.port.grpc",
+            str(master_grpc),
+            "-volume.port",
+            str(volume),
+            "-volume.port.grpc",
+            str(volume_grpc),
+            "-filer.port",
+            str(filer),
+            "-filer.port.grpc",
+            str(filer_grpc),
+            "-s3.port",
+            str(s3),
+            "-s3.port.grpc",
+            str(s3_grpc),
+            # Sockets inside workdir, not /tmp; no extra servers; no phoning home.
+            "-filer.localSocket",
+            str(self.workdir / "filer.sock"),
+            "-s3.localSocket",
+            str(self.workdir / "s3.sock"),
+            "-s3.port.iceberg",
+            "0",
+            "-s3.port.lance",
+            "0",
+            "-master.telemetry=false",
+            # Behave like AWS: writing to a missing bucket fails instead of creating it.
+            "-s3.autoCreateBucket=false",
+            # Small volumes so that a test bucket does not reserve gigabytes; quick shutdown.
+            "-master.volumeSizeLimitMB",
+            "64",
+            "-volume.max",
+            "0",
+            "-volume.preStopSeconds",
+            "0",
+        ]
         with open(self.log_path, "wb") as log:
             # TMPDIR keeps weed's own log files out of /tmp.
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-                                         env={**os.environ, "TMPDIR": str(self.workdir)}, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env={**os.environ, "TMPDIR": str(self.workdir)},
+                start_new_session=True,
+            )
         server = S3Server(f"http://{HOST}:{s3}", access_key, secret_key, self.bucket)
         try:
             self._create_bucket(server)
@@ -124,10 +188,10 @@ class WeedProcess:
         """Retry until the whole stack (master, volume, filer, gateway) accepts a CreateBucket."""
         client = server.client(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
         deadline, last = time.monotonic() + START_TIMEOUT_S, "no attempt"
+        assert self.proc is not None  # called by start()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed server exited with code {self.proc.returncode}; "
-                                   f"log tail:\n{self.log_tail()}")
+                raise RuntimeError(f"weed server exited with code {self.proc.returncode}; log tail:\n{self.log_tail()}")
             try:
                 client.create_bucket(Bucket=server.bucket)
                 return
@@ -136,8 +200,10 @@ class WeedProcess:
             except Exception as e:  # connection refused / 5xx while the stack comes up
                 last = f"{type(e).__name__}: {e}"
                 time.sleep(0.25)
-        raise RuntimeError(f"SeaweedFS S3 at {server.endpoint} did not accept CreateBucket within "
-                           f"{START_TIMEOUT_S:.0f}s (last error: {last}); log tail:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"SeaweedFS S3 at {server.endpoint} did not accept CreateBucket within "
+            f"{START_TIMEOUT_S:.0f}s (last error: {last}); log tail:\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         """Terminate, then kill: weed's graceful shutdown can hang for minutes, and the data is throwaway."""

@@ -1,4 +1,5 @@
 """The one error type of a job that cannot run, and pydantic's errors as readable lines."""
+
 from __future__ import annotations
 
 import difflib

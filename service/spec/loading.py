@@ -1,6 +1,7 @@
 """Reading a job: YAML, ``--set a.b.c=value`` overrides, then the task's job class from the
 registry (:mod:`service.tasks`). Every problem becomes one :class:`JobSpecError` whose lines name
 the field, what was expected and what was found."""
+
 from __future__ import annotations
 
 import re
@@ -42,8 +43,9 @@ def validate_job(raw: Any, source: str = "job") -> JobSpec:
     default task); a campaign's ``search`` section gets the task's metric defaults and is checked
     against the schema. Raises :class:`JobSpecError` listing every problem."""
     if not isinstance(raw, dict):
-        raise JobSpecError(source, [f"expected a mapping of sections (name, data, model, train, ...), "
-                                    f"found {type(raw).__name__}"])
+        raise JobSpecError(
+            source, [f"expected a mapping of sections (name, data, model, train, ...), found {type(raw).__name__}"]
+        )
     task = task_named(raw.get("task", DEFAULT_TASK), source)
     if raw.get("task", task.name) != task.name:  # an old name of the task: the document says the new one
         raw = {**raw, "task": task.name}

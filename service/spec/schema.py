@@ -5,6 +5,7 @@ A task (:mod:`service.tasks`) defines its job class by subclassing :class:`JobSp
 and, where it has keys of its own, ``train`` section (a :class:`TrainSpec`). Read a document with
 :func:`service.spec.loading.validate_job`, which picks the task's class from the registry.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -58,6 +59,10 @@ class TrainSpec(Strict):
     log_every: int = Field(50, gt=0, description="steps between train-loss / tokens-per-second records")
     seed: int = 0
 
+    def total_steps(self, batches_per_epoch: int) -> int:
+        """Optimizer steps of the whole run: ``max_steps``, or ``epochs`` x the task's batches per epoch."""
+        return self.max_steps if self.max_steps is not None else (self.epochs or 0) * batches_per_epoch
+
     @model_validator(mode="after")
     def _budget(self) -> TrainSpec:
         if (self.max_steps is None) == (self.epochs is None):
@@ -101,7 +106,8 @@ class JobSpec(Strict):
         if batch % self.resources.workers:
             raise ValueError(
                 f"data.batch_size ({batch}) must be divisible by resources.workers "
-                f"({self.resources.workers}): the global batch is split evenly across workers")
+                f"({self.resources.workers}): the global batch is split evenly across workers"
+            )
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -116,5 +122,14 @@ class JobSpec(Strict):
         return out
 
 
-__all__ = ["DataSpec", "HyperSpec", "JobSpec", "ModelSpec", "NAME_PATTERN", "OptimizerSpec", "ResourcesSpec", "TrackingSpec",
-           "TrainSpec"]
+__all__ = [
+    "DataSpec",
+    "HyperSpec",
+    "JobSpec",
+    "ModelSpec",
+    "NAME_PATTERN",
+    "OptimizerSpec",
+    "ResourcesSpec",
+    "TrackingSpec",
+    "TrainSpec",
+]

@@ -3,6 +3,7 @@
 :func:`check_search` checks a campaign's space against its job's schema; it needs the task's
 reported metrics, so :func:`service.spec.loading.validate_job` calls it once the task is known.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -33,8 +34,9 @@ class Domain(Strict):
     def _one(self) -> Domain:
         given = [k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of choice, grid, uniform, loguniform, randint (found "
-                             f"{', '.join(given) or 'none'})")
+            raise ValueError(
+                f"give exactly one of choice, grid, uniform, loguniform, randint (found {', '.join(given) or 'none'})"
+            )
         kind = given[0]
         if kind in ("uniform", "loguniform", "randint"):
             lo, hi = getattr(self, kind)
@@ -86,10 +88,12 @@ class SearchSpec(Strict):
     * ``optuna``: Optuna's TPE through Ray Tune; ``samples`` trials; no ``grid`` keys.
     """
 
-    metric: str | None = Field(None, description="what is optimised (default: the task's validation metric, "
-                                                 "e.g. valid_bpc)")
-    mode: Literal["min", "max"] | None = Field(None, description="default: the metric's direction "
-                                                                 "(max for BLEU, else min)")
+    metric: str | None = Field(
+        None, description="what is optimised (default: the task's validation metric, e.g. valid_bpc)"
+    )
+    mode: Literal["min", "max"] | None = Field(
+        None, description="default: the metric's direction (max for BLEU, else min)"
+    )
     space: dict[str, Domain] = Field(min_length=1, description="dotted spec key -> its values")
     samples: int = Field(1, gt=0, description="trials (random, optuna) or repeats of the grid (see above)")
     max_concurrent: int | None = Field(None, gt=0, description="trials running at once (default: as resources allow)")
@@ -98,8 +102,6 @@ class SearchSpec(Strict):
     algorithm: Literal["random", "grid", "optuna"] = "random"
     max_failures: int = Field(2, ge=0, description="times a failed trial is relaunched (from its checkpoint)")
     seed: int | None = Field(0, description="sampler seed (random, optuna): the same campaign draws the same trials")
-
-
 
 
 def check_search(spec: Any, reported: tuple[str, ...]) -> list[str]:
@@ -114,46 +116,59 @@ def check_search(spec: Any, reported: tuple[str, ...]) -> list[str]:
     problems: list[str] = []
     for key, domain in spec.search.space.items():
         if key.split(".")[0] in UNSEARCHABLE:
-            problems.append(f"search.space.{key}: {key.split('.')[0]} cannot be searched (it names or places "
-                            f"the campaign)")
+            problems.append(
+                f"search.space.{key}: {key.split('.')[0]} cannot be searched (it names or places the campaign)"
+            )
             continue
         if key not in leaves:
             sections = sorted({k.rsplit(".", 1)[0] for k in searchable if k.startswith(key + ".")})
             if sections:
-                problems.append(f"search.space.{key}: a section, not a field; search one of its fields "
-                                f"({', '.join(k for k in searchable if k.startswith(key + '.'))})")
+                problems.append(
+                    f"search.space.{key}: a section, not a field; search one of its fields "
+                    f"({', '.join(k for k in searchable if k.startswith(key + '.'))})"
+                )
                 continue
             guess = difflib.get_close_matches(key, searchable, n=1, cutoff=0.6)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             problems.append(f"search.space.{key}: names no spec field{hint}")
             continue
         if domain.kind in ("uniform", "loguniform") and leaves[key].annotation in (int, int | None):
-            problems.append(f"search.space.{key}: an integer field; {domain.kind} draws fractions "
-                            f"(use randint or choice)")
+            problems.append(
+                f"search.space.{key}: an integer field; {domain.kind} draws fractions (use randint or choice)"
+            )
     search = spec.search
     if search.metric not in reported:
         guess = difflib.get_close_matches(str(search.metric), reported, n=1)
         hint = f"; did you mean '{guess[0]}'?" if guess else ""
-        problems.append(f"search.metric: {search.metric!r} is not reported to the tuner by task {spec.task}{hint} "
-                        f"(one of {', '.join(reported)})")
+        problems.append(
+            f"search.metric: {search.metric!r} is not reported to the tuner by task {spec.task}{hint} "
+            f"(one of {', '.join(reported)})"
+        )
     kinds = {key: d.kind for key, d in search.space.items()}
     if search.algorithm == "grid":
-        problems += [f"search.space.{k}: algorithm grid needs grid or choice values, found {kind}"
-                     for k, kind in kinds.items() if kind not in ("grid", "choice")]
+        problems += [
+            f"search.space.{k}: algorithm grid needs grid or choice values, found {kind}"
+            for k, kind in kinds.items()
+            if kind not in ("grid", "choice")
+        ]
         if search.samples > 1 and "train.seed" in search.space:
-            problems.append("search.samples: > 1 with algorithm grid repeats every point with seeds seed, seed+1, "
-                            "...: train.seed cannot also be in search.space")
+            problems.append(
+                "search.samples: > 1 with algorithm grid repeats every point with seeds seed, seed+1, "
+                "...: train.seed cannot also be in search.space"
+            )
     if search.algorithm == "optuna":
-        problems += [f"search.space.{k}: algorithm optuna samples; a grid axis needs algorithm random or grid "
-                     f"(or use choice)" for k, kind in kinds.items() if kind == "grid"]
+        problems += [
+            f"search.space.{k}: algorithm optuna samples; a grid axis needs algorithm random or grid (or use choice)"
+            for k, kind in kinds.items()
+            if kind == "grid"
+        ]
     if problems:
         return problems
     if spec.search.scheduler.name == "asha":
         sch, steps = spec.search.scheduler, spec.train.max_steps
         max_t = sch.max_t or steps
         if max_t is None:
-            return ["search.scheduler.max_t: required with train.epochs (give it in steps, or use "
-                    "train.max_steps)"]
+            return ["search.scheduler.max_t: required with train.epochs (give it in steps, or use train.max_steps)"]
         if steps is not None and max_t > steps:
             return [f"search.scheduler.max_t ({max_t}) is beyond train.max_steps ({steps})"]
         if sch.grace_period >= max_t:

@@ -1,4 +1,5 @@
 """The base of every spec section: unknown keys are errors and defaults are validated too."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict

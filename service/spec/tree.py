@@ -1,4 +1,5 @@
 """Dotted keys over a job's nested sections: ``{"model": {"hyper": {...}}}`` <-> ``model.hyper.*``."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ construction, worker loop, evaluation and artifacts, and any commands of its own
 ``__init__`` defines ``TASK``; adding a task is one new folder plus one line in :data:`TASKS`.
 Nothing outside the task folders and this file names a task.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -16,26 +17,34 @@ from ..spec.schema import JobSpec
 from . import char_lm, image_classification, translation
 from .base import CommandKit, DataFile, Metrics, Prepared, SummaryAxis, Task
 
-TASKS: dict[str, Task[Any]] = {t.name: t for t in (
-    char_lm.TASK,
-    image_classification.TASK,
-    translation.TASK,
-)}
+TASKS: dict[str, Task[Any]] = {
+    t.name: t
+    for t in (
+        char_lm.TASK,
+        image_classification.TASK,
+        translation.TASK,
+    )
+}
 DEFAULT_TASK = char_lm.TASK.name  # a job without `task:`
-_ALIASES = {alias: t.name for t in TASKS.values() for alias in t.aliases}
 log = logging.getLogger("hyperctl")
+
+
+def _aliases() -> dict[str, str]:
+    """Old name -> task name (computed on each call: a test may register a task)."""
+    return {alias: t.name for t in TASKS.values() for alias in t.aliases}
 
 
 def task_named(name: Any, source: str = "job") -> Task[Any]:
     """The task called ``name`` (an old alias too, with a deprecation warning on the ``hyperctl``
     logger); JobSpecError with a did-you-mean for an unknown one."""
-    if name in _ALIASES:
-        new = _ALIASES[name]
+    aliases = _aliases()
+    if name in aliases:
+        new = aliases[name]
         log.warning(f"{source}: task: {name!r} is deprecated, write task: {new!r} (it is read as {new!r})")
         return TASKS[new]
     if name not in TASKS:
-        guess = difflib.get_close_matches(str(name), list(TASKS) + list(_ALIASES), n=1)
-        hint = f"; did you mean {_ALIASES.get(guess[0], guess[0])!r}?" if guess else ""
+        guess = difflib.get_close_matches(str(name), list(TASKS) + list(aliases), n=1)
+        hint = f"; did you mean {aliases.get(guess[0], guess[0])!r}?" if guess else ""
         raise JobSpecError(source, [f"task: expected one of {', '.join(TASKS)}, found {name!r}{hint}"])
     return TASKS[name]
 
@@ -43,7 +52,7 @@ def task_named(name: Any, source: str = "job") -> Task[Any]:
 def find_task(name: str) -> Task[Any] | None:
     """The task called ``name`` or one of its aliases, silently; None when there is none (e.g. a
     run in an MLflow store written by another version)."""
-    return TASKS.get(_ALIASES.get(name, name))
+    return TASKS.get(_aliases().get(name, name))
 
 
 def task_of(spec: JobSpec) -> Task[Any]:
@@ -51,5 +60,16 @@ def task_of(spec: JobSpec) -> Task[Any]:
     return TASKS[spec.task]
 
 
-__all__ = ["DEFAULT_TASK", "TASKS", "CommandKit", "DataFile", "Metrics", "Prepared", "SummaryAxis", "Task", "find_task",
-           "task_named", "task_of"]
+__all__ = [
+    "DEFAULT_TASK",
+    "TASKS",
+    "CommandKit",
+    "DataFile",
+    "Metrics",
+    "Prepared",
+    "SummaryAxis",
+    "Task",
+    "find_task",
+    "task_named",
+    "task_of",
+]

@@ -1,6 +1,7 @@
 """What a task declares to the service: :class:`Task`, one object per task, found through the
 registry in :mod:`service.tasks`. Everything outside ``service/tasks/<task>/`` reaches a task
 through these fields and never branches on its name."""
+
 from __future__ import annotations
 
 import argparse

@@ -18,6 +18,7 @@ Every rank calls ``ray.train.report(metrics, checkpoint=...)`` with its own dire
 merges the per-rank directories of one report into one checkpoint folder under
 ``<storage>/<name>/``; the report is a barrier across ranks).
 """
+
 from __future__ import annotations
 
 import json
@@ -66,14 +67,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
 
 
-def save(directory: str | Path, rank: int, position: Position, recurrent_state: Any, *,
-         model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
-         meta: dict[str, Any] | None = None) -> None:
+def save(
+    directory: str | Path,
+    rank: int,
+    position: Position,
+    recurrent_state: Any,
+    *,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
     """Write this rank's part of a checkpoint into ``directory`` (rank 0 passes model/optimizer/meta)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save({"position": asdict(position), "recurrent_state": state_to_cpu(recurrent_state), "rng": rng_state()},
-               directory / rank_file(rank))
+    torch.save(
+        {"position": asdict(position), "recurrent_state": state_to_cpu(recurrent_state), "rng": rng_state()},
+        directory / rank_file(rank),
+    )
     if rank == 0:
         assert model is not None and optimizer is not None and meta is not None
         torch.save(model.state_dict(), directory / MODEL_FILE)
@@ -88,8 +98,14 @@ class Restored:
     meta: dict[str, Any]
 
 
-def load(directory: str | Path, rank: int, world_size: int, model: torch.nn.Module,
-         optimizer: torch.optim.Optimizer, device: torch.device) -> Restored:
+def load(
+    directory: str | Path,
+    rank: int,
+    world_size: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> Restored:
     """Load a checkpoint into ``model`` (unwrapped) and ``optimizer``; set this rank's RNG states.
 
     Returns the position to continue from and this rank's recurrent state.
@@ -97,8 +113,10 @@ def load(directory: str | Path, rank: int, world_size: int, model: torch.nn.Modu
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
     if meta.get("world_size") != world_size:
-        raise RuntimeError(f"checkpoint {directory} was written by {meta.get('world_size')} workers, "
-                           f"this run has {world_size}: exact resume needs the same resources.workers")
+        raise RuntimeError(
+            f"checkpoint {directory} was written by {meta.get('world_size')} workers, "
+            f"this run has {world_size}: exact resume needs the same resources.workers"
+        )
     model.load_state_dict(torch.load(directory / MODEL_FILE, map_location=device, weights_only=True))
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True))
     mine = torch.load(directory / rank_file(rank), map_location="cpu", weights_only=False)

@@ -1,5 +1,6 @@
 """Plots every task may log as run artifacts: learning curves and the HyperLSTM weight-scaling view
 (paper Fig. 5-6). A task's own pictures live in its folder and draw with :func:`pyplot`."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,18 +20,25 @@ def pyplot() -> Any:
     return plt
 
 
-def learning_curve(train: Sequence[tuple[int, float]], valid: Sequence[tuple[int, float]], path: str,
-                   title: str = "", train_label: str = "train bpc", valid_label: str = "valid bpc",
-                   ylabel: str = "bits per character", valid_axis: str | None = None) -> None:
+def learning_curve(
+    train: Sequence[tuple[int, float]],
+    valid: Sequence[tuple[int, float]],
+    path: str,
+    title: str = "",
+    train_label: str = "train bpc",
+    valid_label: str = "valid bpc",
+    ylabel: str = "bits per character",
+    valid_axis: str | None = None,
+) -> None:
     """Train and validation curves against the optimizer step; with ``valid_axis`` the validation
     curve gets its own y axis (e.g. loss on the left, error rate on the right)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if train:
-        ax.plot(*zip(*train), label=train_label, lw=1.2)
+        ax.plot(*zip(*train, strict=True), label=train_label, lw=1.2)
     vax = ax.twinx() if valid_axis else ax
     if valid:
-        vax.plot(*zip(*valid), "o-", color="tab:orange", label=valid_label, lw=1.5, ms=4)
+        vax.plot(*zip(*valid, strict=True), "o-", color="tab:orange", label=valid_label, lw=1.5, ms=4)
     if valid_axis:
         vax.set_ylabel(valid_axis)
         vax.legend(loc="upper center")
@@ -50,8 +58,9 @@ def norm_changes(d: torch.Tensor) -> torch.Tensor:
     return (flat[1:] - flat[:-1]).norm(dim=1)
 
 
-def scaling_vectors(d_h: torch.Tensor, d_x: torch.Tensor, symbols: Sequence[str], path: str,
-                    max_units: int = 64) -> None:
+def scaling_vectors(
+    d_h: torch.Tensor, d_x: torch.Tensor, symbols: Sequence[str], path: str, max_units: int = 64
+) -> None:
     """The paper's Fig. 5-6 view for one stream of text.
 
     ``d_h``, ``d_x``: ``(num_layers, T, B, 4, N_h)`` from ``HyperLSTM.scaling_vectors``; stream 0 is
@@ -61,8 +70,9 @@ def scaling_vectors(d_h: torch.Tensor, d_x: torch.Tensor, symbols: Sequence[str]
     """
     plt = pyplot()
     layers, T = d_h.shape[0], d_h.shape[1]
-    fig, (ax, hm) = plt.subplots(2, 1, figsize=(max(8, T * 0.14), 7), sharex=True,
-                                 gridspec_kw={"height_ratios": [1, 1.3]})
+    fig, (ax, hm) = plt.subplots(
+        2, 1, figsize=(max(8, T * 0.14), 7), sharex=True, gridspec_kw={"height_ratios": [1, 1.3]}
+    )
     steps = range(1, T)
     for k in range(layers):
         suffix = f" (layer {k + 1})" if layers > 1 else ""

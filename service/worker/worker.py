@@ -12,6 +12,7 @@ workers do not raise: rank 0 writes ``<storage>/<name>/failure.json`` naming the
 returns, and the driver raises :class:`NonFiniteLossError` and marks the MLflow run FAILED. The
 model is not updated with the bad step and nothing after the last checkpoint reaches MLflow.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ def make_optimizer(opt: OptimizerSpec, params: Iterable[torch.nn.Parameter]) -> 
         return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
     if opt.name == "adamw":
         return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.momentum > 0,
-                           weight_decay=opt.weight_decay)
+    return torch.optim.SGD(
+        params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.momentum > 0, weight_decay=opt.weight_decay
+    )
 
 
 def seed_rank(seed: int, rank: int) -> None:
@@ -120,16 +122,30 @@ class Worker(Generic[J]):
         if self.tracker is not None:
             self.tracker.add(step, **metrics)
 
-    def log_window(self, pos: ckpt.Position, total_steps: int, window: Window, optimizer: torch.optim.Optimizer,
-                   loss: tuple[str, float, str], rate: tuple[str, str]) -> Window:
+    def log_window(
+        self,
+        pos: ckpt.Position,
+        total_steps: int,
+        window: Window,
+        optimizer: torch.optim.Optimizer,
+        loss: tuple[str, float, str],
+        rate: tuple[str, str],
+    ) -> Window:
         """Record and print the training window: ``loss`` (name, value, unit), throughput ``rate``
         (metric name, unit), learning rate. Returns a fresh window."""
         rate_name, rate_unit = rate
         logged = {loss[0]: loss[1], rate_name: window.rate(), "lr": optimizer.param_groups[0]["lr"]}
         self.log(pos.step, **logged)
-        self.emit(event="log", step=pos.step, total_steps=total_steps, epoch=pos.epoch,
-                  eta_s=window.eta_s(total_steps - pos.step), loss=loss, rate=(logged[rate_name], rate_unit),
-                  lr=logged["lr"])
+        self.emit(
+            event="log",
+            step=pos.step,
+            total_steps=total_steps,
+            epoch=pos.epoch,
+            eta_s=window.eta_s(total_steps - pos.step),
+            loss=loss,
+            rate=(logged[rate_name], rate_unit),
+            lr=logged["lr"],
+        )
         return Window()
 
     def evaluated(self, pos: ckpt.Position, over: str, **metrics: float) -> None:
@@ -150,8 +166,15 @@ class Worker(Generic[J]):
             restored = ckpt.load(folder, self.rank, self.world, model, optimizer, self.device)
         return restored.position, restored.recurrent_state
 
-    def optimize(self, pos: ckpt.Position, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_sum: torch.Tensor, count: int, reported: torch.Tensor | None = None) -> tuple[float, float] | None:
+    def optimize(
+        self,
+        pos: ckpt.Position,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_sum: torch.Tensor,
+        count: int,
+        reported: torch.Tensor | None = None,
+    ) -> tuple[float, float] | None:
         """One optimizer step on the mean of ``loss_sum`` over ``count`` items (gradients clipped to
         ``train.grad_clip``, averaged across ranks by DDP). Returns the global (summed over ranks)
         ``reported`` loss (default: ``loss_sum``) and count, or None when any rank went non-finite:
@@ -164,8 +187,9 @@ class Worker(Generic[J]):
             optimizer.step()
         return totals
 
-    def all_finite(self, pos: ckpt.Position, loss_sum: torch.Tensor, count: float,
-                   grad_norm: torch.Tensor) -> tuple[float, float] | None:
+    def all_finite(
+        self, pos: ckpt.Position, loss_sum: torch.Tensor, count: float, grad_norm: torch.Tensor
+    ) -> tuple[float, float] | None:
         """One small all-reduce: the global loss sum and count, or None (after writing the failure
         marker) when any rank's loss or gradient norm is not finite. Call before ``optimizer.step``."""
         import torch.distributed as dist
@@ -178,11 +202,15 @@ class Worker(Generic[J]):
         global_loss, global_count, bad_ranks = stats.tolist()
         if bad_ranks == 0:
             return global_loss, global_count
-        message = (f"non-finite loss or gradient at step {pos.step + 1} (epoch {pos.epoch}, batch "
-                   f"{pos.batch}): training stopped; the last checkpoint is kept")
+        message = (
+            f"non-finite loss or gradient at step {pos.step + 1} (epoch {pos.epoch}, batch "
+            f"{pos.batch}): training stopped; the last checkpoint is kept"
+        )
         if self.rank == 0:
-            storage.write_bytes_atomic(storage.join(run_dir(self.spec), FAILURE_FILE),
-                                       json.dumps({"step": pos.step + 1, "error": message}).encode())
+            storage.write_bytes_atomic(
+                storage.join(run_dir(self.spec), FAILURE_FILE),
+                json.dumps({"step": pos.step + 1, "error": message}).encode(),
+            )
             self.emit(event="error", message=message)
         return None
 
@@ -207,8 +235,14 @@ class Worker(Generic[J]):
 
             ray.train.report({"step": pos.step, "epoch": pos.epoch, **self.last})
 
-    def save_checkpoint(self, pos: ckpt.Position, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        meta: dict[str, Any], recurrent_state: Any = None) -> None:
+    def save_checkpoint(
+        self,
+        pos: ckpt.Position,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        meta: dict[str, Any],
+        recurrent_state: Any = None,
+    ) -> None:
         """Every rank writes its part and reports it to Ray Train (a barrier); then rank 0 flushes
         the buffered metrics to MLflow: everything in MLflow is covered by a checkpoint."""
         import ray.train
@@ -217,9 +251,11 @@ class Worker(Generic[J]):
         try:
             meta = {"spec": self.spec.model_dump(mode="json"), "world_size": self.world, **meta}
             ckpt.save(folder, self.rank, pos, recurrent_state, model=model, optimizer=optimizer, meta=meta)
-            ray.train.report({"step": pos.step, "epoch": pos.epoch, **self.last},
-                             checkpoint=ray.train.Checkpoint.from_directory(folder),
-                             checkpoint_dir_name=f"checkpoint_{pos.step:08d}")
+            ray.train.report(
+                {"step": pos.step, "epoch": pos.epoch, **self.last},
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=f"checkpoint_{pos.step:08d}",
+            )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         if self.tracker is not None:
@@ -227,8 +263,15 @@ class Worker(Generic[J]):
         self.emit(event="checkpoint", step=pos.step)
 
     def start(self, pos: ckpt.Position, total_steps: int, model: torch.nn.Module, **extra: Any) -> None:
-        self.emit(event="start", step=pos.step, total_steps=total_steps, workers=self.world,
-                  parameters=count_parameters(model), threads=torch.get_num_threads(), **extra)
+        self.emit(
+            event="start",
+            step=pos.step,
+            total_steps=total_steps,
+            workers=self.world,
+            parameters=count_parameters(model),
+            threads=torch.get_num_threads(),
+            **extra,
+        )
 
 
 __all__ = ["FAILURE_FILE", "NonFiniteLossError", "Window", "Worker", "make_optimizer", "seed_rank"]

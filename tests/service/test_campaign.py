@@ -7,6 +7,7 @@ Tiny model and corpus (tests/helpers.py's ``tiny_job``): every trial is a 1-work
 40 steps, evaluated every 10. The learning rates span three orders of magnitude, so the 1e-5
 trials barely learn and ASHA (grace period 10 steps, reduction factor 2) stops at least one of
 them at a rung where a 0.02 trial is already recorded."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-
 from helpers import ROOT, tiny_job
 
 from service.spec.errors import JobSpecError
@@ -33,21 +32,26 @@ LRS, NZS = [0.02, 1e-5], [4, 8]
 def campaign_job(tmp: Path, name: str = "cmp") -> dict:
     job = tiny_job(tmp, name, max_steps=40, eval_every=10, checkpoint_every=20, log_every=5, sample_length=20)
     job["resources"] = {"workers": 1, "cpus_per_worker": 1, "max_failures": 1}
-    job["search"] = {"metric": "valid_bpc", "mode": "min", "algorithm": "grid",
-                     "space": {"train.optimizer.lr": {"grid": LRS}, "model.hyper.embed_size": {"grid": NZS}},
-                     "max_concurrent": 2,
-                     "scheduler": {"name": "asha", "grace_period": 10, "max_t": 40, "reduction_factor": 2}}
+    job["search"] = {
+        "metric": "valid_bpc",
+        "mode": "min",
+        "algorithm": "grid",
+        "space": {"train.optimizer.lr": {"grid": LRS}, "model.hyper.embed_size": {"grid": NZS}},
+        "max_concurrent": 2,
+        "scheduler": {"name": "asha", "grace_period": 10, "max_t": 40, "reduction_factor": 2},
+    }
     return job
 
 
 def hyperctl(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    return subprocess.run([sys.executable, "-m", "service", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def last_json(stdout: str) -> dict:
-    return json.loads(stdout[stdout.rindex("\n{") + 1:])
+    return json.loads(stdout[stdout.rindex("\n{") + 1 :])
 
 
 def runs_of(uri: str):
@@ -63,38 +67,56 @@ def runs_of(uri: str):
 
 # ---- the search section: validated like the rest of the spec (no Ray) ---------------------------
 
+
 def _problems(job: dict) -> str:
     with pytest.raises(JobSpecError) as e:
         validate_job(job)
     return "\n".join(e.value.problems)
 
 
-@pytest.mark.parametrize("search, expected", [
-    ({"space": {"model.hyper.embed_sz": {"choice": [4, 8]}}},
-     "search.space.model.hyper.embed_sz: names no spec field; did you mean 'model.hyper.embed_size'?"),
-    ({"space": {"model.hyper": {"choice": [4]}}}, "search.space.model.hyper: a section, not a field"),
-    ({"space": {"model.hyper.embed_size": {"choise": [4]}}},
-     "did you mean 'search.space.model.hyper.embed_size.choice'?"),
-    ({"space": {"model.hyper.embed_size": {"grid": [4, 0]}}},
-     "search.space.model.hyper.embed_size: value 0 makes an invalid job: model.hyper.embed_size: "
-     "Input should be greater than 0"),
-    ({"space": {"resources.workers": {"choice": [1, 3]}}},
-     "value 3 makes an invalid job: data.batch_size (8) must be divisible by resources.workers (3)"),
-    ({"space": {"model.hyper.embed_size": {"uniform": [4, 64]}}}, "an integer field; uniform draws fractions"),
-    ({"space": {"train.optimizer.lr": {"loguniform": [0.0, 0.1]}}}, "loguniform: lo must be > 0"),
-    ({"space": {"train.optimizer.lr": {"uniform": [0.1, 0.01]}}}, "lo < hi"),
-    ({"space": {"train.optimizer.lr": {"grid": [0.1]}}, "algorithm": "optuna"}, "algorithm optuna samples"),
-    ({"space": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}, "algorithm": "grid"},
-     "algorithm grid needs grid or choice values"),
-    ({"space": {"train.seed": {"grid": [1, 2]}}, "algorithm": "grid", "samples": 2}, "train.seed cannot also"),
-    ({"space": {"storage": {"choice": ["a", "b"]}}}, "search.space.storage: storage cannot be searched"),
-    ({"space": {"train.optimizer.lr": {"grid": [0.1]}}, "metric": "valid_bcp"}, "did you mean 'valid_bpc'?"),
-    ({"space": {"train.optimizer.lr": {"grid": [0.1]}}, "scheduler": {"name": "asha", "grace_period": 40}},
-     "grace_period (40) must be below max_t (40)"),
-    ({"space": {"train.optimizer.lr": {"grid": [0.1]}}, "scheduler": {"name": "asha", "max_t": 80}},
-     "max_t (80) is beyond train.max_steps (40)"),
-    ({"space": {}}, "search.space: Dictionary should have at least 1 item"),
-])
+@pytest.mark.parametrize(
+    "search, expected",
+    [
+        (
+            {"space": {"model.hyper.embed_sz": {"choice": [4, 8]}}},
+            "search.space.model.hyper.embed_sz: names no spec field; did you mean 'model.hyper.embed_size'?",
+        ),
+        ({"space": {"model.hyper": {"choice": [4]}}}, "search.space.model.hyper: a section, not a field"),
+        (
+            {"space": {"model.hyper.embed_size": {"choise": [4]}}},
+            "did you mean 'search.space.model.hyper.embed_size.choice'?",
+        ),
+        (
+            {"space": {"model.hyper.embed_size": {"grid": [4, 0]}}},
+            "search.space.model.hyper.embed_size: value 0 makes an invalid job: model.hyper.embed_size: "
+            "Input should be greater than 0",
+        ),
+        (
+            {"space": {"resources.workers": {"choice": [1, 3]}}},
+            "value 3 makes an invalid job: data.batch_size (8) must be divisible by resources.workers (3)",
+        ),
+        ({"space": {"model.hyper.embed_size": {"uniform": [4, 64]}}}, "an integer field; uniform draws fractions"),
+        ({"space": {"train.optimizer.lr": {"loguniform": [0.0, 0.1]}}}, "loguniform: lo must be > 0"),
+        ({"space": {"train.optimizer.lr": {"uniform": [0.1, 0.01]}}}, "lo < hi"),
+        ({"space": {"train.optimizer.lr": {"grid": [0.1]}}, "algorithm": "optuna"}, "algorithm optuna samples"),
+        (
+            {"space": {"train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}}, "algorithm": "grid"},
+            "algorithm grid needs grid or choice values",
+        ),
+        ({"space": {"train.seed": {"grid": [1, 2]}}, "algorithm": "grid", "samples": 2}, "train.seed cannot also"),
+        ({"space": {"storage": {"choice": ["a", "b"]}}}, "search.space.storage: storage cannot be searched"),
+        ({"space": {"train.optimizer.lr": {"grid": [0.1]}}, "metric": "valid_bcp"}, "did you mean 'valid_bpc'?"),
+        (
+            {"space": {"train.optimizer.lr": {"grid": [0.1]}}, "scheduler": {"name": "asha", "grace_period": 40}},
+            "grace_period (40) must be below max_t (40)",
+        ),
+        (
+            {"space": {"train.optimizer.lr": {"grid": [0.1]}}, "scheduler": {"name": "asha", "max_t": 80}},
+            "max_t (80) is beyond train.max_steps (40)",
+        ),
+        ({"space": {}}, "search.space: Dictionary should have at least 1 item"),
+    ],
+)
 def test_search_section_rejects(tmp_path: Path, search: dict, expected: str) -> None:
     job = tiny_job(tmp_path, "bad")
     job["train"]["max_steps"] = 40
@@ -115,10 +137,15 @@ def test_search_space_to_tune(tmp_path: Path) -> None:
     assert num_samples == 1 and searched_keys(spec) == ["train.optimizer.lr", "model.hyper.embed_size", "train.seed"]
     assert space["train.seed"] == {"grid_search": [0, 1, 2]} and space["train.optimizer.lr"] == {"grid_search": LRS}
 
-    job["search"].update(algorithm="random", samples=5,
-                         space={"train.optimizer.lr": {"loguniform": [1e-4, 3e-3]},
-                                "model.hyper.embed_size": {"choice": [4, 8, 16]},
-                                "model.hyper.hidden_size": {"randint": [8, 17]}})
+    job["search"].update(
+        algorithm="random",
+        samples=5,
+        space={
+            "train.optimizer.lr": {"loguniform": [1e-4, 3e-3]},
+            "model.hyper.embed_size": {"choice": [4, 8, 16]},
+            "model.hyper.hidden_size": {"randint": [8, 17]},
+        },
+    )
     spec = validate_job(job)
     space, num_samples = param_space(spec)
     assert num_samples == 5
@@ -158,8 +185,8 @@ def test_a_late_trial_failure_keeps_the_drivers_killed(tmp_path: Path) -> None:
     KILLED with the stopped-early tag and no error tag."""
     from mlflow.tracking import MlflowClient
 
-    from service.io import tracking
     from service.driver.campaign import close_trial_runs
+    from service.io import tracking
     from service.io.tracking import TAG_STOPPED
     from service.spec.loading import validate_job
 
@@ -183,6 +210,7 @@ def test_a_late_trial_failure_keeps_the_drivers_killed(tmp_path: Path) -> None:
 
 
 # ---- a whole campaign ---------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
@@ -214,8 +242,10 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
     seen = set()
     for child in children:
         trial = by_trial[child.data.tags["hyperctl.trial_id"]]
-        sampled = {"train.optimizer.lr": trial["config"]["train.optimizer.lr"],
-                   "model.hyper.embed_size": trial["config"]["model.hyper.embed_size"]}
+        sampled = {
+            "train.optimizer.lr": trial["config"]["train.optimizer.lr"],
+            "model.hyper.embed_size": trial["config"]["model.hyper.embed_size"],
+        }
         expected = {k: str(v) for k, v in trial_spec(spec, sampled, trial["trial"]).flat().items()}
         expected.update({f"sampled.{k}": str(v) for k, v in sampled.items()})
         assert child.data.params == expected
@@ -236,9 +266,15 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
 
     # The summary on the parent run.
     arts = {a.path for d in (None, "summary", "plots") for a in client.list_artifacts(parent.info.run_id, d)}
-    assert {"summary/trials.csv", "summary/trials.md", "plots/valid_bpc_vs_N_z.png",
-            "plots/valid_bpc_vs_train.optimizer.lr.png", "plots/learning_curves.png", "best_job.yaml",
-            "job.yaml"} <= arts
+    assert {
+        "summary/trials.csv",
+        "summary/trials.md",
+        "plots/valid_bpc_vs_N_z.png",
+        "plots/valid_bpc_vs_train.optimizer.lr.png",
+        "plots/learning_curves.png",
+        "best_job.yaml",
+        "job.yaml",
+    } <= arts
     dl = tmp_path / "dl"
     dl.mkdir()
     csv_text = Path(client.download_artifacts(parent.info.run_id, "summary/trials.csv", str(dl))).read_text()
@@ -265,10 +301,21 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
     best_file = Path(client.download_artifacts(parent.info.run_id, "best_job.yaml", str(dl)))
     best = load_job(best_file)
     assert best.search is None and best.name == "cmp-best"
-    assert best.train.optimizer.lr == 0.02 and best.model.hyper.embed_size == out["best"]["config"][
-        "model.hyper.embed_size"]
-    run = hyperctl("submit", str(best_file), "--set", "train.max_steps=2", "--set", "train.checkpoint_every=2",
-                   "--num-cpus", "2", cwd=tmp_path)
+    assert (
+        best.train.optimizer.lr == 0.02
+        and best.model.hyper.embed_size == out["best"]["config"]["model.hyper.embed_size"]
+    )
+    run = hyperctl(
+        "submit",
+        str(best_file),
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.checkpoint_every=2",
+        "--num-cpus",
+        "2",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert last_json(run.stdout)["status"] == "FINISHED"
     _, parents, children = runs_of(uri)
@@ -281,16 +328,25 @@ def test_campaign_resumes_after_driver_sigkill(tmp_path: Path) -> None:
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen([sys.executable, "-m", "service", "submit", "campaign.yaml", "--num-cpus", "2"],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "service", "submit", "campaign.yaml", "--num-cpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     db = tmp_path / "runs" / "mlflow.db"
 
     def finished_children() -> dict[str, int]:
         try:
             with sqlite3.connect(db) as con:
-                return dict(con.execute(
-                    "select r.run_uuid, r.end_time from runs r join tags t on t.run_uuid = r.run_uuid "
-                    "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'").fetchall())
+                return dict(
+                    con.execute(
+                        "select r.run_uuid, r.end_time from runs r join tags t on t.run_uuid = r.run_uuid "
+                        "where t.key = 'mlflow.parentRunId' and r.status = 'FINISHED'"
+                    ).fetchall()
+                )
         except sqlite3.Error:
             return {}
 

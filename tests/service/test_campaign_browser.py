@@ -3,6 +3,7 @@ campaign (`hyperctl tune`, tiny model, 10 steps), `mlflow server` on 127.0.0.1, 
 Chromium on the campaign's experiment page (the campaign's run, its trials counted and collapsed
 under it) and on the parent run's page (its child runs listed by name). Screenshot and DOMs are
 kept under test-artifacts/ (gitignored)."""
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-
 from helpers import ROOT, tiny_job
 
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or (
-    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (needed for the headless UI check)")]
+CHROMIUM = (
+    shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (needed for the headless UI check)"),
+]
 
 
 def free_port() -> int:
@@ -36,9 +40,19 @@ def free_port() -> int:
 
 
 def chromium(url: str, profile: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--window-size=1400,1000", "--virtual-time-budget=20000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=20000",
+    ]
     return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=timeout)
 
 
@@ -48,14 +62,24 @@ def test_mlflow_ui_shows_campaign_with_nested_trials(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, "cmpui", max_steps=10, eval_every=5, checkpoint_every=10, log_every=5, sample_length=10)
     job["resources"] = {"workers": 1, "cpus_per_worker": 1, "max_failures": 1}
     job["tracking"] = {"experiment": "ui-campaign"}
-    job["search"] = {"metric": "valid_bpc", "space": {"model.hyper.embed_size": {"grid": [4, 8]}},
-                     "max_concurrent": 2, "scheduler": "none"}
+    job["search"] = {
+        "metric": "valid_bpc",
+        "space": {"model.hyper.embed_size": {"grid": [4, 8]}},
+        "max_concurrent": 2,
+        "scheduler": "none",
+    }
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(job))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    proc = subprocess.run([sys.executable, "-m", "service", "tune", "campaign.yaml", "--num-cpus", "2"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "tune", "campaign.yaml", "--num-cpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    out = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    out = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
     db = tmp_path / "runs" / "mlflow.db"
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name("ui-campaign")
@@ -65,11 +89,29 @@ def test_mlflow_ui_shows_campaign_with_nested_trials(tmp_path: Path) -> None:
 
     port = free_port()
     server_log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-                               "--default-artifact-root", str(tmp_path / "runs" / "mlartifacts"),
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              cwd=tmp_path, env=env, stdout=server_log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--default-artifact-root",
+            str(tmp_path / "runs" / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -97,13 +139,16 @@ def test_mlflow_ui_shows_campaign_with_nested_trials(tmp_path: Path) -> None:
         assert "3 matching runs" in page_text  # parent + 2 nested trials
         assert "runnamecellrenderer" in html  # the parent's expand-children button
         # The parent run's page lists its nested runs by name.
-        page = chromium(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{out['parent_run_id']}",
-                        tmp_path / "chrome-run", "--dump-dom")
+        page = chromium(
+            f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs/{out['parent_run_id']}",
+            tmp_path / "chrome-run",
+            "--dump-dom",
+        )
         assert page.returncode == 0, page.stderr[-2000:]
         (ARTIFACTS / "campaign_parent_run_page.html").write_text(page.stdout)
         text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.stdout))
         assert "Child runs" in text, text[:3000]
-        listed = text[text.index("Child runs"):][:400]
+        listed = text[text.index("Child runs") :][:400]
         for name in child_names:
             assert name in listed, f"child run {name} not listed on the parent run's page: {listed}"
 

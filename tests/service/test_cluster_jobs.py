@@ -10,6 +10,7 @@ secrets and run side by side: a detached one that succeeds, a followed one that 
 followed one that diverges and a followed long one that is stopped. The first tests need no
 cluster: what a submission carries, the cluster-side resource check, the tracking-URI fallback.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, tiny_job
 
-from service.driver.preflight import check_cluster_resources, check_job
 from service.driver.jobs_api import cluster_env, is_secret_name, submission_env, submit_to_cluster
+from service.driver.preflight import check_cluster_resources, check_job
+from service.io.tracking import tracking_uri_for
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
-from service.io.tracking import tracking_uri_for
-from helpers import ROOT, tiny_job
 
 BIN = Path(sys.executable).parent
 HYPERCTL, RAY = str(BIN / "hyperctl"), str(BIN / "ray")
@@ -51,42 +52,70 @@ SUBMITTER_SETTINGS = {"AWS_REGION": "xx-test-1", "AWS_ENDPOINT_URL": "http://127
 
 def hermetic_env(**extra: str) -> dict[str, str]:
     """This process's environment without anything that points at a cluster, S3 or MLflow."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "MLFLOW_", "RAY_")) and k not in SUBMITTER_SECRETS}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "MLFLOW_", "RAY_")) and k not in SUBMITTER_SECRETS
+    }
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return {**env, **extra}
 
 
 def small_job(tmp: Path, name: str, **train: object) -> dict:
     """The e2e test's tiny job with one worker (one CPU): two fit side by side on the 2-CPU cluster."""
-    job = tiny_job(tmp, name, **{"max_steps": 20, "log_every": 5, "eval_every": 10, "checkpoint_every": 10,
-                                 "sample_length": 20, **train})
+    job = tiny_job(
+        tmp,
+        name,
+        **{"max_steps": 20, "log_every": 5, "eval_every": 10, "checkpoint_every": 10, "sample_length": 20, **train},
+    )
     job["resources"] = {"workers": 1, "cpus_per_worker": 1, "max_failures": 0}
     return job
 
 
 # ---- no cluster needed ----------------------------------------------------------------------------
 
+
 def test_secrets_never_leave_with_a_submission() -> None:
-    environ = {**SUBMITTER_SECRETS, **SUBMITTER_SETTINGS, "AWS_DEFAULT_REGION": "xx-test-2",
-               "AWS_PROFILE": "dev", "AWS_CA_BUNDLE": "/laptop/ca.pem", "AWS_SHARED_CREDENTIALS_FILE": "/x",
-               "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "MLFLOW_TRACKING_USERNAME": "me",
-               "AWS_ENDPOINT_URL_S3": "http://user:pw@minio:9000", "HOME": "/home/me"}
-    assert cluster_env(environ) == {"AWS_REGION": "xx-test-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-                                    "AWS_DEFAULT_REGION": "xx-test-2"}
+    environ = {
+        **SUBMITTER_SECRETS,
+        **SUBMITTER_SETTINGS,
+        "AWS_DEFAULT_REGION": "xx-test-2",
+        "AWS_PROFILE": "dev",
+        "AWS_CA_BUNDLE": "/laptop/ca.pem",
+        "AWS_SHARED_CREDENTIALS_FILE": "/x",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "MLFLOW_TRACKING_USERNAME": "me",
+        "AWS_ENDPOINT_URL_S3": "http://user:pw@minio:9000",
+        "HOME": "/home/me",
+    }
+    assert cluster_env(environ) == {
+        "AWS_REGION": "xx-test-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_DEFAULT_REGION": "xx-test-2",
+    }
     env = submission_env("sub-1", environ)
     assert env["HYPERCTL_SUBMISSION_ID"] == "sub-1" and int(env["RAY_JOB_STOP_WAIT_TIME_S"]) > 3
     blob = json.dumps(env)
     assert not [v for v in [*SUBMITTER_SECRETS.values(), "user:pw"] if v in blob]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD",
-                 "MLFLOW_TRACKING_TOKEN", "GITHUB_TOKEN", "DB_PASSWORD", "MY_API_KEY", "client_secret"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+        "GITHUB_TOKEN",
+        "DB_PASSWORD",
+        "MY_API_KEY",
+        "client_secret",
+    ):
         assert is_secret_name(name), name
     assert not [n for n in ("AWS_REGION", "AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI") if is_secret_name(n)]
 
 
 def test_job_with_credentials_in_a_uri_is_refused_before_submission(tmp_path: Path) -> None:
-    spec = validate_job({"name": "leaky", "train": {"max_steps": 1},
-                         "tracking": {"uri": "http://alice:hunter2@mlflow:5000"}})
+    spec = validate_job(
+        {"name": "leaky", "train": {"max_steps": 1}, "tracking": {"uri": "http://alice:hunter2@mlflow:5000"}}
+    )
     # No cluster listens on port 9: the refusal must come before any connection is tried.
     with pytest.raises(JobSpecError, match=r"carries credentials .*readable in the cluster's job list"):
         submit_to_cluster("http://127.0.0.1:9", str(tmp_path / "leaky.yaml"), [], spec)
@@ -105,17 +134,25 @@ def test_tracking_uri_null_falls_back_to_mlflow_tracking_uri(tmp_path: Path) -> 
 
 
 def test_cluster_resources_warn_unless_beyond_the_autoscalers_limits() -> None:
-    gpu_job = validate_job({"name": "g", "train": {"max_steps": 1}, "data": {"batch_size": 4},
-                            "resources": {"workers": 4, "cpus_per_worker": 2, "gpus_per_worker": 1}})
+    gpu_job = validate_job(
+        {
+            "name": "g",
+            "train": {"max_steps": 1},
+            "data": {"batch_size": 4},
+            "resources": {"workers": 4, "cpus_per_worker": 2, "gpus_per_worker": 1},
+        }
+    )
     # A CPU-only head, GPU nodes still to come: warnings only.
     warnings = check_cluster_resources(gpu_job, {"CPU": 4.0})
     assert len(warnings) == 2 and "4 x 1 = 4 GPUs, the cluster has 0 now" in warnings[1]
     assert "4 x 2 = 8 CPUs, the cluster has 4 now" in warnings[0] and "no autoscaler limits" in warnings[0]
-    assert "autoscaler can add them" in check_cluster_resources(gpu_job, {"CPU": 8.0},
-                                                                {"CPU": 32.0, "GPU": 4.0})[0]
+    assert "autoscaler can add them" in check_cluster_resources(gpu_job, {"CPU": 8.0}, {"CPU": 32.0, "GPU": 4.0})[0]
     assert check_cluster_resources(gpu_job, {"CPU": 8.0, "GPU": 4.0}) == []
-    with pytest.raises(JobSpecError, match=r"gpus_per_worker <= 2 GPUs, the most this cluster's autoscaler "
-                                           r"can provide, found 4 x 1 = 4"):
+    with pytest.raises(
+        JobSpecError,
+        match=r"gpus_per_worker <= 2 GPUs, the most this cluster's autoscaler "
+        r"can provide, found 4 x 1 = 4",
+    ):
         check_cluster_resources(gpu_job, {"CPU": 8.0}, {"CPU": 32.0, "GPU": 2.0})
     with pytest.raises(JobSpecError, match=r"gpus_per_worker <= 0 GPUs"):
         check_cluster_resources(gpu_job, {"CPU": 8.0}, {"CPU": 32.0})  # no GPU group at all
@@ -124,22 +161,46 @@ def test_cluster_resources_warn_unless_beyond_the_autoscalers_limits() -> None:
 def test_submit_to_a_cluster_skips_this_machines_resources(tmp_path: Path) -> None:
     """A GPU job far beyond this machine passes the preflight of `submit --address` (the failure is
     then the unreachable cluster, exit 2), while a local run rejects it before starting Ray."""
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(
-        {"name": "big", "train": {"max_steps": 1}, "storage": str(tmp_path / "runs"), "data": {"batch_size": 64},
-         "resources": {"workers": 64, "cpus_per_worker": 8, "gpus_per_worker": 1}}))
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "big",
+                "train": {"max_steps": 1},
+                "storage": str(tmp_path / "runs"),
+                "data": {"batch_size": 64},
+                "resources": {"workers": 64, "cpus_per_worker": 8, "gpus_per_worker": 1},
+            }
+        )
+    )
     env = hermetic_env(CUDA_VISIBLE_DEVICES="")
-    remote = subprocess.run([HYPERCTL, "submit", "--address", "http://127.0.0.1:9", "job.yaml", "--detach"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    remote = subprocess.run(
+        [HYPERCTL, "submit", "--address", "http://127.0.0.1:9", "job.yaml", "--detach"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert remote.returncode == 2, remote.stderr
     assert "cannot use the Ray cluster at http://127.0.0.1:9" in remote.stderr and "resources" not in remote.stderr
-    local = subprocess.run([HYPERCTL, "submit", "job.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=120)
+    local = subprocess.run(
+        [HYPERCTL, "submit", "job.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert local.returncode == 2, local.stderr
     assert "resources.gpus_per_worker: expected 0 on a machine without GPUs" in local.stderr
     assert "resources: expected workers x cpus_per_worker <= " in local.stderr
     with pytest.raises(JobSpecError, match="gpus_per_worker"):  # the library default stays strict
-        check_job(validate_job({"name": "g", "train": {"max_steps": 1}, "storage": str(tmp_path / "runs"),
-                                "resources": {"gpus_per_worker": 1}}), available_gpus=0)
+        check_job(
+            validate_job(
+                {
+                    "name": "g",
+                    "train": {"max_steps": 1},
+                    "storage": str(tmp_path / "runs"),
+                    "resources": {"gpus_per_worker": 1},
+                }
+            ),
+            available_gpus=0,
+        )
 
 
 @pytest.mark.slow
@@ -158,8 +219,14 @@ from ray.job_submission import JobSubmissionClient
 jobs = JobSubmissionClient("http://" + ray._private.worker._global_node.webui_url).list_jobs()
 print(json.dumps({"worker": ray.get(seen.remote()), "jobs": [j.model_dump(mode="json") for j in jobs]}))
 """
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=180,
-                          env=hermetic_env(AWS_SECRET_ACCESS_KEY=secret))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=hermetic_env(AWS_SECRET_ACCESS_KEY=secret),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["worker"] == secret
@@ -168,6 +235,7 @@ print(json.dumps({"worker": ray.get(seen.remote()), "jobs": [j.model_dump(mode="
 
 
 # ---- a real cluster ------------------------------------------------------------------------------
+
 
 def free_ports(n: int) -> list[int]:
     socks = []
@@ -219,16 +287,45 @@ class Cluster:
         gcs, dash, client, agent, agent_grpc, rt_agent, metrics, node_mgr, obj_mgr = free_ports(9)
         self.address = f"http://127.0.0.1:{dash}"
         # The nodes' environment: their own MLflow server setting and credentials, as on KubeRay/AWS.
-        self.node_env = hermetic_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file),
-                                     MLFLOW_TRACKING_URI=f"sqlite:///{self.cluster_db}",
-                                     AWS_SECRET_ACCESS_KEY="cluster-side-secret")
-        self.cmd = [RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                    "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-                    "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(rt_agent),
-                    "--metrics-export-port", str(metrics), "--node-manager-port", str(node_mgr),
-                    "--object-manager-port", str(obj_mgr), "--num-cpus", "2", "--disable-usage-stats",
-                    "--temp-dir", str(self.temp_dir)]
+        self.node_env = hermetic_env(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN_PATH=str(self.token_file),
+            MLFLOW_TRACKING_URI=f"sqlite:///{self.cluster_db}",
+            AWS_SECRET_ACCESS_KEY="cluster-side-secret",
+        )
+        self.cmd = [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--ray-client-server-port",
+            str(client),
+            "--dashboard-agent-listen-port",
+            str(agent),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--runtime-env-agent-port",
+            str(rt_agent),
+            "--metrics-export-port",
+            str(metrics),
+            "--node-manager-port",
+            str(node_mgr),
+            "--object-manager-port",
+            str(obj_mgr),
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(self.temp_dir),
+        ]
         self.log = home / "ray-start.log"
         self.proc: subprocess.Popen | None = None
 
@@ -238,8 +335,9 @@ class Cluster:
 
     def start(self, timeout: float = 120) -> None:
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen(self.cmd, env=self.node_env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.node_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -247,8 +345,13 @@ class Cluster:
             try:
                 with socket.create_connection(("127.0.0.1", int(self.address.rsplit(":", 1)[1])), timeout=1):
                     pass
-                probe = subprocess.run([HYPERCTL, "list", "--address", self.address], env=self.client_env(),
-                                       capture_output=True, text=True, timeout=60)
+                probe = subprocess.run(
+                    [HYPERCTL, "list", "--address", self.address],
+                    env=self.client_env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
                 if probe.returncode == 0:
                     return
             except OSError:
@@ -288,10 +391,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         c.stop()
 
 
-def hyperctl(cluster: Cluster, *args: str, cwd: Path, env: dict[str, str] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([HYPERCTL, *args], cwd=cwd, env=env or cluster.client_env(), capture_output=True,
-                          text=True, timeout=timeout)
+def hyperctl(
+    cluster: Cluster, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [HYPERCTL, *args], cwd=cwd, env=env or cluster.client_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def submitted_id(stdout: str) -> str:
@@ -302,10 +407,17 @@ def submitted_id(stdout: str) -> str:
 
 def job_info(cluster: Cluster, submission_id: str) -> dict:
     """JobSubmissionClient.get_job_info, in a subprocess (Ray fixes its auth mode at import)."""
-    script = ("import json, sys; from ray.job_submission import JobSubmissionClient; "
-              "print(json.dumps(JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2]).model_dump(mode='json')))")
-    proc = subprocess.run([sys.executable, "-c", script, cluster.address, submission_id],
-                          env=cluster.client_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=60)
+    script = (
+        "import json, sys; from ray.job_submission import JobSubmissionClient; "
+        "print(json.dumps(JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2]).model_dump(mode='json')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, cluster.address, submission_id],
+        env=cluster.client_env(RAY_AUTH_MODE="token"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -341,28 +453,45 @@ class Jobs:
         # followed job has tracking.uri null and so uses the nodes' MLFLOW_TRACKING_URI.
         self.uri = {name: f"sqlite:///{folder / name}.db" for name in ("detached", "diverging", "long")}
         self.uri["followed"] = f"sqlite:///{cluster.cluster_db}"
-        for name, train in (("detached", {}), ("followed", {}), ("diverging", {}),
-                            ("long", {"max_steps": 1_000_000, "eval_every": 1_000_000, "checkpoint_every": 500})):
+        for name, train in (
+            ("detached", {}),
+            ("followed", {}),
+            ("diverging", {}),
+            ("long", {"max_steps": 1_000_000, "eval_every": 1_000_000, "checkpoint_every": 500}),
+        ):
             job = small_job(folder, name, **train)
             job["resources"]["cpus_per_worker"] = 0.5
             job["tracking"] = {"uri": None if name == "followed" else self.uri[name], "experiment": "cluster"}
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(job))
         # The submitting shell holds secrets, and a tracking URI of its own that must not override the nodes'.
         self.laptop_db = folder / "laptop-mlflow.db"
-        self.env = cluster.client_env(**SUBMITTER_SECRETS, **SUBMITTER_SETTINGS,
-                                      MLFLOW_TRACKING_URI=f"sqlite:///{self.laptop_db}")
+        self.env = cluster.client_env(
+            **SUBMITTER_SECRETS, **SUBMITTER_SETTINGS, MLFLOW_TRACKING_URI=f"sqlite:///{self.laptop_db}"
+        )
 
     def submit(self) -> None:
         t0 = time.monotonic()
-        self.detached = hyperctl(self.cluster, "submit", "--address", self.cluster.address, "detached.yaml",
-                                 "--detach", cwd=self.folder, env=self.env)
+        self.detached = hyperctl(
+            self.cluster,
+            "submit",
+            "--address",
+            self.cluster.address,
+            "detached.yaml",
+            "--detach",
+            cwd=self.folder,
+            env=self.env,
+        )
         self.detach_s = time.monotonic() - t0
         extra = {"diverging": ["--set", "train.optimizer.lr=1e30", "--set", "train.grad_clip=null"]}
         for name, out in self.out.items():
             with out.open("w") as f:
                 self.procs[name] = subprocess.Popen(
                     [HYPERCTL, "submit", "--address", self.cluster.address, f"{name}.yaml", *extra.get(name, [])],
-                    cwd=self.folder, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+                    cwd=self.folder,
+                    env=self.env,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                )
 
     def wait(self, name: str, timeout: float = 300) -> tuple[int, str]:
         """The exit code and output of a followed submission."""
@@ -434,13 +563,22 @@ def test_detached_job_is_listed_reported_logged_and_tracked(jobs: Jobs) -> None:
     assert sid.startswith("hyperctl-detached-")
 
     # Visible to Ray's own CLI and to hyperctl.
-    ray_list = subprocess.run([RAY, "job", "list", "--address", cluster.address], cwd=cwd,
-                              env=cluster.client_env(RAY_AUTH_MODE="token"), capture_output=True, text=True,
-                              timeout=60)
+    ray_list = subprocess.run(
+        [RAY, "job", "list", "--address", cluster.address],
+        cwd=cwd,
+        env=cluster.client_env(RAY_AUTH_MODE="token"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ray_list.returncode == 0 and sid in ray_list.stdout, ray_list.stdout[-2000:] + ray_list.stderr[-2000:]
     listed = hyperctl(cluster, "list", "--address", cluster.address, cwd=cwd)
-    assert listed.returncode == 0 and re.search(rf"^{re.escape(sid)}\s+(PENDING|RUNNING|SUCCEEDED)\s+python -m "
-                                                rf"service run", listed.stdout, re.MULTILINE), listed.stdout
+    assert listed.returncode == 0 and re.search(
+        rf"^{re.escape(sid)}\s+(PENDING|RUNNING|SUCCEEDED)\s+python -m "
+        rf"service run",
+        listed.stdout,
+        re.MULTILINE,
+    ), listed.stdout
 
     # No secret of the submitting shell reached the cluster; its non-secret settings did.
     info = job_info(cluster, sid)
@@ -452,11 +590,19 @@ def test_detached_job_is_listed_reported_logged_and_tracked(jobs: Jobs) -> None:
     assert not [k for k in env_vars if is_secret_name(k)], env_vars
 
     assert wait_for_status(cluster, sid, cwd) == "SUCCEEDED", hyperctl(
-        cluster, "logs", sid, "--address", cluster.address, cwd=cwd).stdout[-3000:]
+        cluster, "logs", sid, "--address", cluster.address, cwd=cwd
+    ).stdout[-3000:]
     logs = hyperctl(cluster, "logs", sid, "--address", cluster.address, cwd=cwd)
     assert logs.returncode == 0
-    for line in ("[train] starting: 20 steps, 1 worker(s)", "[train] step      5/20", "[train] step     20/20",
-                 "[eval]  step     10", "[ckpt]  step     20", "[done]  step 20", ": FINISHED"):
+    for line in (
+        "[train] starting: 20 steps, 1 worker(s)",
+        "[train] step      5/20",
+        "[train] step     20/20",
+        "[eval]  step     10",
+        "[ckpt]  step     20",
+        "[done]  step 20",
+        ": FINISHED",
+    ):
         assert line in logs.stdout, f"{line!r} not in the job's logs:\n{logs.stdout[-3000:]}"
     assert not [v for v in SUBMITTER_SECRETS.values() if v in logs.stdout]
     follow = hyperctl(cluster, "logs", sid, "-f", "--address", cluster.address, cwd=cwd)
@@ -489,10 +635,15 @@ def test_followed_job_succeeds_tracked_where_the_nodes_say(jobs: Jobs) -> None:
 
 @pytest.mark.slow
 def test_unknown_jobs_and_unreachable_clusters_exit_2(cluster: Cluster, tmp_path: Path) -> None:
-    for args in (["status", "hyperctl-nope"], ["logs", "hyperctl-nope"], ["logs", "-f", "hyperctl-nope"],
-                 ["stop", "hyperctl-nope"]):
+    for args in (
+        ["status", "hyperctl-nope"],
+        ["logs", "hyperctl-nope"],
+        ["logs", "-f", "hyperctl-nope"],
+        ["stop", "hyperctl-nope"],
+    ):
         proc = hyperctl(cluster, *args, "--address", cluster.address, cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.strip() == (
-            f"error: no job hyperctl-nope on the Ray cluster at {cluster.address}"), proc.stderr
+            f"error: no job hyperctl-nope on the Ray cluster at {cluster.address}"
+        ), proc.stderr
     proc = hyperctl(cluster, "list", "--address", "http://127.0.0.1:9", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot use the Ray cluster at http://127.0.0.1:9")

@@ -20,6 +20,7 @@ What is checked, from Ray's, MLflow's and the S3 server's own views rather than 
 
 Every child process imports this checkout (PYTHONPATH is the repository root of this file).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import ROOT, tiny_job
 
 pytestmark = pytest.mark.slow
@@ -79,13 +79,21 @@ class LocalCluster:
         import boto3
 
         e = self.state["s3"]["env"]
-        return boto3.client("s3", endpoint_url=e["AWS_ENDPOINT_URL"], aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"], region_name=e["AWS_REGION"])
+        return boto3.client(
+            "s3",
+            endpoint_url=e["AWS_ENDPOINT_URL"],
+            aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"],
+            region_name=e["AWS_REGION"],
+        )
 
     def keys(self, prefix: str) -> set[str]:
         bucket = self.state["s3"]["bucket"]
-        return {o["Key"] for page in self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                for o in page.get("Contents", [])}
+        return {
+            o["Key"]
+            for page in self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])
+        }
 
     def kill_leftovers(self) -> None:
         for pid in self.pids:
@@ -99,8 +107,25 @@ class LocalCluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     c = LocalCluster(tmp_path_factory.mktemp("localcluster"))
     try:
-        up = c.cli("up", "--workers", "1", "--cpus-per-node", "1", "--head-cpus", "1", "--port", "0",
-                   "--dashboard-port", "0", "--mlflow-port", "0", "--s3-port", "0", "--bucket", "nodes")
+        up = c.cli(
+            "up",
+            "--workers",
+            "1",
+            "--cpus-per-node",
+            "1",
+            "--head-cpus",
+            "1",
+            "--port",
+            "0",
+            "--dashboard-port",
+            "0",
+            "--mlflow-port",
+            "0",
+            "--s3-port",
+            "0",
+            "--bucket",
+            "nodes",
+        )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         c.state  # noqa: B018 - records the pids
         yield c
@@ -126,8 +151,14 @@ print(json.dumps({
 def ray_state(cluster: LocalCluster) -> dict:
     """Nodes and Ray Train workers, from Ray's state API (a driver of its own: Ray fixes the auth
     mode when it is imported)."""
-    proc = subprocess.run([sys.executable, "-c", RAY_STATE, cluster.state["gcs_address"]], env=cluster.env(),
-                          cwd=cluster.work, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", RAY_STATE, cluster.state["gcs_address"]],
+        env=cluster.env(),
+        cwd=cluster.work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -161,9 +192,13 @@ def test_up_starts_two_nodes_and_refuses_a_second_cluster(cluster: LocalCluster)
     assert [(n["name"], n["cpus"]) for n in state["nodes"]] == [("head", 1), ("w1", 1)]
     status = cluster.cli("status")
     assert status.returncode == 0, status.stdout + status.stderr
-    for line in (f"export RAY_ADDRESS={state['dashboard_url']}", "export RAY_AUTH_MODE=token",
-                 f"export MLFLOW_TRACKING_URI={state['mlflow']['uri']}",
-                 f"export AWS_ENDPOINT_URL={state['s3']['endpoint']}", "export AWS_SECRET_ACCESS_KEY="):
+    for line in (
+        f"export RAY_ADDRESS={state['dashboard_url']}",
+        "export RAY_AUTH_MODE=token",
+        f"export MLFLOW_TRACKING_URI={state['mlflow']['uri']}",
+        f"export AWS_ENDPOINT_URL={state['s3']['endpoint']}",
+        "export AWS_SECRET_ACCESS_KEY=",
+    ):
         assert line in status.stdout, status.stdout
     env_lines = cluster.cli("status", "--env").stdout
     assert env_lines == (cluster.folder / "env.sh").read_text()
@@ -176,8 +211,18 @@ def test_up_starts_two_nodes_and_refuses_a_second_cluster(cluster: LocalCluster)
 
     again = cluster.cli("up", "--port", "0", "--dashboard-port", "0", "--mlflow-port", "0", "--s3-port", "0")
     assert again.returncode == 2 and "a cluster already runs from" in again.stderr, again.stderr
-    other = hyperctl("cluster", "up", "--dir", str(cluster.work / "other"), "--dashboard-port",
-                     str(state["dashboard_port"]), "--port", "0", env=base_env(), cwd=cluster.work)
+    other = hyperctl(
+        "cluster",
+        "up",
+        "--dir",
+        str(cluster.work / "other"),
+        "--dashboard-port",
+        str(state["dashboard_port"]),
+        "--port",
+        "0",
+        env=base_env(),
+        cwd=cluster.work,
+    )
     assert other.returncode == 2, other.stdout + other.stderr
     assert f"port {state['dashboard_port']} on 127.0.0.1 is busy (--dashboard-port)" in other.stderr
     assert not (cluster.work / "other" / "cluster.json").exists()
@@ -240,8 +285,14 @@ def test_ddp_ranks_on_two_nodes_stay_in_sync(cluster: LocalCluster, tmp_path: Pa
     spec = validate_job(tiny_job(tmp_path, "ddp")).model_dump(mode="json")
     out = tmp_path / "ranks"
     out.mkdir()
-    proc = subprocess.run([sys.executable, "-c", DDP_CHECK, cluster.state["gcs_address"], json.dumps(spec), str(out)],
-                          env=cluster.env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", DDP_CHECK, cluster.state["gcs_address"], json.dumps(spec), str(out)],
+        env=cluster.env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0 and "ddp-check done" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
     ranks = [json.loads((out / f"rank_{r}.json").read_text()) for r in (0, 1)]
     ray = ray_state(cluster)
@@ -263,8 +314,15 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
 
     state = cluster.state
     bucket, prefix = state["s3"]["bucket"], f"nodeloss-{uuid.uuid4().hex[:8]}"
-    job = tiny_job(tmp_path, "nodeloss", max_steps=MAX_STEPS, checkpoint_every=CKPT_EVERY, log_every=LOG_EVERY,
-                   eval_every=500, sample_length=20)
+    job = tiny_job(
+        tmp_path,
+        "nodeloss",
+        max_steps=MAX_STEPS,
+        checkpoint_every=CKPT_EVERY,
+        log_every=LOG_EVERY,
+        eval_every=500,
+        sample_length=20,
+    )
     job["storage"] = f"s3://{bucket}/{prefix}/runs"
     job["tracking"] = {"uri": None, "experiment": "nodes"}  # null: the nodes' MLFLOW_TRACKING_URI, the cluster's server
     job["resources"] = {"workers": 2, "cpus_per_worker": 1, "max_failures": 2}
@@ -275,8 +333,13 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
 
     log = tmp_path / "submit.out"
     with log.open("w") as out:
-        submit = subprocess.Popen([HYPERCTL, "submit", "--address", state["dashboard_url"], "job.yaml"],
-                                  cwd=tmp_path, env=cluster.env(), stdout=out, stderr=subprocess.STDOUT)
+        submit = subprocess.Popen(
+            [HYPERCTL, "submit", "--address", state["dashboard_url"], "job.yaml"],
+            cwd=tmp_path,
+            env=cluster.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # Wait until Ray has registered the first checkpoint on S3 (its checkpoint-manager snapshot names it).
         run = f"{prefix}/runs/nodeloss"
@@ -293,7 +356,9 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
             pytest.fail(f"no first checkpoint on S3 after 300 s:\n{log.read_text()[-4000:]}")
 
         # Placement, from Ray's state API: the job's two live workers, one on each node.
-        live = [w for w in ray_state(cluster)["workers"] if w["state"] == "ALIVE" and w["actor_id"] not in known_workers]
+        live = [
+            w for w in ray_state(cluster)["workers"] if w["state"] == "ALIVE" and w["actor_id"] not in known_workers
+        ]
         assert sorted(w["node_id"] for w in live) == sorted([ids_before["head"], ids_before["w1"]]), live
 
         # Lose the worker node: SIGKILL its process group (ray start, raylet, agents; the training
@@ -340,8 +405,9 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
     for part in ("model.pt", "optimizer.pt", "meta.json", "rank_0.pt", "rank_1.pt"):
         assert f"{run}/checkpoint_{MAX_STEPS:08d}/{part}" in keys, sorted(keys)[:50]
     assert f"{run}/mlflow_run_id" in keys
-    artifacts = {k.split("/artifacts/", 1)[1] for k in cluster.keys("mlartifacts/")
-                 if f"/{mlrun.info.run_id}/artifacts/" in k}
+    artifacts = {
+        k.split("/artifacts/", 1)[1] for k in cluster.keys("mlartifacts/") if f"/{mlrun.info.run_id}/artifacts/" in k
+    }
     assert {"model/model.pt", "plots/learning_curve.png", "sample.txt"} <= artifacts, artifacts
 
 

@@ -17,6 +17,7 @@ Nothing here starts a cluster; every check is against a real schema or parser wh
 * Each check is also shown to fail: mutated copies (typo'd keys, wrong types, inline secrets, ...)
   are rejected.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,6 @@ from unittest import mock
 import jsonschema
 import pytest
 import yaml
-
 from helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -61,6 +61,7 @@ SECRET_LOOKING = [
 
 # ---- loading ------------------------------------------------------------------------------------
 
+
 def load_docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.load_all(path.read_text(encoding="utf-8"), Loader=LOADER) if d is not None]
 
@@ -71,8 +72,12 @@ def manifests() -> dict[str, list[dict[str, Any]]]:
 
 
 def all_docs(include_example: bool = True) -> list[tuple[str, dict[str, Any]]]:
-    return [(name, d) for name, docs in manifests().items() for d in docs
-            if include_example or name != "secrets.example.yaml"]
+    return [
+        (name, d)
+        for name, docs in manifests().items()
+        for d in docs
+        if include_example or name != "secrets.example.yaml"
+    ]
 
 
 def docs_of_kind(kind: str) -> list[dict[str, Any]]:
@@ -128,6 +133,7 @@ def openapi_to_jsonschema(node: Any) -> Any:
 def _int_range(bits: int):
     def check(value: Any) -> bool:
         return not isinstance(value, int) or -(2 ** (bits - 1)) <= value < 2 ** (bits - 1)
+
     return check
 
 
@@ -139,20 +145,26 @@ DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 OBJECT_META = {
-    "type": "object", "required": ["name"],
-    "properties": {"name": {"type": "string", "pattern": DNS1123_SUBDOMAIN, "maxLength": 253},
-                   "namespace": {"type": "string", "pattern": DNS1123_LABEL, "maxLength": 63},
-                   "labels": STRING_MAP, "annotations": STRING_MAP,
-                   "finalizers": {"type": "array", "items": {"type": "string"}}},
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": DNS1123_SUBDOMAIN, "maxLength": 253},
+        "namespace": {"type": "string", "pattern": DNS1123_LABEL, "maxLength": 63},
+        "labels": STRING_MAP,
+        "annotations": STRING_MAP,
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+    },
 }
 
 
 # ---- schema validation + strictness -------------------------------------------------------------
 
+
 def schema_problems(doc: Any, schema: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft4Validator(schema, format_checker=FORMATS)
-    problems = [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message[:300]}"
-                for e in validator.iter_errors(doc)]
+    problems = [
+        f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message[:300]}" for e in validator.iter_errors(doc)
+    ]
     return problems + strict_problems(doc, schema)
 
 
@@ -166,8 +178,10 @@ def strict_problems(node: Any, schema: dict[str, Any], path: tuple = ()) -> list
         return []
     problems = []
     if schema.get("x-kubernetes-validations"):
-        problems.append(f"{where}: guarded by CEL rules this test cannot evaluate "
-                        f"({[v['rule'] for v in schema['x-kubernetes-validations']]})")
+        problems.append(
+            f"{where}: guarded by CEL rules this test cannot evaluate "
+            f"({[v['rule'] for v in schema['x-kubernetes-validations']]})"
+        )
     if isinstance(node, dict):
         props = dict(schema.get("properties", {}))
         for alt in schema.get("anyOf", []) + schema.get("allOf", []) + schema.get("oneOf", []):
@@ -186,8 +200,11 @@ def strict_problems(node: Any, schema: dict[str, Any], path: tuple = ()) -> list
         if list_type == "set" and len({json.dumps(v, sort_keys=True) for v in node}) != len(node):
             problems.append(f"{where}: duplicate items in a list-type set")
         if list_type == "map":
-            keys = [tuple(item.get(k) for k in schema.get("x-kubernetes-list-map-keys", []))
-                    for item in node if isinstance(item, dict)]
+            keys = [
+                tuple(item.get(k) for k in schema.get("x-kubernetes-list-map-keys", []))
+                for item in node
+                if isinstance(item, dict)
+            ]
             if len(set(keys)) != len(keys):
                 problems.append(f"{where}: duplicate {schema.get('x-kubernetes-list-map-keys')} in a list-type map")
         for i, item in enumerate(node):
@@ -202,6 +219,7 @@ def crd_problems(doc: dict[str, Any]) -> list[str]:
 
 
 # ---- core/v1 and apps/v1 objects ----------------------------------------------------------------
+
 
 def _cluster_spec_props() -> dict[str, Any]:
     return crd_schema("RayCluster")["properties"]["spec"]["properties"]
@@ -219,64 +237,144 @@ def pvc_template_schema() -> dict[str, Any]:
 
 
 def _top(api_version: str, kind: str, spec: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    props = {"apiVersion": {"type": "string", "enum": [api_version]}, "kind": {"type": "string", "enum": [kind]},
-             "metadata": OBJECT_META, **extra}
+    props = {
+        "apiVersion": {"type": "string", "enum": [api_version]},
+        "kind": {"type": "string", "enum": [kind]},
+        "metadata": OBJECT_META,
+        **extra,
+    }
     if spec is not None:
         props["spec"] = spec
-    return {"type": "object", "required": ["apiVersion", "kind", "metadata", *(["spec"] if spec else [])],
-            "properties": props}
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", *(["spec"] if spec else [])],
+        "properties": props,
+    }
 
 
 def label_selector() -> dict[str, Any]:
-    return {"type": "object", "properties": {
-        "matchLabels": STRING_MAP,
-        "matchExpressions": {"type": "array", "items": {"type": "object", "required": ["key", "operator"],
-                                                        "properties": {"key": {"type": "string"},
-                                                                       "operator": {"type": "string"},
-                                                                       "values": {"type": "array"}}}}}}
+    return {
+        "type": "object",
+        "properties": {
+            "matchLabels": STRING_MAP,
+            "matchExpressions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "operator": {"type": "string"},
+                        "values": {"type": "array"},
+                    },
+                },
+            },
+        },
+    }
 
 
 def core_schema(kind: str) -> dict[str, Any]:
     """Hand-written apps/v1 / core/v1 schemas (a subset of the fields: others count as unknown)."""
     int_or_string = {"anyOf": [{"type": "integer"}, {"type": "string"}]}
-    workload = {"replicas": {"type": "integer", "minimum": 0}, "selector": label_selector(),
-                "template": pod_template_schema(), "minReadySeconds": {"type": "integer"},
-                "revisionHistoryLimit": {"type": "integer"}}
+    workload = {
+        "replicas": {"type": "integer", "minimum": 0},
+        "selector": label_selector(),
+        "template": pod_template_schema(),
+        "minReadySeconds": {"type": "integer"},
+        "revisionHistoryLimit": {"type": "integer"},
+    }
     if kind == "Deployment":
-        return _top("apps/v1", kind, {"type": "object", "required": ["selector", "template"], "properties": {
-            **workload, "progressDeadlineSeconds": {"type": "integer"}, "paused": {"type": "boolean"},
-            "strategy": {"type": "object", "properties": {
-                "type": {"type": "string", "enum": ["Recreate", "RollingUpdate"]},
-                "rollingUpdate": {"type": "object", "properties": {"maxSurge": int_or_string,
-                                                                   "maxUnavailable": int_or_string}}}}}})
+        return _top(
+            "apps/v1",
+            kind,
+            {
+                "type": "object",
+                "required": ["selector", "template"],
+                "properties": {
+                    **workload,
+                    "progressDeadlineSeconds": {"type": "integer"},
+                    "paused": {"type": "boolean"},
+                    "strategy": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"type": "string", "enum": ["Recreate", "RollingUpdate"]},
+                            "rollingUpdate": {
+                                "type": "object",
+                                "properties": {"maxSurge": int_or_string, "maxUnavailable": int_or_string},
+                            },
+                        },
+                    },
+                },
+            },
+        )
     if kind == "StatefulSet":
         pvc = copy.deepcopy(pvc_template_schema())
-        pvc["properties"]["metadata"] = {"type": "object", "required": ["name"],
-                                         "properties": {"name": {"type": "string", "pattern": DNS1123_LABEL},
-                                                        "labels": STRING_MAP, "annotations": STRING_MAP}}
-        return _top("apps/v1", kind, {"type": "object", "required": ["selector", "template", "serviceName"],
-                                      "properties": {
-            **workload, "serviceName": {"type": "string"},
-            "podManagementPolicy": {"type": "string", "enum": ["OrderedReady", "Parallel"]},
-            "updateStrategy": {"type": "object", "properties": {"type": {"type": "string"},
-                                                                "rollingUpdate": {"type": "object"}}},
-            "volumeClaimTemplates": {"type": "array", "items": pvc}}})
+        pvc["properties"]["metadata"] = {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": DNS1123_LABEL},
+                "labels": STRING_MAP,
+                "annotations": STRING_MAP,
+            },
+        }
+        return _top(
+            "apps/v1",
+            kind,
+            {
+                "type": "object",
+                "required": ["selector", "template", "serviceName"],
+                "properties": {
+                    **workload,
+                    "serviceName": {"type": "string"},
+                    "podManagementPolicy": {"type": "string", "enum": ["OrderedReady", "Parallel"]},
+                    "updateStrategy": {
+                        "type": "object",
+                        "properties": {"type": {"type": "string"}, "rollingUpdate": {"type": "object"}},
+                    },
+                    "volumeClaimTemplates": {"type": "array", "items": pvc},
+                },
+            },
+        )
     if kind == "Service":
-        port = {"type": "object", "required": ["port"], "properties": {
-            "name": {"type": "string", "pattern": DNS1123_LABEL}, "port": {"type": "integer", "minimum": 1,
-                                                                          "maximum": 65535},
-            "targetPort": int_or_string, "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]},
-            "appProtocol": {"type": "string"}, "nodePort": {"type": "integer"}}}
-        return _top("v1", kind, {"type": "object", "required": ["ports"], "properties": {
-            "type": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]},
-            "selector": STRING_MAP, "ports": {"type": "array", "minItems": 1, "items": port},
-            "clusterIP": {"type": "string"}, "sessionAffinity": {"type": "string"},
-            "publishNotReadyAddresses": {"type": "boolean"}}})
+        port = {
+            "type": "object",
+            "required": ["port"],
+            "properties": {
+                "name": {"type": "string", "pattern": DNS1123_LABEL},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "targetPort": int_or_string,
+                "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]},
+                "appProtocol": {"type": "string"},
+                "nodePort": {"type": "integer"},
+            },
+        }
+        return _top(
+            "v1",
+            kind,
+            {
+                "type": "object",
+                "required": ["ports"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]},
+                    "selector": STRING_MAP,
+                    "ports": {"type": "array", "minItems": 1, "items": port},
+                    "clusterIP": {"type": "string"},
+                    "sessionAffinity": {"type": "string"},
+                    "publishNotReadyAddresses": {"type": "boolean"},
+                },
+            },
+        )
     if kind == "Secret":
-        return _top("v1", kind, None, type={"type": "string"}, immutable={"type": "boolean"},
-                    data={"type": "object", "additionalProperties": {"type": "string",
-                                                                     "pattern": r"^[A-Za-z0-9+/]*={0,2}$"}},
-                    stringData=STRING_MAP)
+        return _top(
+            "v1",
+            kind,
+            None,
+            type={"type": "string"},
+            immutable={"type": "boolean"},
+            data={"type": "object", "additionalProperties": {"type": "string", "pattern": r"^[A-Za-z0-9+/]*={0,2}$"}},
+            stringData=STRING_MAP,
+        )
     raise AssertionError(f"no schema for kind {kind!r}")
 
 
@@ -285,14 +383,20 @@ def workload_rules(doc: dict[str, Any]) -> list[str]:
     name = doc["metadata"]["name"]
     selector = doc["spec"]["selector"].get("matchLabels", {})
     labels = doc["spec"]["template"].get("metadata", {}).get("labels", {})
-    problems = [] if selector and selector.items() <= labels.items() else [
-        f"{doc['kind']} {name}: spec.selector.matchLabels {selector} must match the template's labels {labels}"]
+    problems = (
+        []
+        if selector and selector.items() <= labels.items()
+        else [f"{doc['kind']} {name}: spec.selector.matchLabels {selector} must match the template's labels {labels}"]
+    )
     containers = doc["spec"]["template"]["spec"]["containers"]
     volumes = {v["name"] for v in doc["spec"]["template"]["spec"].get("volumes", [])}
     volumes |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
     for c in containers:
-        problems += [f"{name}/{c['name']}: volumeMount {m['name']!r} names no volume"
-                     for m in c.get("volumeMounts", []) if m["name"] not in volumes]
+        problems += [
+            f"{name}/{c['name']}: volumeMount {m['name']!r} names no volume"
+            for m in c.get("volumeMounts", [])
+            if m["name"] not in volumes
+        ]
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             port = (c.get(probe, {}).get("httpGet") or {}).get("port")
             if isinstance(port, str) and port not in {p.get("name") for p in c.get("ports", [])}:
@@ -303,14 +407,20 @@ def workload_rules(doc: dict[str, Any]) -> list[str]:
 def service_rules(service: dict[str, Any], workloads: list[dict[str, Any]]) -> list[str]:
     """A Service must select some pod template, and its named targetPorts must exist there."""
     name, selector = service["metadata"]["name"], service["spec"].get("selector", {})
-    pods = [w["spec"]["template"] for w in workloads
-            if selector and selector.items() <= w["spec"]["template"].get("metadata", {}).get("labels", {}).items()]
+    pods = [
+        w["spec"]["template"]
+        for w in workloads
+        if selector and selector.items() <= w["spec"]["template"].get("metadata", {}).get("labels", {}).items()
+    ]
     if not pods:
         return [f"Service {name}: selector {selector} matches no pod template"]
     names = {p.get("name") for pod in pods for c in pod["spec"]["containers"] for p in c.get("ports", [])}
     numbers = {p.get("containerPort") for pod in pods for c in pod["spec"]["containers"] for p in c.get("ports", [])}
-    return [f"Service {name}: targetPort {p['targetPort']!r} is no container port of the selected pods"
-            for p in service["spec"]["ports"] if p.get("targetPort", p["port"]) not in names | numbers]
+    return [
+        f"Service {name}: targetPort {p['targetPort']!r} is no container port of the selected pods"
+        for p in service["spec"]["ports"]
+        if p.get("targetPort", p["port"]) not in names | numbers
+    ]
 
 
 def core_problems(doc: dict[str, Any], same_file: list[dict[str, Any]]) -> list[str]:
@@ -320,15 +430,19 @@ def core_problems(doc: dict[str, Any], same_file: list[dict[str, Any]]) -> list[
     if doc["kind"] in ("Deployment", "StatefulSet"):
         problems += workload_rules(doc)
     if doc["kind"] == "StatefulSet" and not any(
-            d["kind"] == "Service" and d["metadata"]["name"] == doc["spec"]["serviceName"] for d in same_file):
-        problems.append(f"StatefulSet {doc['metadata']['name']}: serviceName {doc['spec']['serviceName']!r} "
-                        "is no Service of the same file")
+        d["kind"] == "Service" and d["metadata"]["name"] == doc["spec"]["serviceName"] for d in same_file
+    ):
+        problems.append(
+            f"StatefulSet {doc['metadata']['name']}: serviceName {doc['spec']['serviceName']!r} "
+            "is no Service of the same file"
+        )
     if doc["kind"] == "Service":
         problems += service_rules(doc, [d for d in same_file if d["kind"] in ("Deployment", "StatefulSet")])
     return problems
 
 
 # ---- containers, credentials --------------------------------------------------------------------
+
 
 def containers(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(where, container) for every container of a manifest, Ray pods included."""
@@ -358,8 +472,10 @@ def ray_containers(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def example_secrets() -> dict[str, dict[str, str]]:
-    return {d["metadata"]["name"]: {**d.get("stringData", {}), **d.get("data", {})}
-            for d in manifests()["secrets.example.yaml"]}
+    return {
+        d["metadata"]["name"]: {**d.get("stringData", {}), **d.get("data", {})}
+        for d in manifests()["secrets.example.yaml"]
+    }
 
 
 def secret_text_problems(text: str, where: str) -> list[str]:
@@ -381,14 +497,17 @@ def credential_problems(doc: dict[str, Any]) -> list[str]:
                     problems.append(f"{name} {where}: env {var} is set inline; use valueFrom.secretKeyRef")
                 problems += secret_text_problems(str(env["value"]), f"{name} {where}: env {var}")
             if ref is not None and not (ref.get("key") in secrets.get(ref.get("name"), {}) or ref.get("optional")):
-                problems.append(f"{name} {where}: env {var} refers to Secret {ref.get('name')!r} key "
-                                f"{ref.get('key')!r}, which secrets.example.yaml does not define")
+                problems.append(
+                    f"{name} {where}: env {var} refers to Secret {ref.get('name')!r} key "
+                    f"{ref.get('key')!r}, which secrets.example.yaml does not define"
+                )
             if SENSITIVE_ENV.search(var) and ref is None:
                 problems.append(f"{name} {where}: env {var} must come from valueFrom.secretKeyRef")
         for src in c.get("envFrom", []):
             if "secretRef" in src and src["secretRef"].get("name") not in secrets:
-                problems.append(f"{name} {where}: envFrom Secret {src['secretRef'].get('name')!r} "
-                                "is not in the example")
+                problems.append(
+                    f"{name} {where}: envFrom Secret {src['secretRef'].get('name')!r} is not in the example"
+                )
         for part in ("command", "args"):
             problems += secret_text_problems(" ".join(map(str, c.get(part, []))), f"{name} {where}: {part}")
     if doc.get("kind") == "RayJob":
@@ -405,8 +524,10 @@ def image_problems(doc: dict[str, Any]) -> list[str]:
             problems.append(f"{doc['kind']} {where}: image {image!r} needs an explicit, non-latest tag")
     for where, c in ray_containers(doc):
         if not c.get("image", "").startswith(PLACEHOLDER_REGISTRY):
-            problems.append(f"{doc['kind']} {where}: Ray image {c.get('image')!r} is not our image "
-                            f"({PLACEHOLDER_REGISTRY}..., the clearly marked placeholder registry)")
+            problems.append(
+                f"{doc['kind']} {where}: Ray image {c.get('image')!r} is not our image "
+                f"({PLACEHOLDER_REGISTRY}..., the clearly marked placeholder registry)"
+            )
     return problems
 
 
@@ -419,10 +540,14 @@ def lock_version(package: str) -> str:
 
 # ---- Ray clusters -------------------------------------------------------------------------------
 
+
 def cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     out = [(f"RayCluster {d['metadata']['name']}", d["spec"]) for d in docs_of_kind("RayCluster")]
-    out += [(f"RayJob {d['metadata']['name']}", d["spec"]["rayClusterSpec"]) for d in docs_of_kind("RayJob")
-            if "rayClusterSpec" in d["spec"]]
+    out += [
+        (f"RayJob {d['metadata']['name']}", d["spec"]["rayClusterSpec"])
+        for d in docs_of_kind("RayJob")
+        if "rayClusterSpec" in d["spec"]
+    ]
     return out
 
 
@@ -441,21 +566,25 @@ def cluster_rules(name: str, spec: dict[str, Any]) -> list[str]:
     for group in spec.get("workerGroupSpecs", []):
         lo, hi, n = group.get("minReplicas", 0), group.get("maxReplicas", 0), group.get("replicas", 0)
         if not lo <= n <= hi:
-            problems.append(f"{name} group {group['groupName']}: expected minReplicas <= replicas <= maxReplicas, "
-                            f"found {lo}, {n}, {hi}")
+            problems.append(
+                f"{name} group {group['groupName']}: expected minReplicas <= replicas <= maxReplicas, "
+                f"found {lo}, {n}, {hi}"
+            )
         for c in group["template"]["spec"]["containers"]:
             limits = c.get("resources", {}).get("limits", {})
             if "nvidia.com/gpu" in limits:
                 gpu_groups.append(group["groupName"])
-                if str(limits["nvidia.com/gpu"]) != str(c["resources"].get("requests", {}).get("nvidia.com/gpu",
-                                                                                            limits["nvidia.com/gpu"])):
+                if str(limits["nvidia.com/gpu"]) != str(
+                    c["resources"].get("requests", {}).get("nvidia.com/gpu", limits["nvidia.com/gpu"])
+                ):
                     problems.append(f"{name} group {group['groupName']}: GPU requests must equal limits")
     if not gpu_groups:
         problems.append(f"{name}: no worker group with nvidia.com/gpu limits")
     if not any("nvidia.com/gpu" not in str(g["template"]) for g in spec.get("workerGroupSpecs", [])):
         problems.append(f"{name}: no CPU worker group")
-    envs = [json.dumps(c.get("env", []), sort_keys=True) for _, c in ray_containers({"kind": "RayCluster",
-                                                                                      "spec": spec})]
+    envs = [
+        json.dumps(c.get("env", []), sort_keys=True) for _, c in ray_containers({"kind": "RayCluster", "spec": spec})
+    ]
     if len(set(envs)) != 1:
         problems.append(f"{name}: every Ray container needs the same env (S3 and tracking settings)")
     images = {c.get("image") for _, c in ray_containers({"kind": "RayCluster", "spec": spec})}
@@ -470,11 +599,16 @@ def env_value(spec: dict[str, Any], var: str) -> str | None:
 
 
 def mlflow_service_urls() -> set[str]:
-    return {f"http://{d['metadata']['name']}:{p['port']}" for d in manifests()["mlflow.yaml"]
-            if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow" for p in d["spec"]["ports"]}
+    return {
+        f"http://{d['metadata']['name']}:{p['port']}"
+        for d in manifests()["mlflow.yaml"]
+        if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow"
+        for p in d["spec"]["ports"]
+    }
 
 
 # ---- job references -----------------------------------------------------------------------------
+
 
 def image_workdir() -> str:
     (workdir,) = re.findall(r"^WORKDIR\s+(\S+)", DOCKERFILE.read_text(), re.M)[-1:]
@@ -497,7 +631,7 @@ def entrypoint_problems(entrypoint: str, root: Path = ROOT) -> list[str]:
         return [f"entrypoint {entrypoint!r}: hyperctl's parser rejects it"]
     job = args.job or ""
     if job.startswith(image_workdir() + "/"):
-        job = job[len(image_workdir()) + 1:]
+        job = job[len(image_workdir()) + 1 :]
     if not re.fullmatch(r"jobs/[\w.-]+\.ya?ml", job):
         return [f"entrypoint {entrypoint!r}: job {args.job!r} is not a file of jobs/ in the image"]
     if not (root / job).is_file():
@@ -510,8 +644,10 @@ def entrypoint_problems(entrypoint: str, root: Path = ROOT) -> list[str]:
     if not spec.storage.startswith("s3://"):
         problems.append(f"entrypoint {entrypoint!r}: storage {spec.storage!r} is not on S3 (pods share no disk)")
     if spec.tracking.uri not in mlflow_service_urls():
-        problems.append(f"entrypoint {entrypoint!r}: tracking.uri {spec.tracking.uri!r} is not the MLflow "
-                        f"Service ({sorted(mlflow_service_urls())})")
+        problems.append(
+            f"entrypoint {entrypoint!r}: tracking.uri {spec.tracking.uri!r} is not the MLflow "
+            f"Service ({sorted(mlflow_service_urls())})"
+        )
     return problems
 
 
@@ -520,6 +656,7 @@ def referenced_jobs(text: str) -> set[str]:
 
 
 # ---- MLflow server ------------------------------------------------------------------------------
+
 
 def mlflow_server_context(args: list[str], env: dict[str, str]):
     """Parse `mlflow server ARGS` with MLflow's own click command (no server is started)."""
@@ -543,27 +680,38 @@ def mlflow_problems(args: list[str], env: dict[str, str], hosts: list[str]) -> l
     if p.get("host") != "0.0.0.0":
         problems.append(f"mlflow server: --host {p.get('host')} is not reachable from other pods/nodes")
     allowed = p["allowed_hosts"].split(",") if p.get("allowed_hosts") else get_default_allowed_hosts()
-    problems += [f"mlflow server: Host {h!r} is refused by --allowed-hosts"
-                 for h in hosts if not is_allowed_host_header(allowed, h)]
+    problems += [
+        f"mlflow server: Host {h!r} is refused by --allowed-hosts"
+        for h in hosts
+        if not is_allowed_host_header(allowed, h)
+    ]
     return problems
 
 
 def aws_mlflow_args(config: dict[str, Any]) -> list[str]:
     (cmd,) = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
     words = shlex.split(cmd.replace("$HOME", "/home/ubuntu"))
-    args = words[words.index("server") + 1:]
-    return args[:args.index(">")] if ">" in args else args
+    args = words[words.index("server") + 1 :]
+    return args[: args.index(">")] if ">" in args else args
 
 
 # ---- tests: KubeRay -----------------------------------------------------------------------------
 
+
 def test_manifests_are_the_expected_objects():
     kinds = sorted((name, d["kind"], d["apiVersion"]) for name, d in all_docs())
-    assert kinds == sorted([
-        ("raycluster.yaml", "RayCluster", "ray.io/v1"), ("rayjob.yaml", "RayJob", "ray.io/v1"),
-        ("mlflow.yaml", "Deployment", "apps/v1"), ("mlflow.yaml", "Service", "v1"),
-        ("mlflow.yaml", "StatefulSet", "apps/v1"), ("mlflow.yaml", "Service", "v1"),
-        ("secrets.example.yaml", "Secret", "v1"), ("secrets.example.yaml", "Secret", "v1")])
+    assert kinds == sorted(
+        [
+            ("raycluster.yaml", "RayCluster", "ray.io/v1"),
+            ("rayjob.yaml", "RayJob", "ray.io/v1"),
+            ("mlflow.yaml", "Deployment", "apps/v1"),
+            ("mlflow.yaml", "Service", "v1"),
+            ("mlflow.yaml", "StatefulSet", "apps/v1"),
+            ("mlflow.yaml", "Service", "v1"),
+            ("secrets.example.yaml", "Secret", "v1"),
+            ("secrets.example.yaml", "Secret", "v1"),
+        ]
+    )
 
 
 @pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
@@ -583,8 +731,9 @@ def test_manifests_take_credentials_only_from_secrets(name):
     for doc in manifests()[name]:
         assert credential_problems(doc) == []
         assert image_problems(doc) == []
-    ray_envs = {e["name"]: e for _, d in all_docs() if d["kind"] in CRD_FILES
-                for _, c in ray_containers(d) for e in c["env"]}
+    ray_envs = {
+        e["name"]: e for _, d in all_docs() if d["kind"] in CRD_FILES for _, c in ray_containers(d) for e in c["env"]
+    }
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert ray_envs[var]["valueFrom"]["secretKeyRef"]["name"] == "hypernets-s3"
 
@@ -615,8 +764,10 @@ def test_mlflow_server_arguments_parse_and_serve_s3_artifacts():
     env = {"MLFLOW_BACKEND_STORE_URI": uri}
     assert mlflow_problems(c["args"], env, ["mlflow:5000", "mlflow.hypernets.svc:5000", "localhost:5000"]) == []
     assert mlflow_server_context(c["args"], env).params["backend_store_uri"] == uri  # read from the Secret's env
-    assert any(e["name"] == "MLFLOW_BACKEND_STORE_URI" and e["valueFrom"]["secretKeyRef"]["name"] == "mlflow-db"
-               for e in c["env"])
+    assert any(
+        e["name"] == "MLFLOW_BACKEND_STORE_URI" and e["valueFrom"]["secretKeyRef"]["name"] == "mlflow-db"
+        for e in c["env"]
+    )
 
 
 def test_rayjob_entrypoint_runs_a_repository_job_on_s3_and_the_mlflow_service():
@@ -634,6 +785,7 @@ def test_every_job_referenced_in_deploy_and_docs_exists():
 
 # ---- tests: AWS cluster launcher, Dockerfile, docs -----------------------------------------------
 
+
 @functools.cache
 def ray_schema() -> dict[str, Any]:
     import ray.autoscaler
@@ -646,8 +798,10 @@ def aws_problems(config: Any) -> list[str]:
     merged, node types filled in) and validate_config (the schema again + the launcher's own checks)."""
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    problems = [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message[:300]}"
-                for e in jsonschema.validators.validator_for(ray_schema())(ray_schema()).iter_errors(config)]
+    problems = [
+        f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message[:300]}"
+        for e in jsonschema.validators.validator_for(ray_schema())(ray_schema()).iter_errors(config)
+    ]
     if problems:
         return problems
     try:
@@ -660,8 +814,17 @@ def aws_problems(config: Any) -> list[str]:
         problems.append("expected a GPU node type (g*/p* instance) with resources.GPU >= 1")
     if not any(t != config["head_node_type"] and not v["resources"].get("GPU") for t, v in types.items()):
         problems.append("expected a CPU worker node type")
-    commands = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands",
-                              "head_start_ray_commands", "worker_start_ray_commands") for c in config.get(key, [])]
+    commands = [
+        c
+        for key in (
+            "setup_commands",
+            "head_setup_commands",
+            "worker_setup_commands",
+            "head_start_ray_commands",
+            "worker_start_ray_commands",
+        )
+        for c in config.get(key, [])
+    ]
     for c in commands:
         problems += secret_text_problems(c, f"command {c[:60]!r}")
         if subprocess.run(["bash", "-n", "-c", c], capture_output=True).returncode:
@@ -711,15 +874,25 @@ def test_dockerfile_matches_setup_lock_and_manifests():
 
 def test_docs_cover_the_path_from_laptop_to_cluster():
     text = DOCS.read_text()
-    for needle in ("hyperctl submit --address http://", "RAY_AUTH_MODE=token", "gpus_per_worker", "RayJob",
-                   "ray up deploy/aws/cluster.yaml", "secretKeyRef", "s3://", "tracking.uri"):
+    for needle in (
+        "hyperctl submit --address http://",
+        "RAY_AUTH_MODE=token",
+        "gpus_per_worker",
+        "RayJob",
+        "ray up deploy/aws/cluster.yaml",
+        "secretKeyRef",
+        "s3://",
+        "tracking.uri",
+    ):
         assert needle in text, needle
 
 
 # ---- negative tests: each check rejects a broken copy --------------------------------------------
 
-def _mutate(doc: dict[str, Any], path: list[Any], value: Any = None, rename: str | None = None,
-            delete: bool = False) -> dict[str, Any]:
+
+def _mutate(
+    doc: dict[str, Any], path: list[Any], value: Any = None, rename: str | None = None, delete: bool = False
+) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     node = doc
     for key in path[:-1]:
@@ -737,22 +910,29 @@ HEAD_C = ["spec", "headGroupSpec", "template", "spec", "containers", 0]
 GPU_GROUP = ["spec", "workerGroupSpecs", 1]
 CRD_MUTATIONS = {
     "typo in worker group key": (GPU_GROUP + ["maxReplicas"], {"rename": "maxReplica"}, "maxReplica: unknown field"),
-    "typo in spec key": (["spec", "enableInTreeAutoscaling"], {"rename": "enableInTreeAutoScaling"},
-                         "unknown field"),
+    "typo in spec key": (["spec", "enableInTreeAutoscaling"], {"rename": "enableInTreeAutoScaling"}, "unknown field"),
     "typo in container key": (HEAD_C + ["imagePullPolicy"], {"rename": "imagePullPolicyy"}, "unknown field"),
     "typo in metadata": (["metadata", "labels"], {"rename": "lables"}, "lables: unknown field"),
-    "unknown key under env": (HEAD_C + ["env", 0, "valueFrom", "secretKeyRef", "namespace"], {"value": "x"},
-                              "unknown field"),
-    "rayStartParams value not a string": (["spec", "headGroupSpec", "rayStartParams", "num-cpus"], {"value": 0},
-                                          "is not of type 'string'"),
+    "unknown key under env": (
+        HEAD_C + ["env", 0, "valueFrom", "secretKeyRef", "namespace"],
+        {"value": "x"},
+        "unknown field",
+    ),
+    "rayStartParams value not a string": (
+        ["spec", "headGroupSpec", "rayStartParams", "num-cpus"],
+        {"value": 0},
+        "is not of type 'string'",
+    ),
     "missing groupName": (GPU_GROUP + ["groupName"], {"delete": True}, "'groupName' is a required property"),
-    "bad GPU quantity": (GPU_GROUP + ["template", "spec", "containers", 0, "resources", "limits", "nvidia.com/gpu"],
-                         {"value": "one"}, "does not match"),
+    "bad GPU quantity": (
+        GPU_GROUP + ["template", "spec", "containers", 0, "resources", "limits", "nvidia.com/gpu"],
+        {"value": "one"},
+        "does not match",
+    ),
     "bad auth mode": (["spec", "authOptions", "mode"], {"value": "password"}, "is not one of"),
-    "int32 overflow": (GPU_GROUP + ["maxReplicas"], {"value": 2 ** 31}, "is not a 'int32'"),
+    "int32 overflow": (GPU_GROUP + ["maxReplicas"], {"value": 2**31}, "is not a 'int32'"),
     "replicas as string": (GPU_GROUP + ["replicas"], {"value": "1"}, "is not of type 'integer'"),
-    "duplicate containerPort (list-type map)": (HEAD_C + ["ports", 1, "containerPort"], {"value": 6379},
-                                          "duplicate"),
+    "duplicate containerPort (list-type map)": (HEAD_C + ["ports", 1, "containerPort"], {"value": 6379}, "duplicate"),
     "field behind a CEL rule": (["spec", "managedBy"], {"value": "ray.io/kuberay-operator"}, "CEL"),
     "bad cluster name": (["metadata", "name"], {"value": "Hyper_Nets"}, "does not match"),
 }
@@ -766,12 +946,15 @@ def test_crd_validation_rejects_broken_raycluster(case):
     assert any(expected in p for p in problems), problems
 
 
-@pytest.mark.parametrize("path,how,expected", [
-    (["spec", "entrypoint"], {"rename": "entryPoint"}, "entryPoint: unknown field"),
-    (["spec", "shutdownAfterJobFinishes"], {"value": "yes"}, "is not of type 'boolean'"),
-    (["spec", "rayClusterSpec", "workerGroupSpecs", 0, "minReplica"], {"value": 1}, "unknown field"),
-    (["apiVersion"], {"value": "ray.io/v1alpha2"}, "is not one of"),
-])
+@pytest.mark.parametrize(
+    "path,how,expected",
+    [
+        (["spec", "entrypoint"], {"rename": "entryPoint"}, "entryPoint: unknown field"),
+        (["spec", "shutdownAfterJobFinishes"], {"value": "yes"}, "is not of type 'boolean'"),
+        (["spec", "rayClusterSpec", "workerGroupSpecs", 0, "minReplica"], {"value": 1}, "unknown field"),
+        (["apiVersion"], {"value": "ray.io/v1alpha2"}, "is not one of"),
+    ],
+)
 def test_crd_validation_rejects_broken_rayjob(path, how, expected):
     (doc,) = docs_of_kind("RayJob")
     problems = crd_problems(_mutate(doc, path, **how))
@@ -790,14 +973,19 @@ def test_cluster_rules_reject_missing_gpu_group_and_mixed_env():
     assert any("minReplicas <= replicas <= maxReplicas" in p for p in cluster_rules(name, bounds))
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({"name": "AWS_SECRET_ACCESS_KEY", "value": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, "set inline"),
-    ({"name": "S3_KEY", "value": "AKIAIOSFODNN7EXAMPLE"}, "AWS access key id"),
-    ({"name": "MLFLOW_TRACKING_URI", "value": "http://admin:hunter2@mlflow:5000"}, "URI with a password"),
-    ({"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "AWS_ACCESS_KEY_ID"}}},
-     "does not define"),
-    ({"name": "DB_PASSWORD", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "pw"}}}, "secretKeyRef"),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"name": "AWS_SECRET_ACCESS_KEY", "value": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}, "set inline"),
+        ({"name": "S3_KEY", "value": "AKIAIOSFODNN7EXAMPLE"}, "AWS access key id"),
+        ({"name": "MLFLOW_TRACKING_URI", "value": "http://admin:hunter2@mlflow:5000"}, "URI with a password"),
+        (
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "AWS_ACCESS_KEY_ID"}}},
+            "does not define",
+        ),
+        ({"name": "DB_PASSWORD", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "pw"}}}, "secretKeyRef"),
+    ],
+)
 def test_credential_check_rejects_inline_secrets(env, expected):
     (doc,) = docs_of_kind("RayCluster")
     bad = copy.deepcopy(doc)
@@ -819,20 +1007,31 @@ def test_credential_and_image_checks_reject_secrets_in_args_and_untagged_images(
     assert credential_problems(manifests()["secrets.example.yaml"][0])  # a Secret outside the example
 
 
-@pytest.mark.parametrize("kind,path,value,expected", [
-    ("Deployment", ["spec", "replica"], 1, "replica: unknown field"),
-    ("Deployment", ["spec", "selector", "matchLabels", "app.kubernetes.io/name"], "other", "must match"),
-    ("Deployment", ["spec", "template", "spec", "containers", 0, "readinessProbe", "httpGet", "port"], "web",
-     "no named container port"),
-    ("StatefulSet", ["spec", "serviceName"], "postgres", "is no Service"),
-    ("StatefulSet", ["spec", "volumeClaimTemplates", 0, "spec", "accessMode"], ["ReadWriteOnce"], "unknown field"),
-    ("StatefulSet", ["spec", "template", "spec", "containers", 0, "volumeMounts", 0, "name"], "pgdata",
-     "names no volume"),
-    ("Service", ["spec", "ports", 0, "targetPort"], "https", "no container port"),
-    ("Service", ["spec", "selector"], {"app": "nothing"}, "matches no pod template"),
-    ("Service", ["spec", "ports", 0, "port"], "5000", "is not of type 'integer'"),
-    ("Service", ["metadata", "nam"], "x", "unknown field"),
-])
+@pytest.mark.parametrize(
+    "kind,path,value,expected",
+    [
+        ("Deployment", ["spec", "replica"], 1, "replica: unknown field"),
+        ("Deployment", ["spec", "selector", "matchLabels", "app.kubernetes.io/name"], "other", "must match"),
+        (
+            "Deployment",
+            ["spec", "template", "spec", "containers", 0, "readinessProbe", "httpGet", "port"],
+            "web",
+            "no named container port",
+        ),
+        ("StatefulSet", ["spec", "serviceName"], "postgres", "is no Service"),
+        ("StatefulSet", ["spec", "volumeClaimTemplates", 0, "spec", "accessMode"], ["ReadWriteOnce"], "unknown field"),
+        (
+            "StatefulSet",
+            ["spec", "template", "spec", "containers", 0, "volumeMounts", 0, "name"],
+            "pgdata",
+            "names no volume",
+        ),
+        ("Service", ["spec", "ports", 0, "targetPort"], "https", "no container port"),
+        ("Service", ["spec", "selector"], {"app": "nothing"}, "matches no pod template"),
+        ("Service", ["spec", "ports", 0, "port"], "5000", "is not of type 'integer'"),
+        ("Service", ["metadata", "nam"], "x", "unknown field"),
+    ],
+)
 def test_core_checks_reject_broken_objects(kind, path, value, expected):
     docs = manifests()["mlflow.yaml"]
     index = next(i for i, d in enumerate(docs) if d["kind"] == kind)
@@ -855,18 +1054,28 @@ def test_entrypoint_check_accepts_the_manifest_entrypoint_with_a_valid_job(stand
     assert entrypoint_problems(job["spec"]["entrypoint"], stand_in_repo) == []
 
 
-@pytest.mark.parametrize("entrypoint,expected", [
-    ("hyperctl run /app/jobs/does-not-exist.yaml --set storage=s3://b/p --set tracking.uri=http://mlflow:5000",
-     "does not exist"),
-    ("hyperctl run /app/jobs/quickstart.yaml --set storage=s3://b/p --set tracking.uri=http://mlflow:5000 "
-     "--set model.hyper.embed_sise=4", "unknown key"),
-    ("hyperctl run /app/jobs/quickstart.yaml --set tracking.uri=http://mlflow:5000", "not on S3"),
-    ("hyperctl run /app/jobs/quickstart.yaml --set storage=s3://b/p --set tracking.uri=http://mlflow:5001",
-     "not the MLflow Service"),
-    ("hyperctl run /opt/quickstart.yaml --set storage=s3://b/p", "not a file of jobs/"),
-    ("hyperctl runn /app/jobs/quickstart.yaml", "expected `hyperctl run"),
-    ("hyperctl run /app/jobs/quickstart.yaml --frobnicate", "parser rejects"),
-])
+@pytest.mark.parametrize(
+    "entrypoint,expected",
+    [
+        (
+            "hyperctl run /app/jobs/does-not-exist.yaml --set storage=s3://b/p --set tracking.uri=http://mlflow:5000",
+            "does not exist",
+        ),
+        (
+            "hyperctl run /app/jobs/quickstart.yaml --set storage=s3://b/p --set tracking.uri=http://mlflow:5000 "
+            "--set model.hyper.embed_sise=4",
+            "unknown key",
+        ),
+        ("hyperctl run /app/jobs/quickstart.yaml --set tracking.uri=http://mlflow:5000", "not on S3"),
+        (
+            "hyperctl run /app/jobs/quickstart.yaml --set storage=s3://b/p --set tracking.uri=http://mlflow:5001",
+            "not the MLflow Service",
+        ),
+        ("hyperctl run /opt/quickstart.yaml --set storage=s3://b/p", "not a file of jobs/"),
+        ("hyperctl runn /app/jobs/quickstart.yaml", "expected `hyperctl run"),
+        ("hyperctl run /app/jobs/quickstart.yaml --frobnicate", "parser rejects"),
+    ],
+)
 def test_entrypoint_check_rejects_bad_entrypoints(entrypoint, expected, stand_in_repo, capsys):
     problems = entrypoint_problems(entrypoint, stand_in_repo)
     assert any(expected in p for p in problems), problems
@@ -888,18 +1097,27 @@ def test_mlflow_check_rejects_bad_arguments_and_hosts():
     assert any("s3://" in p for p in mlflow_problems(local, {}, []))
 
 
-@pytest.mark.parametrize("mutate,expected", [
-    (lambda c: c.__setitem__("max_worker", c.pop("max_workers")), "Additional properties"),
-    (lambda c: c["available_node_types"]["ray.worker.gpu"].pop("resources"), "'resources' is a required property"),
-    (lambda c: c["available_node_types"]["ray.worker.gpu"].__setitem__("min_workers", "0"), "is not of type"),
-    (lambda c: c["available_node_types"]["ray.worker.gpu"]["resources"].__setitem__("GPU", 0), "GPU node type"),
-    (lambda c: c.__setitem__("head_node_type", "ray.head.gpu"), "ray up would reject it"),
-    (lambda c: c["worker_start_ray_commands"].__setitem__(1, "ray start --address=$RAY_HEAD_IP:6379"),
-     "RAY_AUTH_MODE=token"),
-    (lambda c: c["setup_commands"].append("export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
-     "AWS-secret-like"),
-    (lambda c: c["setup_commands"].append("cd ~/hypernets && (git pull"), "bash cannot parse"),
-])
+@pytest.mark.parametrize(
+    "mutate,expected",
+    [
+        (lambda c: c.__setitem__("max_worker", c.pop("max_workers")), "Additional properties"),
+        (lambda c: c["available_node_types"]["ray.worker.gpu"].pop("resources"), "'resources' is a required property"),
+        (lambda c: c["available_node_types"]["ray.worker.gpu"].__setitem__("min_workers", "0"), "is not of type"),
+        (lambda c: c["available_node_types"]["ray.worker.gpu"]["resources"].__setitem__("GPU", 0), "GPU node type"),
+        (lambda c: c.__setitem__("head_node_type", "ray.head.gpu"), "ray up would reject it"),
+        (
+            lambda c: c["worker_start_ray_commands"].__setitem__(1, "ray start --address=$RAY_HEAD_IP:6379"),
+            "RAY_AUTH_MODE=token",
+        ),
+        (
+            lambda c: c["setup_commands"].append(
+                "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+            ),
+            "AWS-secret-like",
+        ),
+        (lambda c: c["setup_commands"].append("cd ~/hypernets && (git pull"), "bash cannot parse"),
+    ],
+)
 def test_aws_checks_reject_broken_configs(mutate, expected):
     config = copy.deepcopy(aws_config())
     mutate(config)

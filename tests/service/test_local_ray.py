@@ -6,6 +6,7 @@ campaign's finished trials then keep their CPUs reserved, so later trials wait f
 service's local instance tells its processes its address (RAY_ADDRESS), without changing the
 environment of the process that started it.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,14 +20,21 @@ from service.driver.local import init_ray
 
 pytestmark = pytest.mark.slow
 
-OTHER_INSTANCE = "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); print('up', flush=True); time.sleep(600)"
+OTHER_INSTANCE = (
+    "import ray, time; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+    "print('up', flush=True); time.sleep(600)"
+)
 
 
 def test_state_api_inside_a_local_instance_with_another_instance_running() -> None:
     import ray
 
-    other = subprocess.Popen([sys.executable, "-c", OTHER_INSTANCE], stdout=subprocess.PIPE, text=True,
-                             env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    other = subprocess.Popen(
+        [sys.executable, "-c", OTHER_INSTANCE],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
     try:
         assert other.stdout is not None and other.stdout.readline().strip() == "up"
         before = os.environ.get("RAY_ADDRESS")

@@ -1,6 +1,7 @@
 """The task registry (service/tasks/): nothing outside a task's folder names a task, and a task
 defined anywhere (here: a toy regression inside this test) is a complete task once registered:
 it validates, trains through ``hyperctl submit`` with one Ray Train worker and reaches MLflow."""
+
 from __future__ import annotations
 
 import ast
@@ -16,13 +17,13 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from helpers import ROOT
 from pydantic import Field
 
-from helpers import ROOT
 from service import tasks as registry
 from service.cli import EXIT_OK, main
 from service.io import datacache, storage, tracking
-from service.spec.schema import DataSpec, JobSpec, ModelSpec, TrainSpec
+from service.spec.schema import DataSpec, JobSpec, ModelSpec
 from service.tasks.base import DataFile, Metrics, Task
 from service.worker.worker import Window, Worker, make_optimizer
 
@@ -31,6 +32,7 @@ TASKS_DIR = SERVICE / "tasks"
 
 
 # ---- nothing outside service/tasks/<task>/ names a task -------------------------------------------
+
 
 def _task_words() -> dict[str, str]:
     """Every name a task goes by (its name and aliases) -> the task."""
@@ -43,8 +45,12 @@ def _docstrings(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 found.add(id(body[0].value))
     return found
 
@@ -60,7 +66,7 @@ def _imported_modules(tree: ast.AST, module: str) -> list[tuple[int, str]]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                parts = parts[:len(parts) - node.level + 1]
+                parts = parts[: len(parts) - node.level + 1]
                 base = ".".join(parts + ([node.module] if node.module else []))
             out += [(node.lineno, f"{base}.{a.name}") for a in node.names] + [(node.lineno, base)]
     return out
@@ -127,6 +133,21 @@ def test_the_name_check_finds_a_branch_on_a_task_and_an_import_of_its_module(tmp
     assert any(p.startswith("service/driver/runs.py:") and f"imports service.tasks.{name}" in p for p in found), found
 
 
+def test_a_task_imports_no_other_task() -> None:
+    for name in registry.TASKS:
+        for path in sorted((TASKS_DIR / name).rglob("*.py")):
+            rel = path.relative_to(ROOT)
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            imported = [m for _, m in _imported_modules(tree, ".".join(rel.with_suffix("").parts))]
+            others = [
+                m
+                for m in imported
+                for other in registry.TASKS
+                if other != name and (m == f"service.tasks.{other}" or m.startswith(f"service.tasks.{other}."))
+            ]
+            assert others == [], f"{rel} imports {others}"
+
+
 def test_hypermodels_imports_nothing_of_the_service() -> None:
     for path in sorted((ROOT / "hypermodels").rglob("*.py")):
         rel = path.relative_to(ROOT)
@@ -164,7 +185,6 @@ class ToyJob(JobSpec):
     task: Literal["toy_regression"]
     data: ToyData = ToyData()
     model: ToyModel = ToyModel()
-    train: TrainSpec
 
 
 @dataclass(frozen=True)
@@ -184,8 +204,7 @@ def prepare_toy(spec: ToyJob, cache_root: str) -> PreparedToy:
         g = torch.Generator().manual_seed(spec.train.seed)
         x = torch.randn(spec.data.samples, spec.data.features, generator=g)
         y = x @ torch.arange(1.0, spec.data.features + 1) + 0.01 * torch.randn(spec.data.samples, generator=g)
-        datacache.write_parquet(storage.join(root, "all.parquet"),
-                                pa.table({"x": x.tolist(), "y": y.tolist()}))
+        datacache.write_parquet(storage.join(root, "all.parquet"), pa.table({"x": x.tolist(), "y": y.tolist()}))
         datacache.write_manifest(root, MANIFEST, {"schema_version": 1, "samples": spec.data.samples})
     return PreparedToy(root, content_hash)
 
@@ -201,36 +220,53 @@ def toy_loop(config: dict[str, Any]) -> None:
     pos, _ = w.restore(model, optimizer)
     total = spec.train.max_steps or 1
     w.start(pos, total, model, batches_per_epoch=len(x) // spec.data.batch_size, unit="batches")
+    held_out = len(x) // 4  # the last quarter: the test split
     window = Window()
     while pos.step < total:
-        i = (pos.step * spec.data.batch_size) % (len(x) - spec.data.batch_size)
-        xb, yb = x[i:i + spec.data.batch_size], y[i:i + spec.data.batch_size]
+        i = (pos.step * spec.data.batch_size) % (len(x) - held_out - spec.data.batch_size)
+        xb, yb = x[i : i + spec.data.batch_size], y[i : i + spec.data.batch_size]
         loss_sum = ((model(xb).squeeze(1) - yb) ** 2).sum()
         totals = w.optimize(pos, model, optimizer, loss_sum, len(yb))
         assert totals is not None
         pos.step += 1
         window.add(*totals, 1e-3)
         if pos.step % spec.train.log_every == 0:
-            window = w.log_window(pos, total, window, optimizer, loss=("train_mse", window.mean_loss(), "mse"),
-                                  rate=("samples_per_s", "samples/s"))
+            window = w.log_window(
+                pos,
+                total,
+                window,
+                optimizer,
+                loss=("train_mse", window.mean_loss(), "mse"),
+                rate=("samples_per_s", "samples/s"),
+            )
         if pos.step % spec.train.eval_every == 0 or pos.step == total:
             with torch.no_grad():
                 w.evaluated(pos, "all samples", valid_mse=float(((model(x).squeeze(1) - y) ** 2).mean()))
         if pos.step % spec.train.checkpoint_every == 0 or pos.step == total:
             w.save_checkpoint(pos, model, optimizer, {"data_root": config["data_root"]})
+    if w.tracker is not None:  # rank 0: the final figure
+        with torch.no_grad():
+            w.log(total, test_mse=float(((model(x[-held_out:]).squeeze(1) - y[-held_out:]) ** 2).mean()))
+        w.tracker.flush()
 
 
 def toy_task() -> Task[ToyJob]:
-    return Task(name=TOY, job_class=ToyJob, prepare=prepare_toy, train_loop=toy_loop,
-                data_files=lambda spec: list[DataFile](), source_name=lambda spec: "random numbers",
-                parameter_count=lambda spec: spec.data.features + int(spec.model.bias),
-                metrics=Metrics(valid="valid_mse", test="test_mse", train="train_mse",
-                                reported=("valid_mse", "train_mse")))
+    return Task(
+        name=TOY,
+        job_class=ToyJob,
+        prepare=prepare_toy,
+        train_loop=toy_loop,
+        data_files=lambda spec: list[DataFile](),
+        source_name=lambda spec: "random numbers",
+        parameter_count=lambda spec: spec.data.features + int(spec.model.bias),
+        metrics=Metrics(valid="valid_mse", test="test_mse", train="train_mse", reported=("valid_mse", "train_mse")),
+    )
 
 
 @pytest.mark.slow
 def test_a_task_defined_in_a_test_validates_trains_and_reaches_mlflow(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
     import ray
 
     monkeypatch.setitem(registry.TASKS, TOY, toy_task())
@@ -241,9 +277,14 @@ def test_a_task_defined_in_a_test_validates_trains_and_reaches_mlflow(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    job = {"name": "toy", "task": TOY, "train": {"max_steps": 40, "log_every": 10, "eval_every": 20,
-                                                 "checkpoint_every": 20, "optimizer": {"lr": 0.1}},
-           "resources": {"workers": 1}, "storage": str(tmp_path / "runs"), "tracking": {"experiment": "toy"}}
+    job = {
+        "name": "toy",
+        "task": TOY,
+        "train": {"max_steps": 40, "log_every": 10, "eval_every": 20, "checkpoint_every": 20, "optimizer": {"lr": 0.1}},
+        "resources": {"workers": 1},
+        "storage": str(tmp_path / "runs"),
+        "tracking": {"experiment": "toy"},
+    }
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(job))
 
@@ -266,4 +307,10 @@ def test_a_task_defined_in_a_test_validates_trains_and_reaches_mlflow(
     assert [step for step, _ in curve] == [20, 40]
     assert math.isfinite(curve[-1][1]) and curve[-1][1] < 0.5 * curve[0][1] + 0.1, curve  # it learned
     assert [step for step, _ in tracking.metric_history(uri, runs[0]["run_id"], "train_mse")] == [10, 20, 30, 40]
+    assert runs[0]["metrics"]["test_mse"] < curve[0][1]
+
+    # hyperctl list shows the run with the toy's own metrics (the registry, not a guess).
+    assert main(["list", "--storage", str(tmp_path / "runs")]) == EXIT_OK
+    row = next(line for line in capfd.readouterr().out.splitlines() if runs[0]["run_id"] in line)
+    assert f" {TOY} " in row and " mse " in row and f"{runs[0]['metrics']['test_mse']:9.4f}" in row, row
     assert sys.modules[__name__].toy_loop is toy_loop  # what the workers imported by reference

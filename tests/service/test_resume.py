@@ -5,6 +5,7 @@ a hyper convnet with augmentation).
 Both runs share one local Ray instance (started once for the module). The worker's pid comes from
 Ray's state API (`ray.util.state.list_actors`), not from hooks in the product code.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_job
 
 pytestmark = pytest.mark.slow
@@ -38,11 +38,13 @@ def local_ray():
 def job_spec(tmp: Path, name: str, task: str = "char_lm"):
     from service.spec.loading import validate_job
 
-    raw = tiny_job(tmp, name, max_steps=MAX_STEPS, checkpoint_every=CKPT_EVERY, eval_every=CKPT_EVERY,
-                   log_every=5)
+    raw = tiny_job(tmp, name, max_steps=MAX_STEPS, checkpoint_every=CKPT_EVERY, eval_every=CKPT_EVERY, log_every=5)
     if task == "image_classification":  # a hyper convnet with augmentation: data order and RNG restored too
-        raw.update(task=task, model={"arch": "mnist_convnet", "kernels": "hyper"},
-                   data={"dataset": "mnist-test", "batch_size": 16, "augment": {"pad_crop": 2}})
+        raw.update(
+            task=task,
+            model={"arch": "mnist_convnet", "kernels": "hyper"},
+            data={"dataset": "mnist-test", "batch_size": 16, "augment": {"pad_crop": 2}},
+        )
         raw["train"].pop("eval_max_symbols")
         raw["train"].pop("sample_length")
         return validate_job(raw)
@@ -56,8 +58,10 @@ def alive_train_workers() -> list:
     from ray.util.state import list_actors
 
     # this instance by address: the state API's "auto" refuses when other Ray instances run here
-    return list_actors(address=ray.get_runtime_context().gcs_address,
-                       filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    return list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+    )
 
 
 def kill_after_first_checkpoint(run_dir: Path, record: dict) -> None:
@@ -78,8 +82,10 @@ def histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in client.get_run(run_id).data.metrics}
+    return {
+        key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        for key in client.get_run(run_id).data.metrics
+    }
 
 
 @pytest.mark.parametrize("task", ["char_lm", "image_classification"])
@@ -105,14 +111,17 @@ def test_killed_worker_resumes_exactly(local_ray, tmp_path: Path, task: str) -> 
     assert not record["final_checkpoint_existed"], "the kill came too late to interrupt training"
     from ray.util.state import list_actors
 
-    dead = list_actors(address=local_ray.get_runtime_context().gcs_address,
-                       filters=[("class_name", "=", "RayTrainWorker"), ("pid", "=", record["pid"])])
+    dead = list_actors(
+        address=local_ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("pid", "=", record["pid"])],
+    )
     assert dead and all(a.state == "DEAD" for a in dead)
 
     # One MLflow run for the killed job, finished, with strictly increasing steps and no duplicates.
     client = MlflowClient(tracking_uri=killed.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id],
-                              filter_string="tags.`hyperctl.job` = 'killed'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id], filter_string="tags.`hyperctl.job` = 'killed'"
+    )
     assert [r.info.run_id for r in runs] == [killed.run_id]
     assert runs[0].info.status == "FINISHED"
     got, want = histories(killed.tracking_uri, killed.run_id), histories(baseline.tracking_uri, baseline.run_id)
@@ -127,5 +136,5 @@ def test_killed_worker_resumes_exactly(local_ray, tmp_path: Path, task: str) -> 
     assert set(got) == set(want)
     for key in set(got) - {"tokens_per_s", "images_per_s"}:
         assert [s for s, _ in got[key]] == [s for s, _ in want[key]], key
-        for (step, a), (_, b) in zip(got[key], want[key]):
+        for (step, a), (_, b) in zip(got[key], want[key], strict=True):
             assert a == pytest.approx(b, rel=1e-9, abs=1e-12), f"{key} at step {step}: {a} != {b}"

@@ -1,5 +1,6 @@
 """End to end against a real S3 server (SeaweedFS on 127.0.0.1): corpora read from s3://,
 prepared data, checkpoints and the run's bookkeeping written to s3://, verified object by object."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from helpers import tiny_job
 
 pytestmark = pytest.mark.slow
@@ -37,16 +37,25 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
     env.update(s3_server.env())
-    proc = subprocess.run([sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
-    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
     assert summary["status"] == "FINISHED"
     assert s3_server.secret_key not in output  # credentials are never printed
 
-    objects = {o["Key"]: o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=s3_server.bucket, Prefix=f"{prefix}/runs/") for o in page.get("Contents", [])}
+    objects = {
+        o["Key"]: o["Size"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix=f"{prefix}/runs/")
+        for o in page.get("Contents", [])
+    }
     run = f"{prefix}/runs/s3-e2e"
     # Prepared data (Parquet + vocabulary) cached on S3.
     datasets = [k for k in objects if k.startswith(f"{prefix}/runs/datasets/")]

@@ -1,9 +1,10 @@
 """Every job and campaign shipped in jobs/ validates as it is, and its model builds."""
+
 from __future__ import annotations
 
 import pytest
-
 from helpers import ROOT
+
 from hypermodels import variable_count
 from service.spec.loading import load_job
 from service.tasks import task_of

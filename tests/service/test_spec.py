@@ -3,6 +3,7 @@
 Most cases run ``service.cli.main`` in-process (fast); those marked ``subprocess`` run the
 installed ``hyperctl`` script, as a user would.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,50 +26,142 @@ CORPUS = "data:\n  dataset: null\n  train: {train}\n  valid: {valid}\n"
 
 # (id, job YAML, extra arguments, substrings stderr must contain, how to run)
 CASES = [
-    ("typo-top-level", GOOD + "trian:\n  epochs: 1\n", [],
-     ["trian: unknown key; did you mean 'train'?"], "subprocess"),
-    ("typo-nested", GOOD + "model:\n  hiden_size: 10\n", [],
-     ["model.hiden_size: unknown key; did you mean 'model.hidden_size'?"], "main"),
-    ("wrong-type", GOOD + "model:\n  hidden_size: big\n", [],
-     ["model.hidden_size: Input should be a valid integer", "found 'big'"], "main"),
-    ("negative-size", GOOD + "data:\n  seq_len: -5\n", [],
-     ["data.seq_len: Input should be greater than 0", "found -5"], "main"),
-    ("batch-not-divisible", GOOD + "data:\n  batch_size: 10\nresources:\n  workers: 3\n", [],
-     ["data.batch_size (10) must be divisible by resources.workers (3)"], "main"),
-    ("steps-and-epochs", "name: ok\ntrain:\n  max_steps: 10\n  epochs: 2\n", [],
-     ["train: give exactly one of train.max_steps and train.epochs"], "main"),
-    ("missing-data-file", GOOD + CORPUS.format(train="missing.txt", valid="valid.txt"), [],
-     ["data.train: expected a UTF-8 text file, found nothing at missing.txt"], "subprocess"),
-    ("undecodable-data-file", GOOD + CORPUS.format(train="binary.txt", valid="valid.txt"), [],
-     ["data.train: expected UTF-8 text, found byte 0x8b at offset 1 of binary.txt"], "main"),
-    ("s3-missing-bucket", GOOD + CORPUS.format(train="s3://no-such-bucket/train.txt", valid="valid.txt"), [],
-     ["data.train: expected a readable text file", "bucket 'no-such-bucket' does not exist"], "subprocess"),
-    ("s3-missing-object", GOOD + CORPUS.format(train="train.txt", valid="s3://{bucket}/nothing/valid.txt"), [],
-     ["data.valid: expected a UTF-8 text file, found nothing at s3://{bucket}/nothing/valid.txt"], "main"),
-    ("storage-scheme", GOOD + "storage: gs://bucket/runs\n", [],
-     ["storage: expected a writable local folder or s3://bucket/prefix", "unsupported scheme 'gs://'"], "main"),
-    ("storage-no-bucket", GOOD + "storage: s3://\n", [],
-     ["storage: expected a writable local folder or s3://bucket/prefix", "found no bucket name"], "main"),
-    ("storage-is-a-file", GOOD + "storage: valid.txt\n", [],
-     ["storage: expected a writable local folder", "valid.txt: exists and is not a folder"], "main"),
-    ("tracking-relative-sqlite", GOOD + "tracking:\n  uri: sqlite:///mlflow.db\n", [],
-     ["tracking.uri: expected an absolute sqlite path (sqlite:////absolute/path.db", "'sqlite:///mlflow.db'"], "main"),
-    ("tracking-file-store", GOOD + "tracking:\n  uri: file:///tmp/mlruns\n", [],
-     ["tracking.uri: expected null", "MLflow 3 no longer supports"], "main"),
-    ("too-many-cpus", GOOD + "resources:\n  workers: 2\n  cpus_per_worker: 100000\n", [],
-     ["resources: expected workers x cpus_per_worker <= ", "found 2 x 100000 = 200000"], "main"),
-    ("gpus-without-gpu", GOOD + "resources:\n  gpus_per_worker: 1\n", [],
-     ["resources.gpus_per_worker: expected 0 on a machine without GPUs", "found 1"], "subprocess"),
-    ("not-a-mapping", "- name: ok\n- train: {}\n", [],
-     ["job.yaml: invalid job spec", "expected a mapping of sections", "found list"], "subprocess"),
-    ("yaml-syntax", "name: ok\ntrain: [max_steps: 10\n", [],
-     ["job.yaml: invalid job spec", "not valid YAML"], "main"),
-    ("set-malformed", GOOD, ["--set", "model.hidden_size"],
-     ["--set: invalid job spec", "'model.hidden_size': expected KEY.PATH=VALUE"], "main"),
-    ("set-wrong-value", GOOD, ["--set", "model.hyper.embed_size=0"],
-     ["model.hyper.embed_size: Input should be greater than 0", "found 0"], "main"),
-    ("job-file-missing", None, [],
-     ["job.yaml: invalid job spec", "file not found (expected a job YAML file)"], "main"),
+    ("typo-top-level", GOOD + "trian:\n  epochs: 1\n", [], ["trian: unknown key; did you mean 'train'?"], "subprocess"),
+    (
+        "typo-nested",
+        GOOD + "model:\n  hiden_size: 10\n",
+        [],
+        ["model.hiden_size: unknown key; did you mean 'model.hidden_size'?"],
+        "main",
+    ),
+    (
+        "wrong-type",
+        GOOD + "model:\n  hidden_size: big\n",
+        [],
+        ["model.hidden_size: Input should be a valid integer", "found 'big'"],
+        "main",
+    ),
+    (
+        "negative-size",
+        GOOD + "data:\n  seq_len: -5\n",
+        [],
+        ["data.seq_len: Input should be greater than 0", "found -5"],
+        "main",
+    ),
+    (
+        "batch-not-divisible",
+        GOOD + "data:\n  batch_size: 10\nresources:\n  workers: 3\n",
+        [],
+        ["data.batch_size (10) must be divisible by resources.workers (3)"],
+        "main",
+    ),
+    (
+        "steps-and-epochs",
+        "name: ok\ntrain:\n  max_steps: 10\n  epochs: 2\n",
+        [],
+        ["train: give exactly one of train.max_steps and train.epochs"],
+        "main",
+    ),
+    (
+        "missing-data-file",
+        GOOD + CORPUS.format(train="missing.txt", valid="valid.txt"),
+        [],
+        ["data.train: expected a UTF-8 text file, found nothing at missing.txt"],
+        "subprocess",
+    ),
+    (
+        "undecodable-data-file",
+        GOOD + CORPUS.format(train="binary.txt", valid="valid.txt"),
+        [],
+        ["data.train: expected UTF-8 text, found byte 0x8b at offset 1 of binary.txt"],
+        "main",
+    ),
+    (
+        "s3-missing-bucket",
+        GOOD + CORPUS.format(train="s3://no-such-bucket/train.txt", valid="valid.txt"),
+        [],
+        ["data.train: expected a readable text file", "bucket 'no-such-bucket' does not exist"],
+        "subprocess",
+    ),
+    (
+        "s3-missing-object",
+        GOOD + CORPUS.format(train="train.txt", valid="s3://{bucket}/nothing/valid.txt"),
+        [],
+        ["data.valid: expected a UTF-8 text file, found nothing at s3://{bucket}/nothing/valid.txt"],
+        "main",
+    ),
+    (
+        "storage-scheme",
+        GOOD + "storage: gs://bucket/runs\n",
+        [],
+        ["storage: expected a writable local folder or s3://bucket/prefix", "unsupported scheme 'gs://'"],
+        "main",
+    ),
+    (
+        "storage-no-bucket",
+        GOOD + "storage: s3://\n",
+        [],
+        ["storage: expected a writable local folder or s3://bucket/prefix", "found no bucket name"],
+        "main",
+    ),
+    (
+        "storage-is-a-file",
+        GOOD + "storage: valid.txt\n",
+        [],
+        ["storage: expected a writable local folder", "valid.txt: exists and is not a folder"],
+        "main",
+    ),
+    (
+        "tracking-relative-sqlite",
+        GOOD + "tracking:\n  uri: sqlite:///mlflow.db\n",
+        [],
+        ["tracking.uri: expected an absolute sqlite path (sqlite:////absolute/path.db", "'sqlite:///mlflow.db'"],
+        "main",
+    ),
+    (
+        "tracking-file-store",
+        GOOD + "tracking:\n  uri: file:///tmp/mlruns\n",
+        [],
+        ["tracking.uri: expected null", "MLflow 3 no longer supports"],
+        "main",
+    ),
+    (
+        "too-many-cpus",
+        GOOD + "resources:\n  workers: 2\n  cpus_per_worker: 100000\n",
+        [],
+        ["resources: expected workers x cpus_per_worker <= ", "found 2 x 100000 = 200000"],
+        "main",
+    ),
+    (
+        "gpus-without-gpu",
+        GOOD + "resources:\n  gpus_per_worker: 1\n",
+        [],
+        ["resources.gpus_per_worker: expected 0 on a machine without GPUs", "found 1"],
+        "subprocess",
+    ),
+    (
+        "not-a-mapping",
+        "- name: ok\n- train: {}\n",
+        [],
+        ["job.yaml: invalid job spec", "expected a mapping of sections", "found list"],
+        "subprocess",
+    ),
+    ("yaml-syntax", "name: ok\ntrain: [max_steps: 10\n", [], ["job.yaml: invalid job spec", "not valid YAML"], "main"),
+    (
+        "set-malformed",
+        GOOD,
+        ["--set", "model.hidden_size"],
+        ["--set: invalid job spec", "'model.hidden_size': expected KEY.PATH=VALUE"],
+        "main",
+    ),
+    (
+        "set-wrong-value",
+        GOOD,
+        ["--set", "model.hyper.embed_size=0"],
+        ["model.hyper.embed_size: Input should be greater than 0", "found 0"],
+        "main",
+    ),
+    ("job-file-missing", None, [], ["job.yaml: invalid job spec", "file not found (expected a job YAML file)"], "main"),
 ]
 
 
@@ -91,8 +184,9 @@ def workdir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def hyperctl(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([HYPERCTL, *args], cwd=cwd, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [HYPERCTL, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("case, text, extra, expected, how", CASES, ids=[c[0] for c in CASES])
@@ -117,12 +211,19 @@ def test_bad_job(case, text, extra, expected, how, workdir: Path, s3_env, capsys
 
 
 def test_every_problem_is_listed_at_once(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    (workdir / "job.yaml").write_text(GOOD + CORPUS.format(train="missing.txt", valid="binary.txt")
-                                      + "storage: gs://b/r\ntracking:\n  uri: sqlite:///x.db\n")
+    (workdir / "job.yaml").write_text(
+        GOOD
+        + CORPUS.format(train="missing.txt", valid="binary.txt")
+        + "storage: gs://b/r\ntracking:\n  uri: sqlite:///x.db\n"
+    )
     assert main(["validate", "job.yaml"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert [line.split(":")[0] for line in err.splitlines() if line.startswith("  - ")] == [
-        "  - data.train", "  - data.valid", "  - storage", "  - tracking.uri"]
+        "  - data.train",
+        "  - data.valid",
+        "  - storage",
+        "  - tracking.uri",
+    ]
 
 
 def test_good_job_prints_resolved_spec_and_parameters(workdir: Path) -> None:
@@ -132,9 +233,15 @@ def test_good_job_prints_resolved_spec_and_parameters(workdir: Path) -> None:
     assert result.returncode == EXIT_OK, result.stderr
     assert "# model parameters: 4,923,154 (4.92M)" in result.stdout
     resolved = yaml.safe_load(result.stdout)
-    assert resolved["model"] == {"cell": "hyperlstm", "hidden_size": 1000, "num_layers": 1, "layer_norm": True,
-                                 "hyper": {"hidden_size": 128, "embed_size": 4},
-                                 "dropout": {"input": 0.0, "output": 0.0, "recurrent": 0.0}, "fast": True}
+    assert resolved["model"] == {
+        "cell": "hyperlstm",
+        "hidden_size": 1000,
+        "num_layers": 1,
+        "layer_norm": True,
+        "hyper": {"hidden_size": 128, "embed_size": 4},
+        "dropout": {"input": 0.0, "output": 0.0, "recurrent": 0.0},
+        "fast": True,
+    }
     assert resolved["train"]["max_steps"] == 10 and resolved["storage"] == "./runs"
 
     result = hyperctl(["validate", "job.yaml", "--json", "--set", "model.hyper.embed_size=16"], workdir)
@@ -151,16 +258,16 @@ def test_good_job_on_s3(workdir: Path, s3_prefix: str, s3_env, capsys: pytest.Ca
         storage.write_bytes_atomic(f"{s3_prefix}/{split}.txt", b"some text\n")
     keys = bucket_keys(s3_env)
     corpus = CORPUS.format(train=f"{s3_prefix}/train.txt", valid=f"{s3_prefix}/valid.txt")
-    (workdir / "job.yaml").write_text(GOOD + corpus + f"storage: {s3_prefix}/runs\n"
-                                      "tracking:\n  uri: sqlite:////tmp/mlflow.db\n")
+    (workdir / "job.yaml").write_text(
+        GOOD + corpus + f"storage: {s3_prefix}/runs\ntracking:\n  uri: sqlite:////tmp/mlflow.db\n"
+    )
     assert main(["validate", "job.yaml", "--json"]) == EXIT_OK, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["spec"]["storage"] == f"{s3_prefix}/runs"
     assert bucket_keys(s3_env) == keys
 
 
 def spec(**resources):
-    return validate_job({"name": "r", "train": {"max_steps": 1}, "resources": resources,
-                         "data": {"batch_size": 12}})
+    return validate_job({"name": "r", "train": {"max_steps": 1}, "resources": resources, "data": {"batch_size": 12}})
 
 
 def test_cluster_resources_passed_in(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,29 +300,56 @@ def test_task_schemas_and_their_errors() -> None:
     base = {"name": "t", "train": {"max_steps": 1}}
     assert isinstance(validate_job(base), CharLMJob)
     assert isinstance(validate_job({**base, "task": "image_classification"}), ImageJob)
-    translation = validate_job({**base, "task": "translation", "search": {
-        "space": {"model.hyper.embed_size": {"grid": [8, 32]}}, "scheduler": "none"}})
+    translation = validate_job(
+        {
+            **base,
+            "task": "translation",
+            "search": {"space": {"model.hyper.embed_size": {"grid": [8, 32]}}, "scheduler": "none"},
+        }
+    )
     assert isinstance(translation, TranslationJob)
     assert (translation.search.metric, translation.search.mode) == ("valid_bleu", "max")
     cases = [
-        ({"task": "image_clasification"}, "task: expected one of char_lm, image_classification, translation, found "
-                                          "'image_clasification'; did you mean 'image_classification'?"),
+        (
+            {"task": "image_clasification"},
+            "task: expected one of char_lm, image_classification, translation, found "
+            "'image_clasification'; did you mean 'image_classification'?",
+        ),
         ({"task": "translaton"}, "did you mean 'translation'?"),
         ({"task": "nm"}, "did you mean 'translation'?"),  # close to the old name: the new one is suggested
-        ({"task": "image_classification", "model": {"kernel": "hyper"}}, "model.kernel: unknown key; did you mean 'model.kernels'?"),
+        (
+            {"task": "image_classification", "model": {"kernel": "hyper"}},
+            "model.kernel: unknown key; did you mean 'model.kernels'?",
+        ),
         ({"task": "image_classification", "model": {"arch": "wide_resnet", "depth": 41}}, "depth must be 6n+4"),
-        ({"task": "translation", "data": {"dataset": None, "train": {"src": "a.en"}, "valid": {"tsv": "v.tsv"}}},
-         "data.train: src and tgt must both name a file"),
-        ({"task": "translation", "model": {"cell": "gru"}}, "model.cell: Input should be 'hyperlstm', 'lstm' or 'ln_lstm'"),
+        (
+            {"task": "translation", "data": {"dataset": None, "train": {"src": "a.en"}, "valid": {"tsv": "v.tsv"}}},
+            "data.train: src and tgt must both name a file",
+        ),
+        (
+            {"task": "translation", "model": {"cell": "gru"}},
+            "model.cell: Input should be 'hyperlstm', 'lstm' or 'ln_lstm'",
+        ),
         # The char LM's own training keys belong to its job only.
-        ({"task": "image_classification", "train": {"max_steps": 1, "sample_length": 10}},
-         "train.sample_length: unknown key"),
-        ({"task": "translation", "train": {"max_steps": 1, "eval_max_symbols": 10}},
-         "train.eval_max_symbols: unknown key"),
-        ({"task": "image_classification", "search": {"metric": "valid_bpc", "space": {"model.hyper.embed_size": {"grid": [2, 4]}}}},
-         "search.metric: 'valid_bpc' is not reported to the tuner by task image_classification"),
-        ({"model": {"hyper": {"embed_size": 4}}, "search": {"space": {"model.kernels": {"grid": ["plain"]}}}},
-         "search.space.model.kernels: names no spec field"),
+        (
+            {"task": "image_classification", "train": {"max_steps": 1, "sample_length": 10}},
+            "train.sample_length: unknown key",
+        ),
+        (
+            {"task": "translation", "train": {"max_steps": 1, "eval_max_symbols": 10}},
+            "train.eval_max_symbols: unknown key",
+        ),
+        (
+            {
+                "task": "image_classification",
+                "search": {"metric": "valid_bpc", "space": {"model.hyper.embed_size": {"grid": [2, 4]}}},
+            },
+            "search.metric: 'valid_bpc' is not reported to the tuner by task image_classification",
+        ),
+        (
+            {"model": {"hyper": {"embed_size": 4}}, "search": {"space": {"model.kernels": {"grid": ["plain"]}}}},
+            "search.space.model.kernels: names no spec field",
+        ),
     ]
     for extra, expected in cases:
         with pytest.raises(JobSpecError) as err:
@@ -225,8 +359,9 @@ def test_task_schemas_and_their_errors() -> None:
     assert build_model(reference, 50).rnn.fast is False and build_model(validate_job(base), 50).rnn.fast is True
 
 
-def test_the_old_task_name_is_read_with_a_deprecation_warning(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_the_old_task_name_is_read_with_a_deprecation_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     """``task: nmt`` (before the registry) still reads, as ``translation``, and says so once."""
     from service.tasks.translation.spec import TranslationJob
 
@@ -234,12 +369,15 @@ def test_the_old_task_name_is_read_with_a_deprecation_warning(tmp_path: Path, ca
         spec = validate_job({"name": "t", "task": "nmt", "train": {"max_steps": 1}})
     assert isinstance(spec, TranslationJob) and spec.task == "translation"
     assert [r.getMessage() for r in caplog.records] == [
-        "job: task: 'nmt' is deprecated, write task: 'translation' (it is read as 'translation')"]
+        "job: task: 'nmt' is deprecated, write task: 'translation' (it is read as 'translation')"
+    ]
     job = tmp_path / "old.yaml"
     job.write_text(yaml.safe_dump({"name": "t", "task": "nmt", "train": {"max_steps": 1}}))
     capsys.readouterr()
     assert main(["validate", str(job)]) == EXIT_OK
     captured = capsys.readouterr()
-    assert captured.err == f"warning: {job}: task: 'nmt' is deprecated, write task: 'translation' (it is read as " \
-                           f"'translation')\n"
+    assert (
+        captured.err == f"warning: {job}: task: 'nmt' is deprecated, write task: 'translation' (it is read as "
+        f"'translation')\n"
+    )
     assert "task: translation" in captured.out

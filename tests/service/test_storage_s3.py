@@ -1,4 +1,5 @@
 """service.storage against the local disk and a real S3 server (SeaweedFS, see conftest.py)."""
+
 from __future__ import annotations
 
 import os
@@ -47,13 +48,16 @@ def test_join() -> None:
     assert storage.join("/data", "x", "y.json") == "/data/x/y.json"
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("s3://", "no bucket name"),
-    ("s3:///key", "no bucket name"),
-    ("gs://bucket/x", "unsupported scheme 'gs://'"),
-    ("http://host/x", "unsupported scheme 'http://'"),
-    ("", "empty URI"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("s3://", "no bucket name"),
+        ("s3:///key", "no bucket name"),
+        ("gs://bucket/x", "unsupported scheme 'gs://'"),
+        ("http://host/x", "unsupported scheme 'http://'"),
+        ("", "empty URI"),
+    ],
+)
 def test_malformed_uris(uri: str, message: str) -> None:
     with pytest.raises(StorageError, match=message):
         storage.filesystem_for(uri)

@@ -4,6 +4,7 @@
   :class:`hypermodels.CharLM` a job describes; :mod:`.loop`: the Ray Train worker loop and the
   run's artifacts (sample text, learning curve, weight-scaling plot).
 """
+
 from __future__ import annotations
 
 from ..base import Metrics, SummaryAxis, Task

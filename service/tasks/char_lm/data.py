@@ -11,6 +11,7 @@ would be meaningless.
 The built-in ``ptb-char`` is the vendored character-level Penn Treebank (``data/ptb-char``, see its
 PROVENANCE.md); the project's shared data folder is the fallback.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -57,10 +58,10 @@ def load_ptb_char(split: str, root: str | Path | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class PreparedText:
-    root: str          # URI of the folder holding train.parquet, valid.parquet, [test.parquet], vocab.json
-    vocab: list[str]   # symbols; id = index
+    root: str  # URI of the folder holding train.parquet, valid.parquet, [test.parquet], vocab.json
+    vocab: list[str]  # symbols; id = index
     content_hash: str
-    ptb_format: bool   # True when '_' means a space (for readable samples)
+    ptb_format: bool  # True when '_' means a space (for readable samples)
     manifest: str = VOCAB_FILE
 
     def summary(self) -> str:
@@ -105,9 +106,13 @@ def _decode(spec: CharLMJob, split: str, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise JobSpecError(f"job {spec.name!r}", [
-            f"data.{split}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} at offset {e.start} "
-            f"of {_corpus_uri(spec, split)} that is not valid UTF-8"]) from None
+        raise JobSpecError(
+            f"job {spec.name!r}",
+            [
+                f"data.{split}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} at offset {e.start} "
+                f"of {_corpus_uri(spec, split)} that is not valid UTF-8"
+            ],
+        ) from None
 
 
 def _sources(spec: CharLMJob) -> tuple[str, bool, str, dict[str, list[str]] | None, dict[str, bytes]]:
@@ -145,14 +150,24 @@ def prepare_text(spec: CharLMJob, cache_root: str) -> PreparedText:
     for split, syms in symbols.items():
         unknown = sorted(set(syms) - set(vocab.symbols))
         if unknown:
-            raise JobSpecError(f"job {spec.name!r}", [
-                f"data.{split}: every symbol must occur in data.train (the vocabulary is built from it), "
-                f"found {len(unknown)} that do not, e.g. {unknown[:5]} in {getattr(spec.data, split)}"])
+            raise JobSpecError(
+                f"job {spec.name!r}",
+                [
+                    f"data.{split}: every symbol must occur in data.train (the vocabulary is built from it), "
+                    f"found {len(unknown)} that do not, e.g. {unknown[:5]} in {getattr(spec.data, split)}"
+                ],
+            )
     for split, syms in symbols.items():
         ids = pa.array(vocab.encode(syms), type=pa.int32())
         datacache.write_parquet(storage.join(root, f"{split}.parquet"), pa.table({COLUMN: ids}))
-    meta = {"schema_version": SCHEMA_VERSION, "content_hash": content_hash, "ptb_format": ptb_format,
-            "name": name, "splits": {split: len(syms) for split, syms in symbols.items()}, "symbols": vocab.symbols}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "content_hash": content_hash,
+        "ptb_format": ptb_format,
+        "name": name,
+        "splits": {split: len(syms) for split, syms in symbols.items()},
+        "symbols": vocab.symbols,
+    }
     datacache.write_manifest(root, VOCAB_FILE, meta)
     return PreparedText(root, vocab.symbols, content_hash, ptb_format)
 
@@ -174,5 +189,14 @@ def load_split(prepared: PreparedText, split: str) -> torch.Tensor:
     return torch.from_numpy(table.column(COLUMN).to_numpy().astype("int64"))
 
 
-__all__ = ["PTB_CHAR_DIRS", "PreparedText", "SCHEMA_VERSION", "data_files", "load_prepared", "load_ptb_char",
-           "load_split", "prepare_text", "source_name"]
+__all__ = [
+    "PTB_CHAR_DIRS",
+    "PreparedText",
+    "SCHEMA_VERSION",
+    "data_files",
+    "load_prepared",
+    "load_ptb_char",
+    "load_split",
+    "prepare_text",
+    "source_name",
+]

@@ -12,6 +12,7 @@ Data layout: the training ids are cut into ``data.batch_size`` contiguous stream
 is the segment's index); the recurrent state is carried from segment to segment (detached:
 truncated BPTT) and reset when the epoch wraps.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hypermodels import CharLM, CharVocab, bits_per_char, detach_state, stream_batches
+from hypermodels import CharLM, CharVocab, HyperLSTM, bits_per_char, detach_state, stream_batches
 
 from ...io.tracking import MetricBuffer
 from ...worker import plots
@@ -55,10 +56,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     b = B // world
     inputs, targets = stream_batches(train_ids, B, pad_id=PAD)
-    inputs = inputs[:, rank * b:(rank + 1) * b].contiguous().to(device)
-    targets = targets[:, rank * b:(rank + 1) * b].contiguous().to(device)
+    inputs = inputs[:, rank * b : (rank + 1) * b].contiguous().to(device)
+    targets = targets[:, rank * b : (rank + 1) * b].contiguous().to(device)
     segments_per_epoch = math.ceil(inputs.shape[0] / T)
-    total_steps = tr.max_steps or tr.epochs * segments_per_epoch
+    total_steps = tr.total_steps(segments_per_epoch)
 
     pos, state = w.restore(model, optimizer)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
@@ -67,7 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def evaluate(ids: torch.Tensor, cap: int | None = None) -> tuple[float, int]:
         """Bits per character on rank 0's unwrapped model, broadcast to every rank."""
-        ids = ids[:cap + 1] if cap else ids
+        ids = ids[: cap + 1] if cap else ids
         value = bits_per_char(model, ids, batch_size=spec.data.eval_batch_size, seq_len=T) if rank == 0 else 0.0
         return w.broadcast(value), ids.numel() - 1
 
@@ -78,13 +79,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if pos.batch == segments_per_epoch:  # epoch wrap: start the streams again from zero state
             pos.epoch, pos.batch, state = pos.epoch + 1, 0, None
         t0 = time.perf_counter()
-        x = inputs[pos.batch * T:(pos.batch + 1) * T]
-        y = targets[pos.batch * T:(pos.batch + 1) * T]
+        x = inputs[pos.batch * T : (pos.batch + 1) * T]
+        y = targets[pos.batch * T : (pos.batch + 1) * T]
 
         logits, state = ddp(x, state)
         state = detach_state(state)
-        loss_sum = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), ignore_index=PAD,
-                                   reduction="sum")
+        loss_sum = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), ignore_index=PAD, reduction="sum")
         totals = w.optimize(pos, model, optimizer, loss_sum, int((y != PAD).sum()))
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return
@@ -92,8 +92,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window.add(*totals, time.perf_counter() - t0)
 
         if pos.step % tr.log_every == 0 or pos.step == total_steps:
-            window = w.log_window(pos, total_steps, window, optimizer,
-                                  loss=("train_bpc", window.mean_loss() / math.log(2), "bpc"), rate=("tokens_per_s", "tok/s"))
+            window = w.log_window(
+                pos,
+                total_steps,
+                window,
+                optimizer,
+                loss=("train_bpc", window.mean_loss() / math.log(2), "bpc"),
+                rate=("tokens_per_s", "tok/s"),
+            )
 
         if pos.step % tr.eval_every == 0 and pos.step < total_steps:
             valid_bpc, symbols = evaluate(valid_ids, tr.eval_max_symbols)
@@ -108,8 +114,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     final_valid = bits_per_char(model, valid_ids, batch_size=spec.data.eval_batch_size, seq_len=T)
     final = {"valid_bpc": final_valid, "final_valid_bpc": final_valid}
     if prepared.has_split("test"):
-        final["test_bpc"] = bits_per_char(model, load_split(prepared, "test"),
-                                          batch_size=spec.data.eval_batch_size, seq_len=T)
+        final["test_bpc"] = bits_per_char(
+            model, load_split(prepared, "test"), batch_size=spec.data.eval_batch_size, seq_len=T
+        )
     w.log(total_steps, **final)
     assert w.tracker is not None
     w.tracker.flush()
@@ -117,38 +124,51 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finish_artifacts(spec, model, prepared, valid_ids, w.tracker)
 
 
-def finish_artifacts(spec: CharLMJob, model: CharLM, prepared: PreparedText, valid_ids: torch.Tensor,
-                     tracker: MetricBuffer) -> None:
+def finish_artifacts(
+    spec: CharLMJob, model: CharLM, prepared: PreparedText, valid_ids: torch.Tensor, tracker: MetricBuffer
+) -> None:
     """Final model, sampled text, learning curve and (HyperLSTM) weight-scaling plot."""
     vocab = CharVocab(prepared.vocab)
     model.eval()
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "spec": spec.model_dump(mode="json"), "vocab": list(prepared.vocab)},
-                   tmp_path / "model.pt")
+        torch.save(
+            {
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "spec": spec.model_dump(mode="json"),
+                "vocab": list(prepared.vocab),
+            },
+            tmp_path / "model.pt",
+        )
         tracker.log_artifact(str(tmp_path / "model.pt"), "model")
 
         if spec.train.sample_length:
-            prime = valid_ids[:min(40, valid_ids.numel())].tolist()
+            prime = valid_ids[: min(40, valid_ids.numel())].tolist()
             generator = torch.Generator().manual_seed(spec.train.seed)
             sampled = model.sample(prime, spec.train.sample_length, generator=generator)
-            text = (f"prime ({len(prime)} symbols from the validation split):\n"
-                    f"{vocab.to_text(prime, prepared.ptb_format)}\n\n"
-                    f"sample ({len(sampled)} symbols, temperature 1):\n{vocab.to_text(sampled, prepared.ptb_format)}\n")
+            text = (
+                f"prime ({len(prime)} symbols from the validation split):\n"
+                f"{vocab.to_text(prime, prepared.ptb_format)}\n\n"
+                f"sample ({len(sampled)} symbols, temperature 1):\n{vocab.to_text(sampled, prepared.ptb_format)}\n"
+            )
             tracker.log_text(text, "sample.txt")
 
-        plots.learning_curve(tracker.history("train_bpc"), tracker.history("valid_bpc"),
-                             str(tmp_path / "learning_curve.png"), title=spec.name)
+        plots.learning_curve(
+            tracker.history("train_bpc"),
+            tracker.history("valid_bpc"),
+            str(tmp_path / "learning_curve.png"),
+            title=spec.name,
+        )
         tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
 
-        if spec.model.cell == "hyperlstm":
-            snippet = valid_ids[:min(120, valid_ids.numel())]
+        if isinstance(model.rnn, HyperLSTM):
+            snippet = valid_ids[: min(120, valid_ids.numel())]
             device = model.decoder.weight.device
             x = F.one_hot(snippet.to(device), len(prepared.vocab)).to(model.decoder.weight.dtype).unsqueeze(1)
             d_h, d_x = model.rnn.scaling_vectors(x)
-            plots.scaling_vectors(d_h.cpu(), d_x.cpu(), vocab.decode(snippet.tolist()),
-                                  str(tmp_path / "scaling_vectors.png"))
+            plots.scaling_vectors(
+                d_h.cpu(), d_x.cpu(), vocab.decode(snippet.tolist()), str(tmp_path / "scaling_vectors.png")
+            )
             tracker.log_artifact(str(tmp_path / "scaling_vectors.png"), "plots")
 
 

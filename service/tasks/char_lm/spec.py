@@ -1,5 +1,6 @@
 """The job of ``task: char_lm``: a character-level language model (paper §4.1-4.2) on PTB char or
 any text corpus."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -16,13 +17,15 @@ class CharLMDataSpec(DataSpec):
     """Where the text comes from and how it is cut into training batches."""
 
     dataset: Literal["ptb-char"] | None = Field(
-        "ptb-char", description="built-in data set; null to read train/valid/test from paths or s3:// URIs")
+        "ptb-char", description="built-in data set; null to read train/valid/test from paths or s3:// URIs"
+    )
     train: str | None = Field(None, description="plain-text training corpus: a path or s3:// URI")
     valid: str | None = Field(None, description="plain-text validation corpus: a path or s3:// URI")
     test: str | None = Field(None, description="plain-text test corpus (optional): a path or s3:// URI")
     format: Literal["ptb-char", "chars"] = Field(
-        "chars", description="how user corpora are split into symbols: every character, or PTB's space-separated "
-                             "symbols")
+        "chars",
+        description="how user corpora are split into symbols: every character, or PTB's space-separated symbols",
+    )
     seq_len: int = Field(100, gt=0, description="truncated-BPTT segment length")
     batch_size: int = Field(128, gt=0, description="global batch (streams), split evenly across workers")
     eval_batch_size: int = Field(16, gt=0, description="streams used to evaluate a whole split")
@@ -49,15 +52,19 @@ class CharLMModelSpec(ModelSpec):
     layer_norm: bool = Field(True, description="HyperLSTM only: layer norm in both cells")
     hyper: HyperSpec = HyperSpec()
     dropout: CharLMDropoutSpec = CharLMDropoutSpec()
-    fast: bool = Field(True, description="HyperLSTM only: the fast path (hand-written BPTT, fused kernels); false "
-                                         "runs the reference step-by-step implementation (same numbers, slower)")
+    fast: bool = Field(
+        True,
+        description="HyperLSTM only: the fast path (hand-written BPTT, fused kernels); false "
+        "runs the reference step-by-step implementation (same numbers, slower)",
+    )
 
 
 class CharLMTrainSpec(TrainSpec):
     """The shared training settings plus the language model's own."""
 
     eval_max_symbols: int | None = Field(
-        None, gt=0, description="cap on validation symbols per periodic pass (the final pass is always whole)")
+        None, gt=0, description="cap on validation symbols per periodic pass (the final pass is always whole)"
+    )
     sample_length: int = Field(300, ge=0, description="characters sampled into the run's artifacts at the end")
 
 

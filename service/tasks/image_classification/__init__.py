@@ -5,6 +5,7 @@
   :mod:`.model`: the convnet a job describes and its parameter counts; :mod:`.loop`: the Ray Train
   worker loop and the run's artifacts; :mod:`.plots`: the generated kernels as a picture.
 """
+
 from __future__ import annotations
 
 from ..base import Metrics, SummaryAxis, Task
@@ -21,8 +22,9 @@ TASK: Task[ImageJob] = Task(
     data_files=data_files,
     source_name=source_name,
     parameter_count=parameter_count,
-    metrics=Metrics(valid="valid_error", test="test_error", train="train_loss",
-                    reported=("valid_error", "valid_loss", "train_loss")),
+    metrics=Metrics(
+        valid="valid_error", test="test_error", train="train_loss", reported=("valid_error", "valid_loss", "train_loss")
+    ),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
 )
 

@@ -9,6 +9,7 @@ As for text, ``images.json`` is written last and marks the folder complete; ever
 atomically. The validation split is ``data.valid_fraction`` of the training images, chosen with a
 fixed seed (part of the content hash), so every run of the same data validates on the same images.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,17 +43,19 @@ VALID_SEED = 1234
 class PreparedImages:
     root: str
     content_hash: str
-    shape: tuple[int, int, int]      # (channels, height, width)
+    shape: tuple[int, int, int]  # (channels, height, width)
     num_classes: int
     counts: dict[str, int]
-    mean: list[float]                # per channel, of the training split, pixels scaled to [0, 1]
+    mean: list[float]  # per channel, of the training split, pixels scaled to [0, 1]
     std: list[float]
     manifest: str = MANIFEST
 
     def summary(self) -> str:
         c, h, w = self.shape
-        return (f"{self.counts['train']:,} train / {self.counts['valid']:,} valid / {self.counts['test']:,} test "
-                f"images {c}x{h}x{w}, {self.num_classes} classes, hash {self.content_hash[:12]}")
+        return (
+            f"{self.counts['train']:,} train / {self.counts['valid']:,} valid / {self.counts['test']:,} test "
+            f"images {c}x{h}x{w}, {self.num_classes} classes, hash {self.content_hash[:12]}"
+        )
 
 
 def data_files(spec: ImageJob) -> list[DataFile]:
@@ -62,8 +65,10 @@ def data_files(spec: ImageJob) -> list[DataFile]:
         return []
     if d.format == "cifar10":
         assert d.cifar10 is not None
-        return [DataFile("data.cifar10", storage.join(d.cifar10, name), False)
-                for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]]
+        return [
+            DataFile("data.cifar10", storage.join(d.cifar10, name), False)
+            for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        ]
     return [DataFile(f"data.{k}", getattr(d, k), False) for k in IDX_FIELDS]
 
 
@@ -77,14 +82,20 @@ def parse_idx(raw: bytes, field: str, uri: str, images: bool) -> np.ndarray:
     want = 3 if images else 1
     if len(raw) < 4 + 4 * want or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != want:
         found = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
-        raise data_error(field, f"expected an idx {'images (magic 00000803)' if images else 'labels (magic 00000801)'} "
-                          f"file of unsigned bytes, found header {found} in {uri}")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(want)]
-    body = raw[4 + 4 * want:]
+        raise data_error(
+            field,
+            f"expected an idx {'images (magic 00000803)' if images else 'labels (magic 00000801)'} "
+            f"file of unsigned bytes, found header {found} in {uri}",
+        )
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(want)]
+    body = raw[4 + 4 * want :]
     expected = int(np.prod(dims))
     if len(body) != expected:
-        raise data_error(field, f"{uri}: header says {'x'.join(map(str, dims))} = {expected:,} bytes of data, "
-                          f"found {len(body):,} (truncated or not an idx file)")
+        raise data_error(
+            field,
+            f"{uri}: header says {'x'.join(map(str, dims))} = {expected:,} bytes of data, "
+            f"found {len(body):,} (truncated or not an idx file)",
+        )
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
@@ -92,8 +103,11 @@ def _idx_pair(images_field: str, images_uri: str, labels_field: str, labels_uri:
     x = parse_idx(read_data_file(images_field, images_uri), images_field, images_uri, images=True)
     y = parse_idx(read_data_file(labels_field, labels_uri), labels_field, labels_uri, images=False)
     if len(x) != len(y):
-        raise data_error(labels_field, f"{labels_uri} has {len(y):,} labels but {images_uri} ({images_field}) has "
-                                 f"{len(x):,} images: they must be aligned")
+        raise data_error(
+            labels_field,
+            f"{labels_uri} has {len(y):,} labels but {images_uri} ({images_field}) has "
+            f"{len(x):,} images: they must be aligned",
+        )
     return x[:, None], y  # channel-first (N, 1, H, W)
 
 
@@ -107,8 +121,11 @@ def _cifar10(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         except JobSpecError:
             raise
         except Exception as e:  # noqa: BLE001 - any unpickling / shape problem
-            raise data_error("data.cifar10", f"{uri}: expected a CIFAR-10 python batch (dict with data 10000x3072, "
-                                       f"labels), found a problem: {type(e).__name__}: {e}") from None
+            raise data_error(
+                "data.cifar10",
+                f"{uri}: expected a CIFAR-10 python batch (dict with data 10000x3072, "
+                f"labels), found a problem: {type(e).__name__}: {e}",
+            ) from None
         return x, y
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
@@ -122,25 +139,37 @@ def _fashion_mnist_dir() -> str:
     for folder in candidates:
         if Path(folder, "train-images-idx3-ubyte.gz").is_file():
             return folder
-    raise data_error("data.dataset", f"fashion-mnist: expected its idx files in {' or '.join(candidates)}, found "
-                                     "none; install them with `apt-get install dataset-fashion-mnist` (Debian) or "
-                                     "point FASHION_MNIST_DIR at a folder holding train-images-idx3-ubyte.gz etc.")
+    raise data_error(
+        "data.dataset",
+        f"fashion-mnist: expected its idx files in {' or '.join(candidates)}, found "
+        "none; install them with `apt-get install dataset-fashion-mnist` (Debian) or "
+        "point FASHION_MNIST_DIR at a folder holding train-images-idx3-ubyte.gz etc.",
+    )
 
 
 def load_arrays(spec: ImageJob) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(name, {"train": (x, y), "test": (x, y)}) with x (N, C, H, W) uint8, y (N,) uint8."""
     d = spec.data
     if d.dataset == "mnist-test":
-        x, y = _idx_pair("data.dataset", str(MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
-                         "data.dataset", str(MNIST_DIR / "t10k-labels-idx1-ubyte.gz"))
+        x, y = _idx_pair(
+            "data.dataset",
+            str(MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
+            "data.dataset",
+            str(MNIST_DIR / "t10k-labels-idx1-ubyte.gz"),
+        )
         n = MNIST_TEST_TRAIN
         return "mnist-test", {"train": (x[:n], y[:n]), "test": (x[n:], y[n:])}
     if d.dataset == "fashion-mnist":
         folder = _fashion_mnist_dir()
-        train = _idx_pair("data.dataset", f"{folder}/train-images-idx3-ubyte.gz",
-                          "data.dataset", f"{folder}/train-labels-idx1-ubyte.gz")
-        test = _idx_pair("data.dataset", f"{folder}/t10k-images-idx3-ubyte.gz",
-                         "data.dataset", f"{folder}/t10k-labels-idx1-ubyte.gz")
+        train = _idx_pair(
+            "data.dataset",
+            f"{folder}/train-images-idx3-ubyte.gz",
+            "data.dataset",
+            f"{folder}/train-labels-idx1-ubyte.gz",
+        )
+        test = _idx_pair(
+            "data.dataset", f"{folder}/t10k-images-idx3-ubyte.gz", "data.dataset", f"{folder}/t10k-labels-idx1-ubyte.gz"
+        )
         return "fashion-mnist", {"train": train, "test": test}
     if d.format == "cifar10":
         assert d.cifar10 is not None
@@ -150,8 +179,11 @@ def load_arrays(spec: ImageJob) -> tuple[str, dict[str, tuple[np.ndarray, np.nda
     train = _idx_pair("data.train_images", d.train_images, "data.train_labels", d.train_labels)
     test = _idx_pair("data.test_images", d.test_images, "data.test_labels", d.test_labels)
     if train[0].shape[1:] != test[0].shape[1:]:
-        raise data_error("data.test_images", f"images are {'x'.join(map(str, test[0].shape[2:]))}, the training images "
-                                       f"{'x'.join(map(str, train[0].shape[2:]))}: they must have the same size")
+        raise data_error(
+            "data.test_images",
+            f"images are {'x'.join(map(str, test[0].shape[2:]))}, the training images "
+            f"{'x'.join(map(str, train[0].shape[2:]))}: they must have the same size",
+        )
     return "idx", {"train": train, "test": test}
 
 
@@ -164,8 +196,9 @@ def _table(x: np.ndarray, y: np.ndarray) -> pa.Table:
 def prepare_images(spec: ImageJob, cache_root: str) -> PreparedImages:
     """The prepared form of ``spec.data`` under ``cache_root`` (local or s3://), built if missing."""
     name, arrays = load_arrays(spec)
-    h = hashlib.sha256(f"schema={SCHEMA_VERSION}\nvalid_fraction={spec.data.valid_fraction}\n"
-                       f"valid_seed={VALID_SEED}\n".encode())
+    h = hashlib.sha256(
+        f"schema={SCHEMA_VERSION}\nvalid_fraction={spec.data.valid_fraction}\nvalid_seed={VALID_SEED}\n".encode()
+    )
     for split, (x, y) in arrays.items():
         h.update(f"{split} {x.shape} {y.shape}\n".encode() + x.tobytes() + y.tobytes())
     content_hash = h.hexdigest()
@@ -177,26 +210,43 @@ def prepare_images(spec: ImageJob, cache_root: str) -> PreparedImages:
     order = np.random.default_rng(VALID_SEED).permutation(len(train_x))
     n_valid = max(1, int(round(len(train_x) * spec.data.valid_fraction)))
     valid_idx, train_idx = np.sort(order[:n_valid]), np.sort(order[n_valid:])
-    splits = {"train": (train_x[train_idx], train_y[train_idx]), "valid": (train_x[valid_idx], train_y[valid_idx]),
-              "test": arrays["test"]}
+    splits = {
+        "train": (train_x[train_idx], train_y[train_idx]),
+        "valid": (train_x[valid_idx], train_y[valid_idx]),
+        "test": arrays["test"],
+    }
     num_classes = int(max(int(y.max()) for _, y in splits.values())) + 1
     pixels = splits["train"][0].astype(np.float64) / 255.0
     mean = pixels.mean(axis=(0, 2, 3)).tolist()
     std = pixels.std(axis=(0, 2, 3)).tolist()
     for split, (x, y) in splits.items():
         datacache.write_parquet(storage.join(root, f"{split}.parquet"), _table(x, y))
-    meta = {"schema_version": SCHEMA_VERSION, "content_hash": content_hash, "name": name,
-            "shape": list(train_x.shape[1:]), "num_classes": num_classes,
-            "counts": {split: int(len(y)) for split, (_, y) in splits.items()}, "mean": mean, "std": std,
-            "valid": f"{n_valid} of the {len(train_x)} training images, seed {VALID_SEED}"}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "content_hash": content_hash,
+        "name": name,
+        "shape": list(train_x.shape[1:]),
+        "num_classes": num_classes,
+        "counts": {split: int(len(y)) for split, (_, y) in splits.items()},
+        "mean": mean,
+        "std": std,
+        "valid": f"{n_valid} of the {len(train_x)} training images, seed {VALID_SEED}",
+    }
     datacache.write_manifest(root, MANIFEST, meta)
     return load_prepared(root)
 
 
 def load_prepared(root: str) -> PreparedImages:
     meta = datacache.read_manifest(root, MANIFEST, SCHEMA_VERSION, "image")
-    return PreparedImages(root, meta["content_hash"], tuple(meta["shape"]), int(meta["num_classes"]),
-                          dict(meta["counts"]), list(meta["mean"]), list(meta["std"]))
+    return PreparedImages(
+        root,
+        meta["content_hash"],
+        tuple(meta["shape"]),
+        int(meta["num_classes"]),
+        dict(meta["counts"]),
+        list(meta["mean"]),
+        list(meta["std"]),
+    )
 
 
 def load_split(prepared: PreparedImages, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,5 +258,13 @@ def load_split(prepared: PreparedImages, split: str) -> tuple[torch.Tensor, torc
     return x, y
 
 
-__all__ = ["PreparedImages", "data_files", "load_arrays", "load_prepared", "load_split", "parse_idx",
-           "prepare_images", "source_name"]
+__all__ = [
+    "PreparedImages",
+    "data_files",
+    "load_arrays",
+    "load_prepared",
+    "load_split",
+    "parse_idx",
+    "prepare_images",
+    "source_name",
+]

@@ -10,6 +10,7 @@ Data order: epoch ``e`` visits the training images in the permutation drawn from
 dropped) and rank ``r`` takes its slice ``[r*b, (r+1)*b)``. A checkpoint's (epoch, batch) position
 therefore resumes the exact same order.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -20,7 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ...io.tracking import MetricBuffer
+from hypermodels import MNISTConvNet, WideResNet
+
+from ...io.tracking import TAG_PREFIX, MetricBuffer
 from ...worker import plots
 from ...worker.worker import Window, Worker, make_optimizer, seed_rank
 from .data import load_prepared, load_split
@@ -42,7 +45,7 @@ def augment(x: torch.Tensor, pad_crop: int, flip: bool) -> torch.Tensor:
         padded = F.pad(x, (pad_crop,) * 4)
         dy = torch.randint(0, 2 * pad_crop + 1, (b,))
         dx = torch.randint(0, 2 * pad_crop + 1, (b,))
-        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     if flip:
         mask = torch.rand(x.shape[0]) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
@@ -50,15 +53,16 @@ def augment(x: torch.Tensor, pad_crop: int, flip: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-             batch_size: int) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
     """(error rate, mean cross-entropy) of ``model`` over a whole split, in eval mode."""
     was_training = model.training
     model.eval()
     wrong, loss = 0, 0.0
     device = mean.device
     for i in range(0, len(x), batch_size):
-        xb, yb = normalise(x[i:i + batch_size].to(device), mean, std), y[i:i + batch_size].to(device)
+        xb, yb = normalise(x[i : i + batch_size].to(device), mean, std), y[i : i + batch_size].to(device)
         logits = model(xb)
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         wrong += int((logits.argmax(1) != yb).sum())
@@ -89,7 +93,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches_per_epoch = len(train_x) // B
     if batches_per_epoch == 0:
         raise ValueError(f"data.batch_size ({B}) is larger than the training split ({len(train_x)} images)")
-    total_steps = tr.max_steps or tr.epochs * batches_per_epoch
+    total_steps = tr.total_steps(batches_per_epoch)
 
     pos, _ = w.restore(model, optimizer)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
@@ -111,7 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             pos.epoch, pos.batch = pos.epoch + 1, 0
             order = epoch_order(pos.epoch)
         t0 = time.perf_counter()
-        idx = order[pos.batch * B + rank * b:pos.batch * B + (rank + 1) * b]
+        idx = order[pos.batch * B + rank * b : pos.batch * B + (rank + 1) * b]
         x = augment(normalise(train_x[idx].to(device), mean, std), spec.data.augment.pad_crop, spec.data.augment.flip)
         y = train_y[idx].to(device)
 
@@ -124,8 +128,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window.add(*totals, time.perf_counter() - t0)
 
         if pos.step % tr.log_every == 0 or pos.step == total_steps:
-            window = w.log_window(pos, total_steps, window, optimizer, loss=("train_loss", window.mean_loss(), "nats"),
-                                  rate=("images_per_s", "images/s"))
+            window = w.log_window(
+                pos,
+                total_steps,
+                window,
+                optimizer,
+                loss=("train_loss", window.mean_loss(), "nats"),
+                rate=("images_per_s", "images/s"),
+            )
 
         if pos.step % tr.eval_every == 0 and pos.step < total_steps:
             valid_error, valid_loss = validate()
@@ -141,35 +151,54 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     valid_error, valid_loss = evaluate(model, valid_x, valid_y, mean, std, spec.data.eval_batch_size)
     test_error, test_loss = evaluate(model, test_x, test_y, mean, std, spec.data.eval_batch_size)
     counts = parameter_counts(model)
-    final = {"valid_error": valid_error, "valid_loss": valid_loss, "final_valid_error": valid_error,
-             "test_error": test_error, "test_loss": test_loss, **{k: float(v) for k, v in counts.items()}}
+    final = {
+        "valid_error": valid_error,
+        "valid_loss": valid_loss,
+        "final_valid_error": valid_error,
+        "test_error": test_error,
+        "test_loss": test_loss,
+        **{k: float(v) for k, v in counts.items()},
+    }
     w.log(total_steps, **final)
     assert w.tracker is not None
     w.tracker.flush()
-    w.tracker.set_tags(**{f"hyperctl.{k}": v for k, v in counts.items()})
+    w.tracker.set_tags(**{f"{TAG_PREFIX}{k}": v for k, v in counts.items()})
     w.emit(event="final", step=total_steps, metrics={"valid_error": valid_error, "test_error": test_error})
-    w.emit(event="info", text="parameters: " + ", ".join(f"{k.removeprefix('params_')} {v:,}"
-                                                            for k, v in counts.items()))
+    w.emit(
+        event="info", text="parameters: " + ", ".join(f"{k.removeprefix('params_')} {v:,}" for k, v in counts.items())
+    )
     finish_artifacts(spec, model, w.tracker)
 
 
-def finish_artifacts(spec: ImageJob, model: torch.nn.Module, tracker: MetricBuffer) -> None:
+def finish_artifacts(spec: ImageJob, model: MNISTConvNet | WideResNet, tracker: MetricBuffer) -> None:
     """Final model, learning curve and (hyper kernels) the picture of the generated kernels."""
     model.eval()
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "spec": spec.model_dump(mode="json")}, tmp_path / "model.pt")
+        torch.save(
+            {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "spec": spec.model_dump(mode="json")},
+            tmp_path / "model.pt",
+        )
         tracker.log_artifact(str(tmp_path / "model.pt"), "model")
-        plots.learning_curve(tracker.history("train_loss"), tracker.history("valid_error"),
-                             str(tmp_path / "learning_curve.png"), title=spec.name, train_label="train loss",
-                             valid_label="valid error", ylabel="cross-entropy (nats)", valid_axis="error rate")
+        plots.learning_curve(
+            tracker.history("train_loss"),
+            tracker.history("valid_error"),
+            str(tmp_path / "learning_curve.png"),
+            title=spec.name,
+            train_label="train loss",
+            valid_label="valid error",
+            ylabel="cross-entropy (nats)",
+            valid_axis="error rate",
+        )
         tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
         if spec.model.kernels == "hyper":
             with torch.no_grad():
                 kernels = model.generated_kernels()
-            kernel_grid(kernels, str(tmp_path / "generated_kernels.png"),
-                              title=f"{spec.name}: kernels generated by the hypernetwork (N_z = {spec.model.hyper.embed_size})")
+            kernel_grid(
+                kernels,
+                str(tmp_path / "generated_kernels.png"),
+                title=f"{spec.name}: kernels generated by the hypernetwork (N_z = {spec.model.hyper.embed_size})",
+            )
             tracker.log_artifact(str(tmp_path / "generated_kernels.png"), "plots")
 
 

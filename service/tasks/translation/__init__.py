@@ -7,6 +7,7 @@ LSTM baselines (the paper's GNMT experiment, §4.4), on Multi30k or user paralle
   sacreBLEU, loading a trained model; :mod:`.commands`: ``hyperctl translate``; :mod:`.plots`:
   attention heatmaps.
 """
+
 from __future__ import annotations
 
 from ..base import Metrics, SummaryAxis, Task
@@ -24,8 +25,13 @@ TASK: Task[TranslationJob] = Task(
     data_files=data_files,
     source_name=source_name,
     parameter_count=parameter_count,
-    metrics=Metrics(valid="valid_bleu", test="test_bleu", train="train_ppl",
-                    reported=("valid_bleu", "valid_ppl", "train_ppl"), higher_is_better=frozenset({"valid_bleu"})),
+    metrics=Metrics(
+        valid="valid_bleu",
+        test="test_bleu",
+        train="train_ppl",
+        reported=("valid_bleu", "valid_ppl", "train_ppl"),
+        higher_is_better=frozenset({"valid_bleu"}),
+    ),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
     add_commands=add_commands,
     aliases=OLD_NAMES,

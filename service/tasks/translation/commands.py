@@ -1,4 +1,5 @@
 """``hyperctl translate``: the translation task's own command."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,14 +41,18 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
         sys.stdout.flush()
         return EXIT_OK
 
-    p = sub.add_parser("translate", help="translate stdin with a trained translation model (run id or checkpoint)",
-                       description=cmd_translate.__doc__)
+    p = sub.add_parser(
+        "translate",
+        help="translate stdin with a trained translation model (run id or checkpoint)",
+        description=cmd_translate.__doc__,
+    )
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="MLflow run id, or a checkpoint folder")
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run")
     kit.add_store_options(p)
     p.add_argument("--input", help="read sentences from this file instead of stdin")
-    p.add_argument("--beam-size", type=int, default=None,
-                   help="beam width (default: the job's model.beam_size; 1 = greedy)")
+    p.add_argument(
+        "--beam-size", type=int, default=None, help="beam width (default: the job's model.beam_size; 1 = greedy)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default 32)")
     p.set_defaults(func=cmd_translate)
 

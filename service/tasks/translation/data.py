@@ -15,6 +15,7 @@ folder ``<cache_root>/<name>-<hash16>`` holds the model(s) (``spm.model`` or ``s
 and ``pairs.json``, written last as the completion marker. The content hash covers the sentences
 and the subword settings.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,16 +48,21 @@ class PreparedCorpus:
     src_lang: str
     tgt_lang: str
     shared_vocab: bool
-    vocab_sizes: tuple[int, int]          # (source, target) pieces
+    vocab_sizes: tuple[int, int]  # (source, target) pieces
     counts: dict[str, int]
     tests: list[str] = field(default_factory=list)
     manifest: str = MANIFEST
 
     def summary(self) -> str:
-        vocab = (f"shared vocabulary of {self.vocab_sizes[0]:,}" if self.shared_vocab
-                 else f"vocabularies {self.vocab_sizes[0]:,} / {self.vocab_sizes[1]:,}")
-        return (f"{self.src_lang}->{self.tgt_lang}, {self.counts['train']:,} training pairs, {vocab} pieces, "
-                f"tests {', '.join(self.tests) or 'none'}, hash {self.content_hash[:12]}")
+        vocab = (
+            f"shared vocabulary of {self.vocab_sizes[0]:,}"
+            if self.shared_vocab
+            else f"vocabularies {self.vocab_sizes[0]:,} / {self.vocab_sizes[1]:,}"
+        )
+        return (
+            f"{self.src_lang}->{self.tgt_lang}, {self.counts['train']:,} training pairs, {vocab} pieces, "
+            f"tests {', '.join(self.tests) or 'none'}, hash {self.content_hash[:12]}"
+        )
 
     def model_files(self) -> tuple[str, str]:
         """URIs of the (source, target) sentencepiece models (the same file when shared)."""
@@ -94,8 +100,10 @@ def read_lines(field_name: str, uri: str) -> list[str]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise data_error(field_name, f"{uri} line {line}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} that is "
-                               "not valid UTF-8") from None
+        raise data_error(
+            field_name,
+            f"{uri} line {line}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} that is not valid UTF-8",
+        ) from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -109,8 +117,9 @@ def read_parallel(where: str, src: ParallelSource) -> tuple[list[str], list[str]
         for i, line in enumerate(read_lines(f"{where}.tsv", src.tsv), 1):
             parts = line.split("\t")
             if len(parts) != 2:
-                raise data_error(f"{where}.tsv", f"{src.tsv} line {i}: expected source TAB target, found "
-                                           f"{len(parts) - 1} tabs")
+                raise data_error(
+                    f"{where}.tsv", f"{src.tsv} line {i}: expected source TAB target, found {len(parts) - 1} tabs"
+                )
             left.append(parts[0])
             right.append(parts[1])
         names = (f"{where}.tsv", src.tsv), (f"{where}.tsv", src.tsv)
@@ -122,24 +131,33 @@ def read_parallel(where: str, src: ParallelSource) -> tuple[list[str], list[str]
         cols = []
         for key, col in (("src_column", src.src_column), ("tgt_column", src.tgt_column)):
             if col not in table.column_names:
-                raise data_error(f"{where}.{key}", f"{src.parquet} has no column {col!r} (columns: "
-                                             f"{', '.join(table.column_names)})")
+                raise data_error(
+                    f"{where}.{key}", f"{src.parquet} has no column {col!r} (columns: {', '.join(table.column_names)})"
+                )
             if not pa.types.is_string(table.schema.field(col).type) and not pa.types.is_large_string(
-                    table.schema.field(col).type):
-                raise data_error(f"{where}.{key}", f"{src.parquet} column {col!r}: expected strings, found "
-                                             f"{table.schema.field(col).type}")
+                table.schema.field(col).type
+            ):
+                raise data_error(
+                    f"{where}.{key}",
+                    f"{src.parquet} column {col!r}: expected strings, found {table.schema.field(col).type}",
+                )
             cols.append([v if v is not None else "" for v in table.column(col).to_pylist()])
         left, right = cols
-        names = (f"{where}.parquet", f"{src.parquet} column {src.src_column!r}"), \
-                (f"{where}.parquet", f"{src.parquet} column {src.tgt_column!r}")
+        names = (
+            (f"{where}.parquet", f"{src.parquet} column {src.src_column!r}"),
+            (f"{where}.parquet", f"{src.parquet} column {src.tgt_column!r}"),
+        )
     else:
         assert src.src is not None and src.tgt is not None
         left, right = read_lines(f"{where}.src", src.src), read_lines(f"{where}.tgt", src.tgt)
         if len(left) != len(right):
-            raise data_error(f"{where}", f"misaligned corpus: {src.src} (src) has {len(left):,} lines, {src.tgt} (tgt) "
-                                   f"has {len(right):,}; line i of one must translate line i of the other")
+            raise data_error(
+                f"{where}",
+                f"misaligned corpus: {src.src} (src) has {len(left):,} lines, {src.tgt} (tgt) "
+                f"has {len(right):,}; line i of one must translate line i of the other",
+            )
         names = (f"{where}.src", src.src), (f"{where}.tgt", src.tgt)
-    for i, (a, b) in enumerate(zip(left, right), 1):
+    for i, (a, b) in enumerate(zip(left, right, strict=True), 1):
         for (fname, what), text, other in ((names[0], a, b), (names[1], b, a)):
             if not text.strip():
                 side = "both sides" if not other.strip() else "one side"
@@ -153,8 +171,10 @@ def _multi30k(name: str) -> tuple[str, str, dict[str, tuple[list[str], list[str]
     src_lang, tgt_lang = name.removeprefix("multi30k-").split("-")
 
     def split(stem: str) -> tuple[list[str], list[str]]:
-        return (read_lines("data.dataset", str(MULTI30K_DIR / f"{stem}.{src_lang}.gz")),
-                read_lines("data.dataset", str(MULTI30K_DIR / f"{stem}.{tgt_lang}.gz")))
+        return (
+            read_lines("data.dataset", str(MULTI30K_DIR / f"{stem}.{src_lang}.gz")),
+            read_lines("data.dataset", str(MULTI30K_DIR / f"{stem}.{tgt_lang}.gz")),
+        )
 
     splits = {"train": split("train"), "valid": split("val")}
     splits.update({f"test.{t}": split(t) for t in MULTI30K_TESTS})
@@ -182,20 +202,37 @@ def train_sentencepiece(sentences: list[str], spec: TranslationJob, field_name: 
     out = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=out, vocab_size=sw.vocab_size, model_type=sw.model_type,
-            character_coverage=1.0, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            num_threads=1, minloglevel=2, shuffle_input_sentence=False)
+            sentence_iterator=iter(sentences),
+            model_writer=out,
+            vocab_size=sw.vocab_size,
+            model_type=sw.model_type,
+            character_coverage=1.0,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            num_threads=1,
+            minloglevel=2,
+            shuffle_input_sentence=False,
+        )
     except RuntimeError as e:
         message = str(e).strip().splitlines()[-1]
-        raise data_error("data.subwords.vocab_size", f"sentencepiece cannot build {sw.vocab_size:,} {sw.model_type} "
-                                               f"pieces from {field_name}: {message}") from None
+        raise data_error(
+            "data.subwords.vocab_size",
+            f"sentencepiece cannot build {sw.vocab_size:,} {sw.model_type} pieces from {field_name}: {message}",
+        ) from None
     return out.getvalue()
 
 
 def _table(src_ids: list[list[int]], tgt_ids: list[list[int]], src_text: list[str], tgt_text: list[str]) -> pa.Table:
-    return pa.table({"src": pa.array(src_ids, type=pa.list_(pa.int32())),
-                     "tgt": pa.array(tgt_ids, type=pa.list_(pa.int32())),
-                     "src_text": pa.array(src_text, type=pa.string()), "tgt_text": pa.array(tgt_text, type=pa.string())})
+    return pa.table(
+        {
+            "src": pa.array(src_ids, type=pa.list_(pa.int32())),
+            "tgt": pa.array(tgt_ids, type=pa.list_(pa.int32())),
+            "src_text": pa.array(src_text, type=pa.string()),
+            "tgt_text": pa.array(tgt_text, type=pa.string()),
+        }
+    )
 
 
 def prepare_corpus(spec: TranslationJob, cache_root: str) -> PreparedCorpus:
@@ -219,28 +256,48 @@ def prepare_corpus(spec: TranslationJob, cache_root: str) -> PreparedCorpus:
         storage.write_bytes_atomic(storage.join(root, "spm.model"), model)
         src_sp = tgt_sp = spm.SentencePieceProcessor(model_proto=model)
     else:
-        models = train_sentencepiece(train_src, spec, "data.train (source)"), \
-            train_sentencepiece(train_tgt, spec, "data.train (target)")
+        models = (
+            train_sentencepiece(train_src, spec, "data.train (source)"),
+            train_sentencepiece(train_tgt, spec, "data.train (target)"),
+        )
         storage.write_bytes_atomic(storage.join(root, "spm_src.model"), models[0])
         storage.write_bytes_atomic(storage.join(root, "spm_tgt.model"), models[1])
         src_sp, tgt_sp = (spm.SentencePieceProcessor(model_proto=m) for m in models)
     counts = {}
     for split, (a, b) in splits.items():
-        datacache.write_parquet(storage.join(root, f"{split}.parquet"), _table(src_sp.encode(a), tgt_sp.encode(b), a, b))
+        datacache.write_parquet(
+            storage.join(root, f"{split}.parquet"), _table(src_sp.encode(a), tgt_sp.encode(b), a, b)
+        )
         counts[split] = len(a)
-    meta = {"schema_version": SCHEMA_VERSION, "content_hash": content_hash, "name": name, "src_lang": src_lang,
-            "tgt_lang": tgt_lang, "shared_vocab": sw.shared, "subwords": sw.model_dump(mode="json"),
-            "vocab_sizes": [src_sp.get_piece_size(), tgt_sp.get_piece_size()], "counts": counts,
-            "tests": [s.removeprefix("test.") for s in splits if s.startswith("test.")],
-            "ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}}
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "content_hash": content_hash,
+        "name": name,
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "shared_vocab": sw.shared,
+        "subwords": sw.model_dump(mode="json"),
+        "vocab_sizes": [src_sp.get_piece_size(), tgt_sp.get_piece_size()],
+        "counts": counts,
+        "tests": [s.removeprefix("test.") for s in splits if s.startswith("test.")],
+        "ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+    }
     datacache.write_manifest(root, MANIFEST, meta)
     return load_prepared(root)
 
 
 def load_prepared(root: str) -> PreparedCorpus:
     meta = datacache.read_manifest(root, MANIFEST, SCHEMA_VERSION, "parallel corpus")
-    return PreparedCorpus(root, meta["content_hash"], meta["src_lang"], meta["tgt_lang"], bool(meta["shared_vocab"]),
-                         tuple(meta["vocab_sizes"]), dict(meta["counts"]), list(meta["tests"]))
+    return PreparedCorpus(
+        root,
+        meta["content_hash"],
+        meta["src_lang"],
+        meta["tgt_lang"],
+        bool(meta["shared_vocab"]),
+        tuple(meta["vocab_sizes"]),
+        dict(meta["counts"]),
+        list(meta["tests"]),
+    )
 
 
 def load_processors(prepared: PreparedCorpus) -> tuple[Any, Any]:
@@ -268,10 +325,29 @@ def load_split(prepared: PreparedCorpus, split: str) -> Split:
         table = datacache.read_parquet(uri)
     except FileNotFoundError:
         raise FileNotFoundError(f"{prepared.root}: this corpus has no {split!r} split") from None
-    return Split(table.column("src").to_pylist(), table.column("tgt").to_pylist(),
-                 table.column("src_text").to_pylist(), table.column("tgt_text").to_pylist())
+    return Split(
+        table.column("src").to_pylist(),
+        table.column("tgt").to_pylist(),
+        table.column("src_text").to_pylist(),
+        table.column("tgt_text").to_pylist(),
+    )
 
 
-__all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "PreparedCorpus", "Split", "UNK_ID", "data_files", "load_prepared",
-           "load_processors", "load_sentences", "load_split", "prepare_corpus", "read_lines", "read_parallel",
-           "source_name", "train_sentencepiece"]
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "PreparedCorpus",
+    "Split",
+    "UNK_ID",
+    "data_files",
+    "load_prepared",
+    "load_processors",
+    "load_sentences",
+    "load_split",
+    "prepare_corpus",
+    "read_lines",
+    "read_parallel",
+    "source_name",
+    "train_sentencepiece",
+]

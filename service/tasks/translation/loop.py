@@ -12,6 +12,7 @@ order; rank ``r`` takes slice ``[r*b, (r+1)*b)`` of each. Pairs longer than ``da
 subwords on either side are left out (counted at the start). A checkpoint's (epoch, batch)
 position resumes the same order exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,8 @@ def epoch_batches(n_pairs: int, src_lengths: list[int], batch_size: int, seed: i
     rng.shuffle(order)
     batches = []
     for start in range(0, n_pairs, BUCKET * batch_size):
-        chunk = sorted(order[start:start + BUCKET * batch_size], key=lambda i: src_lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+        chunk = sorted(order[start : start + BUCKET * batch_size], key=lambda i: src_lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -59,10 +60,10 @@ def collate(src: list[list[int]], tgt: list[list[int]], device: torch.device) ->
     x = torch.full((len(src), S), PAD_ID, dtype=torch.long)
     y_in = torch.full((len(src), T), PAD_ID, dtype=torch.long)
     y_out = torch.full((len(src), T), PAD_ID, dtype=torch.long)
-    for i, (s, t) in enumerate(zip(src, tgt)):
-        x[i, :len(s)] = torch.tensor(s)
-        y_in[i, :len(t) + 1] = torch.tensor([BOS_ID] + t)
-        y_out[i, :len(t) + 1] = torch.tensor(t + [EOS_ID])
+    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
+        x[i, : len(s)] = torch.tensor(s)
+        y_in[i, : len(t) + 1] = torch.tensor([BOS_ID] + t)
+        y_out[i, : len(t) + 1] = torch.tensor(t + [EOS_ID])
     return x.to(device), lengths.to(device), y_in.to(device), y_out.to(device)
 
 
@@ -74,13 +75,16 @@ def perplexity(model: torch.nn.Module, split: Split, batch_size: int, device: to
     nll, count = 0.0, 0
     order = sorted(range(len(split.src)), key=lambda i: len(split.src[i]))
     for start in range(0, len(order), batch_size):
-        idx = [i for i in order[start:start + batch_size] if split.src[i]]
+        idx = [i for i in order[start : start + batch_size] if split.src[i]]
         if not idx:
             continue
         x, lengths, y_in, y_out = collate([split.src[i] for i in idx], [split.tgt[i] for i in idx], device)
         logits = model(x, lengths, y_in)
-        nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_out.reshape(-1), ignore_index=PAD_ID,
-                                     reduction="sum"))
+        nll += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y_out.reshape(-1), ignore_index=PAD_ID, reduction="sum"
+            )
+        )
         count += int((y_out != PAD_ID).sum())
     model.train(was_training)
     return math.exp(nll / max(count, 1))
@@ -97,8 +101,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepared = load_prepared(config["data_root"])
     src_sp, tgt_sp = load_processors(prepared)
     train = load_split(prepared, "train")
-    keep = [i for i, (s, t) in enumerate(zip(train.src, train.tgt))
-            if 0 < len(s) <= spec.data.max_len and len(t) < spec.data.max_len]
+    keep = [
+        i
+        for i, (s, t) in enumerate(zip(train.src, train.tgt, strict=True))
+        if 0 < len(s) <= spec.data.max_len and len(t) < spec.data.max_len
+    ]
     train_src, train_tgt = [train.src[i] for i in keep], [train.tgt[i] for i in keep]
     valid = load_split(prepared, "valid")
 
@@ -113,14 +120,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches_per_epoch = len(epoch_batches(len(train_src), src_lengths, B, tr.seed))
     if batches_per_epoch == 0:
         raise ValueError(f"data.batch_size ({B}) is larger than the usable training pairs ({len(train_src)})")
-    total_steps = tr.max_steps or tr.epochs * batches_per_epoch
+    total_steps = tr.total_steps(batches_per_epoch)
 
     pos, _ = w.restore(model, optimizer)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
     w.start(pos, total_steps, model, batches_per_epoch=batches_per_epoch, unit="batches")
     if len(keep) < len(train.src):
-        w.emit(event="info", text=f"{len(train.src) - len(keep):,} of {len(train.src):,} training pairs are longer "
-                                  f"than data.max_len ({spec.data.max_len} subwords) and are left out")
+        w.emit(
+            event="info",
+            text=f"{len(train.src) - len(keep):,} of {len(train.src):,} training pairs are longer "
+            f"than data.max_len ({spec.data.max_len} subwords) and are left out",
+        )
     meta = {"data_root": prepared.root, "content_hash": prepared.content_hash}
 
     def valid_scores(sentences: int | None) -> tuple[float, float]:
@@ -141,13 +151,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             pos.epoch, pos.batch = pos.epoch + 1, 0
             batches = epoch_batches(len(train_src), src_lengths, B, tr.seed + pos.epoch)
         t0 = time.perf_counter()
-        idx = batches[pos.batch][rank * b:(rank + 1) * b]
+        idx = batches[pos.batch][rank * b : (rank + 1) * b]
         x, lengths, y_in, y_out = collate([train_src[i] for i in idx], [train_tgt[i] for i in idx], device)
 
         logits = ddp(x, lengths, y_in)
         loss_sum, n_tokens = label_smoothed_nll(logits, y_out, m.label_smoothing, ignore_index=PAD_ID)
-        nll_sum = F.cross_entropy(logits.detach().reshape(-1, logits.shape[-1]), y_out.reshape(-1),
-                                  ignore_index=PAD_ID, reduction="sum")
+        nll_sum = F.cross_entropy(
+            logits.detach().reshape(-1, logits.shape[-1]), y_out.reshape(-1), ignore_index=PAD_ID, reduction="sum"
+        )
         totals = w.optimize(pos, model, optimizer, loss_sum, n_tokens, reported=nll_sum)  # perplexity without smoothing
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return
@@ -155,9 +166,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window.add(*totals, time.perf_counter() - t0)
 
         if pos.step % tr.log_every == 0 or pos.step == total_steps:
-            window = w.log_window(pos, total_steps, window, optimizer,
-                                  loss=("train_ppl", math.exp(min(window.mean_loss(), 50.0)), "ppl"),
-                                  rate=("tokens_per_s", "target tok/s"))
+            window = w.log_window(
+                pos,
+                total_steps,
+                window,
+                optimizer,
+                loss=("train_ppl", math.exp(min(window.mean_loss(), 50.0)), "ppl"),
+                rate=("tokens_per_s", "target tok/s"),
+            )
 
         if pos.step % tr.eval_every == 0 and pos.step < total_steps:
             valid_bleu, valid_ppl = valid_scores(spec.data.eval_sentences)
@@ -193,9 +209,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finish_artifacts(spec, model, translator, prepared, splits, outputs, signature, w.tracker)
 
 
-def finish_artifacts(spec: TranslationJob, model: torch.nn.Module, translator: Translator,
-                     prepared: PreparedCorpus, splits: dict[str, Split], outputs: dict[str, list[str]],
-                     signature: str, tracker: MetricBuffer) -> None:
+def finish_artifacts(
+    spec: TranslationJob,
+    model: torch.nn.Module,
+    translator: Translator,
+    prepared: PreparedCorpus,
+    splits: dict[str, Split],
+    outputs: dict[str, list[str]],
+    signature: str,
+    tracker: MetricBuffer,
+) -> None:
     """The model (with its spec and sentencepiece models: all ``hyperctl translate`` needs), the
     subword models, every split's translations, sample translations, an attention heatmap and
     the learning curve."""
@@ -204,11 +227,20 @@ def finish_artifacts(spec: TranslationJob, model: torch.nn.Module, translator: T
     spm_bytes = {"src": storage.read_bytes(src_uri), "tgt": storage.read_bytes(tgt_uri)}
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "spec": spec.model_dump(mode="json"), "spm": spm_bytes}, tmp_path / "model.pt")
+        torch.save(
+            {
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "spec": spec.model_dump(mode="json"),
+                "spm": spm_bytes,
+            },
+            tmp_path / "model.pt",
+        )
         tracker.log_artifact(str(tmp_path / "model.pt"), "model")
-        for name, body in (("spm.model", spm_bytes["src"]),) if prepared.shared_vocab else \
-                (("spm_src.model", spm_bytes["src"]), ("spm_tgt.model", spm_bytes["tgt"])):
+        for name, body in (
+            (("spm.model", spm_bytes["src"]),)
+            if prepared.shared_vocab
+            else (("spm_src.model", spm_bytes["src"]), ("spm_tgt.model", spm_bytes["tgt"]))
+        ):
             (tmp_path / name).write_bytes(body)
             tracker.log_artifact(str(tmp_path / name), "subwords")
         for name, lines in outputs.items():
@@ -216,8 +248,11 @@ def finish_artifacts(spec: TranslationJob, model: torch.nn.Module, translator: T
 
         first = f"test.{prepared.tests[0]}" if prepared.tests else "valid"
         split = splits[first]
-        lines = [f"# {first.removeprefix('test.')}: source / reference / hypothesis (beam {translator.beam_size})",
-                 f"# {signature}", ""]
+        lines = [
+            f"# {first.removeprefix('test.')}: source / reference / hypothesis (beam {translator.beam_size})",
+            f"# {signature}",
+            "",
+        ]
         for i in range(min(20, len(split.src))):
             lines += [f"SRC  {split.src_text[i]}", f"REF  {split.tgt_text[i]}", f"HYP  {outputs[first][i]}", ""]
         tracker.log_text("\n".join(lines), "sample_translations.txt")
@@ -225,16 +260,25 @@ def finish_artifacts(spec: TranslationJob, model: torch.nn.Module, translator: T
         picks = sorted(range(len(split.src)), key=lambda i: abs(len(split.src[i]) - 12))[:3]
         hyps, maps = translator.translate_ids([split.src[i] for i in picks], return_attention=True)
         heat = []
-        for i, hyp, weights in zip(picks, hyps, maps):
+        for i, hyp, weights in zip(picks, hyps, maps, strict=True):
             src_pieces = translator.src_sp.id_to_piece(split.src[i])
             out_pieces = translator.tgt_sp.id_to_piece(hyp) + ["</s>"]
-            heat.append((src_pieces, out_pieces[:weights.shape[0]], weights))
-        attention_maps(heat, str(tmp_path / "attention.png"), title=f"{spec.name}: attention ({first.removeprefix('test.')})")
+            heat.append((src_pieces, out_pieces[: weights.shape[0]], weights))
+        attention_maps(
+            heat, str(tmp_path / "attention.png"), title=f"{spec.name}: attention ({first.removeprefix('test.')})"
+        )
         tracker.log_artifact(str(tmp_path / "attention.png"), "plots")
 
-        plots.learning_curve(tracker.history("train_ppl"), tracker.history("valid_bleu"),
-                             str(tmp_path / "learning_curve.png"), title=spec.name, train_label="train perplexity",
-                             valid_label="valid BLEU", ylabel="perplexity", valid_axis="BLEU")
+        plots.learning_curve(
+            tracker.history("train_ppl"),
+            tracker.history("valid_bleu"),
+            str(tmp_path / "learning_curve.png"),
+            title=spec.name,
+            train_label="train perplexity",
+            valid_label="valid BLEU",
+            ylabel="perplexity",
+            valid_axis="BLEU",
+        )
         tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
 
 

@@ -1,5 +1,6 @@
 """The job of ``task: translation``: an attention encoder-decoder whose recurrent layers are
 HyperLSTMs or the LSTM baselines (the paper's GNMT experiment, §4.4)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -26,8 +27,15 @@ class ParallelSource(Strict):
 
     @model_validator(mode="after")
     def _one(self) -> ParallelSource:
-        forms = [f for f, ok in (("src/tgt", self.src is not None or self.tgt is not None),
-                                 ("tsv", self.tsv is not None), ("parquet", self.parquet is not None)) if ok]
+        forms = [
+            f
+            for f, ok in (
+                ("src/tgt", self.src is not None or self.tgt is not None),
+                ("tsv", self.tsv is not None),
+                ("parquet", self.parquet is not None),
+            )
+            if ok
+        ]
         if len(forms) != 1:
             raise ValueError(f"give exactly one of src+tgt, tsv, parquet (found {', '.join(forms) or 'none'})")
         if forms == ["src/tgt"] and (self.src is None or self.tgt is None):
@@ -54,8 +62,10 @@ class TranslationDataSpec(DataSpec):
     batch_size: int = Field(64, gt=0, description="sentence pairs per global batch, split across workers")
     eval_batch_size: int = Field(100, gt=0)
     eval_sentences: int | None = Field(
-        300, gt=0, description="validation sentences translated for the periodic BLEU (null: all; the final pass "
-                               "is always whole)")
+        300,
+        gt=0,
+        description="validation sentences translated for the periodic BLEU (null: all; the final pass is always whole)",
+    )
 
     @model_validator(mode="after")
     def _source(self) -> TranslationDataSpec:
@@ -94,4 +104,12 @@ class TranslationJob(JobSpec):
     train: TrainSpec
 
 
-__all__ = ["OLD_NAMES", "TASK_NAME", "ParallelSource", "SubwordSpec", "TranslationDataSpec", "TranslationJob", "TranslationModelSpec"]
+__all__ = [
+    "OLD_NAMES",
+    "TASK_NAME",
+    "ParallelSource",
+    "SubwordSpec",
+    "TranslationDataSpec",
+    "TranslationJob",
+    "TranslationModelSpec",
+]

@@ -5,6 +5,7 @@ BLEU is sacreBLEU's corpus BLEU, detokenised and case-sensitive (its defaults: 1
 exponential smoothing), on the raw references; :func:`bleu` returns the score with its signature,
 which goes with every reported number.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ from .spec import OLD_NAMES, TASK_NAME, TranslationJob
 class Translator:
     """A model with its subword processors and the spec's decoding settings."""
 
-    model: Any          # hypermodels.Seq2Seq
-    src_sp: Any         # sentencepiece.SentencePieceProcessor
+    model: Any  # hypermodels.Seq2Seq
+    src_sp: Any  # sentencepiece.SentencePieceProcessor
     tgt_sp: Any
     beam_size: int
     length_penalty: float
@@ -43,8 +44,13 @@ class Translator:
     def encode(self, sentences: list[str]) -> list[list[int]]:
         return self.src_sp.encode(sentences)
 
-    def translate_ids(self, sources: list[list[int]], batch_size: int = 64, beam_size: int | None = None,
-                      return_attention: bool = False) -> Any:
+    def translate_ids(
+        self,
+        sources: list[list[int]],
+        batch_size: int = 64,
+        beam_size: int | None = None,
+        return_attention: bool = False,
+    ) -> Any:
         """Token-id hypotheses for token-id sources, in input order (sorted by length internally so
         that batches hold similar lengths); with ``return_attention`` also each one's (T_out, S) map."""
         beam = beam_size or self.beam_size
@@ -53,19 +59,25 @@ class Translator:
         hyps: list[list[int]] = [[] for _ in sources]
         maps: list[torch.Tensor | None] = [None for _ in sources]
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             lengths = torch.tensor([max(1, len(sources[i])) for i in idx])
             src = torch.zeros(len(idx), int(lengths.max()), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids = sources[i] or [self.model.eos_id]  # an empty source still gets a (short) translation
-                src[row, :len(ids)] = torch.tensor(ids)
+                src[row, : len(ids)] = torch.tensor(ids)
             max_len = int(self.max_decode_ratio * int(lengths.max())) + 10
             src, lengths = src.to(device), lengths.to(device)
             if beam == 1:
                 out = self.model.greedy(src, lengths, max_len=max_len, return_attention=return_attention)
             else:
-                out = self.model.beam_search(src, lengths, beam_size=beam, max_len=max_len, alpha=self.length_penalty,
-                                             return_attention=return_attention)
+                out = self.model.beam_search(
+                    src,
+                    lengths,
+                    beam_size=beam,
+                    max_len=max_len,
+                    alpha=self.length_penalty,
+                    return_attention=return_attention,
+                )
             found, attn = out if return_attention else (out, None)
             for row, i in enumerate(idx):
                 hyps[i] = found[row]
@@ -91,8 +103,9 @@ def _is_translation(spec_doc: dict[str, Any]) -> bool:
     return spec_doc.get("task") in (TASK_NAME, *OLD_NAMES)
 
 
-def build_translator(spec_doc: dict[str, Any], state_dict: dict[str, torch.Tensor], src_model: bytes,
-                     tgt_model: bytes) -> Translator:
+def build_translator(
+    spec_doc: dict[str, Any], state_dict: dict[str, torch.Tensor], src_model: bytes, tgt_model: bytes
+) -> Translator:
     import sentencepiece as spm  # deferred: only translation jobs need it
 
     spec: TranslationJob = validate_as(TranslationJob, {**spec_doc, "task": TASK_NAME}, "model")
@@ -111,7 +124,9 @@ def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
     if storage.exists(storage.join(source, META_FILE)):
         meta = json.loads(storage.read_bytes(storage.join(source, META_FILE)))
         if not _is_translation(meta.get("spec", {})):
-            raise ValueError(f"{source}: a checkpoint of a {meta.get('spec', {}).get('task')} job, not of a translation job")
+            raise ValueError(
+                f"{source}: a checkpoint of a {meta.get('spec', {}).get('task')} job, not of a translation job"
+            )
         prepared = load_prepared(meta["data_root"])
         src_uri, tgt_uri = prepared.model_files()
         with tempfile.TemporaryDirectory() as tmp:
@@ -120,8 +135,10 @@ def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
             state = torch.load(local, map_location="cpu", weights_only=True)
         return build_translator(meta["spec"], state, storage.read_bytes(src_uri), storage.read_bytes(tgt_uri))
     if tracking_uri is None:
-        raise ValueError(f"{source}: not a checkpoint folder (no {META_FILE}); to load an MLflow run, give its "
-                         "tracking URI (--tracking-uri, or --storage of the job)")
+        raise ValueError(
+            f"{source}: not a checkpoint folder (no {META_FILE}); to load an MLflow run, give its "
+            "tracking URI (--tracking-uri, or --storage of the job)"
+        )
     run = tracking.find_run(tracking_uri, source)
     if run is None:
         raise ValueError(f"{source}: neither a checkpoint folder nor a run in {tracking_uri}")
@@ -132,8 +149,10 @@ def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
         try:
             path = tracking.download_artifact(tracking_uri, source, "model/model.pt", tmp)
         except FileNotFoundError:
-            raise ValueError(f"run {source} has no model/model.pt artifact yet (it is written when training "
-                             "finishes; use a checkpoint folder of a running job)") from None
+            raise ValueError(
+                f"run {source} has no model/model.pt artifact yet (it is written when training "
+                "finishes; use a checkpoint folder of a running job)"
+            ) from None
         saved = torch.load(path, map_location="cpu", weights_only=False)
     return build_translator(saved["spec"], saved["state_dict"], saved["spm"]["src"], saved["spm"]["tgt"])
 

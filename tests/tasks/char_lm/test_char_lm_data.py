@@ -1,4 +1,5 @@
 """The char LM's data (service/tasks/char_lm/data.py): PTB char, preparing, caching and loading, locally and on S3."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ import torch
 
 from hypermodels import CharVocab, raw_char_symbols
 from service.io import storage
-from service.tasks.char_lm.data import load_prepared, load_ptb_char, load_split, prepare_text
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
+from service.tasks.char_lm.data import load_prepared, load_ptb_char, load_split, prepare_text
 
 TRAIN = "the cat sat on the mat.\nthe dog ate the hat.\n"
 VALID = "the cat ate.\n"
@@ -117,11 +118,15 @@ def test_undecodable_bytes_name_the_file(tmp_path) -> None:
     assert not (tmp_path / "cache").exists()
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("missing", "data.valid: expected a UTF-8 text file, found nothing at"),
-    ("empty", "data.valid: expected UTF-8 text, found an empty file at"),
-    ("unknown symbol", r"data.valid: every symbol must occur in data.train .* \['Z'\]"),
-], ids=["missing", "empty", "unknown-symbol"])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("missing", "data.valid: expected a UTF-8 text file, found nothing at"),
+        ("empty", "data.valid: expected UTF-8 text, found an empty file at"),
+        ("unknown symbol", r"data.valid: every symbol must occur in data.train .* \['Z'\]"),
+    ],
+    ids=["missing", "empty", "unknown-symbol"],
+)
 def test_unusable_corpus(tmp_path, problem: str, message: str) -> None:
     paths = corpora(tmp_path, valid={"empty": "", "unknown symbol": "the Zoo\n"}.get(problem, VALID))
     if problem == "missing":

@@ -1,5 +1,6 @@
 """End to end: a 2-worker job through `hyperctl submit` on a local Ray instance, tracked in a real
 MLflow sqlite store. Tiny model and corpus (the first lines of PTB char) so it runs in ~1-2 minutes."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import tiny_job
+
 from service.spec.loading import validate_job
 
 pytestmark = pytest.mark.slow
@@ -25,11 +26,17 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[train] step     60/60" in proc.stdout and "[ckpt]" in proc.stdout  # progress was printed
-    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
     assert summary["status"] == "FINISHED"
 
     # Exactly one MLflow run, in the default sqlite store under the storage folder.
@@ -48,8 +55,10 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     assert run.data.params == {k: str(v) for k, v in spec.flat().items()}
 
     # Metrics at increasing steps.
-    history = {k: client.get_metric_history(run.info.run_id, k)
-               for k in ("train_bpc", "tokens_per_s", "lr", "valid_bpc", "test_bpc", "final_valid_bpc")}
+    history = {
+        k: client.get_metric_history(run.info.run_id, k)
+        for k in ("train_bpc", "tokens_per_s", "lr", "valid_bpc", "test_bpc", "final_valid_bpc")
+    }
     assert [m.step for m in history["train_bpc"]] == list(range(5, 61, 5))
     assert [m.step for m in history["tokens_per_s"]] == list(range(5, 61, 5))
     assert all(m.value > 0 for m in history["tokens_per_s"])
@@ -63,8 +72,14 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     # Artifacts.
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     paths |= {a.path for d in ("model", "plots") for a in client.list_artifacts(run.info.run_id, d)}
-    assert {"job.yaml", "vocab.json", "sample.txt", "model/model.pt", "plots/learning_curve.png",
-            "plots/scaling_vectors.png"} <= paths
+    assert {
+        "job.yaml",
+        "vocab.json",
+        "sample.txt",
+        "model/model.pt",
+        "plots/learning_curve.png",
+        "plots/scaling_vectors.png",
+    } <= paths
     local = Path(client.download_artifacts(run.info.run_id, "sample.txt", str(tmp_path)))
     assert "sample (60 symbols" in local.read_text()
     logged_job = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "job.yaml", str(tmp_path))).read_text())

@@ -1,5 +1,6 @@
 """``task: translation``: parallel corpora checked pair by pair, subword preparation, and a 2-worker
 translation job end to end (MLflow run with BLEU, then ``hyperctl translate`` on its model)."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from helpers import ROOT
-from service.tasks.translation.data import load_processors, load_split, prepare_corpus
+
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
+from service.tasks.translation.data import load_processors, load_split, prepare_corpus
 
 MULTI30K = ROOT / "data" / "multi30k"
 
@@ -36,16 +37,38 @@ def write_pair(folder: Path, stem: str, n: int, split: str = "train") -> dict[st
 
 def translation_job(tmp: Path, name: str = "translation", n_train: int = 300, **data: object) -> dict:
     return {
-        "name": name, "task": "translation",
-        "data": {"dataset": None, "train": write_pair(tmp, "train", n_train), "valid": write_pair(tmp, "val", 24, "val"),
-                 "test": {"flickr16": write_pair(tmp, "test", 16, "test_2016_flickr")},
-                 "subwords": {"vocab_size": 200}, "batch_size": 8, "eval_batch_size": 16, "eval_sentences": 8, **data},
-        "model": {"cell": "hyperlstm", "hidden_size": 32, "embedding_size": 32, "num_layers": 2,
-                  "hyper": {"hidden_size": 16, "embed_size": 4}, "beam_size": 3, "dropout": 0.0},
-        "train": {"optimizer": {"name": "adam", "lr": 0.003}, "max_steps": 20, "log_every": 5, "eval_every": 10,
-                  "checkpoint_every": 10},
+        "name": name,
+        "task": "translation",
+        "data": {
+            "dataset": None,
+            "train": write_pair(tmp, "train", n_train),
+            "valid": write_pair(tmp, "val", 24, "val"),
+            "test": {"flickr16": write_pair(tmp, "test", 16, "test_2016_flickr")},
+            "subwords": {"vocab_size": 200},
+            "batch_size": 8,
+            "eval_batch_size": 16,
+            "eval_sentences": 8,
+            **data,
+        },
+        "model": {
+            "cell": "hyperlstm",
+            "hidden_size": 32,
+            "embedding_size": 32,
+            "num_layers": 2,
+            "hyper": {"hidden_size": 16, "embed_size": 4},
+            "beam_size": 3,
+            "dropout": 0.0,
+        },
+        "train": {
+            "optimizer": {"name": "adam", "lr": 0.003},
+            "max_steps": 20,
+            "log_every": 5,
+            "eval_every": 10,
+            "checkpoint_every": 10,
+        },
         "resources": {"workers": 2, "cpus_per_worker": 1, "max_failures": 0},
-        "storage": str(tmp / "runs"), "tracking": {"experiment": "tests"},
+        "storage": str(tmp / "runs"),
+        "tracking": {"experiment": "tests"},
     }
 
 
@@ -64,8 +87,9 @@ def test_subwords_are_trained_on_train_and_every_split_is_prepared(tmp_path: Pat
     test = load_split(prepared, "test.flickr16")
     assert test.src_text == multi30k_lines("test_2016_flickr", "en", 16)  # raw references kept for BLEU
     assert src_sp.decode(test.src[3]) == test.src_text[3]  # ids round-trip to the sentence
-    separate = prepare_corpus(validate_job(translation_job(tmp_path, subwords={"vocab_size": 150, "shared": False})),
-                             str(tmp_path / "cache"))
+    separate = prepare_corpus(
+        validate_job(translation_job(tmp_path, subwords={"vocab_size": 150, "shared": False})), str(tmp_path / "cache")
+    )
     assert separate.root != prepared.root and not separate.shared_vocab and separate.vocab_sizes == (150, 150)
 
 
@@ -74,8 +98,9 @@ def test_misaligned_corpus_names_both_files_and_counts(tmp_path: Path) -> None:
     tgt = Path(job["data"]["train"]["tgt"])
     tgt.write_text("\n".join(tgt.read_text(encoding="utf-8").splitlines()[:-2]) + "\n", encoding="utf-8")
     message = prepare_error(job, tmp_path)
-    assert (f"data.train: misaligned corpus: {job['data']['train']['src']} (src) has 300 lines, "
-            f"{tgt} (tgt) has 298") in message
+    assert (
+        f"data.train: misaligned corpus: {job['data']['train']['src']} (src) has 300 lines, {tgt} (tgt) has 298"
+    ) in message
 
 
 def test_empty_line_on_one_side_names_file_and_line(tmp_path: Path) -> None:
@@ -98,7 +123,7 @@ def test_undecodable_bytes_name_file_and_line(tmp_path: Path) -> None:
 
 def test_tsv_and_parquet_corpora(tmp_path: Path) -> None:
     en, fr = multi30k_lines("train", "en", 300), multi30k_lines("train", "fr", 300)
-    (tmp_path / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(en, fr)), encoding="utf-8")
+    (tmp_path / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(en, fr, strict=True)), encoding="utf-8")
     pq.write_table(pa.table({"english": en[:24], "french": fr[:24]}), tmp_path / "valid.parquet")
     job = translation_job(tmp_path, test={})
     job["data"]["train"] = {"tsv": str(tmp_path / "train.tsv")}
@@ -113,8 +138,10 @@ def test_tsv_and_parquet_corpora(tmp_path: Path) -> None:
     assert "data.valid.tgt_column: " in message and "has no column 'german'" in message
     (tmp_path / "train.tsv").write_text(f"{en[0]}\t{fr[0]}\nno tab here\n", encoding="utf-8")
     job["data"]["valid"] = {"tsv": str(tmp_path / "train.tsv")}
-    assert f"data.train.tsv: {tmp_path / 'train.tsv'} line 2: expected source TAB target, found 0 tabs" in \
-        prepare_error(job, tmp_path)
+    assert (
+        f"data.train.tsv: {tmp_path / 'train.tsv'} line 2: expected source TAB target, found 0 tabs"
+        in prepare_error(job, tmp_path)
+    )
 
 
 def test_spec_rejects_half_a_corpus_and_a_too_large_vocabulary(tmp_path: Path) -> None:
@@ -123,8 +150,9 @@ def test_spec_rejects_half_a_corpus_and_a_too_large_vocabulary(tmp_path: Path) -
     with pytest.raises(JobSpecError, match="data.train: src and tgt must both name a file"):
         validate_job(job)
     job = translation_job(tmp_path, n_train=20, subwords={"vocab_size": 5000})
-    assert "data.subwords.vocab_size: sentencepiece cannot build 5,000 bpe pieces from data.train" in \
-        prepare_error(job, tmp_path)
+    assert "data.subwords.vocab_size: sentencepiece cannot build 5,000 bpe pieces from data.train" in prepare_error(
+        job, tmp_path
+    )
 
 
 @pytest.mark.slow
@@ -133,11 +161,20 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
 
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(translation_job(tmp_path, "translation-e2e")))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, "-m", "service", "submit", str(tmp_path / "job.yaml"), "--num-cpus", "2"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "submit", str(tmp_path / "job.yaml"), "--num-cpus", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "[train] starting: 20 steps, 2 worker(s)" in proc.stdout and "sacreBLEU signature: nrefs:1|case:mixed" in proc.stdout
-    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    assert (
+        "[train] starting: 20 steps, 2 worker(s)" in proc.stdout
+        and "sacreBLEU signature: nrefs:1|case:mixed" in proc.stdout
+    )
+    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
     assert summary["status"] == "FINISHED"
 
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
@@ -150,20 +187,34 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_bleu")] == [10, 20]
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "subwords", "translations", "plots", "sample_translations.txt", "pairs.json"} <= paths
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/attention.png",
-                                                                               "plots/learning_curve.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
+        "plots/attention.png",
+        "plots/learning_curve.png",
+    }
     assert {a.path for a in client.list_artifacts(run.info.run_id, "subwords")} == {"subwords/spm.model"}
 
     # hyperctl translate: from the run (its final model) and from a checkpoint folder, same output
     sentences = "A dog runs on the beach.\nTwo men are talking.\n"
     out = {}
     for source in (summary["run_id"], str(tmp_path / "runs" / "translation-e2e" / "checkpoint_00000020")):
-        t = subprocess.run([sys.executable, "-m", "service", "translate", source, "--storage", str(tmp_path / "runs")],
-                           input=sentences, env=env, capture_output=True, text=True, timeout=300)
+        t = subprocess.run(
+            [sys.executable, "-m", "service", "translate", source, "--storage", str(tmp_path / "runs")],
+            input=sentences,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert t.returncode == 0, t.stderr[-3000:]
         out[source] = t.stdout.splitlines()
         assert len(out[source]) == 2 and t.stderr.strip() == ""
     assert len(set(map(tuple, out.values()))) == 1
-    t = subprocess.run([sys.executable, "-m", "service", "translate", "no-such-run", "--storage", str(tmp_path / "runs")],
-                       input="x\n", env=env, capture_output=True, text=True, timeout=300)
+    t = subprocess.run(
+        [sys.executable, "-m", "service", "translate", "no-such-run", "--storage", str(tmp_path / "runs")],
+        input="x\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert t.returncode == 2 and "no-such-run: neither a checkpoint folder nor a run in sqlite:///" in t.stderr
