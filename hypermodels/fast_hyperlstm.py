@@ -839,7 +839,7 @@ def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = No
 
     Same conventions, results and dropout masks (drawn in the same order) as the reference path.
     """
-    from .hyperlstm import HyperLSTMState, recurrent_dropout_masks
+    from .hyperlstm import HyperLSTMState, recurrent_dropout_masks  # deferred: hyperlstm imports this module
 
     if x.dim() != 3:
         raise ValueError(f"expected a 3-D input (seq, batch, features), got shape {tuple(x.shape)}")

@@ -127,7 +127,8 @@ def test_search_section_rejects(tmp_path: Path, search: dict, expected: str) -> 
 def test_search_space_to_tune(tmp_path: Path) -> None:
     from ray import tune
 
-    from service.driver.campaign import best_job_document, param_space, searched_keys, trial_spec
+    from service.driver.campaign import param_space, trial_spec
+    from service.driver.campaign_report import best_job_document, searched_keys
 
     job = campaign_job(tmp_path)
     job["search"]["samples"] = 3
