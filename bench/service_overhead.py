@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+from service.io import tracking  # noqa: E402
 from service.spec.loading import validate_job  # noqa: E402
 from service.tasks.char_lm.data import load_ptb_char  # noqa: E402
 from service.tasks.char_lm.model import build_model  # noqa: E402
@@ -85,8 +86,6 @@ def bare_loop(spec, steps: int, window: int) -> list[float]:
 
 def service_run(job_file: Path, storage: Path) -> tuple[list[float], float, float]:
     """tokens/s per window from the run's MLflow metrics; seconds to the first step line and to the end."""
-    from mlflow.tracking import MlflowClient
-
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -107,10 +106,7 @@ def service_run(job_file: Path, storage: Path) -> tuple[list[float], float, floa
         raise SystemExit("service run failed:\n" + "".join(lines[-40:]))
     total = time.perf_counter() - t0
     summary = json.loads("".join(lines)[("".join(lines)).rindex("\n{") + 1 :])
-    client = MlflowClient(tracking_uri=summary["tracking_uri"])
-    rates = [
-        m.value for m in sorted(client.get_metric_history(summary["run_id"], "tokens_per_s"), key=lambda m: m.step)
-    ]
+    rates = [rate for _, rate in tracking.metric_history(summary["tracking_uri"], summary["run_id"], "tokens_per_s")]
     return rates, first_step, total
 
 

@@ -46,6 +46,7 @@ from ..spec.errors import JobSpecError
 from ..spec.loading import validate_job
 from ..spec.schema import JobSpec
 from ..spec.tree import with_values
+from ..tasks import task_of
 from ..worker.worker import FAILURE_FILE
 from .campaign_report import fmt_config, format_trials, searched_keys, write_summary
 from .local import absolute_storage, build_trainer, start
@@ -189,7 +190,13 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         tune.report({**done, "step": spec.train.max_steps or done.get("step", 0), "trial_state": "completed"})
         return
     run_id, resumed = tracking.open_child_run(
-        spec, uri, setup["parent_run_id"], trial_id, sampled, tags={tracking.TAG_CAMPAIGN: base.name, TAG_KIND: "trial"}
+        spec,
+        uri,
+        setup["parent_run_id"],
+        trial_id,
+        sampled,
+        tags={tracking.TAG_CAMPAIGN: base.name, TAG_KIND: "trial"},
+        task_aliases=task_of(spec).aliases,
     )
     if not resumed:
         tracking.log_job_files(uri, run_id, spec, setup["data_root"], setup["manifest"])
@@ -350,6 +357,7 @@ def run_campaign(
             tracking.TAG_CAMPAIGN: spec.name,
             tracking.TAG_RAY_JOB: ray.get_runtime_context().get_job_id(),
         },
+        task_aliases=started.task.aliases,
     )
     tracking.log_job_files(uri, parent_id, spec, prepared.root, prepared.manifest)
     storage.write_bytes_atomic(

@@ -160,7 +160,7 @@ def start(
     """The start-up of every run (a job or a campaign): preflight, Ray, data.
 
     On a new local instance preflight checks files, storage, tracking and resources before Ray
-    starts (``num_cpus`` or this machine's CPUs); in a cluster it checks all but resources first,
+    starts (``num_cpus``, else the CPUs Ray will find); in a cluster it checks all but resources first,
     then the cluster's resources once joined (a shortfall is a warning: its autoscaler may add
     nodes). Raises JobSpecError before anything is started or written.
     """
@@ -168,7 +168,8 @@ def start(
 
     spec = absolute_storage(spec)
     on_cluster = cluster_address(address) is not None
-    preflight.check_job(spec, available_cpus=num_cpus, check_resources=not on_cluster)
+    cpus = num_cpus if num_cpus is not None else preflight.local_ray_cpus()
+    preflight.check_job(spec, available_cpus=cpus, check_resources=not on_cluster)
     init_ray(address, num_cpus, verbose)
     cluster = ray.cluster_resources()
     if on_cluster:
@@ -253,7 +254,7 @@ def run_job(
     tags = {tracking.TAG_RAY_JOB: ray.get_runtime_context().get_job_id()}
     if os.environ.get("HYPERCTL_SUBMISSION_ID"):
         tags[tracking.TAG_RAY_SUBMISSION] = os.environ["HYPERCTL_SUBMISSION_ID"]
-    run_id, resumed = tracking.open_run(spec, uri, tags)
+    run_id, resumed = tracking.open_run(spec, uri, tags, task_aliases=started.task.aliases)
     tracking.log_job_files(uri, run_id, spec, prepared.root, prepared.manifest)
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
     storage.delete(failure_file)

@@ -84,6 +84,17 @@ def _check_tracking(uri: str | None) -> str | None:
     return f"tracking.uri: expected {_TRACKING_FORMS}, found {uri!r}"
 
 
+def local_ray_cpus() -> float:
+    """The CPUs a new local Ray instance will offer: Ray's own count, which honours a container's
+    CPU quota; ``os.cpu_count()`` when that private API is missing."""
+    try:
+        from ray._private.utils import get_num_cpus  # deferred: Ray takes seconds to import
+
+        return float(get_num_cpus())
+    except Exception:  # noqa: BLE001 - a private API; the plain count is the fallback
+        return float(os.cpu_count() or 1)
+
+
 def _available_gpus() -> int:
     import torch  # deferred: a job that asks for no GPU needs no torch here
 

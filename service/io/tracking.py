@@ -43,6 +43,7 @@ TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's 
 TAG_STOPPED = "hyperctl.stopped_early"
 TAG_RAY_JOB = "ray.job_id"
 TAG_RAY_SUBMISSION = "ray.submission_id"
+TAG_SACREBLEU = "sacrebleu.signature"  # the signature of every BLEU a run reports
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_TAG = 5000
 
@@ -105,11 +106,14 @@ def _params(spec: JobSpec) -> dict[str, str]:
     return {k: str(redact(v)) for k, v in spec.flat().items()}
 
 
-def open_run(spec: JobSpec, uri: str, tags: dict[str, str] | None = None) -> tuple[str, bool]:
+def open_run(
+    spec: JobSpec, uri: str, tags: dict[str, str] | None = None, task_aliases: tuple[str, ...] = ()
+) -> tuple[str, bool]:
     """Find or create the job's MLflow run; returns ``(run_id, resumed)``.
 
     The run id lives in ``<storage>/<name>/mlflow_run_id``. A relaunch reuses that run (set back to
-    RUNNING) if the tracking store still has it and its params match the spec.
+    RUNNING) if the tracking store still has it and its params match the spec; a run recorded
+    under one of the task's old names (``task_aliases``) matches its new name.
     """
     from mlflow.entities import Param
     from mlflow.exceptions import MlflowException
@@ -124,7 +128,9 @@ def open_run(spec: JobSpec, uri: str, tags: dict[str, str] | None = None) -> tup
         except MlflowException:
             run = None
         if run is not None:
-            old = run.data.params
+            old = dict(run.data.params)
+            if old.get("task") in task_aliases:
+                old["task"] = spec.task
             changed = sorted(k for k in params if k in old and old[k] != params[k])
             if changed:
                 raise JobSpecError(
@@ -322,6 +328,7 @@ def open_child_run(
     trial_id: str,
     sampled: dict[str, Any],
     tags: dict[str, str] | None = None,
+    task_aliases: tuple[str, ...] = (),
 ) -> tuple[str, bool]:
     """A campaign trial's nested run (``mlflow.parentRunId`` = the campaign's run): exactly one per
     trial across trial restarts and campaign resumes. As for a job, the id lives in the trial's
@@ -340,7 +347,9 @@ def open_child_run(
         )
         if found:
             storage.write_bytes_atomic(id_file, found[0].info.run_id.encode())
-    run_id, resumed = open_run(spec, uri, {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, **(tags or {})})
+    run_id, resumed = open_run(
+        spec, uri, {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, **(tags or {})}, task_aliases=task_aliases
+    )
     if not resumed:
         client.log_batch(run_id, params=[Param(f"sampled.{k}", str(redact(v))) for k, v in sampled.items()])
     return run_id, resumed

@@ -49,7 +49,7 @@ class S3Server:
     region: str = "us-east-1"
 
     def env(self) -> dict[str, str]:
-        """AWS_* variables that point clients (service.storage, boto3, subprocesses) at this server."""
+        """AWS_* variables that point clients (service.io.storage, boto3, subprocesses) at this server."""
         return {
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,

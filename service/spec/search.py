@@ -89,10 +89,10 @@ class SearchSpec(Strict):
     """
 
     metric: str | None = Field(
-        None, description="what is optimised (default: the task's validation metric, e.g. valid_bpc)"
+        None, description="what is optimised: a metric the task reports (default: its validation metric)"
     )
     mode: Literal["min", "max"] | None = Field(
-        None, description="default: the metric's direction (max for BLEU, else min)"
+        None, description="min or max (default: the metric's direction as its task declares it)"
     )
     space: dict[str, Domain] = Field(min_length=1, description="dotted spec key -> its values")
     samples: int = Field(1, gt=0, description="trials (random, optuna) or repeats of the grid (see above)")

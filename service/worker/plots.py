@@ -24,10 +24,11 @@ def learning_curve(
     train: Sequence[tuple[int, float]],
     valid: Sequence[tuple[int, float]],
     path: str,
-    title: str = "",
-    train_label: str = "train bpc",
-    valid_label: str = "valid bpc",
-    ylabel: str = "bits per character",
+    *,
+    title: str,
+    train_label: str,
+    valid_label: str,
+    ylabel: str,
     valid_axis: str | None = None,
 ) -> None:
     """Train and validation curves against the optimizer step; with ``valid_axis`` the validation

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import hypermodels.fast_hyperlstm as fh
-from hypermodels import HyperLSTM, HyperLSTMState
+from hypermodels import HyperLSTM, HyperLSTMState, fast_hyperlstm
 from hypermodels.fast_hyperlstm import PARAM_NAMES, HyperLSTMLayerFunction, _Core
 
 TOL = {torch.float64: dict(rtol=1e-6, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-5)}
@@ -381,8 +381,6 @@ def test_build_location_is_shared_by_checkouts_and_clears_a_stale_lock(tmp_path,
     every checkout of the same code builds once."""
     import os
     import time
-
-    from hypermodels import fast_hyperlstm
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     where = fast_hyperlstm._build_location("avx2", ["-O3"])

@@ -21,10 +21,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, tiny_job
 
+from service.driver.campaign import close_trial_runs, param_space, trial_spec
+from service.driver.campaign_report import best_job_document, searched_keys
+from service.io import tracking
+from service.io.tracking import TAG_STOPPED
 from service.spec.errors import JobSpecError
-from service.spec.loading import validate_job
+from service.spec.loading import load_job, validate_job
+
+from helpers import ROOT, tiny_job
 
 LRS, NZS = [0.02, 1e-5], [4, 8]
 
@@ -127,9 +132,6 @@ def test_search_section_rejects(tmp_path: Path, search: dict, expected: str) -> 
 def test_search_space_to_tune(tmp_path: Path) -> None:
     from ray import tune
 
-    from service.driver.campaign import param_space, trial_spec
-    from service.driver.campaign_report import best_job_document, searched_keys
-
     job = campaign_job(tmp_path)
     job["search"]["samples"] = 3
     spec = validate_job(job)
@@ -164,7 +166,6 @@ def test_search_space_to_tune(tmp_path: Path) -> None:
 def test_campaign_job_file_is_valid() -> None:
     proc = hyperctl("validate", "jobs/ptb-embed-size-campaign.yaml", cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    from service.spec.loading import load_job
 
     spec = load_job(ROOT / "jobs" / "ptb-embed-size-campaign.yaml")
     assert spec.search.space["model.hyper.embed_size"].grid == [4, 8, 16, 32, 64]
@@ -185,11 +186,6 @@ def test_a_late_trial_failure_keeps_the_drivers_killed(tmp_path: Path) -> None:
     ended that trial's run KILLED: the trial's failure path must not turn it FAILED. Either order ends
     KILLED with the stopped-early tag and no error tag."""
     from mlflow.tracking import MlflowClient
-
-    from service.driver.campaign import close_trial_runs
-    from service.io import tracking
-    from service.io.tracking import TAG_STOPPED
-    from service.spec.loading import validate_job
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = validate_job(campaign_job(tmp_path))
@@ -215,8 +211,6 @@ def test_a_late_trial_failure_keeps_the_drivers_killed(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
-    from service.driver.campaign import trial_spec
-
     job = campaign_job(tmp_path)
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     t0 = time.monotonic()
@@ -297,7 +291,6 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
     assert "cmp: finished (4 trials" in status.stdout and status.stdout.count("stopped early") == len(stopped)
 
     # The best trial as a job: it validates, and it runs (two steps).
-    from service.spec.loading import load_job
 
     best_file = Path(client.download_artifacts(parent.info.run_id, "best_job.yaml", str(dl)))
     best = load_job(best_file)

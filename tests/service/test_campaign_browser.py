@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers import ROOT, tiny_job
 
 ARTIFACTS = ROOT / "test-artifacts"

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, tiny_job
 
 from service.driver.jobs_api import cluster_env, is_secret_name, submission_env, submit_to_cluster
 from service.driver.preflight import check_cluster_resources, check_job
 from service.io.tracking import tracking_uri_for
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
+
+from helpers import ROOT, tiny_job
 
 BIN = Path(sys.executable).parent
 HYPERCTL, RAY = str(BIN / "hyperctl"), str(BIN / "ray")

@@ -35,6 +35,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from service.localcluster.cluster import is_running
+from service.spec.loading import validate_job
+
 from helpers import ROOT, tiny_job
 
 pytestmark = pytest.mark.slow
@@ -280,8 +284,6 @@ print("ddp-check done")
 
 
 def test_ddp_ranks_on_two_nodes_stay_in_sync(cluster: LocalCluster, tmp_path: Path) -> None:
-    from service.spec.loading import validate_job
-
     spec = validate_job(tiny_job(tmp_path, "ddp")).model_dump(mode="json")
     out = tmp_path / "ranks"
     out.mkdir()
@@ -412,8 +414,6 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
 
 
 def test_down_stops_everything_and_is_idempotent(cluster: LocalCluster) -> None:
-    from service.localcluster.cluster import is_running
-
     state = cluster.state
     procs = [*state["nodes"], state["mlflow"], state["s3"]]
     down = cluster.cli("down", timeout=120)

@@ -34,6 +34,11 @@ from unittest import mock
 import jsonschema
 import pytest
 import yaml
+
+from service.cli import build_parser
+from service.spec.errors import JobSpecError
+from service.spec.loading import load_job
+
 from helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -618,9 +623,6 @@ def image_workdir() -> str:
 def entrypoint_problems(entrypoint: str, root: Path = ROOT) -> list[str]:
     """The entrypoint as hyperctl parses it, and its job file (mapped from the image's WORKDIR to the
     repository at ``root``) with its --set overrides as the service's spec loader validates them."""
-    from service.cli import build_parser
-    from service.spec.errors import JobSpecError
-    from service.spec.loading import load_job
 
     argv = shlex.split(entrypoint)
     if argv[:2] != ["hyperctl", "run"]:

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
-from helpers import ROOT
 from pydantic import Field
 
 from service import tasks as registry
@@ -27,6 +26,8 @@ from service.spec.schema import DataSpec, JobSpec, ModelSpec
 from service.tasks.base import DataFile, Metrics, Task
 from service.worker.worker import Window, Worker, make_optimizer
 
+from helpers import ROOT
+
 SERVICE = ROOT / "service"
 TASKS_DIR = SERVICE / "tasks"
 
@@ -35,8 +36,26 @@ TASKS_DIR = SERVICE / "tasks"
 
 
 def _task_words() -> dict[str, str]:
-    """Every name a task goes by (its name and aliases) -> the task."""
-    return {word: t.name for t in registry.TASKS.values() for word in (t.name, *t.aliases)}
+    """Every name a task goes by (its name and aliases) and every metric it owns -> the task: code
+    outside the task that names its metrics branches on the task by proxy (``HIGHER_IS_BETTER``
+    once held ``valid_bleu``)."""
+    words = {}
+    for t in registry.TASKS.values():
+        m = t.metrics
+        for word in (t.name, *t.aliases, m.valid, m.test, m.train, *m.reported, *m.higher_is_better):
+            words[word] = t.name
+    return words
+
+
+def _compares_a_task(node: ast.AST) -> bool:
+    """``x.task == ...``, ``... in (DEFAULT_TASK, ...)``: a branch on which task a job is."""
+    if not isinstance(node, ast.Compare):
+        return False
+    sides = [node.left, *node.comparators]
+    return any(
+        (isinstance(s, ast.Attribute) and s.attr == "task") or (isinstance(s, ast.Name) and s.id == "DEFAULT_TASK")
+        for s in sides
+    )
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -91,6 +110,8 @@ def task_name_violations(root: Path) -> list[str]:
                     problems.append(f"{rel}:{line}: imports {imported}")
         docs = _docstrings(tree)
         for node in ast.walk(tree):
+            if _compares_a_task(node):
+                problems.append(f"{rel}:{getattr(node, 'lineno', '?')}: compares a job's task")
             text = None
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
                 text = node.value
@@ -106,7 +127,12 @@ def task_name_violations(root: Path) -> list[str]:
                 continue
             for word, pattern in patterns.items():
                 if pattern.search(text):
-                    problems.append(f"{rel}:{getattr(node, 'lineno', '?')}: names task {words[word]!r} ({text[:60]!r})")
+                    what = (
+                        "names task"
+                        if word == words[word] or word in registry.TASKS[words[word]].aliases
+                        else "names a metric of task"
+                    )
+                    problems.append(f"{rel}:{getattr(node, 'lineno', '?')}: {what} {words[word]!r} ({text[:60]!r})")
     return sorted(set(problems))
 
 
@@ -116,8 +142,8 @@ def test_no_module_outside_the_task_folders_names_a_task() -> None:
 
 
 def test_the_name_check_finds_a_branch_on_a_task_and_an_import_of_its_module(tmp_path: Path) -> None:
-    """The check above can fail: a copy of service/ with one branch on a task's name and one import
-    of a task's module is caught, line by line."""
+    """The check above can fail: a copy of service/ with a branch on a task's name, one on a task
+    by proxy (its metric; the default task), and an import of a task's module is caught, line by line."""
     copy = tmp_path / "service"
     for path in SERVICE.rglob("*.py"):
         target = copy / path.relative_to(SERVICE)
@@ -128,9 +154,18 @@ def test_the_name_check_finds_a_branch_on_a_task_and_an_import_of_its_module(tmp
     cli.write_text(cli.read_text() + f"\n\ndef _branch(spec):\n    return spec.task == {name!r}\n")
     runs = copy / "driver" / "runs.py"
     runs.write_text(runs.read_text() + f"\nfrom ..tasks.{name} import spec as _spec\n")
+    metric = registry.TASKS[name].metrics.valid
+    local = copy / "driver" / "local.py"
+    local.write_text(
+        local.read_text() + f"\n\ndef _mode(m):\n    return 'max' if m == {metric!r} else 'min'\n"
+        "\n\ndef _default(spec):\n    return spec.task == DEFAULT_TASK\n"
+    )
     found = task_name_violations(tmp_path)
     assert any(p.startswith("service/cli.py:") and f"names task {name!r}" in p for p in found), found
     assert any(p.startswith("service/driver/runs.py:") and f"imports service.tasks.{name}" in p for p in found), found
+    assert any(p.startswith("service/driver/local.py:") and f"names a metric of task {name!r}" in p for p in found)
+    assert any(p.startswith("service/driver/local.py:") and "compares a job's task" in p for p in found), found
+    assert task_name_violations(ROOT) == []  # the copy was changed, not the checkout
 
 
 def test_a_task_imports_no_other_task() -> None:

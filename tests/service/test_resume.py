@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from service.driver.local import init_ray, run_job
+from service.spec.loading import validate_job
+
 from helpers import tiny_job
 
 pytestmark = pytest.mark.slow
@@ -27,8 +31,6 @@ MAX_STEPS, CKPT_EVERY = 100, 25
 def local_ray():
     import ray
 
-    from service.driver.local import init_ray
-
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(num_cpus=2)
     yield ray
@@ -36,8 +38,6 @@ def local_ray():
 
 
 def job_spec(tmp: Path, name: str, task: str = "char_lm"):
-    from service.spec.loading import validate_job
-
     raw = tiny_job(tmp, name, max_steps=MAX_STEPS, checkpoint_every=CKPT_EVERY, eval_every=CKPT_EVERY, log_every=5)
     if task == "image_classification":  # a hyper convnet with augmentation: data order and RNG restored too
         raw.update(
@@ -91,8 +91,6 @@ def histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
 @pytest.mark.parametrize("task", ["char_lm", "image_classification"])
 def test_killed_worker_resumes_exactly(local_ray, tmp_path: Path, task: str) -> None:
     from mlflow.tracking import MlflowClient
-
-    from service.driver.local import run_job
 
     baseline = run_job(job_spec(tmp_path, "baseline", task), num_cpus=2)
     assert baseline.ok, baseline.error

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from helpers import ROOT
 
 from hypermodels import variable_count
 from service.spec.loading import load_job
 from service.tasks import task_of
 from service.tasks.image_classification.model import build_model as build_image_model
 from service.tasks.image_classification.spec import ImageJob
+
+from helpers import ROOT
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 

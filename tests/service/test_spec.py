@@ -17,8 +17,13 @@ import yaml
 
 from service.cli import EXIT_BAD_INPUT, EXIT_OK, main
 from service.driver.preflight import check_job
+from service.io import storage
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
+from service.tasks.char_lm.model import build_model
+from service.tasks.char_lm.spec import CharLMJob
+from service.tasks.image_classification.spec import ImageJob
+from service.tasks.translation.spec import TranslationJob
 
 HYPERCTL = str(Path(sys.executable).parent / "hyperctl")
 GOOD = "name: ok\ntrain:\n  max_steps: 10\n"
@@ -252,8 +257,6 @@ def test_good_job_prints_resolved_spec_and_parameters(workdir: Path) -> None:
 
 
 def test_good_job_on_s3(workdir: Path, s3_prefix: str, s3_env, capsys: pytest.CaptureFixture) -> None:
-    from service.io import storage
-
     for split in ("train", "valid"):
         storage.write_bytes_atomic(f"{s3_prefix}/{split}.txt", b"some text\n")
     keys = bucket_keys(s3_env)
@@ -292,11 +295,6 @@ def test_storage_write_probe(s3_env) -> None:
 
 def test_task_schemas_and_their_errors() -> None:
     """``task`` picks the schema: each has its own sections, and the errors name the task's fields."""
-    from service.tasks.char_lm.model import build_model
-    from service.tasks.char_lm.spec import CharLMJob
-    from service.tasks.image_classification.spec import ImageJob
-    from service.tasks.translation.spec import TranslationJob
-
     base = {"name": "t", "train": {"max_steps": 1}}
     assert isinstance(validate_job(base), CharLMJob)
     assert isinstance(validate_job({**base, "task": "image_classification"}), ImageJob)
@@ -363,7 +361,6 @@ def test_the_old_task_name_is_read_with_a_deprecation_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``task: nmt`` (before the registry) still reads, as ``translation``, and says so once."""
-    from service.tasks.translation.spec import TranslationJob
 
     with caplog.at_level("WARNING", logger="hyperctl"):
         spec = validate_job({"name": "t", "task": "nmt", "train": {"max_steps": 1}})

@@ -1,4 +1,4 @@
-"""service.storage against the local disk and a real S3 server (SeaweedFS, see conftest.py)."""
+"""service.io.storage against the local disk and a real S3 server (SeaweedFS, see conftest.py)."""
 
 from __future__ import annotations
 

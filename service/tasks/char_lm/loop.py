@@ -158,6 +158,9 @@ def finish_artifacts(
             tracker.history("valid_bpc"),
             str(tmp_path / "learning_curve.png"),
             title=spec.name,
+            train_label="train bpc",
+            valid_label="valid bpc",
+            ylabel="bits per character",
         )
         tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from hypermodels import label_smoothed_nll
 
 from ...io import storage
-from ...io.tracking import MetricBuffer
+from ...io.tracking import TAG_SACREBLEU, MetricBuffer
 from ...worker import plots
 from ...worker.worker import Window, Worker, make_optimizer, seed_rank
 from .data import BOS_ID, EOS_ID, PAD_ID, PreparedCorpus, Split, load_prepared, load_processors, load_split
@@ -203,7 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         final["test_bleu"] = final[f"test_bleu_{prepared.tests[0]}"]
     w.log(total_steps, **final)
     w.tracker.flush()
-    w.tracker.set_tags(**{"sacrebleu.signature": signature})
+    w.tracker.set_tags(**{TAG_SACREBLEU: signature})
     w.emit(event="final", step=total_steps, metrics={k: v for k, v in final.items() if k != "final_valid_bleu"})
     w.emit(event="info", text=f"sacreBLEU signature: {signature}")
     finish_artifacts(spec, model, translator, prepared, splits, outputs, signature, w.tracker)

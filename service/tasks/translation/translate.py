@@ -18,6 +18,7 @@ import torch
 
 from ...io import storage, tracking
 from ...spec.errors import validate_as
+from ...spec.schema import TrainSpec
 from ...worker.checkpoint import META_FILE, MODEL_FILE
 from .data import load_prepared
 from .model import build_model
@@ -103,12 +104,21 @@ def _is_translation(spec_doc: dict[str, Any]) -> bool:
     return spec_doc.get("task") in (TASK_NAME, *OLD_NAMES)
 
 
+def saved_spec(spec_doc: dict[str, Any]) -> TranslationJob:
+    """The job a model was saved with (in a checkpoint's meta.json or the run's model.pt), as this
+    version reads it: earlier versions called the task ``nmt`` and gave every job the char LM's
+    training keys (``train.eval_max_symbols``, ``train.sample_length``), which are dropped."""
+    train = {k: v for k, v in spec_doc.get("train", {}).items() if k in TrainSpec.model_fields}
+    job: TranslationJob = validate_as(TranslationJob, {**spec_doc, "task": TASK_NAME, "train": train}, "model")
+    return job
+
+
 def build_translator(
     spec_doc: dict[str, Any], state_dict: dict[str, torch.Tensor], src_model: bytes, tgt_model: bytes
 ) -> Translator:
     import sentencepiece as spm  # deferred: only translation jobs need it
 
-    spec: TranslationJob = validate_as(TranslationJob, {**spec_doc, "task": TASK_NAME}, "model")
+    spec = saved_spec(spec_doc)
     src_sp = spm.SentencePieceProcessor(model_proto=src_model)
     tgt_sp = spm.SentencePieceProcessor(model_proto=tgt_model)
     model = build_model(spec, src_sp.get_piece_size(), tgt_sp.get_piece_size())
@@ -144,7 +154,7 @@ def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
         raise ValueError(f"{source}: neither a checkpoint folder nor a run in {tracking_uri}")
     task = run["tags"].get(tracking.TAG_TASK)
     if task not in (TASK_NAME, *OLD_NAMES):
-        raise ValueError(f"run {source} is a {task} job, not a translation job")
+        raise ValueError(f"run {source} is not a translation job (its task: {task or 'not recorded'})")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = tracking.download_artifact(tracking_uri, source, "model/model.pt", tmp)

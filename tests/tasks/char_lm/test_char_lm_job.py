@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_job
 
 from service.spec.loading import validate_job
+
+from helpers import tiny_job
 
 pytestmark = pytest.mark.slow
 

@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import ROOT
 
 from service.cli import EXIT_BAD_INPUT, main
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
 from service.tasks.image_classification.data import load_split, prepare_images
+from service.tasks.image_classification.loop import augment
+from service.tasks.image_classification.model import build_model, parameter_counts
+
+from helpers import ROOT
 
 MNIST = ROOT / "data" / "mnist"
 
@@ -120,8 +123,6 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path: Path, monkeypatch: 
 
 
 def test_mnist_convnet_refuses_other_image_shapes(tmp_path: Path) -> None:
-    from service.tasks.image_classification.model import build_model
-
     spec = validate_job({"name": "c", "task": "image_classification", "train": {"max_steps": 1}})
     with pytest.raises(ValueError, match="mnist_convnet takes 1x28x28 images in 10 classes"):
         build_model(spec, (3, 32, 32), 10)
@@ -194,8 +195,6 @@ def write_cifar10(folder: Path, per_batch: int = 12) -> None:
 def test_cifar10_batches_feed_a_hyper_wide_resnet(tmp_path: Path) -> None:
     import torch
 
-    from service.tasks.image_classification.model import build_model, parameter_counts
-
     write_cifar10(tmp_path / "cifar")
     job = {
         "name": "c",
@@ -242,8 +241,6 @@ def pickle_first_image(folder: Path):
 
 def test_augmentation_keeps_shapes_and_moves_pixels() -> None:
     import torch
-
-    from service.tasks.image_classification.loop import augment
 
     torch.manual_seed(0)
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6) + 1

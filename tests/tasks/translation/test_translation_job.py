@@ -14,11 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import ROOT
 
+from service.io import storage, tracking
+from service.paths import run_dir
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
+from service.tasks.translation import TASK
 from service.tasks.translation.data import load_processors, load_split, prepare_corpus
+from service.tasks.translation.translate import saved_spec
+
+from helpers import ROOT
 
 MULTI30K = ROOT / "data" / "multi30k"
 
@@ -218,3 +223,28 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
         timeout=300,
     )
     assert t.returncode == 2 and "no-such-run: neither a checkpoint folder nor a run in sqlite:///" in t.stderr
+
+
+def test_runs_and_models_of_the_old_task_name_resume_and_load(tmp_path: Path) -> None:
+    """Before the registry the task was ``nmt`` and every job carried the char LM's training keys:
+    a relaunch still resumes such a run (same MLflow run), and a model saved then still loads."""
+    from mlflow.tracking import MlflowClient
+
+    spec = validate_job(translation_job(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    old_params = {**spec.flat(), "task": "nmt", "train.eval_max_symbols": None, "train.sample_length": 300}
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("old")
+    run_id = client.create_run(experiment).info.run_id
+    for key, value in old_params.items():
+        client.log_param(run_id, key, str(value))
+    storage.write_bytes_atomic(storage.join(run_dir(spec), tracking.RUN_ID_FILE), run_id.encode())
+
+    with pytest.raises(JobSpecError, match="different spec \\(task: nmt -> translation\\)"):
+        tracking.open_run(spec, uri)  # without the task's old names: refused, as for any other change
+    assert tracking.open_run(spec, uri, task_aliases=TASK.aliases) == (run_id, True)
+
+    old_dump = spec.model_dump(mode="json")
+    old_dump["task"] = "nmt"
+    old_dump["train"] |= {"eval_max_symbols": None, "sample_length": 300}
+    assert saved_spec(old_dump) == spec
