@@ -69,7 +69,8 @@ def best_trial(spec: JobSpec, trials: list[dict[str, Any]]) -> dict[str, Any] | 
     or the best of all when none completed."""
     order = [t for t in ranked(spec, trials) if t["value"] is not None and math.isfinite(t["value"])]
     completed = [t for t in order if t["state"] == "completed"]
-    return (completed or order or [None])[0]  # type: ignore[list-item]  # None: no trial has a value
+    candidates = completed or order
+    return candidates[0] if candidates else None
 
 
 def format_trials(spec: JobSpec, trials: list[dict[str, Any]]) -> str:

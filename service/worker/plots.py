@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from ..io.tracking import RunLog
 
 
 def pyplot() -> Any:
@@ -53,6 +57,33 @@ def learning_curve(
     plt.close(fig)
 
 
+def log_learning_curve(
+    tracker: RunLog,
+    train_metric: str,
+    valid_metric: str,
+    *,
+    title: str,
+    train_label: str,
+    valid_label: str,
+    ylabel: str,
+    valid_axis: str | None = None,
+) -> None:
+    """:func:`learning_curve` of two of the run's metrics, logged as ``plots/learning_curve.png``."""
+    with tempfile.TemporaryDirectory(prefix="hyperctl-plot-") as tmp:
+        path = os.path.join(tmp, "learning_curve.png")
+        learning_curve(
+            tracker.history(train_metric),
+            tracker.history(valid_metric),
+            path,
+            title=title,
+            train_label=train_label,
+            valid_label=valid_label,
+            ylabel=ylabel,
+            valid_axis=valid_axis,
+        )
+        tracker.log_artifact(path, "plots")
+
+
 def norm_changes(d: torch.Tensor) -> torch.Tensor:
     """``||d_t - d_{t-1}||_2`` per step for ``d`` ``(T, ...)``; returns ``(T-1,)``."""
     flat = d.reshape(d.shape[0], -1).double()
@@ -95,4 +126,4 @@ def scaling_vectors(
     plt.close(fig)
 
 
-__all__ = ["learning_curve", "norm_changes", "pyplot", "scaling_vectors"]
+__all__ = ["learning_curve", "log_learning_curve", "norm_changes", "pyplot", "scaling_vectors"]

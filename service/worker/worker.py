@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ import torch
 from hypermodels import count_parameters
 
 from ..io import storage
-from ..io.tracking import MetricBuffer
+from ..io.tracking import MetricBuffer, RunLog
 from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
@@ -274,4 +275,15 @@ class Worker(Generic[J]):
         )
 
 
-__all__ = ["FAILURE_FILE", "NonFiniteLossError", "Window", "Worker", "make_optimizer", "seed_rank"]
+def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: Any) -> None:
+    """The trained model as the run's ``model/model.pt`` (rank 0, at the end): its ``state_dict`` on
+    the CPU, the spec as a document, and ``extra`` (what using it needs: a vocabulary, subword
+    models). ``hyperctl translate`` and the tasks' loaders read this file."""
+    with tempfile.TemporaryDirectory(prefix="hyperctl-model-") as tmp:
+        path = os.path.join(tmp, "model.pt")
+        state = {k: v.cpu() for k, v in model.state_dict().items()}
+        torch.save({"state_dict": state, "spec": spec.model_dump(mode="json"), **extra}, path)
+        tracker.log_artifact(path, "model")
+
+
+__all__ = ["FAILURE_FILE", "NonFiniteLossError", "Window", "Worker", "log_model", "make_optimizer", "seed_rank"]

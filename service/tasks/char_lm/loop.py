@@ -28,7 +28,7 @@ from hypermodels import CharLM, CharVocab, HyperLSTM, bits_per_char, detach_stat
 
 from ...io.tracking import MetricBuffer
 from ...worker import plots
-from ...worker.worker import Window, Worker, make_optimizer, seed_rank
+from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_rank
 from .data import PreparedText, load_prepared, load_split
 from .model import build_model
 from .spec import CharLMJob
@@ -132,16 +132,7 @@ def finish_artifacts(
     model.eval()
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        torch.save(
-            {
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "spec": spec.model_dump(mode="json"),
-                "vocab": list(prepared.vocab),
-            },
-            tmp_path / "model.pt",
-        )
-        tracker.log_artifact(str(tmp_path / "model.pt"), "model")
-
+        log_model(tracker, model, spec, vocab=list(prepared.vocab))
         if spec.train.sample_length:
             prime = valid_ids[: min(40, valid_ids.numel())].tolist()
             generator = torch.Generator().manual_seed(spec.train.seed)
@@ -153,16 +144,15 @@ def finish_artifacts(
             )
             tracker.log_text(text, "sample.txt")
 
-        plots.learning_curve(
-            tracker.history("train_bpc"),
-            tracker.history("valid_bpc"),
-            str(tmp_path / "learning_curve.png"),
+        plots.log_learning_curve(
+            tracker,
+            "train_bpc",
+            "valid_bpc",
             title=spec.name,
             train_label="train bpc",
             valid_label="valid bpc",
             ylabel="bits per character",
         )
-        tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
 
         if isinstance(model.rnn, HyperLSTM):
             snippet = valid_ids[: min(120, valid_ids.numel())]

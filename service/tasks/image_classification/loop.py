@@ -25,7 +25,7 @@ from hypermodels import MNISTConvNet, WideResNet
 
 from ...io.tracking import TAG_PREFIX, MetricBuffer
 from ...worker import plots
-from ...worker.worker import Window, Worker, make_optimizer, seed_rank
+from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_rank
 from .data import load_prepared, load_split
 from .model import build_model, parameter_counts
 from .plots import kernel_grid
@@ -175,22 +175,17 @@ def finish_artifacts(spec: ImageJob, model: MNISTConvNet | WideResNet, tracker: 
     model.eval()
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        torch.save(
-            {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "spec": spec.model_dump(mode="json")},
-            tmp_path / "model.pt",
-        )
-        tracker.log_artifact(str(tmp_path / "model.pt"), "model")
-        plots.learning_curve(
-            tracker.history("train_loss"),
-            tracker.history("valid_error"),
-            str(tmp_path / "learning_curve.png"),
+        log_model(tracker, model, spec)
+        plots.log_learning_curve(
+            tracker,
+            "train_loss",
+            "valid_error",
             title=spec.name,
             train_label="train loss",
             valid_label="valid error",
             ylabel="cross-entropy (nats)",
             valid_axis="error rate",
         )
-        tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
         if spec.model.kernels == "hyper":
             with torch.no_grad():
                 kernels = model.generated_kernels()

@@ -30,7 +30,7 @@ from hypermodels import label_smoothed_nll
 from ...io import storage
 from ...io.tracking import TAG_SACREBLEU, MetricBuffer
 from ...worker import plots
-from ...worker.worker import Window, Worker, make_optimizer, seed_rank
+from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_rank
 from .data import BOS_ID, EOS_ID, PAD_ID, PreparedCorpus, Split, load_prepared, load_processors, load_split
 from .model import build_model
 from .plots import attention_maps
@@ -227,15 +227,7 @@ def finish_artifacts(
     spm_bytes = {"src": storage.read_bytes(src_uri), "tgt": storage.read_bytes(tgt_uri)}
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        torch.save(
-            {
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "spec": spec.model_dump(mode="json"),
-                "spm": spm_bytes,
-            },
-            tmp_path / "model.pt",
-        )
-        tracker.log_artifact(str(tmp_path / "model.pt"), "model")
+        log_model(tracker, model, spec, spm=spm_bytes)
         for name, body in (
             (("spm.model", spm_bytes["src"]),)
             if prepared.shared_vocab
@@ -269,17 +261,16 @@ def finish_artifacts(
         )
         tracker.log_artifact(str(tmp_path / "attention.png"), "plots")
 
-        plots.learning_curve(
-            tracker.history("train_ppl"),
-            tracker.history("valid_bleu"),
-            str(tmp_path / "learning_curve.png"),
+        plots.log_learning_curve(
+            tracker,
+            "train_ppl",
+            "valid_bleu",
             title=spec.name,
             train_label="train perplexity",
             valid_label="valid BLEU",
             ylabel="perplexity",
             valid_axis="BLEU",
         )
-        tracker.log_artifact(str(tmp_path / "learning_curve.png"), "plots")
 
 
 __all__ = ["collate", "epoch_batches", "perplexity", "train_loop_per_worker"]
