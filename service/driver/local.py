@@ -168,8 +168,11 @@ def start(
 
     spec = absolute_storage(spec)
     on_cluster = cluster_address(address) is not None
-    cpus = num_cpus if num_cpus is not None else preflight.local_ray_cpus()
-    preflight.check_job(spec, available_cpus=cpus, check_resources=not on_cluster)
+    if on_cluster:  # the cluster's resources are checked once joined, below
+        preflight.check_job(spec, check_resources=False)
+    else:
+        cpus = num_cpus if num_cpus is not None else preflight.local_ray_cpus()
+        preflight.check_job(spec, available_cpus=cpus)
     init_ray(address, num_cpus, verbose)
     cluster = ray.cluster_resources()
     if on_cluster:
