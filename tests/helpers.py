@@ -1,9 +1,12 @@
-"""What several test modules share: the project's root, and a tiny char-LM job on the first lines
-of PTB char that trains in a minute or two."""
+"""What several test modules share: the project's root, a tiny char-LM job on the first lines of
+PTB char that trains in a minute or two, and running this checkout's ``hyperctl`` in a child process."""
 
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,3 +55,26 @@ def tiny_job(tmp: Path, name: str, **train: object) -> dict:
         "storage": str(tmp / "runs"),
         "tracking": {"experiment": "tests"},
     }
+
+
+def local_env(**extra: str) -> dict[str, str]:
+    """This environment for a child that starts its own local Ray instance and MLflow store: without
+    RAY_ADDRESS and MLFLOW_TRACKING_URI, with ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return {**env, **extra}
+
+
+def hyperctl(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``hyperctl ARGS`` of this checkout (``python -m service``) in a child process, ``input`` on its
+    stdin, its output captured as text; ``env`` defaults to :func:`local_env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=cwd,
+        input=input,
+        env=local_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

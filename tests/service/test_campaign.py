@@ -29,7 +29,7 @@ from service.io.tracking import TAG_STOPPED
 from service.spec.errors import JobSpecError
 from service.spec.loading import load_job, validate_job
 
-from helpers import ROOT, tiny_job
+from helpers import ROOT, hyperctl, tiny_job
 
 LRS, NZS = [0.02, 1e-5], [4, 8]
 
@@ -46,13 +46,6 @@ def campaign_job(tmp: Path, name: str = "cmp") -> dict:
         "scheduler": {"name": "asha", "grace_period": 10, "max_t": 40, "reduction_factor": 2},
     }
     return job
-
-
-def hyperctl(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def last_json(stdout: str) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, tiny_job
+from helpers import ROOT, hyperctl, local_env, tiny_job
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = (
@@ -70,15 +70,7 @@ def test_mlflow_ui_shows_campaign_with_nested_trials(tmp_path: Path) -> None:
         "scheduler": "none",
     }
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(job))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "tune", "campaign.yaml", "--num-cpus", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = hyperctl("tune", "campaign.yaml", "--num-cpus", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
     db = tmp_path / "runs" / "mlflow.db"
@@ -108,7 +100,7 @@ def test_mlflow_ui_shows_campaign_with_nested_trials(tmp_path: Path) -> None:
             "1",
         ],
         cwd=tmp_path,
-        env=env,
+        env=local_env(),
         stdout=server_log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

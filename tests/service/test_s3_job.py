@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import tiny_job
+from helpers import hyperctl, local_env, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -36,16 +34,8 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
-    env.update(s3_server.env())
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    env = {k: v for k, v in local_env().items() if not k.startswith("AWS_")} | s3_server.env()
+    proc = hyperctl("submit", str(job_file), "--num-cpus", "2", cwd=tmp_path, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])

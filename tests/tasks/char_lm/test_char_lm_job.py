@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import yaml
 
 from service.spec.loading import validate_job
 
-from helpers import tiny_job
+from helpers import hyperctl, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +24,7 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     job = tiny_job(tmp_path, "e2e")
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "submit", str(job_file), "--num-cpus", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = hyperctl("submit", str(job_file), "--num-cpus", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[train] step     60/60" in proc.stdout and "[ckpt]" in proc.stdout  # progress was printed
     summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])

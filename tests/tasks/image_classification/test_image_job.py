@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,7 @@ from service.tasks.image_classification.data import load_split, prepare_images
 from service.tasks.image_classification.loop import augment
 from service.tasks.image_classification.model import build_model, parameter_counts
 
-from helpers import ROOT
+from helpers import ROOT, hyperctl
 
 MNIST = ROOT / "data" / "mnist"
 
@@ -143,15 +140,7 @@ def test_two_worker_hyper_convnet_job_end_to_end(tmp_path: Path) -> None:
         "checkpoint_every": 20,
     }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "submit", str(tmp_path / "job.yaml"), "--num-cpus", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = hyperctl("submit", str(tmp_path / "job.yaml"), "--num-cpus", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "[train] starting: 40 steps, 2 worker(s)" in proc.stdout
     assert "parameters: total 12,910, hypernetwork 4,240, embeddings 4, generated_kernel_weights 12,544" in proc.stdout

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +20,7 @@ from service.tasks.translation import TASK
 from service.tasks.translation.data import load_processors, load_split, prepare_corpus
 from service.tasks.translation.translate import saved_spec
 
-from helpers import ROOT
+from helpers import ROOT, hyperctl
 
 MULTI30K = ROOT / "data" / "multi30k"
 
@@ -165,15 +162,7 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(translation_job(tmp_path, "translation-e2e")))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "service", "submit", str(tmp_path / "job.yaml"), "--num-cpus", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = hyperctl("submit", str(tmp_path / "job.yaml"), "--num-cpus", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert (
         "[train] starting: 20 steps, 2 worker(s)" in proc.stdout
@@ -202,26 +191,12 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     sentences = "A dog runs on the beach.\nTwo men are talking.\n"
     out = {}
     for source in (summary["run_id"], str(tmp_path / "runs" / "translation-e2e" / "checkpoint_00000020")):
-        t = subprocess.run(
-            [sys.executable, "-m", "service", "translate", source, "--storage", str(tmp_path / "runs")],
-            input=sentences,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        t = hyperctl("translate", source, "--storage", str(tmp_path / "runs"), cwd=tmp_path, input=sentences)
         assert t.returncode == 0, t.stderr[-3000:]
         out[source] = t.stdout.splitlines()
         assert len(out[source]) == 2 and t.stderr.strip() == ""
     assert len(set(map(tuple, out.values()))) == 1
-    t = subprocess.run(
-        [sys.executable, "-m", "service", "translate", "no-such-run", "--storage", str(tmp_path / "runs")],
-        input="x\n",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    t = hyperctl("translate", "no-such-run", "--storage", str(tmp_path / "runs"), cwd=tmp_path, input="x\n")
     assert t.returncode == 2 and "no-such-run: neither a checkpoint folder nor a run in sqlite:///" in t.stderr
 
 
