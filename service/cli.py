@@ -29,7 +29,7 @@ from .localcluster.cluster import add_parser as add_cluster_parser
 from .spec.errors import JobSpecError
 from .spec.loading import load_job, validate_job
 from .spec.schema import JobSpec
-from .tasks import TASKS, CommandKit, task_of
+from .tasks import DEFAULT_TASK, TASKS, CommandKit, task_named, task_of
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +56,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(resolved, sort_keys=False).rstrip())
         print(f"# model parameters: {params:,} ({params / 1e6:.2f}M)")
         print(f"# {args.job}: valid")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Every key of a task's job, with its type, default and description (the default task without
+    TASK). --json prints a JSON Schema of every task's jobs instead, for editors: e.g. with the YAML
+    language server, save it as hyperctl-job.schema.json and start a job file with
+    `# yaml-language-server: $schema=hyperctl-job.schema.json`."""
+    from .spec.reference import format_reference, json_schema
+
+    if args.json:
+        if args.task is not None:
+            task = task_named(args.task, "schema")
+            print(json.dumps(json_schema({task.name: task.job_class}), indent=2))
+        else:
+            print(json.dumps(json_schema({name: t.job_class for name, t in TASKS.items()}), indent=2))
+        return EXIT_OK
+    task = task_named(args.task if args.task is not None else DEFAULT_TASK, "schema")
+    others = ", ".join(name for name in TASKS if name != task.name)
+    title = (
+        f"# task: {task.name}: every key of its jobs (dotted; `required` has no default)\n"
+        f"# other tasks: {others} (hyperctl schema TASK); JSON Schema for editors: hyperctl schema --json"
+    )
+    print(format_reference(task.job_class, title))
     return EXIT_OK
 
 
@@ -407,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_arguments(p)
     p.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "schema",
+        help="every key of a task's jobs: type, default, description (--json: JSON Schema)",
+        description=cmd_schema.__doc__,
+    )
+    p.add_argument("task", nargs="?", help=f"a task: {', '.join(TASKS)} (default {DEFAULT_TASK})")
+    p.add_argument("--json", action="store_true", help="print a JSON Schema of jobs instead")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser(
         "submit",
