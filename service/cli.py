@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import time
@@ -20,10 +21,11 @@ import yaml
 from .driver import jobs_api
 from .driver.campaign import CampaignError, campaign_status, format_trials, run_campaign, stop_campaign
 from .driver.jobs_api import ClusterError
-from .driver.local import cluster_address, run_job
+from .driver.local import RunOutcome, cluster_address, run_job
 from .driver.preflight import check_job
 from .driver.runs import list_runs
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .io import tracking
 from .io.tracking import tracking_uri_for
 from .localcluster.cluster import add_parser as add_cluster_parser
 from .spec.errors import JobSpecError
@@ -116,7 +118,33 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
             indent=2,
         )
     )
+    _print_next_steps(args, spec, outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _print_next_steps(args: argparse.Namespace, spec: JobSpec, outcome: RunOutcome) -> None:
+    """Where a finished run's results are and what to do next, for people (stderr; stdout keeps the
+    JSON summary for scripts)."""
+    task = task_of(spec)
+    shown = [m for m in (task.metrics.valid, task.metrics.test) if m in outcome.metrics]
+    figures = ", ".join(f"{m} {outcome.metrics[m]:.4g}" for m in shown)
+    sets = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+    job = shlex.quote(args.job) if getattr(args, "job", None) else None
+    lines = [
+        f"[done] {spec.name}: {'FINISHED' if outcome.ok else 'FAILED'}" + (f" ({figures})" if figures else ""),
+        f"  checkpoints: {outcome.run_path}",
+        f"  artifacts:   {outcome.artifact_uri}  (learning curve, samples, plots, model)",
+        f"  run page:    {tracking.run_page(outcome.tracking_uri, outcome.experiment_id, outcome.run_id)}",
+    ]
+    if job is not None and not outcome.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  open it:     hyperctl ui {job}{sets}   (then the run page above)")
+    if job is not None and outcome.ok:
+        lines.append(
+            f"  train on:    hyperctl submit {job}{sets} --set train.max_steps=N   (resumes from the checkpoint)"
+        )
+    elif job is not None:
+        lines.append(f"  retry:       hyperctl submit {job}{sets}   (resumes from the latest checkpoint)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

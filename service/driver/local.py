@@ -45,6 +45,8 @@ class RunOutcome:
     ok: bool
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    experiment_id: str = ""
+    artifact_uri: str = ""
 
 
 def absolute_storage(spec: JobSpec) -> JobSpec:
@@ -297,13 +299,16 @@ def run_job(
         except Exception:  # noqa: BLE001 - the queue is gone with its node: nothing to clean up
             pass
     tracking.close_run(uri, run_id, error)
+    described = tracking.describe_run(uri, run_id)
     outcome = RunOutcome(
         run_id=run_id,
         tracking_uri=uri,
         run_path=run_dir(spec),
         ok=error is None,
         error=error,
-        metrics=tracking.describe_run(uri, run_id)["metrics"],
+        metrics=described["metrics"],
+        experiment_id=described["experiment_id"],
+        artifact_uri=described["artifact_uri"],
     )
     say(f"[mlflow] run {run_id}: {'FINISHED' if outcome.ok else 'FAILED'} (tracking URI {tracking.redact(uri)})")
     if error:

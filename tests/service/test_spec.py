@@ -456,3 +456,28 @@ def test_own_files_replace_the_builtin_default_dataset(task, data) -> None:
     builtin = type(spec.data).model_fields["dataset"].default
     with pytest.raises(JobSpecError, match="give either data.dataset"):
         validate_job({"name": "own", "task": task, "data": {**data, "dataset": builtin}, "train": {"max_steps": 1}})
+
+
+def test_a_relaunch_with_another_spec_is_refused_by_validate_and_submit_before_ray(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The README's second example: a variant of a finished job under the same name."""
+    import ray
+
+    from service.io import tracking
+
+    (workdir / "job.yaml").write_text(f"name: quick\ntrain:\n  max_steps: 10\nstorage: {workdir / 'runs'}\n")
+    spec = validate_job(yaml.safe_load((workdir / "job.yaml").read_text()))
+    tracking.open_run(spec, tracking.tracking_uri_for(spec))  # the first run, as submit records it
+    before = snapshot(workdir)
+    variant = ["--set", "model.hyper.embed_size=16"]
+    for command in ("validate", "submit"):
+        assert main([command, "job.yaml", *variant]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert "holds a run named 'quick' with a different spec (model.hyper.embed_size: 4 -> 16)" in err
+        assert "--set name=quick-embed_size-16" in err
+    assert not ray.is_initialized(), "submit must refuse before starting Ray"
+    assert snapshot(workdir) == before
+    # The fix the message gives works; the unchanged job still validates (it would resume).
+    assert main(["validate", "job.yaml", *variant, "--set", "name=quick-embed_size-16"]) == EXIT_OK
+    assert main(["validate", "job.yaml"]) == EXIT_OK
