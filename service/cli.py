@@ -139,8 +139,9 @@ def _print_next_steps(args: argparse.Namespace, spec: JobSpec, outcome: RunOutco
     if job is not None and not outcome.tracking_uri.startswith(("http://", "https://")):
         lines.append(f"  open it:     hyperctl ui {job}{sets}   (then the run page above)")
     if job is not None and outcome.ok:
+        variant = shlex.quote(f"name={spec.name}-2")
         lines.append(
-            f"  train on:    hyperctl submit {job}{sets} --set train.max_steps=N   (resumes from the checkpoint)"
+            f"  a variant:   hyperctl submit {job}{sets} --set {variant} --set KEY=VALUE   (hyperctl schema: the keys)"
         )
     elif job is not None:
         lines.append(f"  retry:       hyperctl submit {job}{sets}   (resumes from the latest checkpoint)")
