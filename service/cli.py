@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .driver import jobs_api
-from .driver.campaign import CampaignError, campaign_status, format_trials, run_campaign, stop_campaign
 from .driver.jobs_api import ClusterError
-from .driver.local import RunOutcome, cluster_address, run_job
+from .driver.local import cluster_address
 from .driver.preflight import check_job
 from .driver.runs import list_runs
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
@@ -32,6 +32,9 @@ from .spec.errors import JobSpecError
 from .spec.loading import load_job, validate_job
 from .spec.schema import JobSpec
 from .tasks import DEFAULT_TASK, TASKS, CommandKit, task_named, task_of
+
+if TYPE_CHECKING:
+    from .driver.local import RunOutcome
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +99,8 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
     """Run a job or campaign here (preflight runs once, in its start-up, before Ray starts)."""
     if spec.search is not None:  # a search campaign (service/driver/campaign.py)
         return _run_campaign(args, spec)
+    from .driver.local import run_job  # deferred, as every driver import here: torch, Ray and MLflow
+
     try:
         outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
     except KeyboardInterrupt as e:
@@ -352,6 +357,7 @@ def _is_job_file(value: str) -> bool:
 
 
 def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False) -> int:
+    from .driver.campaign import CampaignError, run_campaign
     try:
         outcome = run_campaign(
             spec,
@@ -413,6 +419,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_campaign_status(args: argparse.Namespace) -> int:
     """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage)."""
+    from .driver.campaign import campaign_status, format_trials
+
     spec = _campaign_spec(args.id)
     status = campaign_status(spec)
     if getattr(args, "json", False):
@@ -428,6 +436,8 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
 def cmd_campaign_stop(args: argparse.Namespace) -> int:
     """`hyperctl stop CAMPAIGN.yaml`: stop this host's campaign driver gracefully (Tune keeps its
     state; `hyperctl resume` continues it)."""
+    from .driver.campaign import stop_campaign
+
     spec = _campaign_spec(args.id)
     if stop_campaign(spec):
         print(f"campaign {spec.name}: stopped (hyperctl resume {args.id} continues it)")

@@ -30,7 +30,6 @@ from ..io import storage, tracking
 from ..paths import run_dir
 from ..spec.schema import JobSpec
 from ..tasks import Prepared, Task, task_of
-from ..worker.worker import FAILURE_FILE, NonFiniteLossError
 from . import preflight
 from .progress import QueuePrinter
 
@@ -250,6 +249,8 @@ def run_job(
     import ray  # deferred: see the module's docstring
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ..worker.worker import FAILURE_FILE, NonFiniteLossError  # deferred: torch
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)

@@ -9,7 +9,6 @@ from typing import Any
 
 from ...exitcodes import EXIT_BAD_INPUT, EXIT_OK
 from ..base import CommandKit
-from .translate import load_translator
 
 
 def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
@@ -20,6 +19,8 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
         model once the job has finished), a checkpoint folder of a translation job (local or s3://, e.g.
         runs/NAME/checkpoint_00001000, usable while the job still trains), or an MLflow run id (its final
         model; the tracking store from JOB.yaml, --tracking-uri or --storage)."""
+        from .translate import load_translator  # deferred: torch loads only when a model does
+
         uri = None
         if not (Path(args.source).is_dir() or args.source.startswith("s3://")):
             uri = kit.tracking_uri(args)
