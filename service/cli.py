@@ -71,15 +71,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
     `# yaml-language-server: $schema=hyperctl-job.schema.json`."""
     from .spec.reference import format_reference, json_schema
 
+    task = task_named(args.task_name or DEFAULT_TASK, "schema")
     if args.json:
-        if args.task is not None:
-            task = task_named(args.task, "schema")
-            print(json.dumps(json_schema({task.name: task.job_class}), indent=2))
-        else:
-            print(json.dumps(json_schema({name: t.job_class for name, t in TASKS.items()}), indent=2))
+        chosen = [task] if args.task_name else list(TASKS.values())
+        print(json.dumps(json_schema({t.name: t.job_class for t in chosen}), indent=2))
         return EXIT_OK
-    task = task_named(args.task if args.task is not None else DEFAULT_TASK, "schema")
-    others = ", ".join(name for name in TASKS if name != task.name)
+    others = ", ".join(t.name for t in TASKS.values() if t is not task)
     title = (
         f"# task: {task.name}: every key of its jobs (dotted; `required` has no default)\n"
         f"# other tasks: {others} (hyperctl schema TASK); JSON Schema for editors: hyperctl schema --json"
@@ -358,6 +355,7 @@ def _is_job_file(value: str) -> bool:
 
 def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False) -> int:
     from .driver.campaign import CampaignError, run_campaign
+
     try:
         outcome = run_campaign(
             spec,
@@ -476,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="every key of a task's jobs: type, default, description (--json: JSON Schema)",
         description=cmd_schema.__doc__,
     )
-    p.add_argument("task", nargs="?", help=f"a task: {', '.join(TASKS)} (default {DEFAULT_TASK})")
+    p.add_argument("task_name", metavar="TASK", nargs="?", help=f"a task: {', '.join(TASKS)} (default {DEFAULT_TASK})")
     p.add_argument("--json", action="store_true", help="print a JSON Schema of jobs instead")
     p.set_defaults(func=cmd_schema)
 
