@@ -119,8 +119,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         x = augment(normalise(train_x[idx].to(device), mean, std), spec.data.augment.pad_crop, spec.data.augment.flip)
         y = train_y[idx].to(device)
 
-        logits = ddp(x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        with w.autocast():
+            logits = ddp(x)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
         totals = w.optimize(pos, model, optimizer, loss_sum, len(y))
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return
