@@ -15,7 +15,7 @@ by hand:
   hyper cell's weights, ``z`` projections) and the input gradient are one large matrix product each over
   the whole sequence after the loop.
 
-Two implementations of the per-step work, chosen by :data:`BACKEND`:
+Three implementations of the per-step work, chosen per device by :func:`backend_for`:
 
 * ``fused`` (CPU): ``csrc/hyperlstm_cell.cpp``, built on first use with the machine's compiler. The whole
   time loop of a layer runs in C++, one call for forward and one for backward per layer and sequence.
@@ -24,9 +24,11 @@ Two implementations of the per-step work, chosen by :data:`BACKEND`:
   product) and the element-wise work of the hyper cell, ``z``, ``d`` and the main cell (pre-activation,
   both layer norms, gates, cell state), with no fork/join between steps. Large buffers are reused across
   calls (first-touch page faults of fresh ones cost more than any kernel at the paper's size).
+* ``triton`` (CUDA, the default there): per step one product for both cells' recurrent inputs and one
+  fused Triton kernel for everything element-wise, forward and backward (:mod:`hypermodels.triton_hyperlstm`).
+  Runs fp32, bf16 and fp16 inputs (autocast included) with fp32 cell states.
 * ``python``: the same equations with ATen ops from a Python loop (``native_layer_norm`` and its
-  backward, so no hand-written LN backward there); used on CUDA and wherever the extension cannot be
-  built.
+  backward, so no hand-written LN backward there); used where neither of the others can run.
 
 Numerics: the same equations as ``HyperLSTMCell.step``; results agree with the reference to rounding
 (tests/test_fast_hyperlstm.py runs both implementations). The forget-gate bias is folded into the LN
@@ -92,10 +94,12 @@ BackwardLoopResult: TypeAlias = tuple[
 # A layer's result: ``out`` and the final ``h, c, hyper_h, hyper_c``.
 LayerOutput: TypeAlias = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
-# Which implementation of the per-step element-wise work runs on the CPU: "fused" (the C++ kernels of
-# csrc/hyperlstm_cell.cpp, compiled on first use, ~30 s, cached by torch in ~/.cache/torch_extensions),
-# "python" (ATen ops from Python, below), or "auto" (fused if it builds, else python with a warning).
-# Both compute the same equations; the tests run both against the reference layer.
+# Which implementation of the per-step element-wise work runs (see backend_for): "auto" (CPU: "fused", the
+# C++ kernels of csrc/hyperlstm_cell.cpp, compiled on first use, ~30 s, cached by torch in
+# ~/.cache/torch_extensions, or "python" with a warning where they cannot be built; CUDA: "triton" where
+# Triton is installed, else "python"), or one of "fused", "python", "triton" for every device ("triton" on
+# CPU tensors needs Triton's interpreter, TRITON_INTERPRET=1: that is how the tests check the kernels).
+# All compute the same equations; the tests run each against the reference layer.
 BACKEND = os.environ.get("HYPERMODELS_FAST_BACKEND", "auto")
 _EXTENSION: ModuleType | None = None
 # Fused path: up to this many multiply-adds per step in the zero block of the combined recurrent product
@@ -198,6 +202,33 @@ def fused_extension() -> ModuleType | None:
     if _EXTENSION is None and BACKEND == "fused":
         raise RuntimeError(f"fast HyperLSTM: fused C++ kernels unavailable: {_EXTENSION_ERROR}")
     return _EXTENSION
+
+
+def backend_for(device: torch.device) -> str:
+    """The implementation the fast path runs on ``device``: ``"fused"`` (C++, CPU), ``"triton"`` or
+    ``"python"``; see :data:`BACKEND`.
+
+    Raises:
+        RuntimeError: :data:`BACKEND` forces an implementation that cannot run on ``device``.
+    """
+    from . import triton_hyperlstm
+
+    if BACKEND not in ("auto", "fused", "python", "triton"):
+        raise RuntimeError(f"HYPERMODELS_FAST_BACKEND: expected auto, fused, python or triton, found {BACKEND!r}")
+    if BACKEND == "python":
+        return "python"
+    if BACKEND == "triton" or (BACKEND == "auto" and device.type == "cuda"):
+        if triton_hyperlstm.available(device):
+            return "triton"
+        if BACKEND == "triton":
+            raise RuntimeError(
+                f"fast HyperLSTM: the Triton kernels cannot run on {device} (they need CUDA and the triton "
+                "package, or TRITON_INTERPRET=1 with CPU tensors)"
+            )
+        return "python"
+    if device.type == "cpu" and fused_extension() is not None:
+        return "fused"
+    return "python"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -364,7 +395,7 @@ class _Prepared:
     """Views and constants of one layer's parameters for a call (shapes in the comments)."""
 
     ext: ModuleType | None  # the fused kernels, None on the Python path
-    W2: Tensor  # fused path only: the recurrent weights of the per-step product
+    W2: Tensor  # fused and triton paths: the recurrent weights of the per-step product
     hW_hh_split: Tensor | None  # fused path only: W_ĥh when it is a product of its own, else None
 
     def __init__(
@@ -375,19 +406,19 @@ class _Prepared:
         forget_bias: float,
         eps: float,
         device: torch.device,
-        fused: bool | None = None,
+        backend: str | None = None,
         batch: int = 1,
+        dtype: torch.dtype | None = None,
     ) -> None:
         p = params
 
         def req(name: str) -> Tensor:
             return _require(p, name)
 
-        # The fused kernels are CPU code; elsewhere (CUDA) the ATen path runs. ``fused`` forces the choice
-        # (backward must use what forward used).
-        if fused is None:
-            fused = device.type == "cpu" and fused_extension() is not None
-        self.ext = ext = fused_extension() if fused else None
+        # ``backend`` forces the choice (backward must use what forward used). ``dtype``: the triton path's
+        # compute dtype (its matrix products run in it; the parameters are cast where they feed one).
+        self.backend = backend = backend_for(device) if backend is None else backend
+        self.ext = ext = fused_extension() if backend == "fused" else None
         self.ln = ln = p["ln_weight"] is not None
         Nz = req("d_weight").shape[-1]
         self.H, self.Hh, self.Nz = H, Hh, Nz
@@ -424,7 +455,19 @@ class _Prepared:
             p["hyper_ln_cell_bias"],
         )
         self.hW_hh_split = None
-        if ext is not None:
+        self.bias_flat = self.bias.reshape(-1)  # (4H,)
+        if backend == "triton":
+            # One product per step for s = [h, ĥ]: W2 = [[W_h, 0], [Ŵ_h, Ŵ_hh]] (triton_hyperlstm), and the
+            # input projections, in the compute dtype (autocast does not reach into the Function).
+            cd = dtype or self.W_h.dtype
+            self.W2 = self.W_h.new_zeros(GATES * (H + Hh), H + Hh, dtype=cd)
+            self.W2[: GATES * H, :H] = self.W_h
+            self.W2[GATES * H :, :H] = self.hW_h
+            self.W2[GATES * H :, H:] = self.hW_hh
+            self.W_x, self.hW_x, self.hyper_bias = (t.to(cd) for t in (self.W_x, self.hW_x, self.hyper_bias))
+            self.W_h, self.hW_h, self.hW_hh = (t.to(cd) for t in (self.W_h, self.hW_h, self.hW_hh))
+            self.Zw, self.zb, self.DwT = (t.contiguous() for t in (self.Zw, self.zb, self.DwT))
+        elif ext is not None:
             # One product per step for both recurrent inputs [h, hh]_{t-1}: u = W_h h and the hyper cell's
             # recurrent part, with a zero block (hh does not feed u), at small sizes; above
             # SPLIT_PRODUCT_MACS of zero-block work, two products (h against [W_h; W_ĥh], hh against W_ĥhh).
@@ -687,6 +730,39 @@ def _backward_fused(
     return (res[13], res[14], res[15], res[16]), (DUH[..., : G * H], DWX, DUH[..., G * H :], DZ, DUH), grads
 
 
+def _forward_triton(
+    x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared, save: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Saved | None]:
+    from . import triton_hyperlstm
+
+    return triton_hyperlstm.forward_loop(x, h, c, hh, hc, masks, P, save)
+
+
+def _backward_triton(
+    P: _Prepared,
+    saved: Saved,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    hh0: Tensor,
+    hc0: Tensor,
+    masks: Tensor | None,
+    dout: Tensor | None,
+    dh: Tensor,
+    dc: Tensor | None,
+    dhh: Tensor | None,
+    dhc: Tensor | None,
+) -> BackwardLoopResult:
+    from . import triton_hyperlstm
+
+    return triton_hyperlstm.backward_loop(P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc)
+
+
+# The forward and backward loops of each backend (see backend_for); backward runs the one forward ran.
+FORWARD_LOOPS = {"fused": _forward_fused, "python": _forward_loop, "triton": _forward_triton}
+BACKWARD_LOOPS = {"fused": _backward_fused, "python": _backward_python, "triton": _backward_triton}
+
+
 class HyperLSTMLayerFunction(torch.autograd.Function):
     """One HyperLSTM layer over a whole sequence, with hand-written BPTT.
 
@@ -711,16 +787,15 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
     ) -> LayerOutput:
         p = dict(zip(PARAM_NAMES, params, strict=True))
         H, Hh = h0.shape[1], hh0.shape[1]
-        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, batch=x.shape[1])
+        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, batch=x.shape[1], dtype=x.dtype)
         x, h0, c0, hh0, hc0 = (t.contiguous() for t in (x, h0, c0, hh0, hc0))
         masks = None if masks is None else masks.contiguous()
-        loop = _forward_fused if P.ext is not None else _forward_loop
-        out, c, hh, hc, saved = loop(x, h0, c0, hh0, hc0, masks, P, save=True)
+        out, c, hh, hc, saved = FORWARD_LOOPS[P.backend](x, h0, c0, hh0, hc0, masks, P, True)
         assert saved is not None  # save=True
         # Backward must use the implementation forward used (what is saved differs). Saved entries are
         # tensors (fused: whole sequence) or lists (per step, or the activation tensors of a cell).
         layout = tuple((k, len(v) if isinstance(v, list) else None) for k, v in saved.items())
-        ctx.meta = (forget_bias, eps, layout, P.ext is not None)
+        ctx.meta = (forget_bias, eps, layout, P.backend)
         # Everything goes through save_for_backward (so saved-tensor hooks and memory counts see it).
         flat = [t for v in saved.values() for t in (v if isinstance(v, list) else [v])]
         ctx.save_for_backward(x, h0, c0, hh0, hc0, masks, out, *params, *flat)
@@ -736,7 +811,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         dhhT: Tensor | None,
         dhcT: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
-        forget_bias, eps, layout, fused = ctx.meta
+        forget_bias, eps, layout, backend = ctx.meta
         x, h0, c0, hh0, hc0, masks, out, *rest = ctx.saved_tensors
         params, flat = rest[: len(PARAM_NAMES)], rest[len(PARAM_NAMES) :]
         saved: dict[str, Tensor | list[Tensor]] = {}
@@ -747,7 +822,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         T = x.shape[0]
         p = dict(zip(PARAM_NAMES, params, strict=True))
         B, H, Hh, G = x.shape[1], h0.shape[1], hh0.shape[1], GATES
-        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, fused=fused, batch=B)
+        P = _Prepared(p, H, Hh, forget_bias, eps, x.device, backend=backend, batch=B, dtype=x.dtype)
 
         def contiguous(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.contiguous()
@@ -756,7 +831,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         dout = contiguous(dout)
         dh = dhT if dout is None else (dout[T - 1] if dhT is None else dout[T - 1] + dhT)
         dh = h0.new_zeros(B, H) if dh is None else dh.contiguous()
-        loop = _backward_fused if fused else _backward_python
+        loop = BACKWARD_LOOPS[backend]
         # DUH: (fused) DU and DHP side by side in one buffer, whose products with h_{t-1} are then one.
         (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ, DUH), grads = loop(
             P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, contiguous(dcT), contiguous(dhhT), contiguous(dhcT)
@@ -825,12 +900,12 @@ def layer_forward(
             cell.eps,
             x.device,
             batch=x.shape[1],
+            dtype=x.dtype,
         )
         h0, c0, hh0, hc0 = (t.contiguous() for t in (h0, c0, hh0, hc0))
         masks = None if masks is None else masks.contiguous()
         x = x.contiguous()
-        loop = _forward_fused if P.ext is not None else _forward_loop
-        out, c, hh, hc, _ = loop(x, h0, c0, hh0, hc0, masks, P, save=False)
+        out, c, hh, hc, _ = FORWARD_LOOPS[P.backend](x, h0, c0, hh0, hc0, masks, P, False)
     return out, out[-1], c, hh, hc
 
 
@@ -849,6 +924,12 @@ def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = No
     T, B, _ = x.shape
     if state is None:
         state = module.zero_state(B, x)
+    compute = _autocast_dtype(x.device)
+    if compute is not None:
+        # Autocast does not reach into an autograd Function: the Triton path takes the autocast dtype as
+        # its compute dtype (inputs and matrix products in it, cell states in fp32), as cuDNN's LSTM does.
+        x = x.to(compute)
+        state = HyperLSTMState(state.h.to(compute), state.c.float(), state.hyper_h.to(compute), state.hyper_c.float())
     finals: list[list[Tensor]] = []
     layer_input = x
     for k, cell in enumerate(cast("Iterable[HyperLSTMCell]", module.cells)):
@@ -864,10 +945,17 @@ def fast_forward(module: HyperLSTM, x: Tensor, state: HyperLSTMState | None = No
     return output, HyperLSTMState(*(torch.stack(parts) for parts in zip(*finals, strict=True)))
 
 
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype in force for ``device`` when the Triton path runs there, else None."""
+    if not torch.is_autocast_enabled(device.type) or backend_for(device) != "triton":
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
 def release_workspace() -> None:
     """Free the buffers the fused path keeps for reuse between calls (about one training step's worth)."""
     if _EXTENSION is not None:
         _EXTENSION.release_workspace()
 
 
-__all__ = ["HyperLSTMLayerFunction", "fast_forward", "layer_forward", "release_workspace"]
+__all__ = ["HyperLSTMLayerFunction", "backend_for", "fast_forward", "layer_forward", "release_workspace"]
