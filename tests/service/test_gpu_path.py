@@ -9,19 +9,18 @@ nor pydantic, so that the device check can run it where those are not installed.
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import serialization
 
 from hypermodels import CharLM, detach_state
 from service.worker import checkpoint as ckpt
 from service.worker.precision import MixedPrecision
+
+from helpers import saved_as_if_on_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -167,18 +166,6 @@ def test_checkpoint_without_scaler_state_still_loads(tmp_path: Path) -> None:
     resumed = MixedPrecision("fp16", "cpu")
     resumed.load_state_dict(restored.grad_scaler)
     assert resumed.state_dict() == MixedPrecision("fp16", "cpu").state_dict()
-
-
-@contextlib.contextmanager
-def saved_as_if_on_gpu() -> Iterator[None]:
-    """``torch.save`` tags every CPU tensor with the location ``cuda:0``, as a GPU worker's tensors
-    are tagged: loading such a file on a machine without a GPU needs ``map_location``."""
-    entry = (-100, lambda storage: "cuda:0" if storage.device.type == "cpu" else None, lambda storage, location: None)
-    serialization.register_package(*entry)
-    try:
-        yield
-    finally:
-        serialization._package_registry.remove(entry)  # torch has no public unregister
 
 
 def test_checkpoint_written_on_gpu_loads_onto_the_worker_device(tmp_path: Path) -> None:
