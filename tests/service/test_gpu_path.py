@@ -98,9 +98,9 @@ def train_steps(model: CharLM, opt: torch.optim.Optimizer, amp: MixedPrecision, 
     return state
 
 
-def char_lm(device: str | torch.device) -> tuple[CharLM, torch.optim.Optimizer]:
+def char_lm(device: str | torch.device, fast: bool = False) -> tuple[CharLM, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = CharLM(VOCAB, cell="hyperlstm", hidden_size=16, hyper_size=8, embed_size=4, fast=False).to(device)
+    model = CharLM(VOCAB, cell="hyperlstm", hidden_size=16, hyper_size=8, embed_size=4, fast=fast).to(device)
     return model, torch.optim.Adam(model.parameters(), lr=1e-2)
 
 
@@ -203,10 +203,11 @@ def test_every_torch_load_in_the_service_maps_to_a_device() -> None:
 
 @pytest.mark.cuda
 @cuda
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_gpu_checkpoint_resumes_on_cpu_and_back(tmp_path: Path, precision: str) -> None:
+@pytest.mark.parametrize("precision, fast", [("fp32", False), ("fp32", True), ("bf16", True), ("fp16", True)])
+def test_gpu_checkpoint_resumes_on_cpu_and_back(tmp_path: Path, precision: str, fast: bool) -> None:
+    """Trained on the GPU (``fast``: the fast path, Triton there), resumed on the CPU, and back."""
     gpu, cpu = torch.device("cuda", torch.cuda.current_device()), torch.device("cpu")
-    model, opt = char_lm(gpu)
+    model, opt = char_lm(gpu, fast)
     amp = MixedPrecision(precision, gpu)  # type: ignore[arg-type]
     state = train_steps(model, opt, amp, 3)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -222,7 +223,7 @@ def test_gpu_checkpoint_resumes_on_cpu_and_back(tmp_path: Path, precision: str) 
     save(tmp_path / "on-cpu", on_cpu, cpu_opt, MixedPrecision("fp32", cpu), state, 4)
 
     # CPU -> GPU: back onto the GPU, equal, and training continues there.
-    back, back_opt = char_lm(gpu)
+    back, back_opt = char_lm(gpu, fast)
     restored = ckpt.load(tmp_path / "on-cpu", 0, 1, back, back_opt, gpu)
     assert_moved(back, back_opt, (on_cpu, cpu_opt), gpu)
     assert all(s.device == gpu for s in restored.recurrent_state)
