@@ -10,26 +10,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .driver import jobs_api
-from .driver.campaign import CampaignError, campaign_status, format_trials, run_campaign, stop_campaign
 from .driver.jobs_api import ClusterError
-from .driver.local import cluster_address, run_job
+from .driver.local import cluster_address
 from .driver.preflight import check_job
 from .driver.runs import list_runs
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .io import tracking
 from .io.tracking import tracking_uri_for
 from .localcluster.cluster import add_parser as add_cluster_parser
 from .spec.errors import JobSpecError
 from .spec.loading import load_job, validate_job
 from .spec.schema import JobSpec
-from .tasks import TASKS, CommandKit, task_of
+from .tasks import DEFAULT_TASK, TASKS, CommandKit, task_named, task_of
+
+if TYPE_CHECKING:
+    from .driver.local import RunOutcome
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,6 +64,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Every key of a task's job, with its type, default and description (the default task without
+    TASK). --json prints a JSON Schema of every task's jobs instead, for editors: e.g. with the YAML
+    language server, save it as hyperctl-job.schema.json and start a job file with
+    `# yaml-language-server: $schema=hyperctl-job.schema.json`."""
+    from .spec.reference import format_reference, json_schema
+
+    if args.json:
+        if args.task is not None:
+            task = task_named(args.task, "schema")
+            print(json.dumps(json_schema({task.name: task.job_class}), indent=2))
+        else:
+            print(json.dumps(json_schema({name: t.job_class for name, t in TASKS.items()}), indent=2))
+        return EXIT_OK
+    task = task_named(args.task if args.task is not None else DEFAULT_TASK, "schema")
+    others = ", ".join(name for name in TASKS if name != task.name)
+    title = (
+        f"# task: {task.name}: every key of its jobs (dotted; `required` has no default)\n"
+        f"# other tasks: {others} (hyperctl schema TASK); JSON Schema for editors: hyperctl schema --json"
+    )
+    print(format_reference(task.job_class, title))
+    return EXIT_OK
+
+
 # ---- running jobs ------------------------------------------------------------------------------
 
 
@@ -70,6 +99,8 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
     """Run a job or campaign here (preflight runs once, in its start-up, before Ray starts)."""
     if spec.search is not None:  # a search campaign (service/driver/campaign.py)
         return _run_campaign(args, spec)
+    from .driver.local import run_job  # deferred, as every driver import here: torch, Ray and MLflow
+
     try:
         outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
     except KeyboardInterrupt as e:
@@ -92,7 +123,34 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
             indent=2,
         )
     )
+    _print_next_steps(args, spec, outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _print_next_steps(args: argparse.Namespace, spec: JobSpec, outcome: RunOutcome) -> None:
+    """Where a finished run's results are and what to do next, for people (stderr; stdout keeps the
+    JSON summary for scripts)."""
+    task = task_of(spec)
+    shown = [m for m in (task.metrics.valid, task.metrics.test) if m in outcome.metrics]
+    figures = ", ".join(f"{m} {outcome.metrics[m]:.4g}" for m in shown)
+    sets = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+    job = shlex.quote(args.job) if getattr(args, "job", None) else None
+    lines = [
+        f"[done] {spec.name}: {'FINISHED' if outcome.ok else 'FAILED'}" + (f" ({figures})" if figures else ""),
+        f"  checkpoints: {outcome.run_path}",
+        f"  artifacts:   {outcome.artifact_uri}  (learning curve, samples, plots, model)",
+        f"  run page:    {tracking.run_page(outcome.tracking_uri, outcome.experiment_id, outcome.run_id)}",
+    ]
+    if job is not None and not outcome.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"  open it:     hyperctl ui {job}{sets}   (then the run page above)")
+    if job is not None and outcome.ok:
+        variant = shlex.quote(f"name={spec.name}-2")
+        lines.append(
+            f"  a variant:   hyperctl submit {job}{sets} --set {variant} --set KEY=VALUE   (hyperctl schema: the keys)"
+        )
+    elif job is not None:
+        lines.append(f"  retry:       hyperctl submit {job}{sets}   (resumes from the latest checkpoint)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -299,6 +357,7 @@ def _is_job_file(value: str) -> bool:
 
 
 def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False) -> int:
+    from .driver.campaign import CampaignError, run_campaign
     try:
         outcome = run_campaign(
             spec,
@@ -360,6 +419,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_campaign_status(args: argparse.Namespace) -> int:
     """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage)."""
+    from .driver.campaign import campaign_status, format_trials
+
     spec = _campaign_spec(args.id)
     status = campaign_status(spec)
     if getattr(args, "json", False):
@@ -375,6 +436,8 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
 def cmd_campaign_stop(args: argparse.Namespace) -> int:
     """`hyperctl stop CAMPAIGN.yaml`: stop this host's campaign driver gracefully (Tune keeps its
     state; `hyperctl resume` continues it)."""
+    from .driver.campaign import stop_campaign
+
     spec = _campaign_spec(args.id)
     if stop_campaign(spec):
         print(f"campaign {spec.name}: stopped (hyperctl resume {args.id} continues it)")
@@ -407,6 +470,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_arguments(p)
     p.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "schema",
+        help="every key of a task's jobs: type, default, description (--json: JSON Schema)",
+        description=cmd_schema.__doc__,
+    )
+    p.add_argument("task", nargs="?", help=f"a task: {', '.join(TASKS)} (default {DEFAULT_TASK})")
+    p.add_argument("--json", action="store_true", help="print a JSON Schema of jobs instead")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser(
         "submit",

@@ -30,7 +30,6 @@ from ..io import storage, tracking
 from ..paths import run_dir
 from ..spec.schema import JobSpec
 from ..tasks import Prepared, Task, task_of
-from ..worker.worker import FAILURE_FILE, NonFiniteLossError
 from . import preflight
 from .progress import QueuePrinter
 
@@ -45,6 +44,8 @@ class RunOutcome:
     ok: bool
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    experiment_id: str = ""
+    artifact_uri: str = ""
 
 
 def absolute_storage(spec: JobSpec) -> JobSpec:
@@ -249,6 +250,8 @@ def run_job(
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from ..worker.worker import FAILURE_FILE, NonFiniteLossError  # deferred: torch
+
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
@@ -297,13 +300,16 @@ def run_job(
         except Exception:  # noqa: BLE001 - the queue is gone with its node: nothing to clean up
             pass
     tracking.close_run(uri, run_id, error)
+    described = tracking.describe_run(uri, run_id)
     outcome = RunOutcome(
         run_id=run_id,
         tracking_uri=uri,
         run_path=run_dir(spec),
         ok=error is None,
         error=error,
-        metrics=tracking.describe_run(uri, run_id)["metrics"],
+        metrics=described["metrics"],
+        experiment_id=described["experiment_id"],
+        artifact_uri=described["artifact_uri"],
     )
     say(f"[mlflow] run {run_id}: {'FINISHED' if outcome.ok else 'FAILED'} (tracking URI {tracking.redact(uri)})")
     if error:

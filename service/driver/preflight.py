@@ -12,7 +12,7 @@ import re
 
 import pyarrow.fs as pafs
 
-from ..io import storage
+from ..io import storage, tracking
 from ..spec.errors import JobSpecError
 from ..spec.schema import JobSpec
 from ..tasks import task_of
@@ -195,6 +195,7 @@ def check_job(
     """
     found = [_check_corpus(f.field, f.uri, f.text) for f in task_of(spec).data_files(spec)]
     found += [_check_storage(spec.storage, probe_write), _check_tracking(spec.tracking.uri)]
+    found.append(tracking.spec_conflict(spec, task_of(spec).aliases))
     problems = [p for p in found if p]
     if check_resources:
         problems += _check_resources(spec, available_cpus, available_gpus)

@@ -172,6 +172,16 @@ def exists(uri: str) -> bool:
         raise _describe(uri, e) from None
 
 
+def list_names(uri: str) -> list[str]:
+    """The names in a folder (or under an S3 prefix), sorted; empty when there is nothing there."""
+    fs, path = filesystem_for(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError as e:
+        raise _describe(uri, e) from None
+    return sorted(info.base_name for info in infos)
+
+
 def delete(uri: str) -> None:
     """Delete a file or object if it exists (nothing happens when it does not)."""
     if exists(uri):

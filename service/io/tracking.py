@@ -20,6 +20,7 @@ imported inside the functions that use it: importing it takes seconds, and comma
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -35,6 +36,9 @@ from ..spec.schema import JobSpec
 from . import storage
 
 RUN_ID_FILE = "mlflow_run_id"
+# The run's params as it was started, beside its run id: a relaunch with another spec is refused from this
+# file before Ray starts (spec_conflict), without opening the tracking store.
+PARAMS_FILE = "job_params.json"
 TAG_PREFIX = "hyperctl."  # the service's own tags; a task's figures go as TAG_PREFIX + name
 TAG_JOB = "hyperctl.job"
 TAG_TASK = "hyperctl.task"
@@ -106,6 +110,41 @@ def _params(spec: JobSpec) -> dict[str, str]:
     return {k: str(redact(v)) for k, v in spec.flat().items()}
 
 
+def _changed(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    return sorted(k for k in new if k in old and old[k] != new[k])
+
+
+def _conflict_message(spec: JobSpec, old: dict[str, str], new: dict[str, str], changed: list[str]) -> str:
+    listed = ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed[:5])
+    last = changed[0].rsplit(".", 1)[-1]
+    suggestion = re.sub(r"[^A-Za-z0-9._-]", "-", f"{spec.name}-{last}-{new[changed[0]]}")[:100]
+    return (
+        f"name: {run_dir(spec)} holds a run named {spec.name!r} with a different spec ({listed}); "
+        f"resuming it would mix two jobs: give this one its own name, e.g. --set name={suggestion} "
+        "(or remove that folder to start over)"
+    )
+
+
+def spec_conflict(spec: JobSpec, task_aliases: tuple[str, ...] = ()) -> str | None:
+    """A problem line when the job's run folder holds a run started with a different spec, else None.
+
+    Reads only the run folder (:data:`PARAMS_FILE`), so ``validate`` and ``submit`` refuse such a
+    relaunch before Ray starts; :func:`open_run` checks again against the tracking store.
+    """
+    path = storage.join(run_dir(spec), PARAMS_FILE)
+    try:
+        if not storage.exists(path):
+            return None
+        old = json.loads(storage.read_bytes(path))
+    except (OSError, ValueError, storage.StorageError):
+        return None  # unreadable: open_run's check against the store decides
+    if old.get("task") in task_aliases:
+        old["task"] = spec.task
+    new = _params(spec)
+    changed = _changed(old, new)
+    return _conflict_message(spec, old, new, changed) if changed else None
+
+
 def open_run(
     spec: JobSpec, uri: str, tags: dict[str, str] | None = None, task_aliases: tuple[str, ...] = ()
 ) -> tuple[str, bool]:
@@ -131,16 +170,12 @@ def open_run(
             old = dict(run.data.params)
             if old.get("task") in task_aliases:
                 old["task"] = spec.task
-            changed = sorted(k for k in params if k in old and old[k] != params[k])
+            changed = _changed(old, params)
             if changed:
-                raise JobSpecError(
-                    spec.name,
-                    [
-                        f"{run_dir(spec)} holds a run of this name with a different spec "
-                        f"({', '.join(f'{k}: {old[k]} -> {params[k]}' for k in changed[:5])}); "
-                        f"resuming it would mix two jobs: choose another name or remove that folder"
-                    ],
-                )
+                raise JobSpecError(spec.name, [_conflict_message(spec, old, params, changed)])
+            params_file = storage.join(run_dir(spec), PARAMS_FILE)
+            if not storage.exists(params_file):  # a run started before the file existed
+                storage.write_bytes_atomic(params_file, json.dumps(params).encode())
             client.update_run(run_id, status="RUNNING")
             if TAG_ERROR in run.data.tags:
                 client.delete_tag(run_id, TAG_ERROR)
@@ -156,6 +191,7 @@ def open_run(
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
+    storage.write_bytes_atomic(storage.join(run_dir(spec), PARAMS_FILE), json.dumps(params).encode())
     storage.write_bytes_atomic(id_file, run_id.encode())
     return run_id, False
 
@@ -267,11 +303,19 @@ def _describe(run: Any) -> dict[str, Any]:
         "tags": dict(run.data.tags),
         "run_name": run.info.run_name or "",
         "artifact_uri": run.info.artifact_uri,
+        "experiment_id": run.info.experiment_id,
     }
 
 
+def run_page(uri: str, experiment_id: str, run_id: str, ui_address: str = "http://127.0.0.1:5000") -> str:
+    """The address of a run's page in the MLflow UI: on the tracking server itself for an http(s) store,
+    else on the UI ``hyperctl ui`` serves at ``ui_address``."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui_address
+    return f"{redact(base)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def describe_run(uri: str, run_id: str) -> dict[str, Any]:
-    """A run's id, status, metrics (latest values), tags, name and artifact URI."""
+    """A run's id, status, metrics (latest values), tags, name, artifact URI and experiment id."""
     return _describe(_client(uri).get_run(run_id))
 
 

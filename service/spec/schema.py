@@ -8,7 +8,7 @@ and, where it has keys of its own, ``train`` section (a :class:`TrainSpec`). Rea
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -24,6 +24,23 @@ class DataSpec(Strict):
     across its workers."""
 
     batch_size: int = Field(gt=0, description="global batch, split evenly across workers")
+
+    # The keys that name the user's own files. A task whose ``dataset`` defaults to a built-in data set
+    # lists them: a job that gives any of them and does not set ``dataset`` means its own files, so the
+    # built-in default gives way (``dataset`` becomes null) instead of clashing with them.
+    user_file_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_files_over_builtin_default(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and "dataset" in cls.model_fields
+            and "dataset" not in data
+            and any(data.get(key) not in (None, {}, []) for key in cls.user_file_keys)
+        ):
+            return {**data, "dataset": None}
+        return data
 
 
 class ModelSpec(Strict):
@@ -69,8 +86,14 @@ class TrainSpec(Strict):
 
     @model_validator(mode="after")
     def _budget(self) -> TrainSpec:
-        if (self.max_steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of train.max_steps and train.epochs")
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("give one of train.max_steps and train.epochs (found neither)")
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError(
+                f"give one of train.max_steps ({self.max_steps}) and train.epochs ({self.epochs}), not both; "
+                "to switch a job from one to the other, null the first: --set train.epochs=null --set "
+                "train.max_steps=N (or --set train.max_steps=null --set train.epochs=N)"
+            )
         return self
 
 

@@ -5,6 +5,7 @@ through these fields and never branches on its name."""
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -12,6 +13,20 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from ..spec.schema import JobSpec
 
 J = TypeVar("J", bound=JobSpec)
+
+
+def deferred(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported at its first call. A task's ``__init__`` names its functions this way so
+    that reading the registry loads no heavy module (torch, pyarrow, MLflow): commands that only read
+    specs (validate, schema) start fast, and each task's code loads when a job of it runs. Ray pickles
+    the wrapper by reference (module and name), so a worker imports the function itself."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__qualname__ = f"{module}.{name}"
+    return call
 
 
 @dataclass(frozen=True)

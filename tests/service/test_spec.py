@@ -28,6 +28,7 @@ from service.tasks.translation.spec import TranslationJob
 HYPERCTL = str(Path(sys.executable).parent / "hyperctl")
 GOOD = "name: ok\ntrain:\n  max_steps: 10\n"
 CORPUS = "data:\n  dataset: null\n  train: {train}\n  valid: {valid}\n"
+FOLDER = "<a folder named job.yaml>"
 
 # (id, job YAML, extra arguments, substrings stderr must contain, how to run)
 CASES = [
@@ -64,7 +65,57 @@ CASES = [
         "steps-and-epochs",
         "name: ok\ntrain:\n  max_steps: 10\n  epochs: 2\n",
         [],
-        ["train: give exactly one of train.max_steps and train.epochs"],
+        ["train: give one of train.max_steps (10) and train.epochs (2), not both", "--set train.epochs=null"],
+        "main",
+    ),
+    (
+        "epochs-set-on-a-steps-job",
+        GOOD,
+        ["--set", "train.epochs=2"],
+        ["train: give one of train.max_steps (10) and train.epochs (2)", "(from --set train.epochs=2)"],
+        "main",
+    ),
+    (
+        "own-corpus-half-given",
+        GOOD + "data:\n  valid: valid.txt\n",
+        [],
+        ["own corpora need both data.train and data.valid (found data.valid)", "data.dataset: ptb-char"],
+        "main",
+    ),
+    (
+        "yaml-tab-indent",
+        "name: ok\ntrain:\n\tmax_steps: 10\n",
+        [],
+        ["job.yaml: invalid job spec", "line 3: indented with a tab; YAML indents with spaces only"],
+        "subprocess",
+    ),
+    (
+        "yaml-duplicate-key",
+        GOOD + "name: other\n",
+        [],
+        ["line 4: key 'name' appears twice (first at line 1); keep one"],
+        "main",
+    ),
+    (
+        "yaml-duplicate-nested-key",
+        "name: ok\ntrain:\n  max_steps: 10\n  max_steps: 20\n",
+        [],
+        ["line 4: key 'max_steps' appears twice (first at line 3)"],
+        "main",
+    ),
+    ("yaml-empty", "# a comment only\n", [], ["job.yaml: invalid job spec", "the file is empty"], "main"),
+    (
+        "set-not-yaml",
+        GOOD,
+        ["--set", "model.hyper={a"],
+        ["'model.hyper={a': the value is not valid YAML"],
+        "main",
+    ),
+    (
+        "set-unknown-key",
+        GOOD,
+        ["--set", "data.bach_size=4"],
+        ["data.bach_size: unknown key; did you mean 'data.batch_size'?", "(from --set data.bach_size=4)"],
         "main",
     ),
     (
@@ -169,7 +220,13 @@ CASES = [
         ["job.yaml: invalid job spec", "expected a mapping of sections", "found list"],
         "subprocess",
     ),
-    ("yaml-syntax", "name: ok\ntrain: [max_steps: 10\n", [], ["job.yaml: invalid job spec", "not valid YAML"], "main"),
+    (
+        "yaml-syntax",
+        "name: ok\ntrain: [max_steps: 10\n",
+        [],
+        ["job.yaml: invalid job spec", "line 3, column 1: not valid YAML", "started at line 2"],
+        "main",
+    ),
     (
         "set-malformed",
         GOOD,
@@ -181,10 +238,11 @@ CASES = [
         "set-wrong-value",
         GOOD,
         ["--set", "model.hyper.embed_size=0"],
-        ["model.hyper.embed_size: Input should be greater than 0", "found 0"],
+        ["model.hyper.embed_size: Input should be greater than 0", "found 0 (from --set model.hyper.embed_size=0)"],
         "main",
     ),
-    ("job-file-missing", None, [], ["job.yaml: invalid job spec", "file not found (expected a job YAML file)"], "main"),
+    ("job-file-missing", None, [], ["job.yaml: invalid job spec", "file not found (expected a job YAML file"], "main"),
+    ("job-is-a-folder", FOLDER, [], ["job.yaml: invalid job spec", "is a folder; expected a job YAML file"], "main"),
 ]
 
 
@@ -214,7 +272,9 @@ def hyperctl(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> s
 
 @pytest.mark.parametrize("case, text, extra, expected, how", CASES, ids=[c[0] for c in CASES])
 def test_bad_job(case, text, extra, expected, how, workdir: Path, s3_env, capsys: pytest.CaptureFixture) -> None:
-    if text is not None:
+    if text == FOLDER:
+        (workdir / "job.yaml").mkdir()
+    elif text is not None:
         (workdir / "job.yaml").write_text(text.replace("{bucket}", s3_env.bucket))
     before, keys_before = snapshot(workdir), bucket_keys(s3_env)
     args = ["validate", "job.yaml", *extra]
@@ -408,3 +468,46 @@ def test_the_old_task_name_is_read_with_a_deprecation_warning(
         f"'translation')\n"
     )
     assert "task: translation" in captured.out
+
+
+@pytest.mark.parametrize(
+    "task, data",
+    [
+        ("char_lm", {"train": "a.txt", "valid": "b.txt"}),
+        ("translation", {"train": {"tsv": "a.tsv"}, "valid": {"tsv": "b.tsv"}}),
+        ("image_classification", {"cifar10": "batches/", "format": "cifar10"}),
+    ],
+)
+def test_own_files_replace_the_builtin_default_dataset(task, data) -> None:
+    # The user never set data.dataset: the built-in default gives way to the files, in every task.
+    spec = validate_job({"name": "own", "task": task, "data": data, "train": {"max_steps": 1}})
+    assert spec.data.dataset is None
+    # Setting both explicitly is still a clash, named.
+    builtin = type(spec.data).model_fields["dataset"].default
+    with pytest.raises(JobSpecError, match="give either data.dataset"):
+        validate_job({"name": "own", "task": task, "data": {**data, "dataset": builtin}, "train": {"max_steps": 1}})
+
+
+def test_a_relaunch_with_another_spec_is_refused_by_validate_and_submit_before_ray(
+    workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The README's second example: a variant of a finished job under the same name."""
+    import ray
+
+    from service.io import tracking
+
+    (workdir / "job.yaml").write_text(f"name: quick\ntrain:\n  max_steps: 10\nstorage: {workdir / 'runs'}\n")
+    spec = validate_job(yaml.safe_load((workdir / "job.yaml").read_text()))
+    tracking.open_run(spec, tracking.tracking_uri_for(spec))  # the first run, as submit records it
+    before = snapshot(workdir)
+    variant = ["--set", "model.hyper.embed_size=16"]
+    for command in ("validate", "submit"):
+        assert main([command, "job.yaml", *variant]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        assert "holds a run named 'quick' with a different spec (model.hyper.embed_size: 4 -> 16)" in err
+        assert "--set name=quick-embed_size-16" in err
+    assert not ray.is_initialized(), "submit must refuse before starting Ray"
+    assert snapshot(workdir) == before
+    # The fix the message gives works; the unchanged job still validates (it would resume).
+    assert main(["validate", "job.yaml", *variant, "--set", "name=quick-embed_size-16"]) == EXIT_OK
+    assert main(["validate", "job.yaml"]) == EXIT_OK

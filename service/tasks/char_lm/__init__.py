@@ -7,20 +7,17 @@
 
 from __future__ import annotations
 
-from ..base import Metrics, SummaryAxis, Task
-from .data import data_files, prepare_text, source_name
-from .loop import train_loop_per_worker
-from .model import parameter_count
+from ..base import Metrics, SummaryAxis, Task, deferred
 from .spec import CharLMJob
 
 TASK: Task[CharLMJob] = Task(
     name="char_lm",
     job_class=CharLMJob,
-    prepare=prepare_text,
-    train_loop=train_loop_per_worker,
-    data_files=data_files,
-    source_name=source_name,
-    parameter_count=parameter_count,
+    prepare=deferred(f"{__name__}.data", "prepare_text"),
+    train_loop=deferred(f"{__name__}.loop", "train_loop_per_worker"),
+    data_files=deferred(f"{__name__}.data", "data_files"),
+    source_name=deferred(f"{__name__}.data", "source_name"),
+    parameter_count=deferred(f"{__name__}.model", "parameter_count"),
     metrics=Metrics(valid="valid_bpc", test="test_bpc", train="train_bpc", reported=("valid_bpc", "train_bpc")),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
 )

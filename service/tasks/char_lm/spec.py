@@ -16,6 +16,7 @@ CELLS = Literal["hyperlstm", "lstm", "ln_lstm"]
 class CharLMDataSpec(DataSpec):
     """Where the text comes from and how it is cut into training batches."""
 
+    user_file_keys = ("train", "valid", "test")  # given without dataset: the built-in default gives way
     dataset: Literal["ptb-char"] | None = Field(
         "ptb-char", description="built-in data set; null to read train/valid/test from paths or s3:// URIs"
     )
@@ -33,7 +34,11 @@ class CharLMDataSpec(DataSpec):
     @model_validator(mode="after")
     def _source(self) -> CharLMDataSpec:
         if self.dataset is None and (self.train is None or self.valid is None):
-            raise ValueError("with dataset: null, both data.train and data.valid must name a corpus")
+            given = [f"data.{k}" for k in ("train", "valid", "test") if getattr(self, k) is not None]
+            raise ValueError(
+                "own corpora need both data.train and data.valid (found "
+                f"{', '.join(given) or 'neither'}); or set data.dataset: ptb-char for the built-in corpus"
+            )
         if self.dataset is not None and any(v is not None for v in (self.train, self.valid, self.test)):
             raise ValueError(f"give either data.dataset ({self.dataset!r}) or data.train/valid/test, not both")
         return self

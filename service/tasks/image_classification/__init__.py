@@ -8,20 +8,17 @@
 
 from __future__ import annotations
 
-from ..base import Metrics, SummaryAxis, Task
-from .data import data_files, prepare_images, source_name
-from .loop import train_loop_per_worker
-from .model import parameter_count
+from ..base import Metrics, SummaryAxis, Task, deferred
 from .spec import ImageJob
 
 TASK: Task[ImageJob] = Task(
     name="image_classification",
     job_class=ImageJob,
-    prepare=prepare_images,
-    train_loop=train_loop_per_worker,
-    data_files=data_files,
-    source_name=source_name,
-    parameter_count=parameter_count,
+    prepare=deferred(f"{__name__}.data", "prepare_images"),
+    train_loop=deferred(f"{__name__}.loop", "train_loop_per_worker"),
+    data_files=deferred(f"{__name__}.data", "data_files"),
+    source_name=deferred(f"{__name__}.data", "source_name"),
+    parameter_count=deferred(f"{__name__}.model", "parameter_count"),
     metrics=Metrics(
         valid="valid_error", test="test_error", train="train_loss", reported=("valid_error", "valid_loss", "train_loss")
     ),

@@ -23,6 +23,7 @@ class ImageDataSpec(DataSpec):
     batches, from paths or s3:// URIs. Validation is ``valid_fraction`` of the training images,
     held out with a fixed seed."""
 
+    user_file_keys = ("train_images", "train_labels", "test_images", "test_labels", "cifar10")
     dataset: Literal["mnist-test", "fashion-mnist"] | None = Field(
         "mnist-test", description="built-in data set; null for user files"
     )

@@ -10,21 +10,17 @@ LSTM baselines (the paper's GNMT experiment, §4.4), on Multi30k or user paralle
 
 from __future__ import annotations
 
-from ..base import Metrics, SummaryAxis, Task
-from .commands import add_commands
-from .data import data_files, prepare_corpus, source_name
-from .loop import train_loop_per_worker
-from .model import parameter_count
+from ..base import Metrics, SummaryAxis, Task, deferred
 from .spec import OLD_NAMES, TASK_NAME, TranslationJob
 
 TASK: Task[TranslationJob] = Task(
     name=TASK_NAME,
     job_class=TranslationJob,
-    prepare=prepare_corpus,
-    train_loop=train_loop_per_worker,
-    data_files=data_files,
-    source_name=source_name,
-    parameter_count=parameter_count,
+    prepare=deferred(f"{__name__}.data", "prepare_corpus"),
+    train_loop=deferred(f"{__name__}.loop", "train_loop_per_worker"),
+    data_files=deferred(f"{__name__}.data", "data_files"),
+    source_name=deferred(f"{__name__}.data", "source_name"),
+    parameter_count=deferred(f"{__name__}.model", "parameter_count"),
     metrics=Metrics(
         valid="valid_bleu",
         test="test_bleu",
@@ -33,7 +29,7 @@ TASK: Task[TranslationJob] = Task(
         higher_is_better=frozenset({"valid_bleu"}),
     ),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
-    add_commands=add_commands,
+    add_commands=deferred(f"{__name__}.commands", "add_commands"),
     aliases=OLD_NAMES,
 )
 

@@ -9,16 +9,18 @@ from typing import Any
 
 from ...exitcodes import EXIT_BAD_INPUT, EXIT_OK
 from ..base import CommandKit
-from .translate import load_translator
 
 
 def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
     def cmd_translate(args: argparse.Namespace) -> int:
         """Translate sentences with a trained translation model: one sentence a line on stdin (or
-        --input FILE), one translation a line on stdout, in the same order. RUN_OR_CHECKPOINT is an
-        MLflow run id (its final model; the tracking store from JOB.yaml, --tracking-uri or --storage)
-        or a checkpoint folder of a translation job (local or s3://, e.g. runs/NAME/checkpoint_00001000),
-        usable while the job still trains."""
+        --input FILE), one translation a line on stdout, in the same order (a blank line stays blank).
+        RUN_OR_CHECKPOINT is the run folder that submit prints (runs/NAME: its newest checkpoint, the final
+        model once the job has finished), a checkpoint folder of a translation job (local or s3://, e.g.
+        runs/NAME/checkpoint_00001000, usable while the job still trains), or an MLflow run id (its final
+        model; the tracking store from JOB.yaml, --tracking-uri or --storage)."""
+        from .translate import load_translator  # deferred: torch loads only when a model does
+
         uri = None
         if not (Path(args.source).is_dir() or args.source.startswith("s3://")):
             uri = kit.tracking_uri(args)
@@ -46,7 +48,7 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
         help="translate stdin with a trained translation model (run id or checkpoint)",
         description=cmd_translate.__doc__,
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="MLflow run id, or a checkpoint folder")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint folder or MLflow run id")
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run")
     kit.add_store_options(p)
     p.add_argument("--input", help="read sentences from this file instead of stdin")

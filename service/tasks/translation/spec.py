@@ -53,6 +53,7 @@ class TranslationDataSpec(DataSpec):
     """Built-in ``multi30k-en-fr`` / ``multi30k-en-de`` (vendored raw Multi30k task 1), or user
     corpora. Subword vocabularies are trained on the training split with sentencepiece."""
 
+    user_file_keys = ("train", "valid", "test")  # given without dataset: the built-in default gives way
     dataset: Literal["multi30k-en-fr", "multi30k-en-de"] | None = "multi30k-en-fr"
     train: ParallelSource | None = None
     valid: ParallelSource | None = None
@@ -70,7 +71,11 @@ class TranslationDataSpec(DataSpec):
     @model_validator(mode="after")
     def _source(self) -> TranslationDataSpec:
         if self.dataset is None and (self.train is None or self.valid is None):
-            raise ValueError("with dataset: null, both data.train and data.valid must name a parallel corpus")
+            given = [f"data.{k}" for k in ("train", "valid") if getattr(self, k) is not None]
+            raise ValueError(
+                "own corpora need both data.train and data.valid as parallel corpora (found "
+                f"{', '.join(given) or 'neither'}); or set data.dataset (multi30k-en-fr, multi30k-en-de)"
+            )
         if self.dataset is not None and (self.train is not None or self.valid is not None or self.test):
             raise ValueError(f"give either data.dataset ({self.dataset!r}) or data.train/valid/test, not both")
         return self

@@ -87,8 +87,14 @@ class Translator:
         return (hyps, maps) if return_attention else hyps
 
     def translate(self, sentences: list[str], batch_size: int = 64, beam_size: int | None = None) -> list[str]:
-        """Raw sentences in, detokenised translations out."""
-        return self.tgt_sp.decode(self.translate_ids(self.encode(sentences), batch_size, beam_size))
+        """Raw sentences in, detokenised translations out, line for line: a blank line stays blank."""
+        todo = [i for i, s in enumerate(sentences) if s.strip()]
+        out = [""] * len(sentences)
+        if todo:
+            ids = self.translate_ids(self.encode([sentences[i] for i in todo]), batch_size, beam_size)
+            for i, text in zip(todo, self.tgt_sp.decode(ids), strict=True):
+                out[i] = text
+        return out
 
 
 def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
@@ -127,10 +133,23 @@ def build_translator(
     return Translator.for_spec(spec, model, src_sp, tgt_sp)
 
 
+def latest_checkpoint(run_folder: str) -> str | None:
+    """The newest checkpoint folder of a run folder (``<storage>/<name>``, as ``submit`` prints it), or None
+    when ``run_folder`` is not one or holds no checkpoint yet."""
+    if not storage.exists(storage.join(run_folder, tracking.RUN_ID_FILE)):
+        return None
+    names = [n for n in storage.list_names(run_folder) if n.startswith("checkpoint_")]
+    for name in reversed(names):
+        if storage.exists(storage.join(run_folder, name, META_FILE)):
+            return storage.join(run_folder, name)
+    return None
+
+
 def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
-    """A translator from a checkpoint folder (local or s3://, holding ``model.pt`` and ``meta.json``)
-    or from an MLflow run id (its ``model/model.pt`` artifact, which carries the spec and the
-    sentencepiece models)."""
+    """A translator from a checkpoint folder (local or s3://, holding ``model.pt`` and ``meta.json``), a run
+    folder (its newest checkpoint: the final model once the job has finished) or an MLflow run id (its
+    ``model/model.pt`` artifact, which carries the spec and the sentencepiece models)."""
+    source = latest_checkpoint(source) or source
     if storage.exists(storage.join(source, META_FILE)):
         meta = json.loads(storage.read_bytes(storage.join(source, META_FILE)))
         if not _is_translation(meta.get("spec", {})):

@@ -40,6 +40,12 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     run = runs[0]
     assert run.info.run_id == summary["run_id"] and run.info.status == "FINISHED"
     assert run.data.tags["hyperctl.job"] == "e2e" and run.data.tags.get("ray.job_id")
+    # The end of the run says, for people, where its results are and how to look at them.
+    assert "[done] e2e: FINISHED (valid_bpc " in proc.stderr
+    assert f"checkpoints: {tmp_path / 'runs' / 'e2e'}" in proc.stderr
+    assert f"artifacts:   {run.info.artifact_uri}" in proc.stderr
+    page = f"run page:    http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+    assert page in proc.stderr and f"hyperctl ui {job_file}" in proc.stderr
 
     # Params = the flattened spec.
     spec = validate_job(job)

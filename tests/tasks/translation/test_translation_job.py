@@ -216,14 +216,16 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     }
     assert {a.path for a in client.list_artifacts(run.info.run_id, "subwords")} == {"subwords/spm.model"}
 
-    # hyperctl translate: from the run (its final model) and from a checkpoint folder, same output
-    sentences = "A dog runs on the beach.\nTwo men are talking.\n"
+    # hyperctl translate: from the run (its final model), the run folder submit printed and a checkpoint
+    # folder, same output; a blank line stays blank, line for line.
+    sentences = "A dog runs on the beach.\n\nTwo men are talking.\n"
     out = {}
-    for source in (summary["run_id"], str(tmp_path / "runs" / "translation-e2e" / "checkpoint_00000020")):
+    run_folder = tmp_path / "runs" / "translation-e2e"
+    for source in (summary["run_id"], str(run_folder), str(run_folder / "checkpoint_00000020")):
         t = hyperctl("translate", source, "--storage", str(tmp_path / "runs"), cwd=tmp_path, input=sentences)
         assert t.returncode == 0, t.stderr[-3000:]
         out[source] = t.stdout.splitlines()
-        assert len(out[source]) == 2 and t.stderr.strip() == ""
+        assert len(out[source]) == 3 and out[source][1] == "" and all(out[source][::2]) and t.stderr.strip() == ""
     assert len(set(map(tuple, out.values()))) == 1
     t = hyperctl("translate", "no-such-run", "--storage", str(tmp_path / "runs"), cwd=tmp_path, input="x\n")
     assert t.returncode == 2 and "no-such-run: neither a checkpoint folder nor a run in sqlite:///" in t.stderr
