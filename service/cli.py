@@ -358,6 +358,7 @@ def _is_job_file(value: str) -> bool:
 
 def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False) -> int:
     from .driver.campaign import CampaignError, run_campaign
+
     try:
         outcome = run_campaign(
             spec,
