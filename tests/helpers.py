@@ -1,12 +1,15 @@
 """What several test modules share: the project's root, a tiny char-LM job on the first lines of
-PTB char that trains in a minute or two, and running this checkout's ``hyperctl`` in a child process."""
+PTB char that trains in a minute or two, running this checkout's ``hyperctl`` in a child process,
+and files saved as a GPU worker saves them."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +81,17 @@ def hyperctl(
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def saved_as_if_on_gpu() -> Iterator[None]:
+    """Inside, ``torch.save`` tags every CPU tensor with the location ``cuda:0``, as a GPU worker's
+    tensors are tagged: loading such a file without a GPU needs ``map_location``."""
+    from torch import serialization  # deferred: the other helpers need no torch
+
+    entry = (-100, lambda storage: "cuda:0" if storage.device.type == "cpu" else None, lambda storage, location: None)
+    serialization.register_package(*entry)
+    try:
+        yield
+    finally:
+        serialization._package_registry.remove(entry)  # torch has no public unregister

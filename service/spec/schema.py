@@ -74,6 +74,10 @@ class TrainSpec(Strict):
     checkpoint_every: int = Field(1000, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0, description="checkpoints retained (the latest ones)")
     log_every: int = Field(50, gt=0, description="steps between train-loss / tokens-per-second records")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="fp32; or mixed precision on GPU workers: autocast to bf16, or to fp16 with a gradient scaler",
+    )
     seed: int = 0
 
     def total_steps(self, batches_per_epoch: int) -> int:
@@ -130,6 +134,18 @@ class JobSpec(Strict):
             raise ValueError(
                 f"data.batch_size ({batch}) must be divisible by resources.workers "
                 f"({self.resources.workers}): the global batch is split evenly across workers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _precision_device(self) -> JobSpec:
+        # Decided from the spec alone, so `validate` and `submit` refuse it before anything starts:
+        # the service offers mixed precision for GPU workers only (service/worker/precision.py).
+        if self.train.precision != "fp32" and self.resources.gpus_per_worker == 0:
+            raise ValueError(
+                f"train.precision: expected fp32 on CPU workers, found {self.train.precision} with "
+                "resources.gpus_per_worker 0; set resources.gpus_per_worker (e.g. 1) to train in "
+                f"{self.train.precision} on GPUs, or train.precision: fp32"
             )
         return self
 

@@ -5,14 +5,19 @@ A checkpoint is one directory that Ray Train assembles from every rank's contrib
 * ``model.pt``      rank 0: the unwrapped model's ``state_dict`` (no DDP ``module.`` prefix)
 * ``optimizer.pt``  rank 0: the optimizer's ``state_dict``
 * ``meta.json``     rank 0: step, epoch, batch, world size, data root + content hash (the vocab
-                    reference), the spec
+                    reference), the spec, and (``train.precision: fp16``) the gradient scaler's
+                    state under ``grad_scaler`` (absent in older checkpoints: a fresh scaler)
 * ``rank_<r>.pt``   every rank: its recurrent state (carried across truncated-BPTT segments) and
-                    its RNG states (torch, python ``random``, numpy)
+                    its RNG states (torch, python ``random``, numpy, and CUDA's where it was used)
 
 Choice documented: the recurrent state is *saved*, per rank, rather than reset at the checkpoint
 boundary, so that a run restarted from a checkpoint continues with the same numbers as an
 uninterrupted one (same world size required; the spec fixes it). Model and optimizer are identical
 on every rank under DDP, so only rank 0 writes them.
+
+Devices: tensors are saved as they are (on the GPU of a GPU run) and every load maps them onto the
+loading worker's device, so a checkpoint written on a GPU resumes on a CPU and the reverse. This
+module needs neither Ray nor pydantic.
 
 Every rank calls ``ray.train.report(metrics, checkpoint=...)`` with its own directory (Ray 2.60
 merges the per-rank directories of one report into one checkpoint folder under
@@ -58,13 +63,20 @@ class Position:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """The RNG states a worker draws from; CUDA's (the current device's) once CUDA is in use."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states; CUDA's only where it was saved and a GPU is here."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(
@@ -76,8 +88,10 @@ def save(
     model: torch.nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     meta: dict[str, Any] | None = None,
+    grad_scaler: dict[str, Any] | None = None,
 ) -> None:
-    """Write this rank's part of a checkpoint into ``directory`` (rank 0 passes model/optimizer/meta)."""
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0 passes model/optimizer/meta
+    and the gradient scaler's ``state_dict``, empty or None when there is none)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -88,7 +102,8 @@ def save(
         assert model is not None and optimizer is not None and meta is not None
         torch.save(model.state_dict(), directory / MODEL_FILE)
         torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-        (directory / META_FILE).write_text(json.dumps({**meta, **asdict(position)}, indent=2))
+        scaler = {"grad_scaler": grad_scaler} if grad_scaler else {}
+        (directory / META_FILE).write_text(json.dumps({**meta, **scaler, **asdict(position)}, indent=2))
 
 
 @dataclass
@@ -96,6 +111,7 @@ class Restored:
     position: Position
     recurrent_state: Any
     meta: dict[str, Any]
+    grad_scaler: dict[str, Any]  # the scaler's state_dict; empty when the run had none
 
 
 def load(
@@ -108,7 +124,9 @@ def load(
 ) -> Restored:
     """Load a checkpoint into ``model`` (unwrapped) and ``optimizer``; set this rank's RNG states.
 
-    Returns the position to continue from and this rank's recurrent state.
+    Tensors are mapped onto ``device`` whatever device wrote them (the optimizer's state as well:
+    it must sit with the model's parameters). Returns the position to continue from, this rank's
+    recurrent state (on ``device``) and the gradient scaler's state.
     """
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
@@ -121,7 +139,12 @@ def load(
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True))
     mine = torch.load(directory / rank_file(rank), map_location="cpu", weights_only=False)
     set_rng_state(mine["rng"])
-    return Restored(Position.from_dict(mine["position"]), state_to(mine["recurrent_state"], device), meta)
+    return Restored(
+        Position.from_dict(mine["position"]),
+        state_to(mine["recurrent_state"], device),
+        meta,
+        meta.get("grad_scaler", {}),
+    )
 
 
 __all__ = ["Position", "Restored", "load", "rank_file", "rng_state", "save", "set_rng_state"]

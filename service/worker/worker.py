@@ -10,7 +10,9 @@ the job: Ray 2.60's failure policy retries every worker error up to ``max_failur
 public hook for a non-retryable one, and a deterministic divergence would only repeat. So the
 workers do not raise: rank 0 writes ``<storage>/<name>/failure.json`` naming the step, every rank
 returns, and the driver raises :class:`NonFiniteLossError` and marks the MLflow run FAILED. The
-model is not updated with the bad step and nothing after the last checkpoint reaches MLflow.
+model is not updated with the bad step and nothing after the last checkpoint reaches MLflow. With
+``train.precision: fp16`` an overflowing gradient is the gradient scaler's business (the step is
+skipped and the scale lowered, :mod:`.precision`); only a non-finite loss stops the job.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -35,6 +38,7 @@ from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
 from . import checkpoint as ckpt
+from .precision import MixedPrecision
 
 J = TypeVar("J", bound=JobSpec)
 
@@ -89,8 +93,9 @@ class Window:
 
 
 class Worker(Generic[J]):
-    """One rank of a job: its spec (validated as the task's ``job_class``), place in the world,
-    progress queue and (rank 0) metric buffer.
+    """One rank of a job: its spec (validated as the task's ``job_class``), place in the world and
+    device, mixed precision (``amp``: :meth:`autocast` around forward and loss, :meth:`optimize`
+    for backward and step), progress queue and (rank 0) metric buffer.
 
     ``last`` holds the latest value of every metric; it goes with each checkpoint report (what
     Ray Tune's schedulers read in a campaign)."""
@@ -103,7 +108,8 @@ class Worker(Generic[J]):
         self.spec: J = validate_as(job_class, config["spec"], "worker")
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        self.device = ray.train.torch.get_device()  # the worker's GPU with resources.gpus_per_worker, else CPU
+        self.amp = MixedPrecision(self.spec.train.precision, self.device)
         torch.set_num_threads(max(1, int(self.spec.resources.cpus_per_worker)))  # fixed: same numbers run to run
         self.progress = config.get("progress")
         self.tracker = MetricBuffer(config["tracking_uri"], config["run_id"]) if self.rank == 0 else None
@@ -165,7 +171,12 @@ class Worker(Generic[J]):
             return ckpt.Position(), None
         with checkpoint.as_directory() as folder:
             restored = ckpt.load(folder, self.rank, self.world, model, optimizer, self.device)
+        self.amp.load_state_dict(restored.grad_scaler)
         return restored.position, restored.recurrent_state
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """Wrap forward and loss in this: autocast to ``train.precision`` on the worker's device."""
+        return self.amp.autocast()
 
     def optimize(
         self,
@@ -176,26 +187,29 @@ class Worker(Generic[J]):
         count: int,
         reported: torch.Tensor | None = None,
     ) -> tuple[float, float] | None:
-        """One optimizer step on the mean of ``loss_sum`` over ``count`` items (gradients clipped to
-        ``train.grad_clip``, averaged across ranks by DDP). Returns the global (summed over ranks)
-        ``reported`` loss (default: ``loss_sum``) and count, or None when any rank went non-finite:
-        the step is then not taken (see :meth:`all_finite`)."""
+        """One optimizer step on the mean of ``loss_sum`` over ``count`` items (gradients through
+        ``train.precision``'s scaler, clipped to ``train.grad_clip``, averaged across ranks by DDP).
+        Returns the global (summed over ranks) ``reported`` loss (default: ``loss_sum``) and count,
+        or None when any rank went non-finite: the step is then not taken (see :meth:`all_finite`)."""
         optimizer.zero_grad(set_to_none=True)
-        (loss_sum / max(count, 1)).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.spec.train.grad_clip or math.inf)
-        totals = self.all_finite(pos, loss_sum if reported is None else reported, count, grad_norm)
+        mean_loss = loss_sum / max(count, 1)
+        grad_norm = self.amp.backward(mean_loss, optimizer, model.parameters(), self.spec.train.grad_clip)
+        checked_norm = None if self.amp.scaling else grad_norm  # fp16: the scaler skips overflowing steps
+        totals = self.all_finite(pos, loss_sum if reported is None else reported, count, checked_norm)
         if totals is not None:
-            optimizer.step()
+            self.amp.step(optimizer)
         return totals
 
     def all_finite(
-        self, pos: ckpt.Position, loss_sum: torch.Tensor, count: float, grad_norm: torch.Tensor
+        self, pos: ckpt.Position, loss_sum: torch.Tensor, count: float, grad_norm: torch.Tensor | None
     ) -> tuple[float, float] | None:
         """One small all-reduce: the global loss sum and count, or None (after writing the failure
-        marker) when any rank's loss or gradient norm is not finite. Call before ``optimizer.step``."""
+        marker) when any rank's loss or gradient norm (None: not checked) is not finite. Call before
+        ``optimizer.step``."""
         import torch.distributed as dist
 
-        loss_value, norm_value = float(loss_sum.detach()), float(grad_norm)
+        loss_value = float(loss_sum.detach())
+        norm_value = 0.0 if grad_norm is None else float(grad_norm)
         bad = not (math.isfinite(loss_value) and math.isfinite(norm_value))
         stats = torch.tensor([loss_value, count, float(bad)], dtype=torch.float64, device=self.device)
         if self.world > 1:
@@ -251,7 +265,16 @@ class Worker(Generic[J]):
         folder = tempfile.mkdtemp(prefix=f"hyperctl-ckpt-{self.rank}-")
         try:
             meta = {"spec": self.spec.model_dump(mode="json"), "world_size": self.world, **meta}
-            ckpt.save(folder, self.rank, pos, recurrent_state, model=model, optimizer=optimizer, meta=meta)
+            ckpt.save(
+                folder,
+                self.rank,
+                pos,
+                recurrent_state,
+                model=model,
+                optimizer=optimizer,
+                meta=meta,
+                grad_scaler=self.amp.state_dict(),
+            )
             ray.train.report(
                 {"step": pos.step, "epoch": pos.epoch, **self.last},
                 checkpoint=ray.train.Checkpoint.from_directory(folder),

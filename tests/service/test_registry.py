@@ -259,7 +259,8 @@ def toy_loop(config: dict[str, Any]) -> None:
     while pos.step < total:
         i = (pos.step * spec.data.batch_size) % (len(x) - held_out - spec.data.batch_size)
         xb, yb = x[i : i + spec.data.batch_size], y[i : i + spec.data.batch_size]
-        loss_sum = ((model(xb).squeeze(1) - yb) ** 2).sum()
+        with w.autocast():
+            loss_sum = ((model(xb).squeeze(1) - yb) ** 2).sum()
         totals = w.optimize(pos, model, optimizer, loss_sum, len(yb))
         assert totals is not None
         pos.step += 1

@@ -196,6 +196,24 @@ CASES = [
         "subprocess",
     ),
     (
+        "mixed-precision-on-cpu",
+        "name: ok\ntrain:\n  max_steps: 10\n  precision: bf16\n",
+        [],
+        [
+            "train.precision: expected fp32 on CPU workers, found bf16 with resources.gpus_per_worker 0",
+            "set resources.gpus_per_worker",
+            "or train.precision: fp32",
+        ],
+        "main",
+    ),
+    (
+        "mixed-precision-on-cpu-set",
+        GOOD,
+        ["--set", "train.precision=fp16"],
+        ["train.precision: expected fp32 on CPU workers, found fp16"],
+        "main",
+    ),
+    (
         "not-a-mapping",
         "- name: ok\n- train: {}\n",
         [],
@@ -343,6 +361,18 @@ def test_cluster_resources_passed_in(tmp_path, monkeypatch: pytest.MonkeyPatch) 
         check_job(spec(workers=4, gpus_per_worker=1), available_gpus=2)
     with pytest.raises(JobSpecError, match="resources.gpus_per_worker: expected 0 on a machine without GPUs"):
         check_job(spec(gpus_per_worker=0.5), available_gpus=0)
+
+
+def test_precision_with_gpus_is_valid() -> None:
+    """bf16 / fp16 pass the schema on GPU workers (whether the GPUs exist is preflight's question)."""
+    for precision in ("bf16", "fp16"):
+        assert spec_train(precision, gpus_per_worker=1).train.precision == precision
+    assert spec_train("fp32").train.precision == "fp32"
+    assert validate_job({"name": "r", "train": {"max_steps": 1}}).train.precision == "fp32"  # the default
+
+
+def spec_train(precision: str, **resources):
+    return validate_job({"name": "r", "train": {"max_steps": 1, "precision": precision}, "resources": resources})
 
 
 def test_storage_write_probe(s3_env) -> None:

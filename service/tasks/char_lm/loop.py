@@ -82,9 +82,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         x = inputs[pos.batch * T : (pos.batch + 1) * T]
         y = targets[pos.batch * T : (pos.batch + 1) * T]
 
-        logits, state = ddp(x, state)
+        with w.autocast():
+            logits, state = ddp(x, state)
+            loss_sum = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), ignore_index=PAD, reduction="sum")
         state = detach_state(state)
-        loss_sum = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), ignore_index=PAD, reduction="sum")
         totals = w.optimize(pos, model, optimizer, loss_sum, int((y != PAD).sum()))
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return

@@ -39,7 +39,8 @@ def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 def augment(x: torch.Tensor, pad_crop: int, flip: bool) -> torch.Tensor:
     """The paper's augmentation on a float batch: zero-pad by ``pad_crop`` and crop back at a random
-    offset per image; random horizontal flips."""
+    offset per image; random horizontal flips. The random draws come from the CPU generator (the
+    same numbers whatever device ``x`` is on, saved with each checkpoint); the result stays on ``x``'s device."""
     if pad_crop:
         b, _, h, w = x.shape
         padded = F.pad(x, (pad_crop,) * 4)
@@ -47,7 +48,7 @@ def augment(x: torch.Tensor, pad_crop: int, flip: bool) -> torch.Tensor:
         dx = torch.randint(0, 2 * pad_crop + 1, (b,))
         x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     if flip:
-        mask = torch.rand(x.shape[0]) < 0.5
+        mask = (torch.rand(x.shape[0]) < 0.5).to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -119,8 +120,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         x = augment(normalise(train_x[idx].to(device), mean, std), spec.data.augment.pad_crop, spec.data.augment.flip)
         y = train_y[idx].to(device)
 
-        logits = ddp(x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        with w.autocast():
+            logits = ddp(x)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
         totals = w.optimize(pos, model, optimizer, loss_sum, len(y))
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return

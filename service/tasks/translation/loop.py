@@ -154,11 +154,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         idx = batches[pos.batch][rank * b : (rank + 1) * b]
         x, lengths, y_in, y_out = collate([train_src[i] for i in idx], [train_tgt[i] for i in idx], device)
 
-        logits = ddp(x, lengths, y_in)
-        loss_sum, n_tokens = label_smoothed_nll(logits, y_out, m.label_smoothing, ignore_index=PAD_ID)
-        nll_sum = F.cross_entropy(
-            logits.detach().reshape(-1, logits.shape[-1]), y_out.reshape(-1), ignore_index=PAD_ID, reduction="sum"
-        )
+        with w.autocast():
+            logits = ddp(x, lengths, y_in)
+            loss_sum, n_tokens = label_smoothed_nll(logits, y_out, m.label_smoothing, ignore_index=PAD_ID)
+            nll_sum = F.cross_entropy(
+                logits.detach().reshape(-1, logits.shape[-1]), y_out.reshape(-1), ignore_index=PAD_ID, reduction="sum"
+            )
         totals = w.optimize(pos, model, optimizer, loss_sum, n_tokens, reported=nll_sum)  # perplexity without smoothing
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return

@@ -91,6 +91,9 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     assert {"model.pt", "optimizer.pt", "meta.json", "rank_0.pt", "rank_1.pt"} <= files
     meta = json.loads((run_dir / "checkpoint_00000060" / "meta.json").read_text())
     assert meta["step"] == 60 and meta["world_size"] == 2
+    # Full precision by default: no autocast, no gradient scaler to carry.
+    assert meta["spec"]["train"]["precision"] == run.data.params["train.precision"] == "fp32"
+    assert "grad_scaler" not in meta
 
     # No credentials anywhere in what MLflow holds.
     blob = json.dumps([run.data.params, run.data.tags])

@@ -242,3 +242,13 @@ def test_augmentation_keeps_shapes_and_moves_pixels() -> None:
     flipped = augment(x.repeat(64, 1, 1, 1), 0, True)
     n_flipped = sum(torch.equal(f, x[i % 2].flip(2)) for i, f in enumerate(flipped))
     assert 10 < n_flipped < 118  # about half, at random
+
+
+def test_augmentation_keeps_the_batch_on_its_device() -> None:
+    """A GPU worker's batch: the draws are made on the CPU, the batch stays where it is. The meta
+    device stands in for a GPU here (an op mixing it with CPU tensors fails as CUDA's would)."""
+    import torch
+
+    x = torch.empty(8, 3, 6, 6, device="meta")
+    out = augment(x, 2, True)
+    assert out.device == x.device and out.shape == x.shape

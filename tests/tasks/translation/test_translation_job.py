@@ -18,9 +18,11 @@ from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
 from service.tasks.translation import TASK
 from service.tasks.translation.data import load_processors, load_split, prepare_corpus
-from service.tasks.translation.translate import saved_spec
+from service.tasks.translation.model import build_model
+from service.tasks.translation.translate import load_translator, saved_spec
+from service.worker import checkpoint as ckpt
 
-from helpers import ROOT, hyperctl
+from helpers import ROOT, hyperctl, saved_as_if_on_gpu
 
 MULTI30K = ROOT / "data" / "multi30k"
 
@@ -93,6 +95,33 @@ def test_subwords_are_trained_on_train_and_every_split_is_prepared(tmp_path: Pat
         validate_job(translation_job(tmp_path, subwords={"vocab_size": 150, "shared": False})), str(tmp_path / "cache")
     )
     assert separate.root != prepared.root and not separate.shared_vocab and separate.vocab_sizes == (150, 150)
+
+
+def test_a_checkpoint_written_on_a_gpu_translates_on_the_cpu(tmp_path: Path) -> None:
+    """``hyperctl translate`` on a checkpoint folder of a GPU run (its model.pt says cuda:0)."""
+    import torch
+
+    spec = validate_job(translation_job(tmp_path, n_train=120))
+    prepared = prepare_corpus(spec, str(tmp_path / "cache"))
+    model = build_model(spec, *prepared.vocab_sizes)
+    folder = tmp_path / "checkpoint_00000010"
+    meta = {"spec": spec.model_dump(mode="json"), "world_size": 1, "data_root": prepared.root}
+    with saved_as_if_on_gpu():
+        ckpt.save(
+            folder,
+            0,
+            ckpt.Position(step=10),
+            None,
+            model=model,
+            optimizer=torch.optim.Adam(model.parameters()),
+            meta=meta,
+        )
+    translator = load_translator(str(folder))
+    assert all(p.device.type == "cpu" for p in translator.model.parameters())
+    for p, q in zip(translator.model.parameters(), model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    (out,) = translator.translate(["A man rides a bike."], beam_size=2)
+    assert isinstance(out, str)
 
 
 def test_misaligned_corpus_names_both_files_and_counts(tmp_path: Path) -> None:
