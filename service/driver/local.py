@@ -55,12 +55,46 @@ def absolute_storage(spec: JobSpec) -> JobSpec:
     return spec.model_copy(update={"storage": str(Path(spec.storage).expanduser().resolve())})
 
 
-def _quiet_ray_logs() -> None:
+def _quiet_ray_logs(verbose: bool = False) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING", "0")
     os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
     for name in ("ray", "ray.train", "ray.data", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A local instance turns token auth on by itself and says so on every start: nothing for the user to
+    # do (it is on, as it should be), so only --verbose shows it.
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    auth.setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+# Ray's start-up failures seen on busy machines, as one line each with what to do (exit 2, no traceback).
+_RAY_START_HINTS = (
+    (
+        "timed out during startup",
+        "the local Ray instance did not start in time (the machine is busy or short of memory): retry when it "
+        "is quieter, or start one once with `ray start --head` and pass --address (or set RAY_ADDRESS)",
+    ),
+    (
+        "address already in use",
+        "a port the local Ray instance needs is taken by another process: retry (ports are chosen anew each time)",
+    ),
+)
+
+
+def _ray_start_error(e: Exception, address: str | None) -> Exception:
+    """``e`` as the one-line error the CLI prints for a known start-up failure, else ``e`` itself."""
+    from .jobs_api import ClusterError
+
+    text = str(e).lower()
+    for needle, hint in _RAY_START_HINTS:
+        if needle in text:
+            return ClusterError(f"Ray: {hint} ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})")
+    if isinstance(e, ConnectionError) and address:
+        return ClusterError(
+            f"Ray: no cluster answers at {address} ({str(e).strip()[:200]}); check the address, or leave "
+            "--address and RAY_ADDRESS unset to run on a new local instance"
+        )
+    return e
 
 
 def cluster_address(address: str | None = None) -> str | None:
@@ -80,10 +114,21 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: b
     address = cluster_address(address)
     if ray.is_initialized():
         return bool(address)
-    _quiet_ray_logs()
+    _quiet_ray_logs(verbose)
     common: dict[str, Any] = dict(
         logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose, configure_logging=True
     )
+    try:
+        _start_or_join(address, num_cpus, common)
+    except Exception as e:  # noqa: BLE001 - known failures become one line; the rest propagate as they are
+        raise _ray_start_error(e, address) from e
+    _interrupt_on_sigterm()
+    return bool(address)
+
+
+def _start_or_join(address: str | None, num_cpus: int | None, common: dict[str, Any]) -> None:
+    import ray
+
     if address:
         # In-cluster (a Ray job's entrypoint): the job's runtime_env already carries the env vars.
         ray.init(address=address, **common)
@@ -100,8 +145,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: b
         port = _free_port()
         with _environ(RAY_GCS_SERVER_PORT=str(port), RAY_ADDRESS=f"{ray.util.get_node_ip_address()}:{port}"):
             ray.init(address="local", num_cpus=num_cpus, **common)
-    _interrupt_on_sigterm()
-    return bool(address)
 
 
 def _free_port() -> int:

@@ -21,6 +21,7 @@ imported inside the functions that use it: importing it takes seconds, and comma
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -79,6 +80,8 @@ def tracking_uri_for(spec: JobSpec, environ: dict[str, str] | None = None) -> st
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient  # deferred: see the module's docstring
 
+    # "Creating initial MLflow database tables..." on a new sqlite store: noise on the user's terminal.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 

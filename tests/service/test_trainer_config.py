@@ -39,3 +39,17 @@ def test_workers_get_their_gpus_and_backend(tmp_path: Path, resources: dict, pre
     assert scaling.resources_per_worker == expected
     assert trainer.backend_config.backend == backend
     assert trainer.train_loop_config["spec"]["train"]["precision"] == precision
+
+
+def test_known_ray_start_failures_become_one_line_with_what_to_do() -> None:
+    from service.driver.jobs_api import ClusterError
+    from service.driver.local import _ray_start_error
+
+    timeout = RuntimeError("The current node timed out during startup. This could happen because ...\nmore")
+    err = _ray_start_error(timeout, None)
+    assert isinstance(err, ClusterError) and "\n" not in str(err)
+    assert "did not start in time" in str(err) and "ray start --head" in str(err)
+    refused = _ray_start_error(ConnectionError("Failed to connect to Ray cluster at 10.0.0.9:6379"), "10.0.0.9:6379")
+    assert isinstance(refused, ClusterError) and "no cluster answers at 10.0.0.9:6379" in str(refused)
+    other = ValueError("something else")
+    assert _ray_start_error(other, None) is other  # unknown failures are not disguised

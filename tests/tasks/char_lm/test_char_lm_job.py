@@ -46,6 +46,8 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     assert f"artifacts:   {run.info.artifact_uri}" in proc.stderr
     page = f"run page:    http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
     assert page in proc.stderr and f"hyperctl ui {job_file}" in proc.stderr
+    # Ray's and MLflow's start-up chatter stays off the user's terminal (--verbose shows Ray's).
+    assert "Token authentication is enabled" not in proc.stderr and "MLflow database tables" not in proc.stderr
 
     # Params = the flattened spec.
     spec = validate_job(job)
