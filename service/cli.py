@@ -94,6 +94,10 @@ def _address(args: argparse.Namespace) -> str | None:
 
 def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
     """Run a job or campaign here (preflight runs once, in its start-up, before Ray starts)."""
+    if _address(args):
+        # Joining a running instance: `ray start` turns token auth on, so its token is used when at hand
+        # (Ray reads the mode when it is first imported, which is below).
+        jobs_api.use_token_auth()
     if spec.search is not None:  # a search campaign (service/driver/campaign.py)
         return _run_campaign(args, spec)
     from .driver.local import run_job  # deferred, as every driver import here: torch, Ray and MLflow
@@ -157,11 +161,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     working_dir); the submission id is printed and, unless --detach, its logs are followed until the
     job ends, exiting 0 if it SUCCEEDED and 1 otherwise. The job's resources are checked on the
     cluster, not here (nodes may be added by its autoscaler); credentials are never sent with the
-    job (the cluster's nodes have their own). Relaunching a job of the same name and storage resumes it
-    from its latest checkpoint, in the same MLflow run."""
+    job (the cluster's nodes have their own). With --address HOST:PORT (a running instance's GCS
+    address) or --address auto (the one `ray start --head` left running on this machine) it runs here in
+    the foreground, joined to that instance: a warm start, without starting Ray for every job.
+    Relaunching a job of the same name and storage resumes it from its latest checkpoint, in the same
+    MLflow run."""
     spec = load_job(args.job, args.overrides)
     address = _address(args)
-    if not address:
+    if not address or not address.startswith(("http://", "https://")):
+        # No address: a new local instance. A GCS address (HOST:PORT) or "auto": run here, joined to that
+        # running instance (a warm start: no Ray start-up per job).
         return _run_foreground(args, spec)
     # Checked here for a quick answer; the cluster's resources are checked by `hyperctl run` there
     # (its files and storage too, as the cluster sees them), not against this machine.
@@ -322,8 +331,9 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 def _add_address(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--address",
-        help="Ray cluster dashboard address, e.g. http://127.0.0.1:8265 "
-        "(default: RAY_ADDRESS; token auth from ~/.ray/auth_token is used automatically)",
+        help="Ray cluster: its Jobs API, e.g. http://127.0.0.1:8265; for submit also a running instance to "
+        "join from here, HOST:PORT or auto (warm start) (default: RAY_ADDRESS; token auth from "
+        "~/.ray/auth_token is used automatically)",
     )
 
 

@@ -130,7 +130,8 @@ def _start_or_join(address: str | None, num_cpus: int | None, common: dict[str, 
     import ray
 
     if address:
-        # In-cluster (a Ray job's entrypoint): the job's runtime_env already carries the env vars.
+        # A Ray job's entrypoint (its runtime_env already carries the env vars), or `submit --address` of a
+        # running instance's GCS address or "auto" (a warm start; see start() for its token).
         ray.init(address=address, **common)
     else:
         # "local": a new instance even when a `ray start` cluster on this machine is recorded in
@@ -210,8 +211,8 @@ def start(
     """
     import ray  # deferred: see the module's docstring
 
-    spec = absolute_storage(spec)
     on_cluster = cluster_address(address) is not None
+    spec = absolute_storage(spec)
     if on_cluster:  # the cluster's resources are checked once joined, below
         preflight.check_job(spec, check_resources=False)
     else:
@@ -219,6 +220,8 @@ def start(
         preflight.check_job(spec, available_cpus=cpus)
     init_ray(address, num_cpus, verbose)
     cluster = ray.cluster_resources()
+    where = f"joined the Ray cluster at {cluster_address(address)}" if on_cluster else "started a local Ray instance"
+    say(f"[ray]   {where} ({cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs)")
     if on_cluster:
         for warning in preflight.check_cluster_resources(spec, cluster, preflight.cluster_max_resources()):
             say(f"[warn]  {warning}")

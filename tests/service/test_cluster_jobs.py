@@ -287,6 +287,7 @@ class Cluster:
         self.cluster_db = home / "cluster-mlflow.db"
         gcs, dash, client, agent, agent_grpc, rt_agent, metrics, node_mgr, obj_mgr = free_ports(9)
         self.address = f"http://127.0.0.1:{dash}"
+        self.gcs_address = f"127.0.0.1:{gcs}"
         # The nodes' environment: their own MLflow server setting and credentials, as on KubeRay/AWS.
         self.node_env = hermetic_env(
             RAY_AUTH_MODE="token",
@@ -648,3 +649,16 @@ def test_unknown_jobs_and_unreachable_clusters_exit_2(cluster: Cluster, tmp_path
         ), proc.stderr
     proc = hyperctl(cluster, "list", "--address", "http://127.0.0.1:9", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot use the Ray cluster at http://127.0.0.1:9")
+
+
+@pytest.mark.slow
+def test_submit_joins_a_running_instance_for_a_warm_start(cluster: Cluster, tmp_path: Path) -> None:
+    """`submit --address HOST:PORT` (a GCS address, not the Jobs API) runs here, on the running instance."""
+    job = small_job(tmp_path, "warm", max_steps=4)
+    job["tracking"] = {"uri": f"sqlite:///{tmp_path / 'warm.db'}", "experiment": "warm"}
+    (tmp_path / "warm.yaml").write_text(yaml.safe_dump(job))
+    proc = hyperctl(cluster, "submit", "warm.yaml", "--address", cluster.gcs_address, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"[ray]   joined the Ray cluster at {cluster.gcs_address} (2 CPUs" in proc.stdout
+    assert "submitted" not in proc.stdout  # not through the Jobs API
+    assert [r.info.status for r in mlflow_runs(job["tracking"]["uri"], "warm")] == ["FINISHED"]
