@@ -63,3 +63,21 @@ def test_json_schema_accepts_every_shipped_job_and_refuses_a_typo(capsys) -> Non
     # One task's schema alone.
     one = json.loads(schema_output(capsys, "translation", "--json"))
     assert list(one["anyOf"]) == [{"$ref": "#/$defs/TranslationJob"}]
+
+
+@pytest.mark.parametrize("job", ["quickstart.yaml", "multi30k-en-fr-hyperlstm.yaml", "mnist-test-hyper.yaml"])
+def test_validate_and_schema_load_no_torch_ray_or_mlflow(job) -> None:
+    """What keeps `validate` well under a second: it reads the spec, checks files, counts parameters
+    (hypermodels.sizes) and loads none of the heavy libraries."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from service.cli import main\n"
+        f"assert main(['validate', 'jobs/{job}']) == 0\n"
+        "assert main(['schema']) == 0\n"
+        "heavy = [m for m in ('torch', 'ray', 'mlflow') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120, capture_output=True)

@@ -19,11 +19,28 @@ def test_jobs_folder_is_not_empty():
     assert len(JOBS) >= 15
 
 
+def built_parameters(spec) -> int:
+    """The parameters of the model a job builds, at the sizes its task's parameter_count assumes."""
+    from hypermodels import count_parameters
+    from service.tasks.char_lm.model import build_model as build_lm
+    from service.tasks.char_lm.sizes import PTB_SYMBOLS
+    from service.tasks.image_classification.sizes import input_shape
+    from service.tasks.translation.model import build_model as build_translator
+
+    if spec.task == "char_lm":
+        return count_parameters(build_lm(spec, PTB_SYMBOLS))
+    if spec.task == "translation":
+        v = spec.data.subwords.vocab_size
+        return count_parameters(build_translator(spec, v, v))
+    return count_parameters(build_image_model(spec, input_shape(spec), 10))
+
+
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.stem)
-def test_shipped_job_validates_and_builds(path):
+def test_shipped_job_validates_and_its_count_is_the_built_models(path):
     spec = load_job(path)
     assert spec.name
-    assert task_of(spec).parameter_count(spec) > 0
+    # validate's torch-free count (hypermodels.sizes) is exactly the built model's.
+    assert task_of(spec).parameter_count(spec) == built_parameters(spec)
 
 
 @pytest.mark.parametrize("kernels, variables", [("hyper", 147_578), ("plain", 2_235_498)])

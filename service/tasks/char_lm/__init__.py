@@ -17,7 +17,7 @@ TASK: Task[CharLMJob] = Task(
     train_loop=deferred(f"{__name__}.loop", "train_loop_per_worker"),
     data_files=deferred(f"{__name__}.data", "data_files"),
     source_name=deferred(f"{__name__}.data", "source_name"),
-    parameter_count=deferred(f"{__name__}.model", "parameter_count"),
+    parameter_count=deferred(f"{__name__}.sizes", "parameter_count"),
     metrics=Metrics(valid="valid_bpc", test="test_bpc", train="train_bpc", reported=("valid_bpc", "train_bpc")),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
 )

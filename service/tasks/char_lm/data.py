@@ -19,11 +19,14 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import torch
 
 from hypermodels import CharVocab, ptb_char_symbols, raw_char_symbols
+
+if TYPE_CHECKING:
+    import torch
 
 from ...io import datacache, storage
 from ...paths import PROJECT_ROOT, VENDORED_DATA
@@ -180,6 +183,8 @@ def load_prepared(root: str) -> PreparedText:
 
 def load_split(prepared: PreparedText, split: str) -> torch.Tensor:
     """All ids of one split as a 1-D int64 tensor."""
+    import torch  # deferred: reading a spec's files (preflight) needs no torch
+
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     try:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from hypermodels import CharLM, count_parameters
+from hypermodels import CharLM
 
 from .spec import CharLMJob
-
-PTB_SYMBOLS = 50  # PTB char's vocabulary, the newline included: the size assumed before data exists
 
 
 def build_model(spec: CharLMJob, vocab_size: int) -> CharLM:
@@ -26,9 +24,4 @@ def build_model(spec: CharLMJob, vocab_size: int) -> CharLM:
     )
 
 
-def parameter_count(spec: CharLMJob) -> int:
-    """Trainable parameters at PTB's 50 symbols (the vocabulary is known only once data is prepared)."""
-    return count_parameters(build_model(spec, PTB_SYMBOLS))
-
-
-__all__ = ["PTB_SYMBOLS", "build_model", "parameter_count"]
+__all__ = ["build_model"]

@@ -18,7 +18,7 @@ TASK: Task[ImageJob] = Task(
     train_loop=deferred(f"{__name__}.loop", "train_loop_per_worker"),
     data_files=deferred(f"{__name__}.data", "data_files"),
     source_name=deferred(f"{__name__}.data", "source_name"),
-    parameter_count=deferred(f"{__name__}.model", "parameter_count"),
+    parameter_count=deferred(f"{__name__}.sizes", "parameter_count"),
     metrics=Metrics(
         valid="valid_error", test="test_error", train="train_loss", reported=("valid_error", "valid_loss", "train_loss")
     ),

@@ -17,10 +17,13 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from ...io import datacache, storage
 from ...io.datacache import data_error, read_data_file
@@ -251,6 +254,8 @@ def load_prepared(root: str) -> PreparedImages:
 
 def load_split(prepared: PreparedImages, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One split: images (N, C, H, W) uint8 and labels (N,) int64."""
+    import torch  # deferred: reading a spec's files (preflight) needs no torch
+
     table = datacache.read_parquet(storage.join(prepared.root, f"{split}.parquet"))
     flat = np.frombuffer(b"".join(table.column("image").to_pylist()), dtype=np.uint8)
     x = torch.from_numpy(flat.reshape(len(table), *prepared.shape).copy())

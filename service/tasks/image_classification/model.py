@@ -51,11 +51,4 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-def parameter_count(spec: ImageJob) -> int:
-    """Trainable parameters before the data is prepared: at CIFAR-10's 3x32x32 images for CIFAR
-    batches, else at MNIST's 1x28x28; 10 classes."""
-    cifar = spec.data.dataset is None and spec.data.format == "cifar10"
-    return count_parameters(build_model(spec, (3, 32, 32) if cifar else (1, 28, 28), 10))
-
-
-__all__ = ["build_model", "parameter_count", "parameter_counts"]
+__all__ = ["build_model", "parameter_counts"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypermodels import Seq2Seq, count_parameters
+from hypermodels import Seq2Seq
 
 from .data import BOS_ID, EOS_ID, PAD_ID
 from .spec import TranslationJob
@@ -30,11 +30,4 @@ def build_model(spec: TranslationJob, src_vocab_size: int, tgt_vocab_size: int) 
     )
 
 
-def parameter_count(spec: TranslationJob) -> int:
-    """Trainable parameters at the configured subword vocabulary size (the real one is known only
-    once sentencepiece has been trained)."""
-    v = spec.data.subwords.vocab_size
-    return count_parameters(build_model(spec, v, v))
-
-
-__all__ = ["build_model", "parameter_count"]
+__all__ = ["build_model"]

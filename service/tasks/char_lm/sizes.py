@@ -1,0 +1,28 @@
+"""The parameter count a ``char_lm`` job describes, without building it (no torch: ``validate`` is quick)."""
+
+from __future__ import annotations
+
+from hypermodels.sizes import charlm_parameters
+
+from .spec import CharLMJob
+
+PTB_SYMBOLS = 50  # PTB char's vocabulary, the newline included: the size assumed before data exists
+
+
+def parameter_count(spec: CharLMJob, vocab_size: int = PTB_SYMBOLS) -> int:
+    """Trainable parameters of :func:`.model.build_model` at ``vocab_size`` symbols (default PTB's: the
+    vocabulary is known only once data is prepared)."""
+    m = spec.model
+    return charlm_parameters(
+        vocab_size,
+        m.cell,
+        m.hidden_size,
+        m.num_layers,
+        hyper_size=m.hyper.hidden_size,
+        embed_size=m.hyper.embed_size,
+        layer_norm=m.layer_norm,
+        recurrent_dropout=m.dropout.recurrent,
+    )
+
+
+__all__ = ["PTB_SYMBOLS", "parameter_count"]
