@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,10 @@ from .driver.local import cluster_address, run_job
 from .driver.preflight import check_job
 from .driver.runs import list_runs
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from .io.tracking import tracking_uri_for
+from .io.tracking import find_run, mark_training_experiments, redact, run_id_of, tracking_uri_for
 from .localcluster.cluster import add_parser as add_cluster_parser
+from .localcluster.ui import serve_ui
+from .paths import run_dir
 from .spec.errors import JobSpecError
 from .spec.loading import load_job, validate_job
 from .spec.schema import JobSpec
@@ -71,7 +72,13 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
     if spec.search is not None:  # a search campaign (service/driver/campaign.py)
         return _run_campaign(args, spec)
     try:
-        outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
+        outcome = run_job(
+            spec,
+            address=_address(args),
+            num_cpus=args.num_cpus,
+            verbose=args.verbose,
+            overrides=getattr(args, "overrides", ()),
+        )
     except KeyboardInterrupt as e:
         why = f" ({e})" if str(e) else ""
         print(
@@ -218,33 +225,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the MLflow UI on 127.0.0.1 for a job's tracking store (from JOB.yaml, --tracking-uri or
-    --storage). An http:// tracking URI is a server already: its address is printed."""
+    --storage) and print its address once it answers; Ctrl-C (or SIGTERM) stops it and its server.
+    An http:// tracking URI is a server already: its address is printed."""
     uri = _tracking_uri(args)
     if uri.startswith(("http://", "https://")):
         print(f"tracking server: {uri}")
         return EXIT_OK
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-    ]
-    if artifacts:
-        cmd += ["--default-artifact-root", artifacts]
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    marked = mark_training_experiments(uri)
+    if marked:
+        print(f"experiments {', '.join(marked)}: opened in MLflow's training view (runs table, charts)")
+    return serve_ui(uri, args.port)
 
 
 def _required_address(args: argparse.Namespace) -> str:
@@ -255,13 +245,23 @@ def _required_address(args: argparse.Namespace) -> str:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    """The tracking store named by --tracking-uri, else by the ``job`` argument's file, else by
-    --storage (its sqlite store)."""
+    """The tracking store named by --tracking-uri, else by the ``job`` argument's file (with its
+    --set overrides and --storage), else by --storage (its sqlite store; default ./runs)."""
     if getattr(args, "tracking_uri", None):
         return args.tracking_uri
     if getattr(args, "job", None):
-        return tracking_uri_for(load_job(args.job, []))
-    return tracking_uri_for(validate_job({"name": "x", "train": {"max_steps": 1}, "storage": args.storage}))
+        return tracking_uri_for(_job_of(args, args.job))
+    storage = getattr(args, "storage", None) or DEFAULT_STORAGE
+    return tracking_uri_for(validate_job({"name": "x", "train": {"max_steps": 1}, "storage": storage}))
+
+
+def _job_of(args: argparse.Namespace, path: str) -> JobSpec:
+    """The job file ``path`` of a command that finds a submitted job again: with the command's --set
+    overrides, as at submission, and its --storage when given (it wins over the file's)."""
+    overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "storage", None):
+        overrides.append(f"storage={json.dumps(args.storage)}")  # a JSON string is YAML: any path survives
+    return load_job(path, overrides)
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
@@ -272,12 +272,26 @@ def _add_address(p: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_STORAGE = "./runs"
+
+
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (sqlite:///..., http://...)")
     p.add_argument(
         "--storage",
-        default="./runs",
-        help="job storage folder whose sqlite store to read when no URI is given (default ./runs)",
+        help="job storage folder whose sqlite store to read when no URI is given (default: the job "
+        f"file's storage, else {DEFAULT_STORAGE})",
+    )
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="an override the job was submitted with (repeatable), so that its store and run are found",
     )
 
 
@@ -334,8 +348,8 @@ def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def _campaign_spec(path: str, overrides: list[str] | None = None) -> JobSpec:
-    spec = load_job(path, overrides or [])
+def _campaign_spec(path: str, overrides: list[str] | None = None, args: argparse.Namespace | None = None) -> JobSpec:
+    spec = _job_of(args, path) if args is not None else load_job(path, overrides or [])
     if spec.search is None:
         raise JobSpecError(path, ["not a campaign: the job has no search section (use hyperctl submit)"])
     return spec
@@ -359,8 +373,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_campaign_status(args: argparse.Namespace) -> int:
-    """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage)."""
-    spec = _campaign_spec(args.id)
+    """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage);
+    `hyperctl status JOB.yaml`: the job's MLflow run (see :func:`cmd_job_status`)."""
+    if _job_of(args, args.id).search is None:
+        return cmd_job_status(args)
+    spec = _campaign_spec(args.id, args=args)
     status = campaign_status(spec)
     if getattr(args, "json", False):
         status["trials"] = [{k: v for k, v in t.items() if k != "history"} for t in status["trials"]]
@@ -369,6 +386,29 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
     print(f"campaign {status['campaign']}: {status['state']} ({len(status['trials'])} trials; {status['path']})")
     if status["trials"]:
         print(format_trials(spec, status["trials"]))
+    return EXIT_OK
+
+
+def cmd_job_status(args: argparse.Namespace) -> int:
+    """`hyperctl status JOB.yaml [--set ...] [--storage ...]`: the job's MLflow run (id, status, latest
+    metrics), found through the run id kept in its folder; exit 2 when the job has no run there."""
+    spec = _job_of(args, args.id)
+    run_id = run_id_of(spec)
+    found = find_run(tracking_uri_for(spec), run_id) if run_id else None
+    if found is None:
+        print(
+            f"error: {args.id}: no run of job {spec.name!r} under {run_dir(spec)} (was it submitted with "
+            f"other --set overrides or another storage? pass the same ones, or --storage)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    print(
+        json.dumps(
+            {"job": spec.name, "run_id": run_id, "status": found["status"], "run_name": found["run_name"]}
+            | {"tracking_uri": redact(tracking_uri_for(spec)), "metrics": dict(sorted(found["metrics"].items()))},
+            indent=2,
+        )
+    )
     return EXIT_OK
 
 
@@ -435,9 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="status of a submitted job (all jobs without ID)", description=cmd_status.__doc__)
-    p.add_argument("id", nargs="?", help="submission id")
+    p.add_argument("id", nargs="?", help="submission id, or a campaign's job YAML file")
     _add_address(p)
     _add_store(p)
+    _add_overrides(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", help="print or follow a submitted job's logs", description=cmd_logs.__doc__)
@@ -453,13 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("list", help="list cluster jobs (--address) or local MLflow runs", description=cmd_list.__doc__)
+    p.add_argument("job", nargs="?", help="job YAML file whose tracking store to list")
     _add_address(p)
     _add_store(p)
+    _add_overrides(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("ui", help="start the MLflow UI for a job's tracking store", description=cmd_ui.__doc__)
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store to show")
     _add_store(p)
+    _add_overrides(p)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.set_defaults(func=cmd_ui)
 
