@@ -231,10 +231,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"tracking server: {uri}")
         return EXIT_OK
-    marked = mark_training_experiments(uri)
-    if marked:
-        print(f"experiments {', '.join(marked)}: opened in MLflow's training view (runs table, charts)")
-    return serve_ui(uri, args.port)
+    experiments = mark_training_experiments(uri)
+    if getattr(args, "job", None):  # the job's experiment first
+        name = _job_of(args, args.job).tracking.experiment
+        experiments = {k: v for k, v in experiments.items() if k == name} | experiments
+    return serve_ui(uri, args.port, experiments)
 
 
 def _required_address(args: argparse.Namespace) -> str:

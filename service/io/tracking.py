@@ -114,19 +114,18 @@ def store_exists(uri: str) -> bool:
     return True
 
 
-def mark_training_experiments(uri: str) -> list[str]:
-    """Give every experiment of an existing store that has no kind the training kind (see
-    :data:`EXPERIMENT_KIND`), so the UI opens its runs table; returns their names. A store that
-    does not exist is left uncreated."""
+def mark_training_experiments(uri: str) -> dict[str, str]:
+    """The experiments of an existing store (name -> id), each without a kind given the training kind
+    (see :data:`EXPERIMENT_KIND`). A store that does not exist is left uncreated: ``{}``."""
     if not store_exists(uri):
-        return []
+        return {}
     client = _client(uri)
-    marked = []
+    found = {}
     for exp in client.search_experiments():
         if TAG_EXPERIMENT_KIND not in exp.tags:
             client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
-            marked.append(exp.name)
-    return marked
+        found[exp.name] = exp.experiment_id
+    return found
 
 
 def run_name(name: str, overrides: Sequence[str] = ()) -> str:

@@ -23,6 +23,7 @@ from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from .cluster import HOST, LocalClusterError, check_port, is_running, start_ticks, stop_processes
 from .cluster import _http_ok as http_ok
 
+WORKFLOW_TYPE = "machine_learning"  # the UI's training view: runs table and charts, not traces
 START_TIMEOUT_S = 300  # one worker answers in about 15 s on 2 idle cores; a busy machine takes longer
 
 
@@ -51,8 +52,24 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def serve_ui(uri: str, port: int, timeout: float = START_TIMEOUT_S, say: Callable[[str], None] = print) -> int:
-    """Serve the MLflow UI of the store ``uri`` on 127.0.0.1:``port`` until interrupted; the exit code."""
+def page(base: str, experiment_id: str | None = None) -> str:
+    """The UI's page of an experiment (its runs table), or its home page, in the training view. MLflow
+    3.x picks the view from ``workflowType`` in the address (else from the browser's last choice,
+    GenAI by default), not from the experiment's kind tag."""
+    route = f"experiments/{experiment_id}" if experiment_id else ""
+    return f"{base}/#/{route}?workflowType={WORKFLOW_TYPE}"
+
+
+def serve_ui(
+    uri: str,
+    port: int,
+    experiments: dict[str, str] | None = None,
+    timeout: float = START_TIMEOUT_S,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Serve the MLflow UI of the store ``uri`` on 127.0.0.1:``port`` until interrupted; the exit
+    code. Once it answers, the addresses of the UI and of each of ``experiments`` (name -> id) are
+    printed."""
     try:
         check_port(port, "--port")
     except LocalClusterError as e:
@@ -75,7 +92,9 @@ def serve_ui(uri: str, port: int, timeout: float = START_TIMEOUT_S, say: Callabl
                     print(f"error: the MLflow server did not answer on {url} within {timeout:.0f}s", file=sys.stderr)
                     return EXIT_FAILED
                 time.sleep(0.5)
-            say(f"MLflow UI: {url}  (store {uri}; Ctrl-C to stop)")
+            say(f"MLflow UI: {page(url)}  (store {uri}; Ctrl-C to stop)")
+            for name, experiment_id in (experiments or {}).items():
+                say(f"  experiment {name}: {page(url, experiment_id)}")
             return EXIT_OK if proc.wait() == 0 else EXIT_FAILED
         except KeyboardInterrupt:
             return EXIT_OK
@@ -85,4 +104,4 @@ def serve_ui(uri: str, port: int, timeout: float = START_TIMEOUT_S, say: Callabl
             proc.wait(timeout=10)  # reaped: no zombie left behind
 
 
-__all__ = ["serve_ui", "server_command"]
+__all__ = ["page", "serve_ui", "server_command"]
