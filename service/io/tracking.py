@@ -132,7 +132,8 @@ def run_name(name: str, overrides: Sequence[str] = ()) -> str:
     """A run's name in the MLflow runs table: the job's name and what tells this run apart from
     other runs of the same job file: each ``--set KEY.PATH=VALUE`` as ``PATH_END=VALUE`` (the full
     keys are the run's params)."""
-    labels = [f"{k.strip().rsplit('.', 1)[-1]}={v.strip()}" for k, _, v in (o.partition("=") for o in overrides)]
+    pairs = [(k.strip(), v.strip()) for k, _, v in (o.partition("=") for o in overrides)]
+    labels = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in pairs if k != "name"]  # the name is there already
     return " ".join([name, *labels])[:_MAX_RUN_NAME]
 
 
