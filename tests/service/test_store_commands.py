@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import tiny_job
 from service.cli import build_parser, main
 from service.io import tracking
 from service.spec.loading import load_job
+
+from helpers import tiny_job
 
 SUBMITTED_WITH = ["name=tuned", "model.hyper.embed_size=8"]
 
