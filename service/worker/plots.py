@@ -24,8 +24,8 @@ def pyplot() -> Any:
     return plt
 
 
-PREVIEW_DPI = 100  # with the sizes below, pictures about 1,000 px wide: MLflow's artifact preview shows them unscaled
-SCALING_VIEW_STEPS = 64  # symbols of the weight-scaling view: more are unreadable at that width
+PREVIEW_DPI = 100  # with the sizes below, pictures 800 px wide: MLflow's artifact pane scales them to its width
+SCALING_VIEW_STEPS = 48  # symbols of the weight-scaling view: more are unreadable in the preview
 
 
 def learning_curve(
@@ -110,7 +110,7 @@ def scaling_vectors_figure(
     max_units: int = 64,
     max_steps: int = SCALING_VIEW_STEPS,
 ) -> Any:
-    """The paper's Fig. 5-6 view of one stream of text, as a matplotlib figure about 1,000 x 700 px.
+    """The paper's Fig. 5-6 view of one stream of text, as a matplotlib figure of 800 x 650 px.
 
     ``d_h``, ``d_x``: ``(num_layers, T, B, 4, N_h)`` from ``HyperLSTM.scaling_vectors``; stream 0 and
     its first ``max_steps`` steps are drawn (more symbols than that are unreadable at this width).
@@ -122,13 +122,13 @@ def scaling_vectors_figure(
     layers, steps, n_h = d_h.shape[0], min(d_h.shape[1], max_steps), d_h.shape[-1]
     units = min(max_units, n_h)
     d_h, d_x = d_h[:, :steps], d_x[:, :steps]
-    fig, (ax, hm) = plt.subplots(2, 1, figsize=(10, 7), sharex=True, gridspec_kw={"height_ratios": [1, 1.3]})
+    fig, (ax, hm) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [1, 1.3]})
     for k in range(layers):
         suffix = f" (layer {k + 1})" if layers > 1 else ""
         ax.plot(range(1, steps), norm_changes(d_h[k, :, 0]), label=f"‖Δd_h‖{suffix}")
         ax.plot(range(1, steps), norm_changes(d_x[k, :, 0]), label=f"‖Δd_x‖{suffix}", ls="--")
     ax.set_ylabel("L2 norm of change\nfrom the previous step")
-    ax.set_title(f"HyperLSTM weight-scaling vectors over {steps} input symbols (paper Fig. 5-6)")
+    ax.set_title(f"HyperLSTM weight-scaling vectors over {steps} symbols (paper Fig. 5-6)", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     heat = d_h[0, :, 0, 0, :units].double().t()
@@ -136,12 +136,12 @@ def scaling_vectors_figure(
     im = hm.imshow(heat.numpy(), aspect="auto", cmap="RdBu_r", interpolation="nearest", extent=extent)
     fig.colorbar(im, ax=hm, orientation="horizontal", fraction=0.05, pad=0.2, label="d_h value")
     shown = f"units 1-{units} of {n_h}" if units < n_h else f"all {n_h} units"
-    hm.set_title(f"d_h of the input gate, layer 1: {shown}", fontsize=10)
+    hm.set_title(f"d_h of the input gate, layer 1: {shown}", fontsize=11)
     hm.set_ylabel("unit")
     labels = _symbol_labels(symbols[:steps])
     for a in (ax, hm):  # sharex hides the top panel's labels: both read the symbols
         a.set_xticks(range(len(labels)))
-        a.set_xticklabels(labels, fontsize=8, family="monospace")
+        a.set_xticklabels(labels, fontsize=9, family="monospace")
         a.tick_params(axis="x", labelbottom=True, length=2)
     fig.tight_layout()
     return fig
