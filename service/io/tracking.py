@@ -52,6 +52,7 @@ EXPERIMENT_KIND = "custom_model_development"
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_TAG = 5000
 _MAX_RUN_NAME = 250
+_WHERE_NOT_WHAT = {"name", "storage", "tracking.uri", "tracking.experiment"}  # overrides a run name leaves out
 
 
 def redact(value: Any) -> Any:
@@ -131,9 +132,9 @@ def mark_training_experiments(uri: str) -> dict[str, str]:
 def run_name(name: str, overrides: Sequence[str] = ()) -> str:
     """A run's name in the MLflow runs table: the job's name and what tells this run apart from
     other runs of the same job file: each ``--set KEY.PATH=VALUE`` as ``PATH_END=VALUE`` (the full
-    keys are the run's params)."""
+    keys are the run's params), but for the name itself and where the run is kept."""
     pairs = [(k.strip(), v.strip()) for k, _, v in (o.partition("=") for o in overrides)]
-    labels = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in pairs if k != "name"]  # the name is there already
+    labels = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in pairs if k not in _WHERE_NOT_WHAT]
     return " ".join([name, *labels])[:_MAX_RUN_NAME]
 
 

@@ -116,7 +116,7 @@ def test_sample_text_is_wrapped_at_spaces() -> None:
 
 def test_run_name_carries_the_overrides() -> None:
     assert run_name("quickstart") == "quickstart"
-    assert run_name("quickstart", ["model.hyper.embed_size=16", "train.optimizer.lr = 0.01", "name=x"]) == (
-        "quickstart embed_size=16 lr=0.01"
-    )
+    assert run_name(
+        "quickstart", ["model.hyper.embed_size=16", "train.optimizer.lr = 0.01", "name=x", "storage=/s"]
+    ) == ("quickstart embed_size=16 lr=0.01")
     assert len(run_name("x", ["a.b=" + "y" * 400])) == 250
