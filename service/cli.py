@@ -35,14 +35,17 @@ from .tasks import TASKS, CommandKit, task_of
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job YAML file (see jobs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a spec field, e.g. --set model.hyper.embed_size=16 (repeatable)",
-    )
+    add_overrides(p)
+
+
+def add_overrides(
+    p: argparse.ArgumentParser, help: str = "override a spec field, e.g. --set model.hyper.embed_size=16 (repeatable)"
+) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help)
+
+
+# what list, status and ui say of --set: the job file is read as it was submitted
+FIND_AGAIN = "an override the job was submitted with (repeatable): its store and run are found with it"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -142,8 +145,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Status of a submitted job (or of every job when no ID is given) on the Ray cluster.
-    Exit 0 when the job is known, whatever its status; 2 when it is not."""
+    """Status of a submitted job (or of every job when no ID is given) on the Ray cluster; given a
+    job's YAML file instead, of that job's MLflow run (with the --set overrides and --storage it was
+    submitted with) or of that campaign's trials. Exit 0 when the job is known, whatever its
+    status; 2 when it is not."""
     if args.id and _is_job_file(args.id):  # a local search campaign
         return cmd_campaign_status(args)
     address = _required_address(args)
@@ -285,17 +290,6 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="an override the job was submitted with (repeatable), so that its store and run are found",
-    )
-
-
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num-cpus",
@@ -349,8 +343,8 @@ def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-def _campaign_spec(path: str, overrides: list[str] | None = None, args: argparse.Namespace | None = None) -> JobSpec:
-    spec = _job_of(args, path) if args is not None else load_job(path, overrides or [])
+def _campaign_spec(path: str, overrides: list[str] | None = None) -> JobSpec:
+    spec = load_job(path, overrides or [])
     if spec.search is None:
         raise JobSpecError(path, ["not a campaign: the job has no search section (use hyperctl submit)"])
     return spec
@@ -376,9 +370,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_campaign_status(args: argparse.Namespace) -> int:
     """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage);
     `hyperctl status JOB.yaml`: the job's MLflow run (see :func:`cmd_job_status`)."""
-    if _job_of(args, args.id).search is None:
-        return cmd_job_status(args)
-    spec = _campaign_spec(args.id, args=args)
+    spec = _job_of(args, args.id)
+    if spec.search is None:
+        return cmd_job_status(args, spec)
     status = campaign_status(spec)
     if getattr(args, "json", False):
         status["trials"] = [{k: v for k, v in t.items() if k != "history"} for t in status["trials"]]
@@ -390,10 +384,9 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_job_status(args: argparse.Namespace) -> int:
+def cmd_job_status(args: argparse.Namespace, spec: JobSpec) -> int:
     """`hyperctl status JOB.yaml [--set ...] [--storage ...]`: the job's MLflow run (id, status, latest
     metrics), found through the run id kept in its folder; exit 2 when the job has no run there."""
-    spec = _job_of(args, args.id)
     run_id = run_id_of(spec)
     found = find_run(tracking_uri_for(spec), run_id) if run_id else None
     if found is None:
@@ -462,24 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="in-cluster entrypoint: run a job in the foreground", description=cmd_run.__doc__)
     p.add_argument("job", nargs="?", help="job YAML file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a spec field (repeatable)",
-    )
+    add_overrides(p, "override a spec field (repeatable)")
     p.add_argument("--spec-json", help="the resolved spec as JSON (used for job files outside the project)")
     _add_address(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="status of a submitted job (all jobs without ID)", description=cmd_status.__doc__)
-    p.add_argument("id", nargs="?", help="submission id, or a campaign's job YAML file")
+    p.add_argument("id", nargs="?", help="submission id, or a job's or campaign's YAML file")
     _add_address(p)
     _add_store(p)
-    _add_overrides(p)
+    add_overrides(p, FIND_AGAIN)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", help="print or follow a submitted job's logs", description=cmd_logs.__doc__)
@@ -498,13 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store to list")
     _add_address(p)
     _add_store(p)
-    _add_overrides(p)
+    add_overrides(p, FIND_AGAIN)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("ui", help="start the MLflow UI for a job's tracking store", description=cmd_ui.__doc__)
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store to show")
     _add_store(p)
-    _add_overrides(p)
+    add_overrides(p, FIND_AGAIN)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.set_defaults(func=cmd_ui)
 
