@@ -2,7 +2,9 @@
 
 * The driver (:mod:`service.driver.local`) calls :func:`open_run`: it reads the run id stored in
   ``<storage>/<name>/mlflow_run_id`` (reusing that run on a relaunch) or creates the run and
-  writes the file. Params are the flattened spec; tags: job name, git commit, Ray job id.
+  writes the file. Params are the flattened spec; tags: job name, git commit, Ray job id. The run
+  is named after the job and its ``--set`` overrides (:func:`run_name`); a new experiment is
+  tagged as a training experiment (:data:`EXPERIMENT_KIND`).
 * Rank 0 of the training workers logs into that run id with a :class:`MetricBuffer`: metrics are
   buffered and flushed only right after a checkpoint has been reported, so everything in MLflow is
   covered by a checkpoint. After a crash the resumed run recomputes the same steps; the buffer also
