@@ -508,7 +508,7 @@ def _forward_loop(
     """
     T, B, _ = x.shape
     H = P.H
-    # Input-only products for the whole sequence at once (PAPER.md §1, Efficiency).
+    # Input-only products for the whole sequence at once (docs/paper.md §1, Efficiency).
     wx = F.linear(x, P.W_x).view(T, B, GATES, H)
     hwx = F.linear(x, P.hW_x, P.hyper_bias)
     out = x.new_empty(T, B, H)

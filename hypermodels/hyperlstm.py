@@ -1,7 +1,7 @@
 """HyperLSTM (Ha, Dai, Le 2017, App. A.2.2, Eq. 9-13): an LSTM whose weights are
 scaled, row by row and step by step, by a small "hyper" LSTM running beside it.
 
-Notation follows ``PAPER.md`` §1: ``hidden_size`` = N_h, ``hyper_size`` = N_ĥ,
+Notation follows ``docs/paper.md`` §1: ``hidden_size`` = N_h, ``hyper_size`` = N_ĥ,
 ``embed_size`` = N_z; the four gates are stacked in the order (i, g, f, o).
 """
 

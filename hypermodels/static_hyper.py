@@ -1,4 +1,4 @@
-"""Static hypernetwork for convolutional networks (PAPER.md §2, paper §3.1).
+"""Static hypernetwork for convolutional networks (docs/paper.md §2, paper §3.1).
 
 One small two-layer linear hypernetwork, shared across layers, turns a learned embedding
 z ∈ R^{N_z} into a basic (N_out × N_in × f × f) = (16 × 16 × f × f) kernel. A conv layer with

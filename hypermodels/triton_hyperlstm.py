@@ -104,7 +104,7 @@ def forward_loop(
     dt = x.dtype
     RW = GATES * (H + Hh)
     f32 = torch.float32
-    # Input-only products for the whole sequence at once (PAPER.md §1, Efficiency).
+    # Input-only products for the whole sequence at once (docs/paper.md §1, Efficiency).
     wx = torch.mm(x.view(T * B, n_in), P.W_x.t()).view(T, B, GATES * H)
     hwx = torch.addmm(P.hyper_bias, x.view(T * B, n_in), P.hW_x.t()).view(T, B, GATES * Hh)
     out = x.new_empty(T, B, H)

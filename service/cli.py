@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,10 @@ from .driver.preflight import check_job
 from .driver.runs import list_runs
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from .io import tracking
-from .io.tracking import tracking_uri_for
+from .io.tracking import find_run, mark_training_experiments, redact, run_id_of, tracking_uri_for
 from .localcluster.cluster import add_parser as add_cluster_parser
+from .localcluster.ui import serve_ui
+from .paths import run_dir
 from .spec.errors import JobSpecError
 from .spec.loading import load_job, validate_job
 from .spec.schema import JobSpec
@@ -39,14 +40,17 @@ if TYPE_CHECKING:
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", help="job YAML file (see jobs/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a spec field, e.g. --set model.hyper.embed_size=16 (repeatable)",
-    )
+    add_overrides(p)
+
+
+def add_overrides(
+    p: argparse.ArgumentParser, help: str = "override a spec field, e.g. --set model.hyper.embed_size=16 (repeatable)"
+) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help)
+
+
+# what list, status and ui say of --set: the job file is read as it was submitted
+FIND_AGAIN = "an override the job was submitted with (repeatable): its store and run are found with it"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -103,7 +107,13 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
     from .driver.local import run_job  # deferred, as every driver import here: torch, Ray and MLflow
 
     try:
-        outcome = run_job(spec, address=_address(args), num_cpus=args.num_cpus, verbose=args.verbose)
+        outcome = run_job(
+            spec,
+            address=_address(args),
+            num_cpus=args.num_cpus,
+            verbose=args.verbose,
+            overrides=getattr(args, "overrides", ()),
+        )
     except KeyboardInterrupt as e:
         why = f" ({e})" if str(e) else ""
         print(
@@ -199,8 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Status of a submitted job (or of every job when no ID is given) on the Ray cluster.
-    Exit 0 when the job is known, whatever its status; 2 when it is not."""
+    """Status of a submitted job (or of every job when no ID is given) on the Ray cluster; given a
+    job's YAML file instead, of that job's MLflow run (with the --set overrides and --storage it was
+    submitted with) or of that campaign's trials. Exit 0 when the job is known, whatever its
+    status; 2 when it is not."""
     if args.id and _is_job_file(args.id):  # a local search campaign
         return cmd_campaign_status(args)
     address = _required_address(args)
@@ -282,33 +294,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Start the MLflow UI on 127.0.0.1 for a job's tracking store (from JOB.yaml, --tracking-uri or
-    --storage). An http:// tracking URI is a server already: its address is printed."""
+    --storage) and print its address once it answers; Ctrl-C (or SIGTERM) stops it and its server.
+    An http:// tracking URI is a server already: its address is printed."""
     uri = _tracking_uri(args)
     if uri.startswith(("http://", "https://")):
         print(f"tracking server: {uri}")
         return EXIT_OK
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-    ]
-    if artifacts:
-        cmd += ["--default-artifact-root", artifacts]
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    experiments = mark_training_experiments(uri)
+    if getattr(args, "job", None):  # the job's experiment first
+        name = _job_of(args, args.job).tracking.experiment
+        experiments = {k: v for k, v in experiments.items() if k == name} | experiments
+    return serve_ui(uri, args.port, experiments)
 
 
 def _required_address(args: argparse.Namespace) -> str:
@@ -319,13 +315,23 @@ def _required_address(args: argparse.Namespace) -> str:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
-    """The tracking store named by --tracking-uri, else by the ``job`` argument's file, else by
-    --storage (its sqlite store)."""
+    """The tracking store named by --tracking-uri, else by the ``job`` argument's file (with its
+    --set overrides and --storage), else by --storage (its sqlite store; default ./runs)."""
     if getattr(args, "tracking_uri", None):
         return args.tracking_uri
     if getattr(args, "job", None):
-        return tracking_uri_for(load_job(args.job, []))
-    return tracking_uri_for(validate_job({"name": "x", "train": {"max_steps": 1}, "storage": args.storage}))
+        return tracking_uri_for(_job_of(args, args.job))
+    storage = getattr(args, "storage", None) or DEFAULT_STORAGE
+    return tracking_uri_for(validate_job({"name": "x", "train": {"max_steps": 1}, "storage": storage}))
+
+
+def _job_of(args: argparse.Namespace, path: str) -> JobSpec:
+    """The job file ``path`` of a command that finds a submitted job again: with the command's --set
+    overrides, as at submission, and its --storage when given (it wins over the file's)."""
+    overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "storage", None):
+        overrides.append(f"storage={json.dumps(args.storage)}")  # a JSON string is YAML: any path survives
+    return load_job(path, overrides)
 
 
 def _add_address(p: argparse.ArgumentParser) -> None:
@@ -337,12 +343,15 @@ def _add_address(p: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_STORAGE = "./runs"
+
+
 def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (sqlite:///..., http://...)")
     p.add_argument(
         "--storage",
-        default="./runs",
-        help="job storage folder whose sqlite store to read when no URI is given (default ./runs)",
+        help="job storage folder whose sqlite store to read when no URI is given (default: the job "
+        f"file's storage, else {DEFAULT_STORAGE})",
     )
 
 
@@ -426,10 +435,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_campaign_status(args: argparse.Namespace) -> int:
-    """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage)."""
-    from .driver.campaign import campaign_status, format_trials
+    """`hyperctl status CAMPAIGN.yaml`: the campaign's trials and their state (from its storage);
+    `hyperctl status JOB.yaml`: the job's MLflow run (see :func:`cmd_job_status`)."""
+    spec = _job_of(args, args.id)
+    if spec.search is None:
+        return cmd_job_status(args, spec)
+    from .driver.campaign import campaign_status, format_trials  # deferred: torch, Ray
 
-    spec = _campaign_spec(args.id)
     status = campaign_status(spec)
     if getattr(args, "json", False):
         status["trials"] = [{k: v for k, v in t.items() if k != "history"} for t in status["trials"]]
@@ -438,6 +450,28 @@ def cmd_campaign_status(args: argparse.Namespace) -> int:
     print(f"campaign {status['campaign']}: {status['state']} ({len(status['trials'])} trials; {status['path']})")
     if status["trials"]:
         print(format_trials(spec, status["trials"]))
+    return EXIT_OK
+
+
+def cmd_job_status(args: argparse.Namespace, spec: JobSpec) -> int:
+    """`hyperctl status JOB.yaml [--set ...] [--storage ...]`: the job's MLflow run (id, status, latest
+    metrics), found through the run id kept in its folder; exit 2 when the job has no run there."""
+    run_id = run_id_of(spec)
+    found = find_run(tracking_uri_for(spec), run_id) if run_id else None
+    if found is None:
+        print(
+            f"error: {args.id}: no run of job {spec.name!r} under {run_dir(spec)} (was it submitted with "
+            f"other --set overrides or another storage? pass the same ones, or --storage)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    print(
+        json.dumps(
+            {"job": spec.name, "run_id": run_id, "status": found["status"], "run_name": found["run_name"]}
+            | {"tracking_uri": redact(tracking_uri_for(spec)), "metrics": dict(sorted(found["metrics"].items()))},
+            indent=2,
+        )
+    )
     return EXIT_OK
 
 
@@ -501,23 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="in-cluster entrypoint: run a job in the foreground", description=cmd_run.__doc__)
     p.add_argument("job", nargs="?", help="job YAML file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a spec field (repeatable)",
-    )
+    add_overrides(p, "override a spec field (repeatable)")
     p.add_argument("--spec-json", help="the resolved spec as JSON (used for job files outside the project)")
     _add_address(p)
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="status of a submitted job (all jobs without ID)", description=cmd_status.__doc__)
-    p.add_argument("id", nargs="?", help="submission id")
+    p.add_argument("id", nargs="?", help="submission id, or a job's or campaign's YAML file")
     _add_address(p)
     _add_store(p)
+    add_overrides(p, FIND_AGAIN)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", help="print or follow a submitted job's logs", description=cmd_logs.__doc__)
@@ -533,13 +561,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("list", help="list cluster jobs (--address) or local MLflow runs", description=cmd_list.__doc__)
+    p.add_argument("job", nargs="?", help="job YAML file whose tracking store to list")
     _add_address(p)
     _add_store(p)
+    add_overrides(p, FIND_AGAIN)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("ui", help="start the MLflow UI for a job's tracking store", description=cmd_ui.__doc__)
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store to show")
     _add_store(p)
+    add_overrides(p, FIND_AGAIN)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.set_defaults(func=cmd_ui)
 

@@ -1,12 +1,15 @@
 """What several test modules share: the project's root, a tiny char-LM job on the first lines of
 PTB char that trains in a minute or two, running this checkout's ``hyperctl`` in a child process,
-and files saved as a GPU worker saves them."""
+headless Chromium (Debian's ``chromium``) for the MLflow UI checks, and files saved as a GPU worker
+saves them."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +17,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PTB = ROOT / "data" / "ptb-char"
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots and DOMs of the UI checks (gitignored)
+CHROMIUM = (
+    shutil.which("chromium")
+    or shutil.which("chromium-browser")
+    or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+)
 
 
 def write_corpus(folder: Path, lines: dict[str, int]) -> dict[str, str]:
@@ -95,3 +104,29 @@ def saved_as_if_on_gpu() -> Iterator[None]:
         yield
     finally:
         serialization._package_registry.remove(entry)  # torch has no public unregister
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def chromium(url: str, profile: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on ``url`` with a fresh ``profile``; ``extra``: --dump-dom, --screenshot=PATH."""
+    assert CHROMIUM is not None
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=20000",
+    ]
+    return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=timeout)

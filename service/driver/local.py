@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -289,9 +289,11 @@ def run_job(
     num_cpus: int | None = None,
     verbose: bool = False,
     out: TextIO | None = None,
+    overrides: Sequence[str] = (),
 ) -> RunOutcome:
     """Run ``spec`` to completion (or failure) on Ray; returns the outcome (never raises for a
-    failed job; JobSpecError for a job that cannot start, before anything is written)."""
+    failed job; JobSpecError for a job that cannot start, before anything is written). The
+    ``--set`` ``overrides`` that made ``spec`` name its MLflow run (:func:`tracking.run_name`)."""
     import ray  # deferred: see the module's docstring
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -306,7 +308,9 @@ def run_job(
     tags = {tracking.TAG_RAY_JOB: ray.get_runtime_context().get_job_id()}
     if os.environ.get("HYPERCTL_SUBMISSION_ID"):
         tags[tracking.TAG_RAY_SUBMISSION] = os.environ["HYPERCTL_SUBMISSION_ID"]
-    run_id, resumed = tracking.open_run(spec, uri, tags, task_aliases=started.task.aliases)
+    run_id, resumed = tracking.open_run(
+        spec, uri, tags, task_aliases=started.task.aliases, name=tracking.run_name(spec.name, overrides)
+    )
     tracking.log_job_files(uri, run_id, spec, prepared.root, prepared.manifest)
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
     storage.delete(failure_file)

@@ -2,7 +2,9 @@
 
 * The driver (:mod:`service.driver.local`) calls :func:`open_run`: it reads the run id stored in
   ``<storage>/<name>/mlflow_run_id`` (reusing that run on a relaunch) or creates the run and
-  writes the file. Params are the flattened spec; tags: job name, git commit, Ray job id.
+  writes the file. Params are the flattened spec; tags: job name, git commit, Ray job id. The run
+  is named after the job and its ``--set`` overrides (:func:`run_name`); a new experiment is
+  tagged as a training experiment (:data:`EXPERIMENT_KIND`).
 * Rank 0 of the training workers logs into that run id with a :class:`MetricBuffer`: metrics are
   buffered and flushed only right after a checkpoint has been reported, so everything in MLflow is
   covered by a checkpoint. After a crash the resumed run recomputes the same steps; the buffer also
@@ -26,6 +28,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +52,14 @@ TAG_STOPPED = "hyperctl.stopped_early"
 TAG_RAY_JOB = "ray.job_id"
 TAG_RAY_SUBMISSION = "ray.submission_id"
 TAG_SACREBLEU = "sacrebleu.signature"  # the signature of every BLEU a run reports
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, assistant); this value is
+# its training view: the runs table and metric charts first.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _MAX_TAG = 5000
+_MAX_RUN_NAME = 250
+_WHERE_NOT_WHAT = {"name", "storage", "tracking.uri", "tracking.experiment"}  # overrides a run name leaves out
 
 
 def redact(value: Any) -> Any:
@@ -88,17 +97,54 @@ def _client(uri: str) -> Any:
 def _experiment_id(client: Any, uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if TAG_EXPERIMENT_KIND not in exp.tags:  # made by an older version or by hand
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return exp.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:"):  # artifacts beside the database, never relative to a worker's cwd
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+        )
     except Exception:  # created concurrently
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def store_exists(uri: str) -> bool:
+    """Whether the store at ``uri`` exists, for the local kinds (sqlite file, ``file:`` folder) that
+    merely opening would create; any other store (a server, a database) counts as existing."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri.removeprefix("file://").removeprefix("file:")).is_dir()
+    return True
+
+
+def mark_training_experiments(uri: str) -> dict[str, str]:
+    """The experiments of an existing store (name -> id), each without a kind given the training kind
+    (see :data:`EXPERIMENT_KIND`). A store that does not exist is left uncreated: ``{}``."""
+    if not store_exists(uri):
+        return {}
+    client = _client(uri)
+    found = {}
+    for exp in client.search_experiments():
+        if TAG_EXPERIMENT_KIND not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+        found[exp.name] = exp.experiment_id
+    return found
+
+
+def run_name(name: str, overrides: Sequence[str] = ()) -> str:
+    """A run's name in the MLflow runs table: the job's name and what tells this run apart from
+    other runs of the same job file: each ``--set KEY.PATH=VALUE`` as ``PATH_END=VALUE`` (the full
+    keys are the run's params), but for the name itself and where the run is kept."""
+    pairs = [(k.strip(), v.strip()) for k, _, v in (o.partition("=") for o in overrides)]
+    labels = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in pairs if k not in _WHERE_NOT_WHAT]
+    return " ".join([name, *labels])[:_MAX_RUN_NAME]
 
 
 def git_commit() -> str | None:
@@ -149,9 +195,14 @@ def spec_conflict(spec: JobSpec, task_aliases: tuple[str, ...] = ()) -> str | No
 
 
 def open_run(
-    spec: JobSpec, uri: str, tags: dict[str, str] | None = None, task_aliases: tuple[str, ...] = ()
+    spec: JobSpec,
+    uri: str,
+    tags: dict[str, str] | None = None,
+    task_aliases: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> tuple[str, bool]:
-    """Find or create the job's MLflow run; returns ``(run_id, resumed)``.
+    """Find or create the job's MLflow run; returns ``(run_id, resumed)``. A new run is called
+    ``name`` (default: the job's name; see :func:`run_name`).
 
     The run id lives in ``<storage>/<name>/mlflow_run_id``. A relaunch reuses that run (set back to
     RUNNING) if the tracking store still has it and its params match the spec; a run recorded
@@ -185,11 +236,12 @@ def open_run(
             _set_tags(client, run_id, tags or {})
             return run_id, True
     experiment_id = _experiment_id(client, uri, spec.tracking.experiment)
-    all_tags = {TAG_JOB: spec.name, TAG_TASK: spec.task, "mlflow.runName": spec.name, **(tags or {})}
+    name = redact(name or spec.name)
+    all_tags = {TAG_JOB: spec.name, TAG_TASK: spec.task, "mlflow.runName": name, **(tags or {})}
     commit = git_commit()
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
-    run = client.create_run(experiment_id, run_name=spec.name, tags={k: str(redact(v)) for k, v in all_tags.items()})
+    run = client.create_run(experiment_id, run_name=name, tags={k: str(redact(v)) for k, v in all_tags.items()})
     run_id = run.info.run_id
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
@@ -395,7 +447,11 @@ def open_child_run(
         if found:
             storage.write_bytes_atomic(id_file, found[0].info.run_id.encode())
     run_id, resumed = open_run(
-        spec, uri, {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, **(tags or {})}, task_aliases=task_aliases
+        spec,
+        uri,
+        {TAG_PARENT: parent_run_id, TAG_TRIAL: trial_id, **(tags or {})},
+        task_aliases=task_aliases,
+        name=run_name(spec.name, [f"{k}={v}" for k, v in sampled.items()]),
     )
     if not resumed:
         client.log_batch(run_id, params=[Param(f"sampled.{k}", str(redact(v))) for k, v in sampled.items()])
@@ -447,11 +503,14 @@ __all__ = [
     "git_commit",
     "local_state_dir",
     "log_job_files",
+    "mark_training_experiments",
     "metric_history",
     "open_child_run",
     "open_run",
     "redact",
     "run_id_of",
+    "run_name",
     "search_runs",
+    "store_exists",
     "tracking_uri_for",
 ]

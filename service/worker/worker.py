@@ -139,9 +139,11 @@ class Worker(Generic[J]):
         rate: tuple[str, str],
     ) -> Window:
         """Record and print the training window: ``loss`` (name, value, unit), throughput ``rate``
-        (metric name, unit), learning rate. Returns a fresh window."""
+        (metric name, unit); the learning rate is printed, not logged: it is constant (no schedules)
+        and already the run's param ``train.optimizer.lr``, and a flat metric only makes a chart on a
+        meaningless axis. Returns a fresh window."""
         rate_name, rate_unit = rate
-        logged = {loss[0]: loss[1], rate_name: window.rate(), "lr": optimizer.param_groups[0]["lr"]}
+        logged = {loss[0]: loss[1], rate_name: window.rate()}
         self.log(pos.step, **logged)
         self.emit(
             event="log",
@@ -151,7 +153,7 @@ class Worker(Generic[J]):
             eta_s=window.eta_s(total_steps - pos.step),
             loss=loss,
             rate=(logged[rate_name], rate_unit),
-            lr=logged["lr"],
+            lr=optimizer.param_groups[0]["lr"],
         )
         return Window()
 

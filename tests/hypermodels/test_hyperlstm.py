@@ -1,4 +1,4 @@
-"""HyperLSTM against the paper's equations (PAPER.md §1), written here independently."""
+"""HyperLSTM against the paper's equations (docs/paper.md §1), written here independently."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from hypermodels import CharLM, MNISTConvNet, Seq2Seq, WideResNet, build_rnn, count_parameters
-from hypermodels import sizes
+from hypermodels import CharLM, MNISTConvNet, Seq2Seq, WideResNet, build_rnn, count_parameters, sizes
 
 
 @pytest.mark.parametrize(
@@ -44,14 +43,23 @@ def test_seq2seq(cell, attention, input_feeding, num_layers) -> None:
 
 @pytest.mark.parametrize("hyper", [True, False])
 def test_mnist_convnet(hyper) -> None:
-    assert sizes.mnist_convnet_parameters(hyper, 4) == count_parameters(MNISTConvNet(hyper, 4)) == (
-        12_910 if hyper else 21_210  # the paper's counts, as MNISTConvNet's docstring derives them
+    assert (
+        sizes.mnist_convnet_parameters(hyper, 4)
+        == count_parameters(MNISTConvNet(hyper, 4))
+        == (
+            12_910 if hyper else 21_210  # the paper's counts, as MNISTConvNet's docstring derives them
+        )
     )
 
 
 @pytest.mark.parametrize(
     "depth, widen_factor, hyper, shortcut, bn_scale",
-    [(40, 1, True, "pad", False), (40, 2, False, "pad", False), (16, 2, True, "conv", True), (10, 1, False, "conv", True)],
+    [
+        (40, 1, True, "pad", False),
+        (40, 2, False, "pad", False),
+        (16, 2, True, "conv", True),
+        (10, 1, False, "conv", True),
+    ],
 )
 def test_wide_resnet(depth, widen_factor, hyper, shortcut, bn_scale) -> None:
     kw = dict(depth=depth, widen_factor=widen_factor, hyper=hyper, shortcut=shortcut, bn_scale=bn_scale)

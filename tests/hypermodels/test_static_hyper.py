@@ -1,4 +1,4 @@
-"""Static hypernetwork for convnets (PAPER.md §2): parameter counts, kernel generation, gradients."""
+"""Static hypernetwork for convnets (docs/paper.md §2): parameter counts, kernel generation, gradients."""
 
 from __future__ import annotations
 

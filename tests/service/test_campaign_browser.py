@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,41 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, hyperctl, local_env, tiny_job
+from helpers import ARTIFACTS, CHROMIUM, chromium, free_port, hyperctl, local_env, tiny_job
 
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = (
-    shutil.which("chromium")
-    or shutil.which("chromium-browser")
-    or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-)
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (needed for the headless UI check)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def chromium(url: str, profile: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1400,1000",
-        "--virtual-time-budget=20000",
-    ]
-    return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=timeout)
 
 
 def test_mlflow_ui_shows_campaign_with_nested_trials(tmp_path: Path) -> None:

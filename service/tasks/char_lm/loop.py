@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from .model import build_model
 from .spec import CharLMJob
 
 PAD = -100
+SAMPLE_WIDTH = 80
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -125,6 +127,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     finish_artifacts(spec, model, prepared, valid_ids, w.tracker)
 
 
+def wrap(text: str, width: int = SAMPLE_WIDTH) -> str:
+    """``text`` with every line broken at spaces to at most ``width`` characters: a viewer (MLflow's
+    artifact preview) then shows the lines as written instead of wrapping them mid-word."""
+    return "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in text.split("\n"))
+
+
 def finish_artifacts(
     spec: CharLMJob, model: CharLM, prepared: PreparedText, valid_ids: torch.Tensor, tracker: MetricBuffer
 ) -> None:
@@ -140,8 +148,9 @@ def finish_artifacts(
             sampled = model.sample(prime, spec.train.sample_length, generator=generator)
             text = (
                 f"prime ({len(prime)} symbols from the validation split):\n"
-                f"{vocab.to_text(prime, prepared.ptb_format)}\n\n"
-                f"sample ({len(sampled)} symbols, temperature 1):\n{vocab.to_text(sampled, prepared.ptb_format)}\n"
+                f"{wrap(vocab.to_text(prime, prepared.ptb_format))}\n\n"
+                f"sample ({len(sampled)} symbols, temperature 1):\n"
+                f"{wrap(vocab.to_text(sampled, prepared.ptb_format))}\n"
             )
             tracker.log_text(text, "sample.txt")
 
@@ -156,7 +165,7 @@ def finish_artifacts(
         )
 
         if isinstance(model.rnn, HyperLSTM):
-            snippet = valid_ids[: min(120, valid_ids.numel())]
+            snippet = valid_ids[: min(plots.SCALING_VIEW_STEPS, valid_ids.numel())]
             device = model.decoder.weight.device
             x = F.one_hot(snippet.to(device), len(prepared.vocab)).to(model.decoder.weight.dtype).unsqueeze(1)
             d_h, d_x = model.rnn.scaling_vectors(x)
@@ -166,4 +175,4 @@ def finish_artifacts(
             tracker.log_artifact(str(tmp_path / "scaling_vectors.png"), "plots")
 
 
-__all__ = ["finish_artifacts", "train_loop_per_worker"]
+__all__ = ["finish_artifacts", "train_loop_per_worker", "wrap"]
