@@ -6,6 +6,7 @@ package, never the reverse.
 
 from .charlm import CharLM, bits_per_char, stream_batches
 from .fast_hyperlstm import HyperLSTMLayerFunction, fast_forward
+from .handwriting import HandwritingModel, Mixture, mixture_from_output, mixture_nll
 from .hyperlstm import CellState, HyperLSTM, HyperLSTMCell, HyperLSTMState, count_parameters
 from .lstm import LSTM, LayerNormLSTM, LayerNormLSTMCell
 from .recurrent import CELLS, build_rnn, detach_state, map_state, state_to, state_to_cpu
@@ -27,6 +28,7 @@ __all__ = [
     "CellState",
     "CharLM",
     "CharVocab",
+    "HandwritingModel",
     "HyperLSTM",
     "HyperLSTMCell",
     "HyperLSTMLayerFunction",
@@ -58,6 +60,9 @@ __all__ = [
     "hyper_conv_layers",
     "variable_count",
     "map_state",
+    "Mixture",
+    "mixture_from_output",
+    "mixture_nll",
     "state_to",
     "state_to_cpu",
 ]
