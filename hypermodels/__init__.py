@@ -6,7 +6,16 @@ package, never the reverse.
 
 from .charlm import CharLM, bits_per_char, stream_batches
 from .fast_hyperlstm import HyperLSTMLayerFunction, fast_forward
-from .handwriting import HandwritingModel, Mixture, mixture_from_output, mixture_nll
+from .handwriting import (
+    HandwritingModel,
+    Mixture,
+    log_loss,
+    mixture_from_output,
+    mixture_nll,
+    pad_sequences,
+    sequence_nll,
+    teacher_inputs,
+)
 from .hyperlstm import CellState, HyperLSTM, HyperLSTMCell, HyperLSTMState, count_parameters
 from .lstm import LSTM, LayerNormLSTM, LayerNormLSTMCell
 from .recurrent import CELLS, build_rnn, detach_state, map_state, state_to, state_to_cpu
@@ -63,6 +72,10 @@ __all__ = [
     "Mixture",
     "mixture_from_output",
     "mixture_nll",
+    "log_loss",
+    "pad_sequences",
+    "sequence_nll",
+    "teacher_inputs",
     "state_to",
     "state_to_cpu",
 ]

@@ -80,6 +80,21 @@ def mixture_nll(mix: Mixture, target: Tensor) -> Tensor:
     return offset_nll + pen_nll
 
 
+def teacher_inputs(points: Tensor) -> Tensor:
+    """The inputs that predict ``points`` ``(T, B, 3)``: the start point (0, 0, 1) (the pen is up
+    before the first stroke) followed by ``points[:-1]``; so every point of a sequence is predicted."""
+    start = points.new_zeros(1, points.shape[1], POINT)
+    start[..., 2] = 1.0
+    return torch.cat([start, points[:-1]])
+
+
+def sequence_nll(mix: Mixture, points: Tensor, lengths: Tensor) -> Tensor:
+    """:func:`mixture_nll` of padded ``points`` ``(T, B, 3)``, zero beyond each of ``lengths`` ``(B,)``."""
+    per_point = mixture_nll(mix, points.to(mix.mu.dtype))
+    mask = torch.arange(points.shape[0], device=points.device).unsqueeze(1) < lengths.to(points.device)
+    return per_point.masked_fill(~mask, 0.0)
+
+
 class HandwritingModel(nn.Module):
     """Unconditional handwriting generator (Graves 2013 §4, the paper's §4.3 setup).
 
@@ -137,14 +152,9 @@ class HandwritingModel(nn.Module):
 
     def nll(self, points: Tensor, lengths: Tensor) -> Tensor:
         """Per-point NLL (nats) of padded sequences: ``points`` ``(T, B, 3)``, ``lengths`` ``(B,)``
-        -> ``(T, B)``, zero beyond each length. Step 0 reads the start point (0, 0, 1) (the pen is up
-        before the first stroke), so every point of a sequence is predicted."""
-        start = points.new_zeros(1, points.shape[1], POINT)
-        start[..., 2] = 1.0
-        mix, _ = self(torch.cat([start, points[:-1]]), None)
-        per_point = mixture_nll(mix, points.to(mix.mu.dtype))
-        mask = torch.arange(points.shape[0], device=points.device).unsqueeze(1) < lengths.to(points.device)
-        return per_point.masked_fill(~mask, 0.0)
+        -> ``(T, B)``, zero beyond each length (:func:`teacher_inputs`, :func:`sequence_nll`)."""
+        mix, _ = self(teacher_inputs(points), None)
+        return sequence_nll(mix, points, lengths)
 
     @torch.no_grad()
     def sample(
@@ -193,12 +203,42 @@ class HandwritingModel(nn.Module):
         return out
 
 
+def pad_sequences(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack ``(n_i, 3)`` sequences into ``points`` ``(max n_i, B, 3)`` (zero-padded) and ``lengths`` ``(B,)``."""
+    if not seqs:
+        raise ValueError("expected at least one sequence")
+    lengths = torch.tensor([len(s) for s in seqs])
+    return nn.utils.rnn.pad_sequence(seqs), lengths
+
+
+@torch.no_grad()
+def log_loss(model: HandwritingModel, seqs: list[Tensor], batch_size: int = 64) -> tuple[float, float]:
+    """The paper's log-loss of ``seqs`` (eval mode): mean NLL per sequence (nats, summed over its
+    points) and per point. Sequences are batched in length order (less padding); sums in float64."""
+    was_training = model.training
+    model.eval()
+    device = model.head.weight.device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    total, points = 0.0, 0
+    for k in range(0, len(order), batch_size):
+        batch = [seqs[i] for i in order[k : k + batch_size]]
+        x, lengths = pad_sequences(batch)
+        total += float(model.nll(x.to(device), lengths).double().sum())
+        points += int(lengths.sum())
+    model.train(was_training)
+    return total / max(len(seqs), 1), total / max(points, 1)
+
+
 __all__ = [
     "LOG_SIGMA_MAX",
     "LOG_SIGMA_MIN",
     "Mixture",
     "HandwritingModel",
     "RHO_MAX",
+    "log_loss",
     "mixture_from_output",
     "mixture_nll",
+    "pad_sequences",
+    "sequence_nll",
+    "teacher_inputs",
 ]
