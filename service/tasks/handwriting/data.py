@@ -113,12 +113,12 @@ def check_sequence(field: str, where: str, rows: np.ndarray, max_points: int) ->
 def read_stroke3(field: str, uri: str, max_points: int, raw: bytes | None = None) -> Raw:
     """A stroke-3 ``.npz``: ``train``, ``valid`` (required) and ``test`` (optional)."""
     raw = read_data_file(field, uri) if raw is None else raw
+    if raw[:4] != b"PK\x03\x04":  # not a zip archive: never hand it to numpy's pickle fallback
+        raise data_error(field, f"{uri}: not a readable .npz file (expected a zip archive, found {raw[:8]!r}...)")
     try:
         npz = np.load(io.BytesIO(raw), allow_pickle=True)  # ragged object arrays are pickled
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise data_error(field, f"{uri}: not a readable .npz file: {e}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise data_error(field, f"{uri}: expected an .npz archive with keys train, valid[, test], found a single array")
     missing = [k for k in ("train", "valid") if k not in npz.files]
     if missing:
         raise data_error(
