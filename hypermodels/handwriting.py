@@ -49,7 +49,7 @@ def mixture_from_output(y: Tensor, num_mixtures: int) -> Mixture:
     M = num_mixtures
     if y.shape[-1] != 6 * M + 1:
         raise ValueError(f"expected a last dimension of 6 * {M} + 1 = {6 * M + 1}, got {y.shape[-1]}")
-    eos, logits, mu, log_sigma, rho = y.split([1, M, 2 * M, 2 * M, M], dim=-1)
+    eos, logits, mu, log_sigma, rho = torch.split(y, [1, M, 2 * M, 2 * M, M], dim=-1)
     lead = y.shape[:-1]
     return Mixture(
         log_pi=F.log_softmax(logits, dim=-1),
