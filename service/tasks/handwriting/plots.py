@@ -65,6 +65,7 @@ def scaling_vectors(seq: np.ndarray, d_h: torch.Tensor, d_x: torch.Tensor, path:
         bottom.plot(steps, norm_changes(d_x[k, :, 0]).numpy(), label=f"‖Δd_x‖{suffix}", lw=1.0, ls="--")
     for i, t in enumerate(np.flatnonzero(seq[:, 2] > 0.5)):
         bottom.axvline(t, color="grey", lw=0.8, alpha=0.6, label="pen lifted" if i == 0 else None)
+    bottom.set_yscale("log")  # the first steps' change (from the zero state) dwarfs the rest
     bottom.set_xlabel("point")
     bottom.set_ylabel("L2 norm of change")
     bottom.grid(alpha=0.3)
