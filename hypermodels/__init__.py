@@ -15,6 +15,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .charlm import CharLM, bits_per_char, stream_batches
     from .fast_hyperlstm import HyperLSTMLayerFunction, fast_forward
+    from .handwriting import (
+        HandwritingModel,
+        Mixture,
+        log_loss,
+        mixture_from_output,
+        mixture_nll,
+        pad_sequences,
+        sequence_nll,
+        teacher_inputs,
+    )
     from .hyperlstm import CellState, HyperLSTM, HyperLSTMCell, HyperLSTMState, count_parameters
     from .lstm import LSTM, LayerNormLSTM, LayerNormLSTMCell
     from .recurrent import CELLS, build_rnn, detach_state, map_state, state_to, state_to_cpu
@@ -46,6 +56,14 @@ _WHERE = {
     "stream_batches": "charlm",
     "HyperLSTMLayerFunction": "fast_hyperlstm",
     "fast_forward": "fast_hyperlstm",
+    "HandwritingModel": "handwriting",
+    "Mixture": "handwriting",
+    "log_loss": "handwriting",
+    "mixture_from_output": "handwriting",
+    "mixture_nll": "handwriting",
+    "pad_sequences": "handwriting",
+    "sequence_nll": "handwriting",
+    "teacher_inputs": "handwriting",
     "CellState": "hyperlstm",
     "HyperLSTM": "hyperlstm",
     "HyperLSTMCell": "hyperlstm",
@@ -91,6 +109,14 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "HandwritingModel",
+    "Mixture",
+    "log_loss",
+    "mixture_from_output",
+    "mixture_nll",
+    "pad_sequences",
+    "sequence_nll",
+    "teacher_inputs",
     "CELLS",
     "CellState",
     "CharLM",

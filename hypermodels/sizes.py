@@ -125,6 +125,33 @@ def seq2seq_parameters(
     return total
 
 
+def handwriting_parameters(
+    cell: str = "hyperlstm",
+    hidden_size: int = 900,
+    num_layers: int = 1,
+    *,
+    num_mixtures: int = 20,
+    hyper_size: int = 128,
+    embed_size: int = 4,
+    layer_norm: bool = False,
+    recurrent_dropout: float = 0.0,
+) -> int:
+    """:class:`~hypermodels.handwriting.HandwritingModel`: the stack on (Δx, Δy, pen) points and the mixture
+    density head (6 numbers per component plus the end-of-stroke logit)."""
+    rnn = rnn_parameters(
+        cell,
+        3,
+        hidden_size,
+        num_layers,
+        hyper_size=hyper_size,
+        embed_size=embed_size,
+        layer_norm=layer_norm,
+        recurrent_dropout=recurrent_dropout,
+    )
+    head = 6 * num_mixtures + 1
+    return rnn + hidden_size * head + head
+
+
 def kernel_hypernetwork_parameters(embed_size: int, in_size: int = 16, out_size: int = 16, kernel_size: int = 3) -> int:
     """:class:`~hypermodels.static_hyper.KernelHyperNetwork` (§3.1, two linear layers)."""
     d = embed_size
@@ -174,6 +201,7 @@ def wide_resnet_parameters(
 
 __all__ = [
     "charlm_parameters",
+    "handwriting_parameters",
     "hyperlstm_cell_parameters",
     "kernel_hypernetwork_parameters",
     "lstm_cell_parameters",

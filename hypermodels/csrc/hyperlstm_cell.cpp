@@ -38,8 +38,10 @@ namespace {
 
 using OptT = std::optional<at::Tensor>;
 
+// exp's argument clamped below its float overflow (88.7): -ffast-math assumes finite values, and an
+// overflowing exp then gave NaN instead of sigmoid(x) = 0 for x < -88 (e.g. large pre-activations without LN).
 template <typename T>
-inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(std::min(-x, T(80)))); }
 
 // Mean and 1/sqrt(var + eps) of v[0..n), two-pass as layer norm.
 template <typename T>

@@ -14,13 +14,14 @@ from typing import Any
 
 from ..spec.errors import JobSpecError
 from ..spec.schema import JobSpec
-from . import char_lm, image_classification, translation
+from . import char_lm, handwriting, image_classification, translation
 from .base import CommandKit, DataFile, Metrics, Prepared, SummaryAxis, Task
 
 TASKS: dict[str, Task[Any]] = {
     t.name: t
     for t in (
         char_lm.TASK,
+        handwriting.TASK,
         image_classification.TASK,
         translation.TASK,
     )

@@ -71,3 +71,12 @@ def test_wide_resnet(depth, widen_factor, hyper, shortcut, bn_scale) -> None:
 def test_sizes_and_the_package_import_no_torch() -> None:
     code = "import sys, hypermodels, hypermodels.sizes; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("cell, layer_norm", [("hyperlstm", False), ("hyperlstm", True), ("lstm", False)])
+def test_handwriting_model(cell, layer_norm) -> None:
+    from hypermodels import HandwritingModel
+
+    kw = dict(num_mixtures=5, hyper_size=6, embed_size=2, layer_norm=layer_norm)
+    built = HandwritingModel(cell, 10, 2, **kw)
+    assert sizes.handwriting_parameters(cell, 10, 2, **kw) == count_parameters(built)

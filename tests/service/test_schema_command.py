@@ -65,7 +65,9 @@ def test_json_schema_accepts_every_shipped_job_and_refuses_a_typo(capsys) -> Non
     assert list(one["anyOf"]) == [{"$ref": "#/$defs/TranslationJob"}]
 
 
-@pytest.mark.parametrize("job", ["quickstart.yaml", "multi30k-en-fr-hyperlstm.yaml", "mnist-test-hyper.yaml"])
+@pytest.mark.parametrize(
+    "job", ["quickstart.yaml", "multi30k-en-fr-hyperlstm.yaml", "mnist-test-hyper.yaml", "hanzi-hyperlstm.yaml"]
+)
 def test_validate_and_schema_load_no_torch_ray_or_mlflow(job) -> None:
     """What keeps `validate` well under a second: it reads the spec, checks files, counts parameters
     (hypermodels.sizes) and loads none of the heavy libraries."""

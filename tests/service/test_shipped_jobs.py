@@ -32,6 +32,10 @@ def built_parameters(spec) -> int:
     if spec.task == "translation":
         v = spec.data.subwords.vocab_size
         return count_parameters(build_translator(spec, v, v))
+    if spec.task == "handwriting":
+        from service.tasks.handwriting.model import build_model as build_generator
+
+        return count_parameters(build_generator(spec))
     return count_parameters(build_image_model(spec, input_shape(spec), 10))
 
 

@@ -400,7 +400,7 @@ def test_task_schemas_and_their_errors() -> None:
     cases = [
         (
             {"task": "image_clasification"},
-            "task: expected one of char_lm, image_classification, translation, found "
+            "task: expected one of char_lm, handwriting, image_classification, translation, found "
             "'image_clasification'; did you mean 'image_classification'?",
         ),
         ({"task": "translaton"}, "did you mean 'translation'?"),
@@ -476,6 +476,7 @@ def test_the_old_task_name_is_read_with_a_deprecation_warning(
         ("char_lm", {"train": "a.txt", "valid": "b.txt"}),
         ("translation", {"train": {"tsv": "a.tsv"}, "valid": {"tsv": "b.tsv"}}),
         ("image_classification", {"cifar10": "batches/", "format": "cifar10"}),
+        ("handwriting", {"path": "strokes.npz"}),
     ],
 )
 def test_own_files_replace_the_builtin_default_dataset(task, data) -> None:
