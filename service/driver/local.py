@@ -26,8 +26,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from ..io import storage, tracking
+from ..io import storage, text, tracking
 from ..paths import run_dir
+from ..spec.errors import JobSpecError
 from ..spec.schema import JobSpec
 from ..tasks import Prepared, Task, task_of
 from ..worker.worker import FAILURE_FILE, NonFiniteLossError
@@ -180,9 +181,23 @@ def start(
             say(f"[warn]  {warning}")
     task = task_of(spec)
     say(f"[data]  preparing {task.source_name(spec)} ...")
-    prepared = task.prepare(spec, storage.join(spec.storage, "datasets"))
+    prepared = prepare(spec, task, say)
     say(f"[data]  {prepared.root} ({prepared.summary()})")
     return Started(spec, task, prepared, tracking.tracking_uri_for(spec), cluster, on_cluster)
+
+
+def prepare(spec: JobSpec, task: Task[Any], say: Callable[[str], None] = print) -> Prepared:
+    """The task's prepared data, its readers' notes said (a stripped byte-order mark), and checked
+    for what the workers rely on (:attr:`Task.check_prepared`): JobSpecError naming the field,
+    before any MLflow run exists."""
+    with text.collect_notes() as notes:
+        prepared = task.prepare(spec, storage.join(spec.storage, "datasets"))
+    for line in notes:
+        say(f"[data]  note: {line}")
+    problems = task.check_prepared(spec, prepared)
+    if problems:
+        raise JobSpecError(f"job {spec.name!r}", problems)
+    return prepared
 
 
 def build_trainer(
@@ -318,6 +333,7 @@ __all__ = [
     "build_trainer",
     "cluster_address",
     "init_ray",
+    "prepare",
     "run_job",
     "start",
 ]

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from ..base import Metrics, SummaryAxis, Task
-from .data import data_files, prepare_text, source_name
+from .data import check_prepared, data_files, prepare_text, source_name
 from .loop import train_loop_per_worker
 from .model import parameter_count
 from .spec import CharLMJob
@@ -21,6 +21,7 @@ TASK: Task[CharLMJob] = Task(
     data_files=data_files,
     source_name=source_name,
     parameter_count=parameter_count,
+    check_prepared=check_prepared,
     metrics=Metrics(valid="valid_bpc", test="test_bpc", train="train_bpc", reported=("valid_bpc", "train_bpc")),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
 )

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from ..base import Metrics, SummaryAxis, Task
-from .data import data_files, prepare_images, source_name
+from .data import check_prepared, data_files, prepare_images, source_name
 from .loop import train_loop_per_worker
 from .model import parameter_count
 from .spec import ImageJob
@@ -22,6 +22,7 @@ TASK: Task[ImageJob] = Task(
     data_files=data_files,
     source_name=source_name,
     parameter_count=parameter_count,
+    check_prepared=check_prepared,
     metrics=Metrics(
         valid="valid_error", test="test_error", train="train_loss", reported=("valid_error", "valid_loss", "train_loss")
     ),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..base import Metrics, SummaryAxis, Task
 from .commands import add_commands
-from .data import data_files, prepare_corpus, source_name
+from .data import check_prepared, data_files, prepare_corpus, source_name
 from .loop import train_loop_per_worker
 from .model import parameter_count
 from .spec import OLD_NAMES, TASK_NAME, TranslationJob
@@ -25,6 +25,7 @@ TASK: Task[TranslationJob] = Task(
     data_files=data_files,
     source_name=source_name,
     parameter_count=parameter_count,
+    check_prepared=check_prepared,
     metrics=Metrics(
         valid="valid_bleu",
         test="test_bleu",
