@@ -24,7 +24,7 @@ from .driver.local import cluster_address, run_job
 from .driver.preflight import check_job
 from .driver.runs import list_runs
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from .io.tracking import tracking_uri_for
+from .io.tracking import redact, store_exists, tracking_uri_for
 from .localcluster.cluster import add_parser as add_cluster_parser
 from .spec.errors import JobSpecError
 from .spec.loading import load_job, validate_job
@@ -205,7 +205,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         for j in jobs:
             print(f"{j.submission_id or j.job_id:<28} {j.status.value:<10} {j.entrypoint}")
         return EXIT_OK
-    rows = list_runs(_tracking_uri(args))
+    uri = _tracking_uri(args)
+    rows = list_runs(uri)
+    print(f"store: {redact(uri)}")
+    if not rows:
+        print(f"no runs in {redact(uri)}" + ("" if store_exists(uri) else " (no store there yet)"))
+        return EXIT_OK
     print(f"{'RUN ID':<34} {'STATUS':<9} {'JOB':<28} {'TASK':<20} {'STEP':>7} {'METRIC':<6} {'VALID':>9} {'TEST':>9}")
     for r in rows:
         fmt = lambda v: f"{v:9.4f}" if isinstance(v, float) else f"{'-':>9}"  # noqa: E731
@@ -222,6 +227,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args)
     if uri.startswith(("http://", "https://")):
         print(f"tracking server: {uri}")
+        return EXIT_OK
+    if not store_exists(uri):  # the server would create an empty store: nothing to look at
+        print(f"no runs in {redact(uri)} (no store there yet); nothing is started")
         return EXIT_OK
     artifacts = None
     if uri.startswith("sqlite:///"):
@@ -240,7 +248,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     ]
     if artifacts:
         cmd += ["--default-artifact-root", artifacts]
-    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {uri}; Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI: http://127.0.0.1:{args.port}  (store {redact(uri)}; Ctrl-C to stop)", flush=True)
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:

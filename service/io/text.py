@@ -72,7 +72,8 @@ def decode(field: str, uri: str, raw: bytes) -> str:
         line = 1 + (raw.count(b"\n", 0, at) if b"\n" in raw else raw.count(b"\r", 0, at))
         raise data_error(
             field,
-            f"{uri} line {line}: expected UTF-8 text, found byte 0x{raw[at]:02x} at offset {at} that is not valid UTF-8",
+            f"{uri} line {line}: expected UTF-8 text, found byte 0x{raw[at]:02x} at offset {at} "
+            "that is not valid UTF-8",
         ) from None
 
 

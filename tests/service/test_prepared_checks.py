@@ -5,7 +5,8 @@ run (issue 16, kind 3): each task's ``check_prepared`` through the shared start-
 Covered: char_lm (a one-symbol validation or test split, fewer training symbols than
 ``data.batch_size`` streams), translation (``data.max_len`` filtering out every pair, or leaving
 less than a batch), image_classification (a batch larger than the training split once the
-validation images are held out; an empty test or a one-image training file); and the whole path through ``hyperctl submit``.
+validation images are held out; an empty test or one-image training file); and the whole path
+through ``hyperctl submit``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tasks.image_classification.test_image_job import idx_job
+from tasks.translation.test_translation_job import translation_job
 
 from service.driver.local import prepare
 from service.exitcodes import EXIT_BAD_INPUT
@@ -22,8 +25,6 @@ from service.spec.loading import validate_job
 from service.tasks import task_of
 
 from helpers import hyperctl
-from tasks.image_classification.test_image_job import idx_job
-from tasks.translation.test_translation_job import translation_job
 
 TRAIN = "the cat sat on the mat.\nthe dog ate the hat.\n"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tasks.translation.test_translation_job import multi30k_lines, translation_job
 
 from service.driver.local import prepare
 from service.io import text
@@ -23,8 +24,6 @@ from service.tasks.translation.commands import read_sentences
 from service.tasks.translation.data import load_split, prepare_corpus, read_parallel
 from service.tasks.translation.spec import ParallelSource
 from service.tasks.translation.translate import bleu
-
-from tasks.translation.test_translation_job import multi30k_lines, translation_job
 
 BOM = "\ufeff"
 TRAIN = "the cat sat on the mat.\nthe dog ate the hat.\n"

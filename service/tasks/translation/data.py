@@ -26,7 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ...io import datacache, storage, text
+from ...io import datacache, storage
+from ...io import text as textfile
 from ...io.datacache import data_error, read_data_file
 from ...paths import VENDORED_DATA
 from ..base import DataFile
@@ -95,7 +96,8 @@ def source_name(spec: TranslationJob) -> str:
 
 def read_lines(field_name: str, uri: str) -> list[str]:
     """The lines of a UTF-8 text file (:mod:`service.io.text`: BOM, LF/CRLF/CR; file and line named)."""
-    return text.split_lines(field_name, uri, text.decode(field_name, uri, read_data_file(field_name, uri)))
+    raw = read_data_file(field_name, uri)
+    return textfile.split_lines(field_name, uri, textfile.decode(field_name, uri, raw))
 
 
 def read_parallel(where: str, src: ParallelSource) -> tuple[list[str], list[str]]:
