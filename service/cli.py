@@ -75,7 +75,7 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
     except KeyboardInterrupt as e:
         why = f" ({e})" if str(e) else ""
         print(
-            f"[stopped] interrupted{why}: the MLflow run is marked FAILED; relaunch the job to resume it",
+            f"[stopped] interrupted{why}: the MLflow run is marked KILLED; relaunch the job to resume it",
             file=sys.stderr,
             flush=True,
         )
@@ -172,7 +172,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """Stop a submitted job: SIGTERM to its driver, which marks its MLflow run FAILED, then SIGKILL
+    """Stop a submitted job: SIGTERM to its driver, which marks its MLflow run KILLED, then SIGKILL
     after a grace period. Exit 0 when the job is stopped or had already ended (its status is
     printed), 2 for an unknown id. With --wait, return once the job has ended."""
     if _is_job_file(args.id):  # a local search campaign
@@ -328,7 +328,7 @@ def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False)
                 "parent_run_id": outcome.parent_run_id,
                 "tracking_uri": outcome.tracking_uri,
                 "path": outcome.path,
-                "status": "FINISHED" if outcome.ok else "FAILED",
+                "status": outcome.status,
                 "error": outcome.error,
                 "best": outcome.best and {k: outcome.best[k] for k in ("trial", "run_id", "value", "config")},
                 "trials": [
@@ -339,7 +339,7 @@ def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False)
             default=str,
         )
     )
-    return EXIT_OK if outcome.ok else EXIT_FAILED
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK if outcome.ok else EXIT_FAILED
 
 
 def _campaign_spec(path: str, overrides: list[str] | None = None) -> JobSpec:

@@ -47,10 +47,12 @@ from ..spec.loading import validate_job
 from ..spec.schema import JobSpec
 from ..spec.tree import with_values
 from ..tasks import task_of
+from ..worker import failure
 from ..worker.worker import FAILURE_FILE
 from .campaign_report import fmt_config, format_trials, searched_keys, write_summary
 from .local import absolute_storage, build_trainer, start
 
+UNFINISHED = ("pending", "running", "paused")  # collect_trials' state of a trial Tune has not ended
 DRIVER_FILE = "driver.json"  # pid and host of the running campaign driver (for `hyperctl stop`)
 
 
@@ -213,10 +215,17 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         if getattr(result, "error", None):
             raise result.error
     except Exception as e:  # a crashed trial: FAILED now, reopened (same run) if Tune relaunches it
+        recorded = failure.recorded_error(failure_file)
         # Only if still running: Tune can deliver an ASHA stop to fit() after the driver has already ended
         # the trial's run KILLED (close_trial_runs); that must stay KILLED.
-        tracking.close_run(uri, run_id, f"{type(e).__name__}: {e}", only_if_running=True)
-        raise
+        tracking.close_run(uri, run_id, recorded or failure.describe(e), only_if_running=True)
+        if recorded is None:
+            raise
+    recorded = failure.recorded_error(failure_file)
+    if recorded is not None:  # a deterministic worker error: a failed trial that a retry would repeat
+        tracking.close_run(uri, run_id, recorded, only_if_running=True)
+        tune.report({"step": 0, metric: _worst(mode), "trial_state": "failed"})
+        return
     if storage.exists(failure_file):  # diverged: a (bad) result, not a crash to retry
         info = json.loads(storage.read_bytes(failure_file))
         tracking.close_run(uri, run_id, info["error"])
@@ -277,6 +286,12 @@ class CampaignOutcome:
     trials: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     error: str | None = None
+    interrupted: bool = False  # stopped (`hyperctl stop`, SIGTERM, Ctrl-C) with trials unfinished
+
+    @property
+    def status(self) -> str:
+        """The parent run's MLflow status."""
+        return "KILLED" if self.interrupted else "FINISHED" if self.ok else "FAILED"
 
 
 def _driver_record(spec: JobSpec) -> dict[str, Any] | None:
@@ -430,26 +445,29 @@ def run_campaign(
     except Exception as e:  # noqa: BLE001 - the experiment itself failed
         error = f"{type(e).__name__}: {e}"
     trials = collect_trials(spec)
-    unfinished = [t for t in trials if t["state"] in ("PENDING", "RUNNING", "PAUSED")]
-    if error is None and unfinished:
-        error = f"interrupted with {len(unfinished)} unfinished trial(s)"
-    close_trial_runs(spec, uri, trials, interrupted=bool(unfinished))
+    unfinished = [t for t in trials if t["state"] in UNFINISHED]
+    interrupted = error == "interrupted" or bool(unfinished)  # `hyperctl stop`, Ctrl-C: Tune returns normally
+    if interrupted:
+        error = (
+            f"interrupted with {len(unfinished)} unfinished trial(s); `hyperctl resume` of the campaign's "
+            "job file continues them (finished trials are kept)"
+        )
+    close_trial_runs(spec, uri, trials, interrupted=interrupted)
     best = None
     try:
         best = write_summary(spec, uri, parent_id, trials)
     except Exception as e:  # noqa: BLE001 - a summary problem must not hide the campaign's outcome
         say(f"[warn]  summary not written: {type(e).__name__}: {e}")
-    if error is None:
-        tracking.close_run(uri, parent_id)
+    if interrupted:
+        tracking.end_run(uri, parent_id, "KILLED", {tracking.TAG_ERROR: str(error)})
     else:
-        tracking.close_run(uri, parent_id, error + ("; resume with `hyperctl resume`" if unfinished else ""))
+        tracking.close_run(uri, parent_id, error)
     storage.delete(storage.join(run_dir(spec), DRIVER_FILE))
     for line in format_trials(spec, trials).splitlines():
         say(line)
     if best:
         say(f"[best]  trial {best['trial']} {search.metric} {best['value']:.4f}: {fmt_config(best['config'])}")
-    say(f"[mlflow] campaign run {parent_id}: {'FINISHED' if error is None else 'FAILED'}")
-    return CampaignOutcome(
+    outcome = CampaignOutcome(
         parent_run_id=parent_id,
         tracking_uri=uri,
         path=run_dir(spec),
@@ -457,7 +475,10 @@ def run_campaign(
         trials=trials,
         best=best,
         error=error,
+        interrupted=interrupted,
     )
+    say(f"[mlflow] campaign run {parent_id}: {outcome.status}" + (f" ({error})" if error else ""))
+    return outcome
 
 
 # ---- the trials: state from Tune's experiment, runs from MLflow ----------------------------------
@@ -531,7 +552,7 @@ def close_trial_runs(spec: JobSpec, uri: str, trials: list[dict[str, Any]], inte
             )
         elif t["state"] == "failed":
             tracking.end_run(uri, t["run_id"], "FAILED")
-        elif interrupted and t["state"] in ("running", "pending", "paused"):
+        elif interrupted and t["state"] in UNFINISHED:
             tracking.end_run(uri, t["run_id"], "KILLED", {tracking.TAG_ERROR: "campaign stopped; resume it"})
 
 

@@ -1,10 +1,11 @@
 """Running a job on Ray: a new local instance, or the cluster this process runs in as a Ray job.
 
 :func:`start` is the start-up every run shares (jobs and campaigns): storage made absolute,
-preflight (once, before Ray starts where it can), Ray started or joined, the data prepared.
-:func:`run_job` then opens the job's MLflow run, builds a ``TorchTrainer`` (:func:`build_trainer`,
-also used by campaign trials) and fits it, printing progress; the run is closed FINISHED or
-FAILED. Relaunching the same job (same storage and name) resumes from its latest checkpoint in
+preflight (once, before Ray starts where it can), Ray started or joined, the data prepared and
+checked for what the workers rely on (:func:`prepare`). :func:`run_job` then opens the job's MLflow
+run, builds a ``TorchTrainer`` (:func:`build_trainer`, also used by campaign trials) and fits it,
+printing progress; the run is closed FINISHED, FAILED (with the worker's own exception, see
+:mod:`service.worker.failure`) or, when stopped, KILLED with the step reached. Relaunching the same job (same storage and name) resumes from its latest checkpoint in
 the same MLflow run.
 
 Ray is imported inside the functions that start it: importing it takes seconds, and the CLI's
@@ -31,6 +32,7 @@ from ..paths import run_dir
 from ..spec.errors import JobSpecError
 from ..spec.schema import JobSpec
 from ..tasks import Prepared, Task, task_of
+from ..worker import failure
 from ..worker.worker import FAILURE_FILE, NonFiniteLossError
 from . import preflight
 from .progress import QueuePrinter
@@ -128,7 +130,7 @@ def _environ(**values: str) -> Iterator[None]:
 
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (`hyperctl stop`, `ray job stop`) as KeyboardInterrupt, so :func:`run_job` marks the
-    MLflow run FAILED before exiting. ray.init installs a handler that calls sys.exit instead."""
+    MLflow run KILLED before exiting. ray.init installs a handler that calls sys.exit instead."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -224,7 +226,7 @@ def build_trainer(
         resources["GPU"] = r.gpus_per_worker
     storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
     return TorchTrainer(
-        task_of(spec).train_loop,
+        failure.run_task_loop,  # the task's loop; a deterministic error is recorded, not retried
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "data_root": data_root,
@@ -297,15 +299,25 @@ def run_job(
             result = trainer.fit()
         if result.error:
             raise result.error
+        recorded = failure.recorded_error(failure_file)  # a deterministic error, its retry skipped
+        if recorded is not None:
+            raise failure.WorkerError(recorded)
         if storage.exists(failure_file):
             info = json.loads(storage.read_bytes(failure_file))
             raise NonFiniteLossError(int(info["step"]), info["error"])
-    except KeyboardInterrupt:
-        error = "interrupted (KeyboardInterrupt)"
-        tracking.close_run(uri, run_id, error)
+    except KeyboardInterrupt as e:
+        step = max((s for s, _ in tracking.metric_history(uri, run_id, started.task.metrics.train)), default=0)
+        why = f" ({e})" if str(e) else ""
+        tracking.end_run(
+            uri,
+            run_id,
+            "KILLED",
+            {tracking.TAG_ERROR: f"interrupted{why} at step {step} (its last checkpoint); relaunch the job to resume"},
+        )
         raise
     except Exception as e:  # noqa: BLE001 - any training failure ends the run as FAILED
-        error = f"{type(e).__name__}: {e}"
+        # The worker's own exception (recorded by it, or each rank's in Ray's error), not Ray's wrapper.
+        error = failure.recorded_error(failure_file) or failure.describe(e)
     finally:
         try:
             ray.kill(queue.actor)  # type: ignore[arg-type]  # an ActorHandle; Ray's hint also allows its class
