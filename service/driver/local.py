@@ -5,8 +5,8 @@ preflight (once, before Ray starts where it can), Ray started or joined, the dat
 checked for what the workers rely on (:func:`prepare`). :func:`run_job` then opens the job's MLflow
 run, builds a ``TorchTrainer`` (:func:`build_trainer`, also used by campaign trials) and fits it,
 printing progress; the run is closed FINISHED, FAILED (with the worker's own exception, see
-:mod:`service.worker.failure`) or, when stopped, KILLED with the step reached. Relaunching the same job (same storage and name) resumes from its latest checkpoint in
-the same MLflow run.
+:mod:`service.worker.failure`) or, when stopped, KILLED with the step reached. Relaunching the
+same job (same storage and name) resumes from its latest checkpoint in the same MLflow run.
 
 Ray is imported inside the functions that start it: importing it takes seconds, and the CLI's
 quick commands never need it.
