@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -163,8 +163,14 @@ class Worker(Generic[J]):
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return ckpt.Position(), None
-        with checkpoint.as_directory() as folder:
-            restored = ckpt.load(folder, self.rank, self.world, model, optimizer, self.device)
+
+        def report(problem: str) -> None:
+            self.emit(event="info", text=problem)
+            print(f"[hyperctl] rank {self.rank}: {problem}", flush=True)
+
+        restored = load_intact(
+            checkpoint, lambda folder: ckpt.load(folder, self.rank, self.world, model, optimizer, self.device), report
+        )
         return restored.position, restored.recurrent_state
 
     def optimize(
@@ -275,6 +281,34 @@ class Worker(Generic[J]):
         )
 
 
+def load_intact(checkpoint: Any, load: Callable[[str], ckpt.Restored], report: Callable[[str], None]) -> ckpt.Restored:
+    """``load`` of the newest intact checkpoint from ``checkpoint`` (a ``ray.train.Checkpoint``) back:
+    one that fails its checksums (:func:`ckpt.verify`) is reported and the one before it tried. Every
+    rank verifies every rank's files, so all ranks choose the same checkpoint."""
+    for candidate in [checkpoint, *_earlier_checkpoints(checkpoint)]:
+        with candidate.as_directory() as folder:
+            try:
+                return load(folder)
+            except ckpt.CorruptCheckpointError as e:
+                report(f"checkpoint {candidate.path}: {e}: not used, trying the checkpoint before it")
+    raise ckpt.CorruptCheckpointError(f"no intact checkpoint in {os.path.dirname(checkpoint.path)}")
+
+
+def _earlier_checkpoints(checkpoint: Any) -> list[Any]:
+    """The checkpoints of the same run older than ``checkpoint`` (a ``ray.train.Checkpoint``), newest
+    first: the ``checkpoint_<step>`` folders beside it."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    parent, name = os.path.split(checkpoint.path.rstrip("/"))
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    names = sorted(
+        (i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")),
+        reverse=True,
+    )
+    return [ray.train.Checkpoint(f"{parent}/{n}", checkpoint.filesystem) for n in names if n < name]
+
+
 def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: Any) -> None:
     """The trained model as the run's ``model/model.pt`` (rank 0, at the end): its ``state_dict`` on
     the CPU, the spec as a document, and ``extra`` (what using it needs: a vocabulary, subword
@@ -286,4 +320,13 @@ def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: A
         tracker.log_artifact(path, "model")
 
 
-__all__ = ["FAILURE_FILE", "NonFiniteLossError", "Window", "Worker", "log_model", "make_optimizer", "seed_rank"]
+__all__ = [
+    "FAILURE_FILE",
+    "NonFiniteLossError",
+    "Window",
+    "Worker",
+    "load_intact",
+    "log_model",
+    "make_optimizer",
+    "seed_rank",
+]
