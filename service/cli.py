@@ -384,9 +384,13 @@ def cmd_campaign_stop(args: argparse.Namespace) -> int:
     """`hyperctl stop CAMPAIGN.yaml`: stop this host's campaign driver gracefully (Tune keeps its
     state; `hyperctl resume` continues it)."""
     spec = _campaign_spec(args.id)
-    if stop_campaign(spec):
+    stopped = stop_campaign(spec)
+    if stopped:
         print(f"campaign {spec.name}: stopped (hyperctl resume {args.id} continues it)")
         return EXIT_OK
+    if stopped is None:
+        print(f"campaign {spec.name}: asked to stop, but its driver still runs after 120 s", file=sys.stderr)
+        return EXIT_FAILED
     print(f"campaign {spec.name}: not running")
     return EXIT_OK
 

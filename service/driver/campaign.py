@@ -308,7 +308,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # an exited driver its parent has not reaped yet (a zombie) has stopped
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def driver_running(spec: JobSpec) -> int | None:
@@ -578,9 +582,10 @@ def campaign_status(spec: JobSpec) -> dict[str, Any]:
     return {"campaign": spec.name, "path": run_dir(spec), "state": state, "driver_pid": pid, "trials": trials}
 
 
-def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool:
+def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool | None:
     """Ask this host's running driver to stop (SIGTERM: Tune saves its state and the driver ends
-    the MLflow runs); returns True once it has exited, False if none was running."""
+    the MLflow runs); returns True once it has exited, None if it still runs after ``wait_s``,
+    False if none was running."""
     spec = absolute_storage(spec)
     pid = driver_running(spec)
     if pid is None:
@@ -589,7 +594,7 @@ def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and _pid_alive(pid):
         time.sleep(0.5)
-    return not _pid_alive(pid)
+    return None if _pid_alive(pid) else True
 
 
 __all__ = [

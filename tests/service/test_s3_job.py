@@ -34,7 +34,12 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
 
-    env = {k: v for k, v in local_env().items() if not k.startswith("AWS_")} | s3_server.env()
+    # MLflow credentials in the environment too (a sqlite store ignores them): they must not leak either.
+    mlflow_secrets = {
+        "MLFLOW_TRACKING_USERNAME": "hyper-user-7f3a",
+        "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
+    }
+    env = {k: v for k, v in local_env().items() if not k.startswith("AWS_")} | s3_server.env() | mlflow_secrets
     proc = hyperctl("submit", str(job_file), "--num-cpus", "2", cwd=tmp_path, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
@@ -54,7 +59,15 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     # Both retained checkpoints, complete, on S3; the latest loads and is at the final step.
     for step in (20, 40):
         folder = f"{run}/checkpoint_{step:08d}"
-        for part in ("model.pt", "optimizer.pt", "meta.json", "rank_0.pt", "rank_1.pt"):
+        for part in (
+            "model.pt",
+            "optimizer.pt",
+            "meta.json",
+            "rank_0.pt",
+            "rank_1.pt",
+            "files_rank_0.json",
+            "files_rank_1.json",
+        ):
             assert objects.get(f"{folder}/{part}", 0) > 0, f"{folder}/{part} missing or empty on S3"
     meta = json.loads(s3.get_object(Bucket=s3_server.bucket, Key=f"{run}/checkpoint_00000040/meta.json")["Body"].read())
     assert meta["step"] == 40 and meta["world_size"] == 2
@@ -73,3 +86,19 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     assert [m.step for m in history] == [20, 40]
     blob = json.dumps([runs[0].data.params, runs[0].data.tags])
     assert s3_server.secret_key not in blob and s3_server.access_key not in blob
+
+    # Issue 16, secrets: no credential in any output line, MLflow param, tag or artifact, or any object
+    # the job wrote under its storage (checkpoints, prepared data, bookkeeping).
+    secrets = [s3_server.secret_key, s3_server.access_key, *mlflow_secrets.values()]
+    assert not [x for x in secrets if x in output]
+    assert not [x for x in secrets if x in blob]
+    artifacts = tmp_path / "artifacts"
+    client.download_artifacts(run_id, "", str(artifacts))
+    files = [p for p in artifacts.rglob("*") if p.is_file()]
+    assert any(p.name == "job.yaml" for p in files) and any(p.name == "model.pt" for p in files)
+    for path in files:
+        body = path.read_bytes()
+        assert not [x for x in secrets if x.encode() in body], path
+    for key in objects:
+        body = s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
+        assert not [x for x in secrets if x.encode() in body], key
