@@ -163,13 +163,8 @@ class Worker(Generic[J]):
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return ckpt.Position(), None
-
-        def report(problem: str) -> None:
-            self.emit(event="info", text=problem)
-            print(f"[hyperctl] rank {self.rank}: {problem}", flush=True)
-
         restored = load_intact(
-            checkpoint, lambda folder: ckpt.load(folder, self.rank, self.world, model, optimizer, self.device), report
+            checkpoint, lambda folder: ckpt.load(folder, self.rank, self.world, model, optimizer, self.device), self._say
         )
         return restored.position, restored.recurrent_state
 
@@ -254,6 +249,9 @@ class Worker(Generic[J]):
         the buffered metrics to MLflow: everything in MLflow is covered by a checkpoint."""
         import ray.train
 
+        # Storage down: wait (said, with backoff) rather than fail the upload; Ray's own S3 client
+        # retries within it (service.io.storage.storage_options_for_ray).
+        storage.wait_reachable(run_dir(self.spec), f"checkpoint {pos.step}", self._say)
         folder = tempfile.mkdtemp(prefix=f"hyperctl-ckpt-{self.rank}-")
         try:
             meta = {"spec": self.spec.model_dump(mode="json"), "world_size": self.world, **meta}
@@ -268,6 +266,11 @@ class Worker(Generic[J]):
         if self.tracker is not None:
             self.tracker.flush()
         self.emit(event="checkpoint", step=pos.step)
+
+    def _say(self, line: str) -> None:
+        """A line for the terminal (rank 0's progress) and every rank's log."""
+        self.emit(event="info", text=line)
+        print(f"[hyperctl] rank {self.rank}: {line}", flush=True)
 
     def start(self, pos: ckpt.Position, total_steps: int, model: torch.nn.Module, **extra: Any) -> None:
         self.emit(
