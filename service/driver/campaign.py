@@ -191,6 +191,12 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     if done is not None:  # finished before the campaign's driver died, but not yet recorded by Tune
         tune.report({**done, "step": spec.train.max_steps or done.get("step", 0), "trial_state": "completed"})
         return
+    # The sampled values must suit the prepared data too (the campaign's start-up checked the base spec):
+    # a trial that cannot run fails here, told, before its run exists.
+    problems = task_of(spec).check_prepared(spec, setup["prepared"])
+    if problems:
+        tune.report({"step": 0, metric: _worst(mode), "trial_state": "failed", "error": "; ".join(problems)})
+        return
     run_id, resumed = tracking.open_child_run(
         spec,
         uri,
@@ -398,6 +404,7 @@ def run_campaign(
         "parent_run_id": parent_id,
         "data_root": prepared.root,
         "manifest": prepared.manifest,
+        "prepared": prepared,
     }
     # The trial's driver function only waits on its TorchTrainer: it holds no CPU (the Train workers
     # hold the trial's resources), only a token of memory, as Tune needs a non-empty request.
@@ -469,6 +476,9 @@ def run_campaign(
     storage.delete(storage.join(run_dir(spec), DRIVER_FILE))
     for line in format_trials(spec, trials).splitlines():
         say(line)
+    for t in trials:
+        if t["error"]:
+            say(f"[trial] {t['trial']} failed: {t['error']}")
     if best:
         say(f"[best]  trial {best['trial']} {search.metric} {best['value']:.4f}: {fmt_config(best['config'])}")
     outcome = CampaignOutcome(
@@ -533,6 +543,7 @@ def collect_trials(spec: JobSpec) -> list[dict[str, Any]]:
                 "step": last.get("step"),
                 "value": float(value) if isinstance(value, (int, float)) else None,
                 "run_id": storage.read_bytes(id_file).decode().strip() if storage.exists(id_file) else None,
+                "error": last.get("error"),  # why a trial failed before it started (run_trial)
             }
         )
     return rows

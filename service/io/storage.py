@@ -278,7 +278,10 @@ def wait_reachable(
                     f"{what}: storage {uri} unreachable after {attempt} attempts over "
                     f"{sum(delays):.0f} s; the previous checkpoint is kept. Last error: {e}"
                 ) from None
-            say(f"[storage] {what}: {uri} unreachable ({e}); attempt {attempt} of {len(delays) + 1}, retry in {delay:.0f} s")
+            say(
+                f"[storage] {what}: {uri} unreachable ({e}); "
+                f"attempt {attempt} of {len(delays) + 1}, retry in {delay:.0f} s"
+            )
             sleep(delay)
 
 

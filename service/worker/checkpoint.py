@@ -173,7 +173,7 @@ def load(
         raise CorruptCheckpointError("; ".join(problems))
     meta = json.loads((directory / META_FILE).read_text())
     if meta.get("world_size") != world_size:
-        raise RuntimeError(
+        raise ValueError(  # a spec mismatch: deterministic, not retried (service.worker.failure)
             f"checkpoint {directory} was written by {meta.get('world_size')} workers, "
             f"this run has {world_size}: exact resume needs the same resources.workers"
         )

@@ -164,7 +164,9 @@ class Worker(Generic[J]):
         if checkpoint is None:
             return ckpt.Position(), None
         restored = load_intact(
-            checkpoint, lambda folder: ckpt.load(folder, self.rank, self.world, model, optimizer, self.device), self._say
+            checkpoint,
+            lambda folder: ckpt.load(folder, self.rank, self.world, model, optimizer, self.device),
+            self._say,
         )
         return restored.position, restored.recurrent_state
 

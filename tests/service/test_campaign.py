@@ -385,10 +385,12 @@ def test_campaign_resumes_after_driver_sigkill(tmp_path: Path) -> None:
 def test_stopped_campaign_reports_the_interruption(tmp_path: Path) -> None:
     """Issue 16, kind 5: `hyperctl stop CAMPAIGN.yaml` during a trial: the campaign exits non-zero
     (130), its parent run ends KILLED saying it was interrupted and how to resume, and every
-    unfinished child ends KILLED with the tag the campaign's docstring promises (no run left RUNNING)."""
+    unfinished child ends KILLED with the tag the campaign's docstring promises (no run left RUNNING).
+    Kind 3 for campaigns: a trial whose sampled batch the data cannot fill fails, told, without a run."""
     job = campaign_job(tmp_path, "cmps")
     job["train"]["max_steps"] = 400  # long enough to be cut off
-    job["search"].update(space={"model.hyper.embed_size": {"grid": NZS}}, max_concurrent=1)
+    # The first trial's batch cannot be cut from the corpus: it fails before its run exists, told.
+    job["search"].update(space={"data.batch_size": {"grid": [10**6, 8]}}, max_concurrent=1)
     job["search"]["scheduler"] = {"name": "none"}
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     driver = subprocess.Popen(
@@ -414,6 +416,9 @@ def test_stopped_campaign_reports_the_interruption(tmp_path: Path) -> None:
     assert driver.returncode == 130, out[-3000:]
     result = last_json(out)
     assert result["status"] == "KILLED" and "interrupted with" in result["error"], result
+    unfit = next(t for t in result["trials"] if t["config"]["data.batch_size"] == 10**6)
+    assert unfit["state"] == "failed" and unfit["run_id"] is None, unfit
+    assert f"[trial] {unfit['trial']} failed: data.batch_size: 1000000 streams need at least" in out, out[-3000:]
     client, [parent], children = runs_of(result["tracking_uri"])
     assert parent.info.status == "KILLED"
     assert "interrupted with" in parent.data.tags["hyperctl.error"]
