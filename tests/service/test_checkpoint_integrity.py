@@ -73,10 +73,7 @@ def test_a_checkpoint_without_lists_still_loads(tmp_path: Path) -> None:
     assert ckpt.verify(tmp_path) == [] and loader()(str(tmp_path)).position.step == 10
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing"])
-def test_corrupt_latest_checkpoint_on_s3_falls_back_to_the_previous(
-    tmp_path: Path, s3_prefix: str, damage: str
-) -> None:
+def test_corrupt_latest_checkpoint_on_s3_falls_back_to_the_previous(tmp_path: Path, s3_prefix: str) -> None:
     import ray.train
 
     run = storage.join(s3_prefix, "job")
@@ -86,17 +83,14 @@ def test_corrupt_latest_checkpoint_on_s3_falls_back_to_the_previous(
         write_checkpoint(local, step)
         pafs.copy_files(str(local), f"{root}/{local.name}", destination_filesystem=fs)
     latest = f"{root}/checkpoint_00000030"
-    if damage == "truncated":
-        body = storage.read_bytes(f"{run}/checkpoint_00000030/optimizer.pt")
-        storage.write_bytes_atomic(f"{run}/checkpoint_00000030/optimizer.pt", body[: len(body) // 2])
-    else:
-        storage.delete(f"{run}/checkpoint_00000030/rank_1.pt")
+    body = storage.read_bytes(f"{run}/checkpoint_00000030/optimizer.pt")  # an upload cut short
+    storage.write_bytes_atomic(f"{run}/checkpoint_00000030/optimizer.pt", body[: len(body) // 2])
 
     said: list[str] = []
     restored = load_intact(ray.train.Checkpoint(latest, fs), loader(), said.append)
     assert restored.position.step == 20
     assert len(said) == 1 and said[0].startswith(f"checkpoint {latest}: ")
-    assert ("optimizer.pt has" if damage == "truncated" else "rank_1.pt missing") in said[0]
+    assert f"optimizer.pt has {len(body) // 2:,} bytes, {len(body):,} were written" in said[0]
 
     for step in (20, 10):  # nothing intact left: an error naming the folder
         storage.delete(f"{run}/checkpoint_{step:08d}/model.pt")
