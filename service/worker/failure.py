@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..io import storage
-from ..paths import PROJECT_ROOT, run_dir
+from ..paths import run_dir
 from .worker import FAILURE_FILE
 
 DETERMINISTIC: tuple[type[BaseException], ...] = (
@@ -36,16 +36,12 @@ DETERMINISTIC: tuple[type[BaseException], ...] = (
     AttributeError,
     NotImplementedError,
 )
-_PROJECT_FRAME = re.compile(r'File "([^"]*/(?:service|hypermodels)/[^"]+\.py)", line (\d+), in (\S+)')
+# A frame of the project's code, wherever the checkout lies (a Ray job's working_dir on a cluster).
+_PROJECT_FRAME = re.compile(r'File "[^"]*?/((?:service|hypermodels)/[^"]+\.py)", line (\d+), in (\S+)')
 
 
 class WorkerError(RuntimeError):
     """A worker's exception as the driver reports it (see the module's docstring)."""
-
-
-def _relative(path: str) -> str:
-    prefix = str(PROJECT_ROOT) + "/"
-    return path.removeprefix(prefix) if path.startswith(prefix) else path
 
 
 def where(tb_text: str) -> str | None:
@@ -54,7 +50,7 @@ def where(tb_text: str) -> str | None:
     if not found:
         return None
     path, line, function = found[-1]
-    return f"{_relative(path)}:{line} in {function}"
+    return f"{path}:{line} in {function}"
 
 
 def describe(error: BaseException, tb_text: str | None = None) -> str:
