@@ -20,8 +20,12 @@ Read top to bottom:
 MLflow: one parent run per campaign (id in ``<storage>/<campaign>/mlflow_run_id``), one nested
 child run per trial (``mlflow.parentRunId``; id in the trial's folder, so restarts and resumes
 never duplicate it). A trial stopped early by ASHA ends KILLED with the tag
-``hyperctl.stopped_early``; a trial whose loss went non-finite ends FAILED and reports the worst
-value of the metric (it is a result, not a crash: it is not retried).
+``hyperctl.stopped_early``; a trial whose loss went non-finite, or whose worker raised a
+deterministic error (:mod:`service.worker.failure`), ends FAILED and reports the worst value of the
+metric (it is a result, not a crash: it is not retried). A stopped campaign (``hyperctl stop``,
+SIGTERM, Ctrl-C) exits 130: its parent run ends KILLED with ``hyperctl.error`` saying how many
+trials were cut off and that ``hyperctl resume`` continues them, and each unfinished trial's run
+ends KILLED with ``hyperctl.error: campaign stopped; resume it`` (a resume reopens it).
 
 Ray Tune and optuna are imported inside the functions that use them: each takes
 seconds to import, and ``hyperctl status`` / ``stop`` of a campaign need none of them.
