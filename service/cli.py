@@ -25,7 +25,7 @@ from .driver.preflight import check_job
 from .driver.runs import list_runs
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from .io import tracking
-from .io.tracking import find_run, mark_training_experiments, redact, run_id_of, tracking_uri_for
+from .io.tracking import find_run, mark_training_experiments, redact, run_id_of, store_exists, tracking_uri_for
 from .localcluster.cluster import add_parser as add_cluster_parser
 from .localcluster.ui import serve_ui
 from .paths import run_dir
@@ -117,7 +117,7 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
     except KeyboardInterrupt as e:
         why = f" ({e})" if str(e) else ""
         print(
-            f"[stopped] interrupted{why}: the MLflow run is marked FAILED; relaunch the job to resume it",
+            f"[stopped] interrupted{why}: the MLflow run is marked KILLED; relaunch the job to resume it",
             file=sys.stderr,
             flush=True,
         )
@@ -248,7 +248,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """Stop a submitted job: SIGTERM to its driver, which marks its MLflow run FAILED, then SIGKILL
+    """Stop a submitted job: SIGTERM to its driver, which marks its MLflow run KILLED, then SIGKILL
     after a grace period. Exit 0 when the job is stopped or had already ended (its status is
     printed), 2 for an unknown id. With --wait, return once the job has ended."""
     if _is_job_file(args.id):  # a local search campaign
@@ -281,7 +281,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         for j in jobs:
             print(f"{j.submission_id or j.job_id:<28} {j.status.value:<10} {j.entrypoint}")
         return EXIT_OK
-    rows = list_runs(_tracking_uri(args))
+    uri = _tracking_uri(args)
+    rows = list_runs(uri)
+    print(f"store: {redact(uri)}")
+    if not rows:
+        print(f"no runs in {redact(uri)}" + ("" if store_exists(uri) else " (no store there yet)"))
+        return EXIT_OK
     print(f"{'RUN ID':<34} {'STATUS':<9} {'JOB':<28} {'TASK':<20} {'STEP':>7} {'METRIC':<6} {'VALID':>9} {'TEST':>9}")
     for r in rows:
         fmt = lambda v: f"{v:9.4f}" if isinstance(v, float) else f"{'-':>9}"  # noqa: E731
@@ -299,6 +304,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = _tracking_uri(args)
     if uri.startswith(("http://", "https://")):
         print(f"tracking server: {uri}")
+        return EXIT_OK
+    if not store_exists(uri):  # the server would create an empty store: nothing to look at
+        print(f"no runs in {redact(uri)} (no store there yet); nothing is started")
         return EXIT_OK
     experiments = mark_training_experiments(uri)
     if getattr(args, "job", None):  # the job's experiment first
@@ -396,7 +404,7 @@ def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False)
                 "parent_run_id": outcome.parent_run_id,
                 "tracking_uri": outcome.tracking_uri,
                 "path": outcome.path,
-                "status": "FINISHED" if outcome.ok else "FAILED",
+                "status": outcome.status,
                 "error": outcome.error,
                 "best": outcome.best and {k: outcome.best[k] for k in ("trial", "run_id", "value", "config")},
                 "trials": [
@@ -407,7 +415,7 @@ def _run_campaign(args: argparse.Namespace, spec: JobSpec, resume: bool = False)
             default=str,
         )
     )
-    return EXIT_OK if outcome.ok else EXIT_FAILED
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK if outcome.ok else EXIT_FAILED
 
 
 def _campaign_spec(path: str, overrides: list[str] | None = None) -> JobSpec:
@@ -481,9 +489,13 @@ def cmd_campaign_stop(args: argparse.Namespace) -> int:
     from .driver.campaign import stop_campaign
 
     spec = _campaign_spec(args.id)
-    if stop_campaign(spec):
+    stopped = stop_campaign(spec)
+    if stopped:
         print(f"campaign {spec.name}: stopped (hyperctl resume {args.id} continues it)")
         return EXIT_OK
+    if stopped is None:
+        print(f"campaign {spec.name}: asked to stop, but its driver still runs after 120 s", file=sys.stderr)
+        return EXIT_FAILED
     print(f"campaign {spec.name}: not running")
     return EXIT_OK
 

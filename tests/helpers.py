@@ -130,3 +130,77 @@ def chromium(url: str, profile: Path, *extra: str, timeout: float = 120) -> subp
         "--virtual-time-budget=20000",
     ]
     return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=timeout)
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of ``upstream`` (host, port), to play storage faults: ``down``
+    drops every connection (open ones and new ones) until ``up``; ``delay_s`` holds each chunk of
+    data that long before passing it on (a slow link)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.upstream, self.delay_s, self.is_down = upstream, 0.0, False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def down(self) -> None:
+        with self._lock:
+            self.is_down = True
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+    def up(self) -> None:
+        self.is_down = False
+
+    def close(self) -> None:
+        self.down()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.is_down:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        import time
+
+        try:
+            while data := src.recv(65536):
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass

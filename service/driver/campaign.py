@@ -20,8 +20,12 @@ Read top to bottom:
 MLflow: one parent run per campaign (id in ``<storage>/<campaign>/mlflow_run_id``), one nested
 child run per trial (``mlflow.parentRunId``; id in the trial's folder, so restarts and resumes
 never duplicate it). A trial stopped early by ASHA ends KILLED with the tag
-``hyperctl.stopped_early``; a trial whose loss went non-finite ends FAILED and reports the worst
-value of the metric (it is a result, not a crash: it is not retried).
+``hyperctl.stopped_early``; a trial whose loss went non-finite, or whose worker raised a
+deterministic error (:mod:`service.worker.failure`), ends FAILED and reports the worst value of the
+metric (it is a result, not a crash: it is not retried). A stopped campaign (``hyperctl stop``,
+SIGTERM, Ctrl-C) exits 130: its parent run ends KILLED with ``hyperctl.error`` saying how many
+trials were cut off and that ``hyperctl resume`` continues them, and each unfinished trial's run
+ends KILLED with ``hyperctl.error: campaign stopped; resume it`` (a resume reopens it).
 
 Ray Tune and optuna are imported inside the functions that use them: each takes
 seconds to import, and ``hyperctl status`` / ``stop`` of a campaign need none of them.
@@ -47,10 +51,12 @@ from ..spec.loading import validate_job
 from ..spec.schema import JobSpec
 from ..spec.tree import with_values
 from ..tasks import task_of
-from ..worker.worker import FAILURE_FILE
+from ..worker import failure
+from ..worker.failure import FAILURE_FILE
 from .campaign_report import fmt_config, format_trials, searched_keys, write_summary
 from .local import absolute_storage, build_trainer, start
 
+UNFINISHED = ("pending", "running", "paused")  # collect_trials' state of a trial Tune has not ended
 DRIVER_FILE = "driver.json"  # pid and host of the running campaign driver (for `hyperctl stop`)
 
 
@@ -189,6 +195,12 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     if done is not None:  # finished before the campaign's driver died, but not yet recorded by Tune
         tune.report({**done, "step": spec.train.max_steps or done.get("step", 0), "trial_state": "completed"})
         return
+    # The sampled values must suit the prepared data too (the campaign's start-up checked the base spec):
+    # a trial that cannot run fails here, told, before its run exists.
+    problems = task_of(spec).check_prepared(spec, setup["prepared"])
+    if problems:
+        tune.report({"step": 0, metric: _worst(mode), "trial_state": "failed", "error": "; ".join(problems)})
+        return
     run_id, resumed = tracking.open_child_run(
         spec,
         uri,
@@ -213,10 +225,17 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         if getattr(result, "error", None):
             raise result.error
     except Exception as e:  # a crashed trial: FAILED now, reopened (same run) if Tune relaunches it
+        recorded = failure.recorded_error(failure_file)
         # Only if still running: Tune can deliver an ASHA stop to fit() after the driver has already ended
         # the trial's run KILLED (close_trial_runs); that must stay KILLED.
-        tracking.close_run(uri, run_id, f"{type(e).__name__}: {e}", only_if_running=True)
-        raise
+        tracking.close_run(uri, run_id, recorded or failure.describe(e), only_if_running=True)
+        if recorded is None:
+            raise
+    recorded = failure.recorded_error(failure_file)
+    if recorded is not None:  # a deterministic worker error: a failed trial that a retry would repeat
+        tracking.close_run(uri, run_id, recorded, only_if_running=True)
+        tune.report({"step": 0, metric: _worst(mode), "trial_state": "failed"})
+        return
     if storage.exists(failure_file):  # diverged: a (bad) result, not a crash to retry
         info = json.loads(storage.read_bytes(failure_file))
         tracking.close_run(uri, run_id, info["error"])
@@ -277,6 +296,12 @@ class CampaignOutcome:
     trials: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     error: str | None = None
+    interrupted: bool = False  # stopped (`hyperctl stop`, SIGTERM, Ctrl-C) with trials unfinished
+
+    @property
+    def status(self) -> str:
+        """The parent run's MLflow status."""
+        return "KILLED" if self.interrupted else "FINISHED" if self.ok else "FAILED"
 
 
 def _driver_record(spec: JobSpec) -> dict[str, Any] | None:
@@ -293,7 +318,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # an exited driver its parent has not reaped yet (a zombie) has stopped
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def driver_running(spec: JobSpec) -> int | None:
@@ -379,6 +408,7 @@ def run_campaign(
         "parent_run_id": parent_id,
         "data_root": prepared.root,
         "manifest": prepared.manifest,
+        "prepared": prepared,
     }
     # The trial's driver function only waits on its TorchTrainer: it holds no CPU (the Train workers
     # hold the trial's resources), only a token of memory, as Tune needs a non-empty request.
@@ -430,26 +460,32 @@ def run_campaign(
     except Exception as e:  # noqa: BLE001 - the experiment itself failed
         error = f"{type(e).__name__}: {e}"
     trials = collect_trials(spec)
-    unfinished = [t for t in trials if t["state"] in ("PENDING", "RUNNING", "PAUSED")]
-    if error is None and unfinished:
-        error = f"interrupted with {len(unfinished)} unfinished trial(s)"
-    close_trial_runs(spec, uri, trials, interrupted=bool(unfinished))
+    unfinished = [t for t in trials if t["state"] in UNFINISHED]
+    interrupted = error == "interrupted" or bool(unfinished)  # `hyperctl stop`, Ctrl-C: Tune returns normally
+    if interrupted:
+        error = (
+            f"interrupted with {len(unfinished)} unfinished trial(s); `hyperctl resume` of the campaign's "
+            "job file continues them (finished trials are kept)"
+        )
+    close_trial_runs(spec, uri, trials, interrupted=interrupted)
     best = None
     try:
         best = write_summary(spec, uri, parent_id, trials)
     except Exception as e:  # noqa: BLE001 - a summary problem must not hide the campaign's outcome
         say(f"[warn]  summary not written: {type(e).__name__}: {e}")
-    if error is None:
-        tracking.close_run(uri, parent_id)
+    if interrupted:
+        tracking.end_run(uri, parent_id, "KILLED", {tracking.TAG_ERROR: str(error)})
     else:
-        tracking.close_run(uri, parent_id, error + ("; resume with `hyperctl resume`" if unfinished else ""))
+        tracking.close_run(uri, parent_id, error)
     storage.delete(storage.join(run_dir(spec), DRIVER_FILE))
     for line in format_trials(spec, trials).splitlines():
         say(line)
+    for t in trials:
+        if t["error"]:
+            say(f"[trial] {t['trial']} failed: {t['error']}")
     if best:
         say(f"[best]  trial {best['trial']} {search.metric} {best['value']:.4f}: {fmt_config(best['config'])}")
-    say(f"[mlflow] campaign run {parent_id}: {'FINISHED' if error is None else 'FAILED'}")
-    return CampaignOutcome(
+    outcome = CampaignOutcome(
         parent_run_id=parent_id,
         tracking_uri=uri,
         path=run_dir(spec),
@@ -457,7 +493,10 @@ def run_campaign(
         trials=trials,
         best=best,
         error=error,
+        interrupted=interrupted,
     )
+    say(f"[mlflow] campaign run {parent_id}: {outcome.status}" + (f" ({error})" if error else ""))
+    return outcome
 
 
 # ---- the trials: state from Tune's experiment, runs from MLflow ----------------------------------
@@ -508,6 +547,7 @@ def collect_trials(spec: JobSpec) -> list[dict[str, Any]]:
                 "step": last.get("step"),
                 "value": float(value) if isinstance(value, (int, float)) else None,
                 "run_id": storage.read_bytes(id_file).decode().strip() if storage.exists(id_file) else None,
+                "error": last.get("error"),  # why a trial failed before it started (run_trial)
             }
         )
     return rows
@@ -531,7 +571,7 @@ def close_trial_runs(spec: JobSpec, uri: str, trials: list[dict[str, Any]], inte
             )
         elif t["state"] == "failed":
             tracking.end_run(uri, t["run_id"], "FAILED")
-        elif interrupted and t["state"] in ("running", "pending", "paused"):
+        elif interrupted and t["state"] in UNFINISHED:
             tracking.end_run(uri, t["run_id"], "KILLED", {tracking.TAG_ERROR: "campaign stopped; resume it"})
 
 
@@ -557,9 +597,10 @@ def campaign_status(spec: JobSpec) -> dict[str, Any]:
     return {"campaign": spec.name, "path": run_dir(spec), "state": state, "driver_pid": pid, "trials": trials}
 
 
-def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool:
+def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool | None:
     """Ask this host's running driver to stop (SIGTERM: Tune saves its state and the driver ends
-    the MLflow runs); returns True once it has exited, False if none was running."""
+    the MLflow runs); returns True once it has exited, None if it still runs after ``wait_s``,
+    False if none was running."""
     spec = absolute_storage(spec)
     pid = driver_running(spec)
     if pid is None:
@@ -568,7 +609,7 @@ def stop_campaign(spec: JobSpec, wait_s: float = 120.0) -> bool:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and _pid_alive(pid):
         time.sleep(0.5)
-    return not _pid_alive(pid)
+    return None if _pid_alive(pid) else True
 
 
 __all__ = [

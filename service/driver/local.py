@@ -1,11 +1,12 @@
 """Running a job on Ray: a new local instance, or the cluster this process runs in as a Ray job.
 
 :func:`start` is the start-up every run shares (jobs and campaigns): storage made absolute,
-preflight (once, before Ray starts where it can), Ray started or joined, the data prepared.
-:func:`run_job` then opens the job's MLflow run, builds a ``TorchTrainer`` (:func:`build_trainer`,
-also used by campaign trials) and fits it, printing progress; the run is closed FINISHED or
-FAILED. Relaunching the same job (same storage and name) resumes from its latest checkpoint in
-the same MLflow run.
+preflight (once, before Ray starts where it can), Ray started or joined, the data prepared and
+checked for what the workers rely on (:func:`prepare`). :func:`run_job` then opens the job's MLflow
+run, builds a ``TorchTrainer`` (:func:`build_trainer`, also used by campaign trials) and fits it,
+printing progress; the run is closed FINISHED, FAILED (with the worker's own exception, see
+:mod:`service.worker.failure`) or, when stopped, KILLED with the step reached. Relaunching the
+same job (same storage and name) resumes from its latest checkpoint in the same MLflow run.
 
 Ray is imported inside the functions that start it: importing it takes seconds, and the CLI's
 quick commands never need it.
@@ -26,10 +27,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from ..io import storage, tracking
+from ..io import storage, text, tracking
 from ..paths import run_dir
+from ..spec.errors import JobSpecError
 from ..spec.schema import JobSpec
 from ..tasks import Prepared, Task, task_of
+from ..worker import failure
 from . import preflight
 from .progress import QueuePrinter
 
@@ -172,7 +175,7 @@ def _environ(**values: str) -> Iterator[None]:
 
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (`hyperctl stop`, `ray job stop`) as KeyboardInterrupt, so :func:`run_job` marks the
-    MLflow run FAILED before exiting. ray.init installs a handler that calls sys.exit instead."""
+    MLflow run KILLED before exiting. ray.init installs a handler that calls sys.exit instead."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -227,9 +230,23 @@ def start(
             say(f"[warn]  {warning}")
     task = task_of(spec)
     say(f"[data]  preparing {task.source_name(spec)} ...")
-    prepared = task.prepare(spec, storage.join(spec.storage, "datasets"))
+    prepared = prepare(spec, task, say)
     say(f"[data]  {prepared.root} ({prepared.summary()})")
     return Started(spec, task, prepared, tracking.tracking_uri_for(spec), cluster, on_cluster)
+
+
+def prepare(spec: JobSpec, task: Task[Any], say: Callable[[str], None] = print) -> Prepared:
+    """The task's prepared data, its readers' notes said (a stripped byte-order mark), and checked
+    for what the workers rely on (:attr:`Task.check_prepared`): JobSpecError naming the field,
+    before any MLflow run exists."""
+    with text.collect_notes() as notes:
+        prepared = task.prepare(spec, storage.join(spec.storage, "datasets"))
+    for line in notes:
+        say(f"[data]  note: {line}")
+    problems = task.check_prepared(spec, prepared)
+    if problems:
+        raise JobSpecError(f"job {spec.name!r}", problems)
+    return prepared
 
 
 def build_trainer(
@@ -256,7 +273,7 @@ def build_trainer(
         resources["GPU"] = r.gpus_per_worker
     storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
     return TorchTrainer(
-        task_of(spec).train_loop,
+        failure.run_task_loop,  # the task's loop; a deterministic error is recorded, not retried
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "data_root": data_root,
@@ -298,7 +315,8 @@ def run_job(
     from ray.util.queue import Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from ..worker.worker import FAILURE_FILE, NonFiniteLossError  # deferred: torch
+    from ..worker.failure import FAILURE_FILE
+    from ..worker.worker import NonFiniteLossError  # deferred: torch
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)
@@ -335,15 +353,25 @@ def run_job(
             result = trainer.fit()
         if result.error:
             raise result.error
+        recorded = failure.recorded_error(failure_file)  # a deterministic error, its retry skipped
+        if recorded is not None:
+            raise failure.WorkerError(recorded)
         if storage.exists(failure_file):
             info = json.loads(storage.read_bytes(failure_file))
             raise NonFiniteLossError(int(info["step"]), info["error"])
-    except KeyboardInterrupt:
-        error = "interrupted (KeyboardInterrupt)"
-        tracking.close_run(uri, run_id, error)
+    except KeyboardInterrupt as e:
+        step = max((s for s, _ in tracking.metric_history(uri, run_id, started.task.metrics.train)), default=0)
+        why = f" ({e})" if str(e) else ""
+        tracking.end_run(
+            uri,
+            run_id,
+            "KILLED",
+            {tracking.TAG_ERROR: f"interrupted{why} at step {step} (its last checkpoint); relaunch the job to resume"},
+        )
         raise
     except Exception as e:  # noqa: BLE001 - any training failure ends the run as FAILED
-        error = f"{type(e).__name__}: {e}"
+        # The worker's own exception (recorded by it, or each rank's in Ray's error), not Ray's wrapper.
+        error = failure.recorded_error(failure_file) or failure.describe(e)
     finally:
         try:
             ray.kill(queue.actor)  # type: ignore[arg-type]  # an ActorHandle; Ray's hint also allows its class
@@ -374,6 +402,7 @@ __all__ = [
     "build_trainer",
     "cluster_address",
     "init_ray",
+    "prepare",
     "run_job",
     "start",
 ]

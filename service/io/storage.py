@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -26,6 +28,10 @@ DEFAULT_REGION = "us-east-1"
 _TIMEOUTS = {"connect_timeout": 10.0, "request_timeout": 60.0}
 # check_reachable: answer within seconds, no retries, so that `hyperctl validate` stays fast.
 _PROBE_TIMEOUTS = {"connect_timeout": 2.0, "request_timeout": 5.0}
+# Ray's uploads (checkpoints): the AWS SDK's standard retries, exponential backoff up to 20 s each.
+_UPLOAD_ATTEMPTS = 10
+# wait_reachable: waits of 1, 2, 4, 8, 16, 30, 30 ... s, about 2.5 minutes in all.
+WAIT_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0)
 
 
 class StorageError(OSError):
@@ -250,10 +256,43 @@ def storage_options_for_ray(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig``.
 
     S3: ``bucket/prefix`` without the scheme plus an S3FileSystem configured like ours (so that
-    custom endpoints and credentials reach the Ray workers). Local: the absolute path and None.
+    custom endpoints and credentials reach the Ray workers), whose requests are retried with
+    backoff (a checkpoint upload survives a short outage). Local: the absolute path and None.
     """
-    fs, path = filesystem_for(uri)
-    return (path, fs) if is_s3(uri) else (path, None)
+    _check_scheme(uri)
+    if not is_s3(uri):
+        return filesystem_for(uri)[1], None
+    bucket, key = _split_s3(uri)
+    return f"{bucket}/{key}" if key else bucket, _s3_filesystem(_TIMEOUTS, retries=_UPLOAD_ATTEMPTS)
+
+
+def wait_reachable(
+    uri: str,
+    what: str,
+    say: Callable[[str], None],
+    delays: tuple[float, ...] = WAIT_DELAYS_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once ``uri`` can be written (:func:`check_reachable`), waiting with growing delays
+    while it cannot, each wait said in one line; StorageError naming the storage, the attempts and
+    the last error when the delays run out. ``what`` is what waits (e.g. "checkpoint 40")."""
+    for attempt, delay in enumerate((*delays, None), 1):
+        try:
+            check_reachable(uri, writable=True)
+            if attempt > 1:
+                say(f"[storage] {uri} reachable again: {what} continues")
+            return
+        except StorageError as e:
+            if delay is None:
+                raise StorageError(
+                    f"{what}: storage {uri} unreachable after {attempt} attempts over "
+                    f"{sum(delays):.0f} s; the previous checkpoint is kept. Last error: {e}"
+                ) from None
+            say(
+                f"[storage] {what}: {uri} unreachable ({e}); "
+                f"attempt {attempt} of {len(delays) + 1}, retry in {delay:.0f} s"
+            )
+            sleep(delay)
 
 
 __all__ = [
@@ -267,5 +306,6 @@ __all__ = [
     "join",
     "read_bytes",
     "storage_options_for_ray",
+    "wait_reachable",
     "write_bytes_atomic",
 ]

@@ -11,6 +11,8 @@
   skips any step already logged for a key (a crash between flush and checkpoint registration), so
   metric steps stay strictly increasing with no duplicates.
 * The driver ends the run with :func:`close_run` (FINISHED, or FAILED with the error as a tag).
+* Reading (``hyperctl list``, ``ui``, ``translate``) never creates a store: :func:`store_exists`
+  is asked first, since opening a missing sqlite store creates its database.
 
 Credentials never reach MLflow: URIs are stripped of user-info before they become params or tags,
 and no environment variable is logged.
@@ -86,6 +88,18 @@ def tracking_uri_for(spec: JobSpec, environ: dict[str, str] | None = None) -> st
     return "sqlite:///" + str(Path(local_state_dir(spec)) / "mlflow.db")
 
 
+def store_exists(uri: str) -> bool:
+    """Whether a tracking store is there to read: a local store's database file or folder exists
+    (opening a missing one would create it); a server always counts."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:")).is_dir()
+    if "://" not in uri:  # a plain folder: MLflow's file store
+        return Path(uri).is_dir()
+    return True
+
+
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient  # deferred: see the module's docstring
 
@@ -112,16 +126,6 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
-
-def store_exists(uri: str) -> bool:
-    """Whether the store at ``uri`` exists, for the local kinds (sqlite file, ``file:`` folder) that
-    merely opening would create; any other store (a server, a database) counts as existing."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).is_file()
-    if uri.startswith("file:") or "://" not in uri:
-        return Path(uri.removeprefix("file://").removeprefix("file:")).is_dir()
-    return True
 
 
 def mark_training_experiments(uri: str) -> dict[str, str]:
@@ -378,6 +382,8 @@ def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
     """:func:`describe_run`, or None when the store has no such run."""
     from mlflow.exceptions import MlflowException
 
+    if not store_exists(uri):  # reading must not create a store
+        return None
     try:
         return describe_run(uri, run_id)
     except MlflowException:
@@ -385,7 +391,10 @@ def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
 
 
 def search_runs(uri: str, max_results: int = 200) -> list[dict[str, Any]]:
-    """The runs of every experiment in a store (as :func:`describe_run`), newest first."""
+    """The runs of every experiment in a store (as :func:`describe_run`), newest first; none (and
+    nothing created) when there is no store at ``uri``."""
+    if not store_exists(uri):
+        return []
     client = _client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:

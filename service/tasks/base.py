@@ -107,6 +107,10 @@ class Task(Generic[J]):
     * ``data_files(spec)``: the user files the job reads (preflight checks them before a run starts).
     * ``source_name(spec)``: what the data is, for the ``[data] preparing ...`` line.
     * ``parameter_count(spec)``: trainable parameters of the job's model before its data is prepared.
+    * ``check_prepared(spec, prepared)``: one line per way the prepared data cannot serve the job
+      (too few symbols, pairs or images for a batch or an evaluation, after every filter), each
+      naming the spec field that causes it; the driver calls it right after preparation, before an
+      MLflow run exists, so that no worker meets an empty split.
     * ``metrics``: see :class:`Metrics`.
     * ``summary_axis``: what a campaign summary plots the metric against, besides the searched keys.
     * ``add_commands(subparsers, kit)``: the task's own ``hyperctl`` subcommands (e.g. ``translate``).
@@ -120,6 +124,7 @@ class Task(Generic[J]):
     data_files: Callable[[J], list[DataFile]]
     source_name: Callable[[J], str]
     parameter_count: Callable[[J], int]
+    check_prepared: Callable[[J, Any], list[str]]
     metrics: Metrics
     summary_axis: SummaryAxis | None = None
     add_commands: Callable[[argparse._SubParsersAction[Any], CommandKit], None] | None = None

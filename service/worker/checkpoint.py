@@ -22,10 +22,17 @@ module needs neither Ray nor pydantic.
 Every rank calls ``ray.train.report(metrics, checkpoint=...)`` with its own directory (Ray 2.60
 merges the per-rank directories of one report into one checkpoint folder under
 ``<storage>/<name>/``; the report is a barrier across ranks).
+
+Integrity: each rank also writes ``files_rank_<r>.json``, the size and SHA-256 of every file it
+wrote. :func:`verify` checks a checkpoint against them (every rank's list present, every file
+there with its size and checksum) and :func:`load` refuses one that fails
+(:class:`CorruptCheckpointError`); the worker then resumes from the previous checkpoint
+(:meth:`service.worker.worker.Worker.restore`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -42,6 +49,53 @@ MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.pt", "optimizer.pt", "meta.json"
 
 def rank_file(rank: int) -> str:
     return f"rank_{rank}.pt"
+
+
+def files_file(rank: int) -> str:
+    """The list of the files ``rank`` wrote, with their sizes and checksums."""
+    return f"files_rank_{rank}.json"
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose files are missing, truncated or altered."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(directory: str | Path) -> list[str]:
+    """One line per problem of a checkpoint folder: its meta.json missing or unreadable, a rank's
+    file list missing, a listed file missing, of another size or with another checksum. Empty when
+    every file arrived intact (or for a checkpoint written before files were listed)."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except FileNotFoundError:
+        return [f"{META_FILE} missing"]
+    except ValueError:
+        return [f"{META_FILE} is not valid JSON (truncated?)"]
+    if not meta.get("files_listed"):
+        return []
+    problems = []
+    for rank in range(int(meta["world_size"])):
+        listing = directory / files_file(rank)
+        if not listing.is_file():
+            problems.append(f"{listing.name} missing (rank {rank}'s files cannot be checked)")
+            continue
+        for name, want in json.loads(listing.read_text())["files"].items():
+            path = directory / name
+            if not path.is_file():
+                problems.append(f"{name} missing")
+            elif path.stat().st_size != want["size"]:
+                problems.append(f"{name} has {path.stat().st_size:,} bytes, {want['size']:,} were written")
+            elif _sha256(path) != want["sha256"]:
+                problems.append(f"{name} has another SHA-256 than the one written")
+    return problems
 
 
 @dataclass
@@ -103,7 +157,12 @@ def save(
         torch.save(model.state_dict(), directory / MODEL_FILE)
         torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
         scaler = {"grad_scaler": grad_scaler} if grad_scaler else {}
-        (directory / META_FILE).write_text(json.dumps({**meta, **scaler, **asdict(position)}, indent=2))
+        (directory / META_FILE).write_text(
+            json.dumps({**meta, **scaler, **asdict(position), "files_listed": True}, indent=2)
+        )
+    written = [rank_file(rank)] + ([MODEL_FILE, OPTIMIZER_FILE, META_FILE] if rank == 0 else [])
+    files = {name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name)} for name in written}
+    (directory / files_file(rank)).write_text(json.dumps({"files": files}, indent=1))
 
 
 @dataclass
@@ -129,9 +188,12 @@ def load(
     recurrent state (on ``device``) and the gradient scaler's state.
     """
     directory = Path(directory)
+    problems = verify(directory)
+    if problems:
+        raise CorruptCheckpointError("; ".join(problems))
     meta = json.loads((directory / META_FILE).read_text())
     if meta.get("world_size") != world_size:
-        raise RuntimeError(
+        raise ValueError(  # a spec mismatch: deterministic, not retried (service.worker.failure)
             f"checkpoint {directory} was written by {meta.get('world_size')} workers, "
             f"this run has {world_size}: exact resume needs the same resources.workers"
         )
@@ -147,4 +209,15 @@ def load(
     )
 
 
-__all__ = ["Position", "Restored", "load", "rank_file", "rng_state", "save", "set_rng_state"]
+__all__ = [
+    "CorruptCheckpointError",
+    "Position",
+    "Restored",
+    "files_file",
+    "load",
+    "rank_file",
+    "rng_state",
+    "save",
+    "set_rng_state",
+    "verify",
+]

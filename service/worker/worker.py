@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
@@ -38,11 +38,10 @@ from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
 from . import checkpoint as ckpt
+from .failure import FAILURE_FILE
 from .precision import MixedPrecision
 
 J = TypeVar("J", bound=JobSpec)
-
-FAILURE_FILE = "failure.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -171,8 +170,11 @@ class Worker(Generic[J]):
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return ckpt.Position(), None
-        with checkpoint.as_directory() as folder:
-            restored = ckpt.load(folder, self.rank, self.world, model, optimizer, self.device)
+        restored = load_intact(
+            checkpoint,
+            lambda folder: ckpt.load(folder, self.rank, self.world, model, optimizer, self.device),
+            self._say,
+        )
         self.amp.load_state_dict(restored.grad_scaler)
         return restored.position, restored.recurrent_state
 
@@ -264,6 +266,9 @@ class Worker(Generic[J]):
         the buffered metrics to MLflow: everything in MLflow is covered by a checkpoint."""
         import ray.train
 
+        # Storage down: wait (said, with backoff) rather than fail the upload; Ray's own S3 client
+        # retries within it (service.io.storage.storage_options_for_ray).
+        storage.wait_reachable(run_dir(self.spec), f"checkpoint {pos.step}", self._say)
         folder = tempfile.mkdtemp(prefix=f"hyperctl-ckpt-{self.rank}-")
         try:
             meta = {"spec": self.spec.model_dump(mode="json"), "world_size": self.world, **meta}
@@ -288,6 +293,11 @@ class Worker(Generic[J]):
             self.tracker.flush()
         self.emit(event="checkpoint", step=pos.step)
 
+    def _say(self, line: str) -> None:
+        """A line for the terminal (rank 0's progress) and every rank's log."""
+        self.emit(event="info", text=line)
+        print(f"[hyperctl] rank {self.rank}: {line}", flush=True)
+
     def start(self, pos: ckpt.Position, total_steps: int, model: torch.nn.Module, **extra: Any) -> None:
         self.emit(
             event="start",
@@ -298,6 +308,34 @@ class Worker(Generic[J]):
             threads=torch.get_num_threads(),
             **extra,
         )
+
+
+def load_intact(checkpoint: Any, load: Callable[[str], ckpt.Restored], report: Callable[[str], None]) -> ckpt.Restored:
+    """``load`` of the newest intact checkpoint from ``checkpoint`` (a ``ray.train.Checkpoint``) back:
+    one that fails its checksums (:func:`ckpt.verify`) is reported and the one before it tried. Every
+    rank verifies every rank's files, so all ranks choose the same checkpoint."""
+    for candidate in [checkpoint, *_earlier_checkpoints(checkpoint)]:
+        with candidate.as_directory() as folder:
+            try:
+                return load(folder)
+            except ckpt.CorruptCheckpointError as e:
+                report(f"checkpoint {candidate.path}: {e}: not used, trying the checkpoint before it")
+    raise ckpt.CorruptCheckpointError(f"no intact checkpoint in {os.path.dirname(checkpoint.path)}")
+
+
+def _earlier_checkpoints(checkpoint: Any) -> list[Any]:
+    """The checkpoints of the same run older than ``checkpoint`` (a ``ray.train.Checkpoint``), newest
+    first: the ``checkpoint_<step>`` folders beside it."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    parent, name = os.path.split(checkpoint.path.rstrip("/"))
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent))
+    names = sorted(
+        (i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")),
+        reverse=True,
+    )
+    return [ray.train.Checkpoint(f"{parent}/{n}", checkpoint.filesystem) for n in names if n < name]
 
 
 def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: Any) -> None:
@@ -311,4 +349,13 @@ def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: A
         tracker.log_artifact(path, "model")
 
 
-__all__ = ["FAILURE_FILE", "NonFiniteLossError", "Window", "Worker", "log_model", "make_optimizer", "seed_rank"]
+__all__ = [
+    "FAILURE_FILE",
+    "NonFiniteLossError",
+    "Window",
+    "Worker",
+    "load_intact",
+    "log_model",
+    "make_optimizer",
+    "seed_rank",
+]

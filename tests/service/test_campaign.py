@@ -379,3 +379,52 @@ def test_campaign_resumes_after_driver_sigkill(tmp_path: Path) -> None:
     for run_id, end_time in done_before.items():
         assert after[run_id] == end_time
     assert not (tmp_path / "runs" / "cmpk" / "driver.json").exists()
+
+
+@pytest.mark.slow
+def test_stopped_campaign_reports_the_interruption(tmp_path: Path) -> None:
+    """Issue 16, kind 5: `hyperctl stop CAMPAIGN.yaml` during a trial: the campaign exits non-zero
+    (130), its parent run ends KILLED saying it was interrupted and how to resume, and every
+    unfinished child ends KILLED with the tag the campaign's docstring promises (no run left RUNNING).
+    Kind 3 for campaigns: a trial whose sampled batch the data cannot fill fails, told, without a run."""
+    job = campaign_job(tmp_path, "cmps")
+    job["train"]["max_steps"] = 400  # long enough to be cut off
+    # The first trial's batch cannot be cut from the corpus: it fails before its run exists, told.
+    job["search"].update(space={"data.batch_size": {"grid": [10**6, 8]}}, max_concurrent=1)
+    job["search"]["scheduler"] = {"name": "none"}
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "service", "submit", "campaign.yaml", "--num-cpus", "2"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not list((tmp_path / "runs" / "cmps").glob("cmps-*/checkpoint_*")):
+            assert driver.poll() is None, driver.communicate()[0][-3000:]
+            time.sleep(0.5)
+        stop = hyperctl("stop", "campaign.yaml", cwd=tmp_path, timeout=180)
+        assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out[-3000:]
+    result = last_json(out)
+    assert result["status"] == "KILLED" and "interrupted with" in result["error"], result
+    unfit = next(t for t in result["trials"] if t["config"]["data.batch_size"] == 10**6)
+    assert unfit["state"] == "failed" and unfit["run_id"] is None, unfit
+    assert f"[trial] {unfit['trial']} failed: data.batch_size: 1000000 streams need at least" in out, out[-3000:]
+    client, [parent], children = runs_of(result["tracking_uri"])
+    assert parent.info.status == "KILLED"
+    assert "interrupted with" in parent.data.tags["hyperctl.error"]
+    assert "`hyperctl resume`" in parent.data.tags["hyperctl.error"]
+    assert children and not [c for c in children if c.info.status == "RUNNING"]
+    unfinished = [c for c in children if c.info.status != "FINISHED"]
+    assert unfinished, "the stop came too late to cut a trial off"
+    for child in unfinished:
+        assert child.info.status == "KILLED" and child.data.tags["hyperctl.error"] == "campaign stopped; resume it"

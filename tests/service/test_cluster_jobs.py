@@ -537,10 +537,10 @@ def test_stop_a_running_job(jobs: Jobs) -> None:
     assert again.returncode == 0 and again.stdout.strip() == f"{sid}: not running (STOPPED)"
     follow = hyperctl(cluster, "logs", sid, "-f", "--address", cluster.address, cwd=cwd)
     assert follow.returncode == 1 and follow.stdout.rstrip().endswith(f"job {sid}: STOPPED")
-    # The driver had time to close its MLflow run on SIGTERM.
+    # The driver had time to end its MLflow run KILLED on SIGTERM, naming the step reached.
     [run] = mlflow_runs(jobs.uri["long"], "cluster")
-    assert run.info.status == "FAILED" and run.data.tags["ray.submission_id"] == sid
-    assert "interrupted" in run.data.tags["hyperctl.error"]
+    assert run.info.status == "KILLED" and run.data.tags["ray.submission_id"] == sid
+    assert "interrupted" in run.data.tags["hyperctl.error"] and " at step " in run.data.tags["hyperctl.error"]
 
 
 @pytest.mark.slow

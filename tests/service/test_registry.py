@@ -285,6 +285,14 @@ def toy_loop(config: dict[str, Any]) -> None:
         w.tracker.flush()
 
 
+def check_toy(spec: ToyJob, prepared: PreparedToy) -> list[str]:
+    """The loop draws batches from the first three quarters of the samples."""
+    train = spec.data.samples - spec.data.samples // 4
+    if spec.data.batch_size >= train:
+        return [f"data.batch_size: {spec.data.batch_size} needs more than the {train} training samples"]
+    return []
+
+
 def toy_task() -> Task[ToyJob]:
     return Task(
         name=TOY,
@@ -294,6 +302,7 @@ def toy_task() -> Task[ToyJob]:
         data_files=lambda spec: list[DataFile](),
         source_name=lambda spec: "random numbers",
         parameter_count=lambda spec: spec.data.features + int(spec.model.bias),
+        check_prepared=check_toy,
         metrics=Metrics(valid="valid_mse", test="test_mse", train="train_mse", reported=("valid_mse", "train_mse")),
     )
 

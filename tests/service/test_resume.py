@@ -64,6 +64,16 @@ def alive_train_workers() -> list:
     )
 
 
+def train_workers() -> list:
+    """Every Ray Train worker actor this instance has started, alive or dead."""
+    import ray
+    from ray.util.state import list_actors
+
+    return list_actors(
+        address=ray.get_runtime_context().gcs_address, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000
+    )
+
+
 def kill_after_first_checkpoint(run_dir: Path, record: dict) -> None:
     """Wait until Ray has registered the first checkpoint (it is in the run's checkpoint-manager
     snapshot, not merely being uploaded), then SIGKILL one live training worker."""
@@ -136,3 +146,62 @@ def test_killed_worker_resumes_exactly(local_ray, tmp_path: Path, task: str) -> 
         assert [s for s, _ in got[key]] == [s for s, _ in want[key]], key
         for (step, a), (_, b) in zip(got[key], want[key], strict=True):
             assert a == pytest.approx(b, rel=1e-9, abs=1e-12), f"{key} at step {step}: {a} != {b}"
+
+
+def test_deterministic_worker_error_is_told_and_not_retried(local_ray, tmp_path: Path) -> None:
+    """Issue 16, kind 4: a worker's error from its data is printed as the worker raised it (type,
+    message, the project's file:line), not as Ray's ``WorkerGroupError``, and ``max_failures`` (2
+    here) does not run the job again: the retried attempt returns before training."""
+    import pyarrow as pa
+    from mlflow.tracking import MlflowClient
+
+    from service.io import datacache
+    from service.tasks.char_lm.data import prepare_text
+
+    spec = job_spec(tmp_path, "broken")
+    assert spec.resources.max_failures == 2
+    prepared = prepare_text(spec, str(tmp_path / "runs" / "datasets"))  # the run's cache hit, then broken
+    datacache.write_parquet(f"{prepared.root}/train.parquet", pa.table({"symbol": pa.array([1, 2, 3], pa.int32())}))
+    out = io.StringIO()
+    before = len(train_workers())
+    outcome = run_job(spec, num_cpus=2, out=out)
+    # Two worker groups of 2: the attempt that raised, and the retry that returned before training
+    # (without the record, max_failures = 2 would have run 3 groups that all raise).
+    assert len(train_workers()) - before == 2 * spec.resources.workers
+    text = out.getvalue()
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error.startswith("KeyError: "), outcome.error
+    assert re.search(r"\(at service/tasks/char_lm/data\.py:\d+ in load_split\)$", outcome.error), outcome.error
+    assert "WorkerGroupError" not in text and f"[error] {outcome.error}" in text, text
+    run = MlflowClient(tracking_uri=outcome.tracking_uri).get_run(outcome.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["hyperctl.error"] == outcome.error
+
+
+def test_stopped_job_ends_killed_with_its_step(local_ray, tmp_path: Path) -> None:
+    """Issue 16, kind 5: SIGTERM (what `hyperctl stop` sends the driver) ends the run KILLED, not
+    FAILED, naming the step its last checkpoint reached."""
+    from mlflow.tracking import MlflowClient
+
+    spec = job_spec(tmp_path, "stopped")
+
+    def stop() -> None:
+        snapshot, first = tmp_path / "runs" / "stopped" / "checkpoint_manager_snapshot.json", f"{CKPT_EVERY:08d}"
+        deadline = time.time() + 300
+        while time.time() < deadline and not (snapshot.is_file() and first in snapshot.read_text()):
+            time.sleep(0.05)
+        time.sleep(1.0)  # the metrics of that checkpoint reach MLflow right after it is registered
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_job(spec, num_cpus=2)
+    stopper.join()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "KILLED", run.info.status
+    message = run.data.tags["hyperctl.error"]
+    found = re.search(r"interrupted( \(.*\))? at step (\d+) \(its last checkpoint\)", message)
+    assert found, message
+    step = int(found.group(2))
+    assert step >= CKPT_EVERY and step % CKPT_EVERY == 0 and "relaunch the job to resume" in message

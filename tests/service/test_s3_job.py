@@ -1,19 +1,23 @@
 """End to end against a real S3 server (SeaweedFS on 127.0.0.1): corpora read from s3://,
-prepared data, checkpoints and the run's bookkeeping written to s3://, verified object by object."""
+prepared data, checkpoints and the run's bookkeeping written to s3://, verified object by object;
+a 20 s storage outage in the middle of the run waited out; no credential anywhere the job wrote."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import torch
 import yaml
 
-from helpers import hyperctl, local_env, tiny_job
+from helpers import TcpProxy, hyperctl, local_env, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +38,47 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
 
-    env = {k: v for k, v in local_env().items() if not k.startswith("AWS_")} | s3_server.env()
+    # MLflow credentials in the environment too (a sqlite store ignores them): they must not leak either.
+    mlflow_secrets = {
+        "MLFLOW_TRACKING_USERNAME": "hyper-user-7f3a",
+        "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
+    }
+    env = {k: v for k, v in local_env().items() if not k.startswith("AWS_")} | s3_server.env() | mlflow_secrets
+    # Issue 16, storage faults: the job reaches S3 through a loopback proxy that drops every connection
+    # for 20 s once the first checkpoint is registered; checkpoint 40 waits it out, saying so.
+    upstream = urlsplit(s3_server.endpoint)
+    proxy = TcpProxy((upstream.hostname, upstream.port))
+    env |= {"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ENDPOINT_URL_S3": proxy.endpoint}
+    outage: dict[str, float] = {}
+
+    def cut_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                snapshot = s3.get_object(
+                    Bucket=s3_server.bucket, Key=f"{prefix}/runs/s3-e2e/checkpoint_manager_snapshot.json"
+                )
+                if "checkpoint_00000020" in snapshot["Body"].read().decode():
+                    break
+            except s3.exceptions.NoSuchKey:
+                pass
+            time.sleep(0.1)
+        proxy.down()
+        outage["start"] = time.monotonic()
+        time.sleep(20)
+        proxy.up()
+        outage["end"] = time.monotonic()
+
+    cutter = threading.Thread(target=cut_after_first_checkpoint, daemon=True)
+    cutter.start()
     proc = hyperctl("submit", str(job_file), "--num-cpus", "2", cwd=tmp_path, env=env)
+    cutter.join(timeout=60)
+    proxy.close()
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
+    assert outage.get("end"), "the outage never happened"
+    assert "[storage] checkpoint 40: " in output and " unreachable (" in output, output[-4000:]
+    assert "reachable again: checkpoint 40 continues" in output, output[-4000:]
     summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1 :])
     assert summary["status"] == "FINISHED"
     assert s3_server.secret_key not in output  # credentials are never printed
@@ -54,7 +95,15 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     # Both retained checkpoints, complete, on S3; the latest loads and is at the final step.
     for step in (20, 40):
         folder = f"{run}/checkpoint_{step:08d}"
-        for part in ("model.pt", "optimizer.pt", "meta.json", "rank_0.pt", "rank_1.pt"):
+        for part in (
+            "model.pt",
+            "optimizer.pt",
+            "meta.json",
+            "rank_0.pt",
+            "rank_1.pt",
+            "files_rank_0.json",
+            "files_rank_1.json",
+        ):
             assert objects.get(f"{folder}/{part}", 0) > 0, f"{folder}/{part} missing or empty on S3"
     meta = json.loads(s3.get_object(Bucket=s3_server.bucket, Key=f"{run}/checkpoint_00000040/meta.json")["Body"].read())
     assert meta["step"] == 40 and meta["world_size"] == 2
@@ -73,3 +122,19 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     assert [m.step for m in history] == [20, 40]
     blob = json.dumps([runs[0].data.params, runs[0].data.tags])
     assert s3_server.secret_key not in blob and s3_server.access_key not in blob
+
+    # Issue 16, secrets: no credential in any output line, MLflow param, tag or artifact, or any object
+    # the job wrote under its storage (checkpoints, prepared data, bookkeeping).
+    secrets = [s3_server.secret_key, s3_server.access_key, *mlflow_secrets.values()]
+    assert not [x for x in secrets if x in output]
+    assert not [x for x in secrets if x in blob]
+    artifacts = tmp_path / "artifacts"
+    client.download_artifacts(run_id, "", str(artifacts))
+    files = [p for p in artifacts.rglob("*") if p.is_file()]
+    assert any(p.name == "job.yaml" for p in files) and any(p.name == "model.pt" for p in files)
+    for path in files:
+        body = path.read_bytes()
+        assert not [x for x in secrets if x.encode() in body], path
+    for key in objects:
+        body = s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
+        assert not [x for x in secrets if x.encode() in body], key

@@ -18,6 +18,7 @@ TASK: Task[CharLMJob] = Task(
     data_files=deferred(f"{__name__}.data", "data_files"),
     source_name=deferred(f"{__name__}.data", "source_name"),
     parameter_count=deferred(f"{__name__}.sizes", "parameter_count"),
+    check_prepared=deferred(f"{__name__}.data", "check_prepared"),
     metrics=Metrics(valid="valid_bpc", test="test_bpc", train="train_bpc", reported=("valid_bpc", "train_bpc")),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
 )

@@ -28,7 +28,7 @@ from hypermodels import CharVocab, ptb_char_symbols, raw_char_symbols
 if TYPE_CHECKING:
     import torch
 
-from ...io import datacache, storage
+from ...io import datacache, storage, text
 from ...paths import PROJECT_ROOT, VENDORED_DATA
 from ...spec.errors import JobSpecError
 from ..base import DataFile
@@ -106,16 +106,10 @@ def _read_corpus(spec: CharLMJob, split: str) -> bytes:
 
 
 def _decode(spec: CharLMJob, split: str, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise JobSpecError(
-            f"job {spec.name!r}",
-            [
-                f"data.{split}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} at offset {e.start} "
-                f"of {_corpus_uri(spec, split)} that is not valid UTF-8"
-            ],
-        ) from None
+    """The corpus as text (:mod:`service.io.text`): no BOM, every line ending as LF, so neither a
+    BOM nor a CR becomes a symbol."""
+    field, uri = f"data.{split}", _corpus_uri(spec, split)
+    return text.normalize_newlines(field, uri, text.decode(field, uri, raw))
 
 
 def _sources(spec: CharLMJob) -> tuple[str, bool, str, dict[str, list[str]] | None, dict[str, bytes]]:
@@ -143,12 +137,13 @@ def _sources(spec: CharLMJob) -> tuple[str, bool, str, dict[str, list[str]] | No
 def prepare_text(spec: CharLMJob, cache_root: str) -> PreparedText:
     """The prepared form of ``spec.data`` under ``cache_root`` (local or s3://), built if missing."""
     name, ptb_format, content_hash, symbols, raw = _sources(spec)
+    decoded = {split: _decode(spec, split, body) for split, body in raw.items()}  # checked on a cache hit too
     root = datacache.prepared_folder(cache_root, name, content_hash)
     if datacache.is_complete(root, VOCAB_FILE):
         return load_prepared(root)
     if symbols is None:
         split_text = _SPLITTERS[spec.data.format]
-        symbols = {split: split_text(_decode(spec, split, body)) for split, body in raw.items()}
+        symbols = {split: split_text(body) for split, body in decoded.items()}
     vocab = CharVocab.build(symbols["train"])
     for split, syms in symbols.items():
         unknown = sorted(set(syms) - set(vocab.symbols))
@@ -175,6 +170,27 @@ def prepare_text(spec: CharLMJob, cache_root: str) -> PreparedText:
     return PreparedText(root, vocab.symbols, content_hash, ptb_format)
 
 
+def check_prepared(spec: CharLMJob, prepared: PreparedText) -> list[str]:
+    """What the worker loop needs of the prepared splits: every one of ``data.batch_size`` training
+    streams holds a target, and every evaluated split at least one (a symbol and the next)."""
+    counts = datacache.read_manifest(prepared.root, VOCAB_FILE, SCHEMA_VERSION, "text")["splits"]
+    where = {split: getattr(spec.data, split) or f"{spec.data.dataset} {split} split" for split in counts}
+    problems = []
+    n, batch = counts["train"], spec.data.batch_size
+    if n - 1 < batch:
+        problems.append(
+            f"data.batch_size: {batch} streams need at least {batch + 1} training symbols (one target each), "
+            f"{where['train']} has {n}"
+        )
+    for split in ("valid", "test"):
+        if split in counts and counts[split] < 2:
+            problems.append(
+                f"data.{split}: expected at least 2 symbols (a symbol and the one it predicts), "
+                f"{where[split]} has {counts[split]}"
+            )
+    return problems
+
+
 def load_prepared(root: str) -> PreparedText:
     """Re-open a prepared folder (e.g. on a Ray worker, from the URI the driver passed)."""
     meta = datacache.read_manifest(root, VOCAB_FILE, SCHEMA_VERSION, "text")
@@ -198,6 +214,7 @@ __all__ = [
     "PTB_CHAR_DIRS",
     "PreparedText",
     "SCHEMA_VERSION",
+    "check_prepared",
     "data_files",
     "load_prepared",
     "load_ptb_char",

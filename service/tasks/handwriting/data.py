@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 if TYPE_CHECKING:
     import torch
 
-from ...io import datacache, storage
+from ...io import datacache, storage, text
 from ...io.datacache import data_error, read_data_file
 from ...paths import VENDORED_DATA
 from ..base import DataFile
@@ -71,6 +71,20 @@ class PreparedStrokes:
 
     def has_split(self, split: str) -> bool:
         return split in self.splits
+
+
+def check_prepared(spec: HandwritingJob, prepared: PreparedStrokes) -> list[str]:
+    """What the worker loop needs of the prepared splits: a whole global batch of training sequences and
+    at least one sequence in every evaluated split (each sequence already has 2 points or more)."""
+    where = source_name(spec)
+    problems = []
+    n, batch = prepared.splits.get("train", 0), spec.data.batch_size
+    if n < batch:
+        problems.append(f"data.batch_size: {batch} sequences a step, {where} has {n} training sequences")
+    for split in ("valid", "test"):
+        if split in prepared.splits and prepared.splits[split] < 1:
+            problems.append(f"data.path: expected at least 1 {split} sequence, {where} has none")
+    return problems
 
 
 def data_files(spec: HandwritingJob) -> list[DataFile]:
@@ -195,7 +209,8 @@ def list_xml(field: str, uri: str) -> list[str]:
 
 
 def read_ids(field: str, uri: str) -> list[str]:
-    ids = [ln.strip() for ln in read_data_file(field, uri).decode("utf-8", errors="replace").splitlines()]
+    raw = read_data_file(field, uri)
+    ids = [ln.strip() for ln in text.split_lines(field, uri, text.decode(field, uri, raw))]
     ids = [i for i in ids if i]
     if not ids:
         raise data_error(field, f"{uri}: expected ids, one per line, found none")

@@ -210,6 +210,10 @@ def prepare_images(spec: ImageJob, cache_root: str) -> PreparedImages:
         return load_prepared(root)
 
     train_x, train_y = arrays["train"]
+    for split, least in (("train", 2), ("test", 1)):  # train: one to train on, one to validate on
+        if len(arrays[split][0]) < least:
+            field = "data.cifar10" if spec.data.format == "cifar10" else f"data.{split}_images"
+            raise data_error(field, f"expected at least {least} {split} images, found {len(arrays[split][0])}")
     order = np.random.default_rng(VALID_SEED).permutation(len(train_x))
     n_valid = max(1, int(round(len(train_x) * spec.data.valid_fraction)))
     valid_idx, train_idx = np.sort(order[:n_valid]), np.sort(order[n_valid:])
@@ -263,8 +267,22 @@ def load_split(prepared: PreparedImages, split: str) -> tuple[torch.Tensor, torc
     return x, y
 
 
+def check_prepared(spec: ImageJob, prepared: PreparedImages) -> list[str]:
+    """What the worker loop needs of the prepared images: a full training batch after the
+    validation images are held out (preparation refuses empty splits)."""
+    c, d = prepared.counts, spec.data
+    problems = []
+    if c["train"] < d.batch_size:
+        problems.append(
+            f"data.batch_size: {d.batch_size} images per batch, but the training split has {c['train']:,} "
+            f"after data.valid_fraction = {d.valid_fraction} of it is held out for validation"
+        )
+    return problems
+
+
 __all__ = [
     "PreparedImages",
+    "check_prepared",
     "data_files",
     "load_arrays",
     "load_prepared",

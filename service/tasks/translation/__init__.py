@@ -21,6 +21,7 @@ TASK: Task[TranslationJob] = Task(
     data_files=deferred(f"{__name__}.data", "data_files"),
     source_name=deferred(f"{__name__}.data", "source_name"),
     parameter_count=deferred(f"{__name__}.sizes", "parameter_count"),
+    check_prepared=deferred(f"{__name__}.data", "check_prepared"),
     metrics=Metrics(
         valid="valid_bleu",
         test="test_bleu",

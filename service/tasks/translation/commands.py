@@ -8,7 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from ...exitcodes import EXIT_BAD_INPUT, EXIT_OK
+from ...io import text
+from ...spec.errors import JobSpecError
 from ..base import CommandKit
+
+
+def read_sentences(path: str | None) -> list[str]:
+    """One sentence a line from ``path`` or stdin, read as every text file is (:mod:`service.io.text`:
+    a BOM stripped and noted, LF/CRLF/CR, bad bytes and mixed terminators named)."""
+    where = path or "stdin"
+    raw = Path(path).read_bytes() if path else sys.stdin.buffer.read()
+    return text.split_lines("--input", where, text.decode("--input", where, raw))
 
 
 def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
@@ -29,15 +39,14 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
         try:
-            sentences = [line.rstrip("\n") for line in stream]
-        except UnicodeDecodeError as e:
-            print(f"error: {args.input or 'stdin'}: expected UTF-8 text: {e}", file=sys.stderr)
+            sentences = read_sentences(args.input)
+        except OSError as e:
+            print(f"error: --input: cannot read {args.input}: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        finally:
-            if args.input:
-                stream.close()
+        except JobSpecError as e:
+            print(f"error: {e.problems[0]}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         for line in translator.translate(sentences, batch_size=args.batch_size, beam_size=args.beam_size):
             print(line, flush=False)
         sys.stdout.flush()
@@ -59,4 +68,4 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
     p.set_defaults(func=cmd_translate)
 
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "read_sentences"]

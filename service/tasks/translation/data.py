@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...io import datacache, storage
+from ...io import text as textfile
 from ...io.datacache import data_error, read_data_file
 from ...paths import VENDORED_DATA
 from ..base import DataFile
@@ -94,20 +95,9 @@ def source_name(spec: TranslationJob) -> str:
 
 
 def read_lines(field_name: str, uri: str) -> list[str]:
-    """The lines of a UTF-8 text file (no trailing newline); undecodable bytes name file and line."""
+    """The lines of a UTF-8 text file (:mod:`service.io.text`: BOM, LF/CRLF/CR; file and line named)."""
     raw = read_data_file(field_name, uri)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise data_error(
-            field_name,
-            f"{uri} line {line}: expected UTF-8 text, found byte 0x{raw[e.start]:02x} that is not valid UTF-8",
-        ) from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln.rstrip("\r") for ln in lines]
+    return textfile.split_lines(field_name, uri, textfile.decode(field_name, uri, raw))
 
 
 def read_parallel(where: str, src: ParallelSource) -> tuple[list[str], list[str]]:
@@ -333,6 +323,34 @@ def load_split(prepared: PreparedCorpus, split: str) -> Split:
     )
 
 
+def fits(src: list[int], tgt: list[int], max_len: int) -> bool:
+    """Whether a training pair is used: a non-empty source of at most ``data.max_len`` subwords and
+    a target that fits with its end-of-sentence symbol."""
+    return 0 < len(src) <= max_len and len(tgt) < max_len
+
+
+def check_prepared(spec: TranslationJob, prepared: PreparedCorpus) -> list[str]:
+    """What the worker loop needs of the prepared corpus: a full batch of training pairs that fit
+    ``data.max_len``, and validation pairs to evaluate."""
+    train = load_split(prepared, "train")
+    total, max_len, batch = len(train.src), spec.data.max_len, spec.data.batch_size
+    usable = sum(fits(s, t, max_len) for s, t in zip(train.src, train.tgt, strict=True))
+    problems = []
+    if usable == 0:
+        problems.append(
+            f"data.max_len: 0 of {total:,} training pairs fit data.max_len = {max_len} "
+            "(subwords per side, the target with its end-of-sentence symbol)"
+        )
+    elif usable < batch:
+        problems.append(
+            f"data.batch_size: {batch} pairs per batch, but only {usable:,} of {total:,} training pairs "
+            f"fit data.max_len = {max_len}"
+        )
+    if prepared.counts.get("valid", 0) == 0:
+        problems.append("data.valid: expected sentence pairs to evaluate, found none")
+    return problems
+
+
 __all__ = [
     "BOS_ID",
     "EOS_ID",
@@ -340,7 +358,9 @@ __all__ = [
     "PreparedCorpus",
     "Split",
     "UNK_ID",
+    "check_prepared",
     "data_files",
+    "fits",
     "load_prepared",
     "load_processors",
     "load_sentences",

@@ -31,7 +31,7 @@ from ...io import storage
 from ...io.tracking import TAG_SACREBLEU, MetricBuffer
 from ...worker import plots
 from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_rank
-from .data import BOS_ID, EOS_ID, PAD_ID, PreparedCorpus, Split, load_prepared, load_processors, load_split
+from .data import BOS_ID, EOS_ID, PAD_ID, PreparedCorpus, Split, fits, load_prepared, load_processors, load_split
 from .model import build_model
 from .plots import attention_maps
 from .spec import TranslationJob
@@ -101,11 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepared = load_prepared(config["data_root"])
     src_sp, tgt_sp = load_processors(prepared)
     train = load_split(prepared, "train")
-    keep = [
-        i
-        for i, (s, t) in enumerate(zip(train.src, train.tgt, strict=True))
-        if 0 < len(s) <= spec.data.max_len and len(t) < spec.data.max_len
-    ]
+    keep = [i for i, (s, t) in enumerate(zip(train.src, train.tgt, strict=True)) if fits(s, t, spec.data.max_len)]
     train_src, train_tgt = [train.src[i] for i in keep], [train.tgt[i] for i in keep]
     valid = load_split(prepared, "valid")
 

@@ -170,7 +170,7 @@ def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
         )
     run = tracking.find_run(tracking_uri, source)
     if run is None:
-        raise ValueError(f"{source}: neither a checkpoint folder nor a run in {tracking_uri}")
+        raise ValueError(f"{source}: neither a checkpoint folder nor a run in {tracking.redact(tracking_uri)}")
     task = run["tags"].get(tracking.TAG_TASK)
     if task not in (TASK_NAME, *OLD_NAMES):
         raise ValueError(f"run {source} is not a translation job (its task: {task or 'not recorded'})")

@@ -112,7 +112,9 @@ def test_user_corpus_s3(tmp_path, s3_prefix: str) -> None:
 
 def test_undecodable_bytes_name_the_file(tmp_path) -> None:
     paths = corpora(tmp_path, train=b"fine text\n\xff\xfe broken\n")
-    with pytest.raises(JobSpecError, match=r"data\.train: expected UTF-8 text, found byte 0xff at offset 10") as err:
+    with pytest.raises(
+        JobSpecError, match=r"data\.train: .* line 2: expected UTF-8 text, found byte 0xff at offset 10"
+    ) as err:
         prepare_text(job(dataset=None, **paths), str(tmp_path / "cache"))
     assert paths["train"] in str(err.value)
     assert not (tmp_path / "cache").exists()

@@ -175,7 +175,7 @@ def test_npz_bad_items_are_named(tmp_path: Path) -> None:
 
 def test_iam_ondb_tree_with_id_lists(tmp_path: Path) -> None:
     tree = iam_tree(tmp_path, {"a01-000u": 3, "a01-001w": 2, "b02-010": 2, "c03-020z": 1})
-    (tmp_path / "testset_v.txt").write_text("b02-010\n")
+    (tmp_path / "testset_v.txt").write_bytes(b"\xef\xbb\xbfb02-010\r\n")  # a BOM and CRLF: read alike
     (tmp_path / "testset_f.txt").write_text("c03-020z\n\n")
     spec = job(
         dataset=None,
