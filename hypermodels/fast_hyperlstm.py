@@ -730,37 +730,16 @@ def _backward_fused(
     return (res[13], res[14], res[15], res[16]), (DUH[..., : G * H], DWX, DUH[..., G * H :], DZ, DUH), grads
 
 
-def _forward_triton(
-    x: Tensor, h: Tensor, c: Tensor, hh: Tensor, hc: Tensor, masks: Tensor | None, P: _Prepared, save: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Saved | None]:
-    from . import triton_hyperlstm
+def _loops(backend: str) -> tuple[Any, Any]:
+    """The forward and backward loops of ``backend`` (see :func:`backend_for`); backward runs the one
+    forward ran. The Triton module is imported only when it runs (it imports triton)."""
+    if backend == "triton":
+        from . import triton_hyperlstm
 
-    return triton_hyperlstm.forward_loop(x, h, c, hh, hc, masks, P, save)
-
-
-def _backward_triton(
-    P: _Prepared,
-    saved: Saved,
-    x: Tensor,
-    h0: Tensor,
-    c0: Tensor,
-    hh0: Tensor,
-    hc0: Tensor,
-    masks: Tensor | None,
-    dout: Tensor | None,
-    dh: Tensor,
-    dc: Tensor | None,
-    dhh: Tensor | None,
-    dhc: Tensor | None,
-) -> BackwardLoopResult:
-    from . import triton_hyperlstm
-
-    return triton_hyperlstm.backward_loop(P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, dc, dhh, dhc)
-
-
-# The forward and backward loops of each backend (see backend_for); backward runs the one forward ran.
-FORWARD_LOOPS = {"fused": _forward_fused, "python": _forward_loop, "triton": _forward_triton}
-BACKWARD_LOOPS = {"fused": _backward_fused, "python": _backward_python, "triton": _backward_triton}
+        return triton_hyperlstm.forward_loop, triton_hyperlstm.backward_loop
+    if backend == "fused":
+        return _forward_fused, _backward_fused
+    return _forward_loop, _backward_python
 
 
 class HyperLSTMLayerFunction(torch.autograd.Function):
@@ -790,7 +769,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         P = _Prepared(p, H, Hh, forget_bias, eps, x.device, batch=x.shape[1], dtype=x.dtype)
         x, h0, c0, hh0, hc0 = (t.contiguous() for t in (x, h0, c0, hh0, hc0))
         masks = None if masks is None else masks.contiguous()
-        out, c, hh, hc, saved = FORWARD_LOOPS[P.backend](x, h0, c0, hh0, hc0, masks, P, True)
+        out, c, hh, hc, saved = _loops(P.backend)[0](x, h0, c0, hh0, hc0, masks, P, True)
         assert saved is not None  # save=True
         # Backward must use the implementation forward used (what is saved differs). Saved entries are
         # tensors (fused: whole sequence) or lists (per step, or the activation tensors of a cell).
@@ -831,7 +810,7 @@ class HyperLSTMLayerFunction(torch.autograd.Function):
         dout = contiguous(dout)
         dh = dhT if dout is None else (dout[T - 1] if dhT is None else dout[T - 1] + dhT)
         dh = h0.new_zeros(B, H) if dh is None else dh.contiguous()
-        loop = BACKWARD_LOOPS[backend]
+        loop = _loops(backend)[1]
         # DUH: (fused) DU and DHP side by side in one buffer, whose products with h_{t-1} are then one.
         (dh, dc, dhh, dhc), (DU, DWX, DHP, DZ, DUH), grads = loop(
             P, saved, x, h0, c0, hh0, hc0, masks, dout, dh, contiguous(dcT), contiguous(dhhT), contiguous(dhcT)
@@ -905,7 +884,7 @@ def layer_forward(
         h0, c0, hh0, hc0 = (t.contiguous() for t in (h0, c0, hh0, hc0))
         masks = None if masks is None else masks.contiguous()
         x = x.contiguous()
-        out, c, hh, hc, _ = FORWARD_LOOPS[P.backend](x, h0, c0, hh0, hc0, masks, P, False)
+        out, c, hh, hc, _ = _loops(P.backend)[0](x, h0, c0, hh0, hc0, masks, P, False)
     return out, out[-1], c, hh, hc
 
 

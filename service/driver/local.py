@@ -15,6 +15,7 @@ quick commands never need it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -273,7 +274,8 @@ def build_trainer(
         resources["GPU"] = r.gpus_per_worker
     storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
     return TorchTrainer(
-        failure.run_task_loop,  # the task's loop; a deterministic error is recorded, not retried
+        # The task's loop; a deterministic error is recorded, not retried.
+        functools.partial(failure.run_task_loop, task_of(spec).train_loop),
         train_loop_config={
             "spec": spec.model_dump(mode="json"),
             "data_root": data_root,
@@ -353,6 +355,8 @@ def run_job(
             result = trainer.fit()
         if result.error:
             raise result.error
+        # The workers' outcome files are read from storage: an outage at the very end is waited out too.
+        storage.wait_reachable(spec.storage, "reading the job's outcome", say)
         recorded = failure.recorded_error(failure_file)  # a deterministic error, its retry skipped
         if recorded is not None:
             raise failure.WorkerError(recorded)
@@ -371,7 +375,11 @@ def run_job(
         raise
     except Exception as e:  # noqa: BLE001 - any training failure ends the run as FAILED
         # The worker's own exception (recorded by it, or each rank's in Ray's error), not Ray's wrapper.
-        error = failure.recorded_error(failure_file) or failure.describe(e)
+        try:
+            recorded = failure.recorded_error(failure_file)
+        except storage.StorageError:  # storage unreachable: Ray's error is what is known
+            recorded = None
+        error = recorded or failure.describe(e)
     finally:
         try:
             ray.kill(queue.actor)  # type: ignore[arg-type]  # an ActorHandle; Ray's hint also allows its class

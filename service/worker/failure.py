@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import traceback
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -84,18 +85,15 @@ def recorded_error(failure_file: str) -> str | None:
     return str(info["error"]) if info.get("kind") == "exception" else None
 
 
-def run_task_loop(config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker`` for every task: the task's own loop, guarded as the
+def run_task_loop(train_loop: Callable[[dict[str, Any]], None], config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker`` for every task (bound to the task's own loop with
+    ``functools.partial``: a task need not be importable by name in the worker), guarded as the
     module's docstring says."""
-    from ..tasks import find_task  # deferred: the tasks import this package
-
     failure_file = _failure_file(config)
     if recorded_error(failure_file) is not None:  # a retry of a deterministic error: it would repeat
         return
-    task = find_task(config["spec"]["task"])
-    assert task is not None, config["spec"]["task"]
     try:
-        task.train_loop(config)
+        train_loop(config)
     except DETERMINISTIC as e:
         message = describe(e)
         storage.write_bytes_atomic(failure_file, json.dumps({"kind": "exception", "error": message}).encode())

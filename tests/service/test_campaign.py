@@ -237,7 +237,8 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
         expected = {k: str(v) for k, v in trial_spec(spec, sampled, trial["trial"]).flat().items()}
         expected.update({f"sampled.{k}": str(v) for k, v in sampled.items()})
         assert child.data.params == expected
-        assert child.info.run_name == f"cmp-{trial['trial']}" and child.info.run_id == trial["run_id"]
+        # The trial's name, then the values it was given (run names say what distinguishes them).
+        assert child.info.run_name.startswith(f"cmp-{trial['trial']} ") and child.info.run_id == trial["run_id"]
         seen.add((sampled["train.optimizer.lr"], sampled["model.hyper.embed_size"]))
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "valid_bpc")]
         assert steps and steps == sorted(set(steps))  # a curve, no step twice
