@@ -20,12 +20,14 @@ from ..spec.schema import EarlyStoppingSpec
 class EarlyStopping:
     """Patience on a metric: ``update`` returns True when this evaluation improved it (by more than
     ``min_delta`` in the direction of ``mode``); :attr:`stopped` once ``patience`` evaluations in a row
-    did not."""
+    did not. :attr:`top_step` is the step of the best value itself (any improvement, however small):
+    the checkpoint to keep."""
 
     def __init__(self, spec: EarlyStoppingSpec, mode: Literal["min", "max"]) -> None:
         self.spec, self.sign = spec, 1.0 if mode == "min" else -1.0
         self.best = math.inf
         self.best_step = 0
+        self.top, self.top_step = math.inf, 0
         self.bad = 0
         self.stopped_at: int | None = None
 
@@ -35,6 +37,8 @@ class EarlyStopping:
 
     def update(self, step: int, value: float) -> bool:
         score = self.sign * value  # lower is better
+        if score < self.top:
+            self.top, self.top_step = score, step
         if math.isfinite(score) and score < self.best - self.spec.min_delta:
             self.best, self.best_step, self.bad = score, step, 0
             return True
@@ -47,10 +51,18 @@ class EarlyStopping:
         return self.sign * self.best
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped_at": self.stopped_at}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "top": self.top,
+            "top_step": self.top_step,
+            "bad": self.bad,
+            "stopped_at": self.stopped_at,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step = state["best"], state["best_step"]
+        self.top, self.top_step = state["top"], state["top_step"]
         self.bad, self.stopped_at = state["bad"], state["stopped_at"]
 
 

@@ -265,8 +265,8 @@ class Worker(Generic[J]):
 
     def checkpoint_due(self, pos: ckpt.Position) -> bool:
         """Every ``checkpoint_every`` steps and at the end; with early stopping also at every
-        evaluation that improved the metric, so that the best checkpoint exists to be kept."""
-        improved = self.early is not None and self.early.best_step == pos.step == self._evaluated_at
+        evaluation that reached a new best value, so that the best checkpoint exists to be kept."""
+        improved = self.early is not None and self.early.top_step == pos.step == self._evaluated_at
         return pos.step % self.spec.train.checkpoint_every == 0 or self.done(pos) or improved
 
     def autocast(self) -> AbstractContextManager[Any]:
