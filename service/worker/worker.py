@@ -308,7 +308,7 @@ class Worker(Generic[J]):
         accumulation): gradients stay at the mean's magnitude, as fp16's scaler expects."""
         if not self._accumulated:
             self._scale = max(count, 1) * self.spec.train.accumulate_steps
-        self.amp.scaler.scale(loss_sum / self._scale).backward()
+        self.amp.accumulate(loss_sum / self._scale)
         self._accumulated.append((count, (loss_sum if reported is None else reported).detach()))
 
     def step(
@@ -322,13 +322,9 @@ class Worker(Generic[J]):
         reported = torch.stack([r.float() for _, r in self._accumulated]).sum()
         self._accumulated = []
         lr = optimizer.param_groups[0]["lr"]
-        correction = self._scale / max(count, 1)
-        params = [p for p in model.parameters() if p.grad is not None]
-        if self.amp.scaling:
-            self.amp.scaler.unscale_(optimizer)
-        if correction != 1.0:
-            torch._foreach_mul_([p.grad for p in params], correction)  # type: ignore[misc]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.spec.train.grad_clip or math.inf)
+        grad_norm = self.amp.unscale_and_clip(
+            optimizer, model.parameters(), self.spec.train.grad_clip, multiplier=self._scale / max(count, 1)
+        )
         checked_norm = None if self.amp.scaling else grad_norm  # fp16: the scaler skips overflowing steps
         totals = self.all_finite(pos, reported, count, checked_norm)
         if totals is not None:
