@@ -249,6 +249,34 @@ def test_accumulating_k_micro_batches_is_one_batch_k_times_larger(lab: dict[str,
     assert any(not torch.allclose(models["small"][k], v, atol=1e-4) for k, v in models["big"].items())
 
 
+def test_micro_batches_of_unequal_counts_weigh_every_item_equally(lab: dict[str, Any]) -> None:
+    """Token counts differ between micro-batches (padding, sentence lengths): 2 + 5 items accumulated
+    make the step of the 7 items in one batch (the mean over items, not the mean of two means)."""
+    spec = char_lm_spec(lab, "unequal", max_steps=1, accumulate_steps=2, optimizer={"name": "sgd", "lr": 1.0})
+    x, y = torch.randn(7, 3, generator=torch.Generator().manual_seed(1)), torch.randn(7)
+
+    def loop(config: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[float, float]]:
+        w = Worker(config, type(spec))
+        params = []
+        for parts in ([slice(0, 2), slice(2, 7)], [slice(0, 7)]):
+            torch.manual_seed(0)
+            model = torch.nn.Linear(3, 1)
+            optimizer = make_optimizer(w.spec.train.optimizer, model.parameters())
+            pos, _ = w.restore(model, optimizer, 1)
+            for part in parts:
+                loss_sum = ((model(x[part]).squeeze(1) - y[part]) ** 2).sum()
+                w.backward(loss_sum, len(y[part]))
+            totals = w.step(pos, model, optimizer)
+            assert totals is not None
+            params.append([p.detach().clone() for p in model.parameters()])
+        return params[0], params[1], totals
+
+    (accumulated, whole, totals), _, _ = fit_local(spec, loop)
+    for a, b in zip(accumulated, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert totals[1] == 7  # the step's global count: every micro-batch's
+
+
 def test_ddp_synchronises_only_on_the_last_micro_batch(lab: dict[str, Any], tmp_path: Path) -> None:
     """A real DDP model (one-process gloo group): its all-reduce hook runs in the last of 3
     micro-batches' backward only."""
