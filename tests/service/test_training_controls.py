@@ -375,6 +375,7 @@ def test_early_stopping_follows_the_metric_direction() -> None:
     assert rule.stopped_at == 4 and rule.best_value() == 12.0 and rule.best_step == 2
 
 
+@pytest.mark.timeout(120)  # a budget that does not end the run would otherwise hang here
 def test_a_time_budget_ends_the_real_loop_with_its_final_evaluation(lab: dict[str, Any]) -> None:
     spec = char_lm_spec(lab, "budget", max_steps=None, time_budget="2s", log_every=5)
     events: queue.Queue[dict[str, Any]] = queue.Queue()
