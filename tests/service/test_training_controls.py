@@ -249,6 +249,31 @@ def test_accumulating_k_micro_batches_is_one_batch_k_times_larger(lab: dict[str,
     assert any(not torch.allclose(models["small"][k], v, atol=1e-4) for k, v in models["big"].items())
 
 
+def test_image_loop_accumulates_like_one_larger_batch(tmp_path: Path) -> None:
+    """The real image loop (hyper convnet on the vendored MNIST test split, no augmentation: no
+    random draws to line up): 2 steps of 2 x 8 images train the model of 2 steps of 16."""
+    models = {}
+    for name, batch, k in (("acc2", 8, 2), ("big", 16, 1)):
+        raw = {
+            "name": name,
+            "task": "image_classification",
+            "model": {"arch": "mnist_convnet", "kernels": "hyper"},
+            "data": {"dataset": "mnist-test", "batch_size": batch, "augment": {"pad_crop": 0, "flip": False}},
+            "train": {
+                "max_steps": 2,
+                "accumulate_steps": k,
+                "grad_clip": None,
+                "optimizer": {"name": "sgd", "lr": 0.1},
+            },
+            "resources": {"workers": 1},
+            "storage": str(tmp_path / "runs"),
+        }
+        _, uri, run_id = fit_local(absolute_storage(validate_job(raw)))
+        models[name] = trained_model(uri, run_id, tmp_path / name)
+    for key, big in models["big"].items():
+        torch.testing.assert_close(models["acc2"][key], big, rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_micro_batches_of_unequal_counts_weigh_every_item_equally(lab: dict[str, Any]) -> None:
     """Token counts differ between micro-batches (padding, sentence lengths): 2 + 5 items accumulated
     make the step of the 7 items in one batch (the mean over items, not the mean of two means)."""
