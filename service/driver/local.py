@@ -268,11 +268,25 @@ def build_trainer(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
 
+    from ..worker.worker import CHECKPOINT_SCORE  # deferred: torch
+
     r = spec.resources
     resources: dict[str, float] = {"CPU": r.cpus_per_worker}
     if r.gpus_per_worker:
         resources["GPU"] = r.gpus_per_worker
     storage_path, filesystem = storage.storage_options_for_ray(spec.storage)
+    metrics = task_of(spec).metrics
+    mode = metrics.mode(metrics.valid)
+    # With early stopping the best checkpoint by the validation metric is kept (Ray keeps the latest too).
+    kept = (
+        CheckpointConfig(
+            num_to_keep=spec.train.keep_checkpoints,
+            checkpoint_score_attribute=CHECKPOINT_SCORE,
+            checkpoint_score_order=mode,
+        )
+        if spec.train.early_stopping
+        else CheckpointConfig(num_to_keep=spec.train.keep_checkpoints)
+    )
     return TorchTrainer(
         # The task's loop; a deterministic error is recorded, not retried.
         functools.partial(failure.run_task_loop, task_of(spec).train_loop),
@@ -283,6 +297,8 @@ def build_trainer(
             "run_id": run_id,
             "progress": progress,
             "report_evals": report_evals,
+            "valid_metric": metrics.valid,
+            "valid_mode": mode,
         },
         torch_config=TorchConfig(backend="nccl" if r.gpus_per_worker else "gloo", timeout_s=PROCESS_GROUP_TIMEOUT_S),
         scaling_config=ScalingConfig(
@@ -293,7 +309,7 @@ def build_trainer(
             storage_path=storage_path,
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=r.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep_checkpoints),
+            checkpoint_config=kept,
             callbacks=callbacks or [],
             # Train V2's RunConfig takes it; the v1 class that ray.train's type hints name does not.
             logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),  # type: ignore[call-arg]

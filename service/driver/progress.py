@@ -24,16 +24,20 @@ def format_event(ev: dict[str, Any]) -> str:
     kind = ev.get("event")
     if kind == "start":
         how = f"resumed at step {ev['step']}" if ev["step"] else "starting"
+        steps = f"{ev['total_steps']} steps" if ev["total_steps"] is not None else "steps unbounded"
+        budget = f" within {ev['time_budget']}" if ev.get("time_budget") else ""
         return (
-            f"[train] {how}: {ev['total_steps']} steps, {ev['workers']} worker(s), "
+            f"[train] {how}: {steps}{budget}, {ev['workers']} worker(s), "
             f"{ev['batches_per_epoch']} {ev.get('unit', 'batches')}/epoch, {ev['parameters']:,} parameters"
         )
     if kind == "log":
-        pct = 100.0 * ev["step"] / ev["total_steps"]
+        # fraction: of the steps or of the time budget, whichever ends the run first
+        pct = 100.0 * ev.get("fraction", ev["step"] / (ev["total_steps"] or 1))
+        total = "" if ev["total_steps"] is None else f"/{ev['total_steps']}"
         name, value, unit = ev["loss"]
         rate, rate_unit = ev["rate"]
         return (
-            f"[train] step {ev['step']:>6}/{ev['total_steps']} ({pct:5.1f}%)  epoch {ev['epoch']}  "
+            f"[train] step {ev['step']:>6}{total} ({pct:5.1f}%)  epoch {ev['epoch']}  "
             f"loss {value:.4f} {unit}  {rate:,.0f} {rate_unit}  lr {ev['lr']:.2e}  "
             f"ETA {fmt_duration(ev['eta_s'])}"
         )

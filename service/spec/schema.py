@@ -8,9 +8,10 @@ and, where it has keys of its own, ``train`` section (a :class:`TrainSpec`). Rea
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .search import SearchSpec
 from .strict import Strict
@@ -63,13 +64,103 @@ class OptimizerSpec(Strict):
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd only: Nesterov momentum when > 0")
 
 
+class LRScheduleSpec(Strict):
+    """The learning rate over training (:mod:`service.worker.schedule`): ``optimizer.lr`` shaped by
+    an optional linear warm-up and one schedule."""
+
+    name: Literal["constant", "step", "cosine", "plateau"] = Field(
+        "constant",
+        description="constant; step: x factor at each of milestones (the paper's WRN recipe); cosine: "
+        "down to min_lr at the last step; plateau: x factor when the validation metric stalls for patience evaluations",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="linear warm-up from lr/warmup_steps to lr over the first optimizer steps (any schedule)"
+    )
+    milestones: list[int] = Field(
+        default_factory=list,
+        description="step: the optimizer steps (counted from the start) at which the rate is multiplied by factor",
+    )
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="step, plateau: what each decay multiplies the rate by")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine: the rate at the last step; plateau: the lowest rate")
+    patience: int = Field(
+        0, ge=0, description="plateau: evaluations without improvement tolerated before the rate is cut"
+    )
+
+    # The keys each schedule reads; a key given for another schedule is a mistake, not a no-op.
+    OWN_KEYS: ClassVar[dict[str, set[str]]] = {
+        "constant": set(),
+        "step": {"milestones", "factor"},
+        "cosine": {"min_lr"},
+        "plateau": {"factor", "min_lr", "patience"},
+    }
+
+    @model_validator(mode="after")
+    def _keys_of_the_schedule(self) -> LRScheduleSpec:
+        # Compared with the defaults, not model_fields_set: a dumped spec (a campaign's trials) sets every key.
+        defaults = LRScheduleSpec.model_construct()
+        stray = sorted(
+            key
+            for key in set(type(self).model_fields) - {"name", "warmup_steps"} - self.OWN_KEYS[self.name]
+            if getattr(self, key) != getattr(defaults, key)
+        )
+        if stray:
+            raise ValueError(
+                f"{', '.join(stray)} not read by name: {self.name} "
+                f"(it reads {', '.join(sorted(self.OWN_KEYS[self.name])) or 'only warmup_steps'})"
+            )
+        if self.name == "step":
+            ms = self.milestones
+            if not ms or any(m <= 0 for m in ms) or ms != sorted(set(ms)):
+                raise ValueError(f"milestones: expected increasing positive optimizer steps for name: step, found {ms}")
+            if ms[0] <= self.warmup_steps:
+                raise ValueError(f"milestones: expected steps after warmup_steps ({self.warmup_steps}), found {ms}")
+        return self
+
+
+class EarlyStoppingSpec(Strict):
+    """Stop when the task's validation metric (evaluated every ``train.eval_every`` steps) stops improving."""
+
+    patience: int = Field(gt=0, description="evaluations without improvement before training stops")
+    min_delta: float = Field(
+        0.0, ge=0.0, description="the least change of the validation metric that is an improvement"
+    )
+
+
+DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def duration_s(text: str) -> float:
+    """Seconds of a duration such as ``90s``, ``30m``, ``2h`` or ``1h30m``; ValueError otherwise."""
+    match = DURATION.match(text.strip()) if isinstance(text, str) else None
+    if not match or not any(match.groups()):
+        raise ValueError(f"expected a duration such as 90s, 30m, 2h or 1h30m, found {text!r}")
+    h, m, s = (float(g or 0) for g in match.groups())
+    if h * 3600 + m * 60 + s <= 0:
+        raise ValueError(f"expected a positive duration, found {text!r}")
+    return h * 3600 + m * 60 + s
+
+
 class TrainSpec(Strict):
     """How long and how every task trains; a task may extend it with its own keys."""
 
     optimizer: OptimizerSpec = OptimizerSpec()
     grad_clip: float | None = Field(1.0, gt=0.0, description="global gradient-norm clip; null for none")
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; give this or epochs")
-    epochs: int | None = Field(None, gt=0, description="passes over the training data; give this or max_steps")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; give this, epochs or time_budget")
+    epochs: int | None = Field(
+        None, gt=0, description="passes over the training data; give this, max_steps or time_budget"
+    )
+    time_budget: str | None = Field(
+        None,
+        description="wall-clock training time, e.g. 90s, 30m, 2h: training stops at the first step past it, then "
+        "runs its final evaluation; alone (no max_steps/epochs) it bounds the run",
+    )
+    lr_schedule: LRScheduleSpec = Field(LRScheduleSpec(), description="the learning rate per step (default: constant)")
+    accumulate_steps: int = Field(
+        1, gt=0, description="micro-batches of data.batch_size per optimizer step: the global batch is their product"
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="stop when the validation metric stops improving; the best checkpoint is kept"
+    )
     eval_every: int = Field(1000, gt=0, description="steps between validation passes")
     checkpoint_every: int = Field(1000, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, gt=0, description="checkpoints retained (the latest ones)")
@@ -80,19 +171,39 @@ class TrainSpec(Strict):
     )
     seed: int = 0
 
-    def total_steps(self, batches_per_epoch: int) -> int:
-        """Optimizer steps of the whole run: ``max_steps``, or ``epochs`` x the task's batches per epoch."""
-        return self.max_steps if self.max_steps is not None else (self.epochs or 0) * batches_per_epoch
+    def total_steps(self, batches_per_epoch: int) -> int | None:
+        """Optimizer steps of the whole run: ``max_steps``, or ``epochs`` x the task's batches per epoch
+        (a batch: one global batch of ``accumulate_steps`` micro-batches); None when only
+        ``time_budget`` bounds the run."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return self.epochs * batches_per_epoch if self.epochs is not None else None
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return None if self.time_budget is None else duration_s(self.time_budget)
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if value is not None:
+            duration_s(value)
+        return value
 
     @model_validator(mode="after")
     def _budget(self) -> TrainSpec:
-        if self.max_steps is None and self.epochs is None:
-            raise ValueError("give one of train.max_steps and train.epochs (found neither)")
+        if self.max_steps is None and self.epochs is None and self.time_budget is None:
+            raise ValueError("give one of train.max_steps, train.epochs and train.time_budget (found none)")
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError(
                 f"give one of train.max_steps ({self.max_steps}) and train.epochs ({self.epochs}), not both; "
                 "to switch a job from one to the other, null the first: --set train.epochs=null --set "
                 "train.max_steps=N (or --set train.max_steps=null --set train.epochs=N)"
+            )
+        if self.lr_schedule.name == "cosine" and self.max_steps is None and self.epochs is None:
+            raise ValueError(
+                "train.lr_schedule: cosine decays over the run's length: give train.max_steps or train.epochs "
+                f"(found only train.time_budget {self.time_budget})"
             )
         return self
 
@@ -163,7 +274,9 @@ class JobSpec(Strict):
 
 __all__ = [
     "DataSpec",
+    "EarlyStoppingSpec",
     "HyperSpec",
+    "LRScheduleSpec",
     "JobSpec",
     "ModelSpec",
     "NAME_PATTERN",
@@ -171,4 +284,5 @@ __all__ = [
     "ResourcesSpec",
     "TrackingSpec",
     "TrainSpec",
+    "duration_s",
 ]

@@ -168,7 +168,10 @@ def check_search(spec: Any, reported: tuple[str, ...]) -> list[str]:
         sch, steps = spec.search.scheduler, spec.train.max_steps
         max_t = sch.max_t or steps
         if max_t is None:
-            return ["search.scheduler.max_t: required with train.epochs (give it in steps, or use train.max_steps)"]
+            return [
+                "search.scheduler.max_t: required without train.max_steps (with train.epochs or train.time_budget; "
+                "give it in steps, or use train.max_steps)"
+            ]
         if steps is not None and max_t > steps:
             return [f"search.scheduler.max_t ({max_t}) is beyond train.max_steps ({steps})"]
         if sch.grace_period >= max_t:

@@ -7,6 +7,8 @@ A checkpoint is one directory that Ray Train assembles from every rank's contrib
 * ``meta.json``     rank 0: step, epoch, batch, world size, data root + content hash (the vocab
                     reference), the spec, and (``train.precision: fp16``) the gradient scaler's
                     state under ``grad_scaler`` (absent in older checkpoints: a fresh scaler)
+* ``controls.pt``   rank 0: the state of the training controls (learning-rate schedule, early
+                    stopping, training seconds for the time budget); absent in older checkpoints
 * ``rank_<r>.pt``   every rank: its recurrent state (carried across truncated-BPTT segments) and
                     its RNG states (torch, python ``random``, numpy, and CUDA's where it was used)
 
@@ -45,6 +47,7 @@ import torch
 from hypermodels import state_to, state_to_cpu
 
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.pt", "optimizer.pt", "meta.json"
+CONTROLS_FILE = "controls.pt"
 
 
 def rank_file(rank: int) -> str:
@@ -143,9 +146,10 @@ def save(
     optimizer: torch.optim.Optimizer | None = None,
     meta: dict[str, Any] | None = None,
     grad_scaler: dict[str, Any] | None = None,
+    controls: dict[str, Any] | None = None,
 ) -> None:
-    """Write this rank's part of a checkpoint into ``directory`` (rank 0 passes model/optimizer/meta
-    and the gradient scaler's ``state_dict``, empty or None when there is none)."""
+    """Write this rank's part of a checkpoint into ``directory`` (rank 0 passes model/optimizer/meta,
+    the gradient scaler's ``state_dict``, empty or None when there is none, and the controls' state)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -156,11 +160,15 @@ def save(
         assert model is not None and optimizer is not None and meta is not None
         torch.save(model.state_dict(), directory / MODEL_FILE)
         torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+        if controls:
+            torch.save(controls, directory / CONTROLS_FILE)
         scaler = {"grad_scaler": grad_scaler} if grad_scaler else {}
         (directory / META_FILE).write_text(
             json.dumps({**meta, **scaler, **asdict(position), "files_listed": True}, indent=2)
         )
     written = [rank_file(rank)] + ([MODEL_FILE, OPTIMIZER_FILE, META_FILE] if rank == 0 else [])
+    if rank == 0 and controls:
+        written.append(CONTROLS_FILE)
     files = {name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name)} for name in written}
     (directory / files_file(rank)).write_text(json.dumps({"files": files}, indent=1))
 
@@ -171,6 +179,7 @@ class Restored:
     recurrent_state: Any
     meta: dict[str, Any]
     grad_scaler: dict[str, Any]  # the scaler's state_dict; empty when the run had none
+    controls: dict[str, Any]  # the training controls' state; empty in older checkpoints
 
 
 def load(
@@ -185,7 +194,7 @@ def load(
 
     Tensors are mapped onto ``device`` whatever device wrote them (the optimizer's state as well:
     it must sit with the model's parameters). Returns the position to continue from, this rank's
-    recurrent state (on ``device``) and the gradient scaler's state.
+    recurrent state (on ``device``), the gradient scaler's and the training controls' states.
     """
     directory = Path(directory)
     problems = verify(directory)
@@ -201,15 +210,18 @@ def load(
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True))
     mine = torch.load(directory / rank_file(rank), map_location="cpu", weights_only=False)
     set_rng_state(mine["rng"])
+    controls_file = directory / CONTROLS_FILE
     return Restored(
         Position.from_dict(mine["position"]),
         state_to(mine["recurrent_state"], device),
         meta,
         meta.get("grad_scaler", {}),
+        torch.load(controls_file, map_location="cpu", weights_only=True) if controls_file.exists() else {},
     )
 
 
 __all__ = [
+    "CONTROLS_FILE",
     "CorruptCheckpointError",
     "Position",
     "Restored",

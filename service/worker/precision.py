@@ -58,10 +58,30 @@ class MixedPrecision:
         """Gradients of ``loss`` in true units (fp16: scaled for backward, unscaled after it), then
         clipped to the global norm ``max_norm`` (None: not clipped). Returns the norm before
         clipping: not finite when a gradient overflowed (for fp16, :meth:`step` then skips the step)."""
+        self.accumulate(loss)
+        return self.unscale_and_clip(optimizer, parameters, max_norm)
+
+    def accumulate(self, loss: torch.Tensor) -> None:
+        """Add the gradient of ``loss`` (fp16: scaled) to the parameters' (a micro-batch's part)."""
         self.scaler.scale(loss).backward()
+
+    def unscale_and_clip(
+        self,
+        optimizer: torch.optim.Optimizer,
+        parameters: Iterable[torch.nn.Parameter],
+        max_norm: float | None,
+        multiplier: float = 1.0,
+    ) -> torch.Tensor:
+        """The accumulated gradients in true units (fp16: unscaled), times ``multiplier``, clipped to
+        ``max_norm``; returns the norm before clipping (see :meth:`backward`)."""
         if self.scaling:
             self.scaler.unscale_(optimizer)
-        return torch.nn.utils.clip_grad_norm_(parameters, max_norm or math.inf)
+        params = [p for p in parameters if p.grad is not None]
+        if multiplier != 1.0:
+            for p in params:
+                assert p.grad is not None
+                p.grad.mul_(multiplier)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm or math.inf)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer step after :meth:`backward` (fp16: skipped when the gradients overflowed,

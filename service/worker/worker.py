@@ -13,6 +13,10 @@ returns, and the driver raises :class:`NonFiniteLossError` and marks the MLflow 
 model is not updated with the bad step and nothing after the last checkpoint reaches MLflow. With
 ``train.precision: fp16`` an overflowing gradient is the gradient scaler's business (the step is
 skipped and the scale lowered, :mod:`.precision`); only a non-finite loss stops the job.
+
+The training controls every task gets through the Worker: the learning-rate schedule
+(:mod:`.schedule`), gradient accumulation (:meth:`Worker.micro_batches`, :meth:`Worker.backward`,
+:meth:`Worker.step`), early stopping and the time budget (:mod:`.stopping`; :meth:`Worker.done`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -33,15 +37,19 @@ import torch
 from hypermodels import count_parameters
 
 from ..io import storage
-from ..io.tracking import MetricBuffer, RunLog
+from ..io.tracking import TAG_STOPPED, MetricBuffer, RunLog
 from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
 from . import checkpoint as ckpt
 from .failure import FAILURE_FILE
 from .precision import MixedPrecision
+from .schedule import LRSchedule
+from .stopping import Clock, EarlyStopping
 
 J = TypeVar("J", bound=JobSpec)
+
+CHECKPOINT_SCORE = "checkpoint_score"  # the key Ray Train ranks checkpoints by (Worker.checkpoint_score)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -97,7 +105,12 @@ class Worker(Generic[J]):
     for backward and step), progress queue and (rank 0) metric buffer.
 
     ``last`` holds the latest value of every metric; it goes with each checkpoint report (what
-    Ray Tune's schedulers read in a campaign)."""
+    Ray Tune's schedulers read in a campaign).
+
+    The training controls: :meth:`restore` builds the learning-rate schedule and the stopping rules
+    (and resumes their state); a step is :meth:`micro_batches` (``train.accumulate_steps`` of them,
+    DDP synchronising on the last only), :meth:`backward` on each, then :meth:`step`; the loop runs
+    ``while not w.done(pos)`` and asks :meth:`log_due`, :meth:`eval_due`, :meth:`checkpoint_due`."""
 
     def __init__(self, config: dict[str, Any], job_class: type[J]) -> None:
         import ray.train
@@ -113,6 +126,23 @@ class Worker(Generic[J]):
         self.progress = config.get("progress")
         self.tracker = MetricBuffer(config["tracking_uri"], config["run_id"]) if self.rank == 0 else None
         self.last: dict[str, float] = {}
+        # The task's validation metric and its direction (the driver passes them from the registry).
+        self.valid_metric: str | None = config.get("valid_metric")
+        self.valid_mode = config.get("valid_mode", "min")
+        tr = self.spec.train
+        self.clock = Clock(tr.time_budget_s)
+        self.early = EarlyStopping(tr.early_stopping, self.valid_mode) if tr.early_stopping else None
+        self.schedule: LRSchedule | None = None  # built by restore, once the run's length is known
+        # A constant rate is the param train.optimizer.lr: as a metric it only draws a flat chart on a
+        # meaningless axis. Any other schedule logs every step's rate (metric lr).
+        sched = self.spec.train.lr_schedule
+        self._rate_varies = sched.name != "constant" or sched.warmup_steps > 0
+        self.total_steps: int | None = None
+        self.over_budget = False
+        self.stop_reason: str | None = None
+        self._accumulated: list[tuple[int, torch.Tensor]] = []  # this step's micro-batches: (count, reported loss)
+        self._scale = 1.0  # what the step's micro-batch losses were divided by (see backward)
+        self._evaluated_at = -1  # the step of the latest evaluation
 
     def emit(self, **event: Any) -> None:
         """A progress event for the driver's terminal (rank 0 only; never blocks training)."""
@@ -131,25 +161,27 @@ class Worker(Generic[J]):
     def log_window(
         self,
         pos: ckpt.Position,
-        total_steps: int,
+        total_steps: int | None,
         window: Window,
         optimizer: torch.optim.Optimizer,
         loss: tuple[str, float, str],
         rate: tuple[str, str],
     ) -> Window:
         """Record and print the training window: ``loss`` (name, value, unit), throughput ``rate``
-        (metric name, unit); the learning rate is printed, not logged: it is constant (no schedules)
-        and already the run's param ``train.optimizer.lr``, and a flat metric only makes a chart on a
-        meaningless axis. Returns a fresh window."""
+        (metric name, unit); print the learning rate. Returns a fresh window."""
         rate_name, rate_unit = rate
         logged = {loss[0]: loss[1], rate_name: window.rate()}
-        self.log(pos.step, **logged)
+        self.log(pos.step, **logged)  # lr: logged by every step
+        # Progress and ETA by whichever bound ends the run first: the steps or the time budget.
+        by_steps = pos.step / total_steps if total_steps else 0.0
+        eta_steps = window.eta_s(total_steps - pos.step) if total_steps else math.inf
         self.emit(
             event="log",
             step=pos.step,
             total_steps=total_steps,
+            fraction=max(by_steps, self.clock.fraction()),
             epoch=pos.epoch,
-            eta_s=window.eta_s(total_steps - pos.step),
+            eta_s=min(eta_steps, self.clock.left_s()),
             loss=loss,
             rate=(logged[rate_name], rate_unit),
             lr=optimizer.param_groups[0]["lr"],
@@ -161,12 +193,29 @@ class Worker(Generic[J]):
         gets it too (:meth:`report_eval`)."""
         self.log(pos.step, **metrics)
         self.emit(event="eval", step=pos.step, metrics=metrics, over=over)
+        self._evaluated_at = pos.step
+        value = metrics.get(self.valid_metric or "")
+        if value is not None:
+            if self.schedule is not None:
+                self.schedule.evaluated(value)
+            if self.early is not None and not self.early.update(pos.step, value) and self.early.stopped:
+                self._stop(
+                    pos,
+                    f"early_stopping at step {pos.step}: {self.valid_metric} best {self.early.best_value():.6g} "
+                    f"at step {self.early.best_step}, no improvement in {self.early.bad} evaluations",
+                )
         self.report_eval(pos)
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[ckpt.Position, Any]:
-        """The position (and recurrent state) to continue from: Ray's latest checkpoint, else zero."""
+    def restore(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, total_steps: int | None = None
+    ) -> tuple[ckpt.Position, Any]:
+        """The position (and recurrent state) to continue from: Ray's latest checkpoint, else zero.
+        Builds the learning-rate schedule of a run of ``total_steps`` optimizer steps (None: the time
+        budget alone bounds it) and resumes it, early stopping and the budget's clock."""
         import ray.train
 
+        self.total_steps = total_steps
+        self.schedule = LRSchedule(self.spec.train.lr_schedule, optimizer, total_steps, self.valid_mode)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return ckpt.Position(), None
@@ -176,7 +225,56 @@ class Worker(Generic[J]):
             self._say,
         )
         self.amp.load_state_dict(restored.grad_scaler)
+        self.load_controls(restored.controls)
         return restored.position, restored.recurrent_state
+
+    def controls_state(self) -> dict[str, Any]:
+        """What the controls need for an exact resume (saved with every checkpoint)."""
+        return {
+            "lr_schedule": None if self.schedule is None else self.schedule.state_dict(),
+            "early_stopping": None if self.early is None else self.early.state_dict(),
+            "elapsed_s": self.clock.elapsed(),
+            "stop_reason": self.stop_reason,
+        }
+
+    def load_controls(self, state: dict[str, Any]) -> None:
+        if not state:  # a checkpoint from before the controls
+            return
+        if self.schedule is not None and state.get("lr_schedule"):
+            self.schedule.load_state_dict(state["lr_schedule"])
+        if self.early is not None and state.get("early_stopping"):
+            self.early.load_state_dict(state["early_stopping"])
+        self.clock.before = state.get("elapsed_s", 0.0)
+        self.stop_reason = state.get("stop_reason")
+
+    def _stop(self, pos: ckpt.Position, reason: str) -> None:
+        """Training ends after this step, before its last one: say why on the run (a tag) and the terminal."""
+        self.stop_reason = reason
+        if self.tracker is not None:
+            self.tracker.set_tags(**{TAG_STOPPED: reason})
+        self.emit(event="info", text=f"training stops: {reason}")
+
+    def done(self, pos: ckpt.Position) -> bool:
+        """Whether training ends at ``pos``: its last step, the time budget spent (at the first step
+        past it) or early stopping (the same answer on every rank)."""
+        if self.total_steps is not None and pos.step >= self.total_steps:
+            return True
+        if self.over_budget and self.stop_reason is None:
+            self._stop(pos, f"time_budget {self.spec.train.time_budget} spent at step {pos.step}")
+        return self.stop_reason is not None
+
+    def log_due(self, pos: ckpt.Position) -> bool:
+        return pos.step % self.spec.train.log_every == 0 or self.done(pos)
+
+    def eval_due(self, pos: ckpt.Position) -> bool:
+        """Every ``eval_every`` steps, except at the end (the loop's final evaluation follows)."""
+        return pos.step % self.spec.train.eval_every == 0 and not self.done(pos)
+
+    def checkpoint_due(self, pos: ckpt.Position) -> bool:
+        """Every ``checkpoint_every`` steps and at the end; with early stopping also at every
+        evaluation that reached a new best value, so that the best checkpoint exists to be kept."""
+        improved = self.early is not None and self.early.top_step == pos.step == self._evaluated_at
+        return pos.step % self.spec.train.checkpoint_every == 0 or self.done(pos) or improved
 
     def autocast(self) -> AbstractContextManager[Any]:
         """Wrap forward and loss in this: autocast to ``train.precision`` on the worker's device."""
@@ -191,17 +289,58 @@ class Worker(Generic[J]):
         count: int,
         reported: torch.Tensor | None = None,
     ) -> tuple[float, float] | None:
-        """One optimizer step on the mean of ``loss_sum`` over ``count`` items (gradients through
-        ``train.precision``'s scaler, clipped to ``train.grad_clip``, averaged across ranks by DDP).
-        Returns the global (summed over ranks) ``reported`` loss (default: ``loss_sum``) and count,
-        or None when any rank went non-finite: the step is then not taken (see :meth:`all_finite`)."""
-        optimizer.zero_grad(set_to_none=True)
-        mean_loss = loss_sum / max(count, 1)
-        grad_norm = self.amp.backward(mean_loss, optimizer, model.parameters(), self.spec.train.grad_clip)
+        """One optimizer step on one batch: :meth:`backward` then :meth:`step` (a loop without
+        gradient accumulation)."""
+        self.backward(loss_sum, count, reported)
+        return self.step(pos, model, optimizer)
+
+    def micro_batches(self, ddp: torch.nn.Module) -> Iterator[int]:
+        """The ``train.accumulate_steps`` micro-batches of one optimizer step (their index): run the
+        forward and :meth:`backward` of each in the loop's body. DDP's gradient all-reduce runs only
+        in the last one's backward (the others under ``no_sync``): one synchronisation per step."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        k = self.spec.train.accumulate_steps
+        for i in range(k):
+            last = i == k - 1
+            with nullcontext() if last or not isinstance(ddp, DistributedDataParallel) else ddp.no_sync():
+                yield i
+
+    def backward(self, loss_sum: torch.Tensor, count: int, reported: torch.Tensor | None = None) -> None:
+        """Accumulate the gradient of one micro-batch's summed loss over ``count`` items.
+
+        The step's gradient is that of the summed loss over the step's whole count (as one batch
+        k times larger). The count of later micro-batches is not known yet, so each is scaled by
+        the first's count x k and :meth:`step` corrects by the true total (exactly 1 without
+        accumulation): gradients stay at the mean's magnitude, as fp16's scaler expects."""
+        if not self._accumulated:
+            self._scale = max(count, 1) * self.spec.train.accumulate_steps
+        self.amp.accumulate(loss_sum / self._scale)
+        self._accumulated.append((count, (loss_sum if reported is None else reported).detach()))
+
+    def step(
+        self, pos: ckpt.Position, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[float, float] | None:
+        """The optimizer step on the accumulated gradients (through ``train.precision``'s scaler,
+        clipped to ``train.grad_clip``, averaged across ranks by DDP), then the schedule's step.
+        Returns the global (summed over ranks) reported loss and count, or None when any rank went
+        non-finite: the step is then not taken (see :meth:`all_finite`)."""
+        count = sum(c for c, _ in self._accumulated)
+        reported = torch.stack([r.float() for _, r in self._accumulated]).sum()
+        self._accumulated = []
+        lr = optimizer.param_groups[0]["lr"]
+        grad_norm = self.amp.unscale_and_clip(
+            optimizer, model.parameters(), self.spec.train.grad_clip, multiplier=self._scale / max(count, 1)
+        )
         checked_norm = None if self.amp.scaling else grad_norm  # fp16: the scaler skips overflowing steps
-        totals = self.all_finite(pos, loss_sum if reported is None else reported, count, checked_norm)
+        totals = self.all_finite(pos, reported, count, checked_norm)
         if totals is not None:
             self.amp.step(optimizer)
+            if self.schedule is not None:
+                self.schedule.step()
+            if self._rate_varies:  # MLflow's lr at step s: the rate step s was taken with
+                self.log(pos.step + 1, lr=lr)
+        optimizer.zero_grad(set_to_none=True)
         return totals
 
     def all_finite(
@@ -215,10 +354,13 @@ class Worker(Generic[J]):
         loss_value = float(loss_sum.detach())
         norm_value = 0.0 if grad_norm is None else float(grad_norm)
         bad = not (math.isfinite(loss_value) and math.isfinite(norm_value))
-        stats = torch.tensor([loss_value, count, float(bad)], dtype=torch.float64, device=self.device)
+        # The time budget rides on the same all-reduce: any rank past it ends training on all of them.
+        over = self.clock.over()
+        stats = torch.tensor([loss_value, count, float(bad), float(over)], dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(stats)
-        global_loss, global_count, bad_ranks = stats.tolist()
+        global_loss, global_count, bad_ranks, over_ranks = stats.tolist()
+        self.over_budget = over_ranks > 0
         if bad_ranks == 0:
             return global_loss, global_count
         message = (
@@ -281,9 +423,10 @@ class Worker(Generic[J]):
                 optimizer=optimizer,
                 meta=meta,
                 grad_scaler=self.amp.state_dict(),
+                controls=self.controls_state(),
             )
             ray.train.report(
-                {"step": pos.step, "epoch": pos.epoch, **self.last},
+                {"step": pos.step, "epoch": pos.epoch, **self.last, CHECKPOINT_SCORE: self.checkpoint_score(pos)},
                 checkpoint=ray.train.Checkpoint.from_directory(folder),
                 checkpoint_dir_name=f"checkpoint_{pos.step:08d}",
             )
@@ -298,11 +441,21 @@ class Worker(Generic[J]):
         self.emit(event="info", text=line)
         print(f"[hyperctl] rank {self.rank}: {line}", flush=True)
 
-    def start(self, pos: ckpt.Position, total_steps: int, model: torch.nn.Module, **extra: Any) -> None:
+    def checkpoint_score(self, pos: ckpt.Position) -> float:
+        """What Ray Train ranks checkpoints by (with early stopping, see the driver's CheckpointConfig):
+        the validation metric evaluated at this very step; NaN, which ranks last, for a checkpoint
+        without one (the latest metric would credit it with an older model's score)."""
+        if self.valid_metric is None or self._evaluated_at != pos.step:
+            return math.nan
+        return float(self.last.get(self.valid_metric, math.nan))
+
+    def start(self, pos: ckpt.Position, total_steps: int | None, model: torch.nn.Module, **extra: Any) -> None:
+        self.clock.start()
         self.emit(
             event="start",
             step=pos.step,
             total_steps=total_steps,
+            time_budget=self.spec.train.time_budget,
             workers=self.world,
             parameters=count_parameters(model),
             threads=torch.get_num_threads(),
@@ -350,6 +503,7 @@ def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: A
 
 
 __all__ = [
+    "CHECKPOINT_SCORE",
     "FAILURE_FILE",
     "NonFiniteLossError",
     "Window",

@@ -103,7 +103,9 @@ def test_handwriting_batch_larger_than_the_training_split_is_named(tmp_path: Pat
         "data": {"path": strokes, "batch_size": 4},
         "storage": str(tmp_path / "runs"),
     }
-    assert f"data.batch_size: 4 sequences a step, stroke3 {strokes} has 3 training sequences" in problems(job)
+    assert f"data.batch_size: 4 sequences a step (x train.accumulate_steps), stroke3 {strokes} has 3 training" in (
+        problems(job)
+    )
 
 
 @pytest.mark.slow

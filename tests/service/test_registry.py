@@ -251,12 +251,12 @@ def toy_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(spec.train.seed)
     model = torch.nn.Linear(spec.data.features, 1, bias=spec.model.bias)
     optimizer = make_optimizer(spec.train.optimizer, model.parameters())
-    pos, _ = w.restore(model, optimizer)
-    total = spec.train.max_steps or 1
+    total = spec.train.max_steps  # None: the time budget (or early stopping) ends the run
+    pos, _ = w.restore(model, optimizer, total)
     w.start(pos, total, model, batches_per_epoch=len(x) // spec.data.batch_size, unit="batches")
     held_out = len(x) // 4  # the last quarter: the test split
     window = Window()
-    while pos.step < total:
+    while not w.done(pos):
         i = (pos.step * spec.data.batch_size) % (len(x) - held_out - spec.data.batch_size)
         xb, yb = x[i : i + spec.data.batch_size], y[i : i + spec.data.batch_size]
         with w.autocast():
@@ -265,7 +265,7 @@ def toy_loop(config: dict[str, Any]) -> None:
         assert totals is not None
         pos.step += 1
         window.add(*totals, 1e-3)
-        if pos.step % spec.train.log_every == 0:
+        if w.log_due(pos):
             window = w.log_window(
                 pos,
                 total,
@@ -274,14 +274,14 @@ def toy_loop(config: dict[str, Any]) -> None:
                 loss=("train_mse", window.mean_loss(), "mse"),
                 rate=("samples_per_s", "samples/s"),
             )
-        if pos.step % spec.train.eval_every == 0 or pos.step == total:
+        if w.eval_due(pos) or w.done(pos):  # the toy's final evaluation is its last periodic one
             with torch.no_grad():
                 w.evaluated(pos, "all samples", valid_mse=float(((model(x).squeeze(1) - y) ** 2).mean()))
-        if pos.step % spec.train.checkpoint_every == 0 or pos.step == total:
+        if w.checkpoint_due(pos):
             w.save_checkpoint(pos, model, optimizer, {"data_root": config["data_root"]})
     if w.tracker is not None:  # rank 0: the final figure
         with torch.no_grad():
-            w.log(total, test_mse=float(((model(x[-held_out:]).squeeze(1) - y[-held_out:]) ** 2).mean()))
+            w.log(pos.step, test_mse=float(((model(x[-held_out:]).squeeze(1) - y[-held_out:]) ** 2).mean()))
         w.tracker.flush()
 
 
@@ -321,10 +321,19 @@ def test_a_task_defined_in_a_test_validates_trains_and_reaches_mlflow(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # Bounded by a time budget alone, ended by early stopping (the training controls, end to end).
     job = {
         "name": "toy",
         "task": TOY,
-        "train": {"max_steps": 40, "log_every": 10, "eval_every": 20, "checkpoint_every": 20, "optimizer": {"lr": 0.1}},
+        "train": {
+            "time_budget": "5m",
+            "early_stopping": {"patience": 2},  # min_delta 0: the stop comes after the best, whose checkpoint stays
+            "log_every": 10,
+            "eval_every": 10,
+            "checkpoint_every": 1000,
+            "keep_checkpoints": 1,
+            "optimizer": {"lr": 0.1},
+        },
         "resources": {"workers": 1},
         "storage": str(tmp_path / "runs"),
         "tracking": {"experiment": "toy"},
@@ -341,17 +350,30 @@ def test_a_task_defined_in_a_test_validates_trains_and_reaches_mlflow(
     finally:
         ray.shutdown()
     out = capfd.readouterr().out
-    assert "[data]  preparing random numbers" in out and "[train] step     40/40" in out, out[-3000:]
+    assert "[data]  preparing random numbers" in out and "steps unbounded within 5m" in out, out[-3000:]
+    assert "[train] step     10 (" in out and "/None" not in out, out[-3000:]
 
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     runs = tracking.search_runs(uri)
     assert len(runs) == 1 and runs[0]["status"] == "FINISHED"
     assert runs[0]["tags"][tracking.TAG_TASK] == TOY
     curve = tracking.metric_history(uri, runs[0]["run_id"], "valid_mse")
-    assert [step for step, _ in curve] == [20, 40]
     assert math.isfinite(curve[-1][1]) and curve[-1][1] < 0.5 * curve[0][1] + 0.1, curve  # it learned
-    assert [step for step, _ in tracking.metric_history(uri, runs[0]["run_id"], "train_mse")] == [10, 20, 30, 40]
+    # Early stopping, recomputed from the logged curve: patience 2 evaluations.
+    best, best_step, bad, stop = math.inf, 0, 0, None
+    for step, value in curve:
+        best, best_step, bad = (value, step, 0) if value < best else (best, best_step, bad + 1)
+        if bad == 2:
+            stop = step
+            break
+    assert stop is not None and [step for step, _ in curve] == list(range(10, stop + 1, 10)), curve
+    assert runs[0]["tags"][tracking.TAG_STOPPED].startswith(f"early_stopping at step {stop}: valid_mse best")
+    assert f"at step {best_step}," in runs[0]["tags"][tracking.TAG_STOPPED]
+    assert [step for step, _ in tracking.metric_history(uri, runs[0]["run_id"], "train_mse")][-1] == stop
     assert runs[0]["metrics"]["test_mse"] < curve[0][1]
+    # keep_checkpoints 1: the best checkpoint by valid_mse, and the latest beside it.
+    kept = sorted(p.name for p in (tmp_path / "runs" / "toy").glob("checkpoint_*") if p.is_dir())
+    assert best_step < stop and kept == [f"checkpoint_{best_step:08d}", f"checkpoint_{stop:08d}"], (kept, curve)
 
     # hyperctl list shows the run with the toy's own metrics (the registry, not a guess).
     assert main(["list", "--storage", str(tmp_path / "runs")]) == EXIT_OK

@@ -6,11 +6,13 @@ backward, clip, step; log / eval / checkpoint every so often) -> finish on rank 
 valid and test bpc, a sample, artifacts). What every task's loop shares (checkpoints, the
 non-finite stop, MLflow buffering) is in :mod:`service.worker.worker`.
 
-Data layout: the training ids are cut into ``data.batch_size`` contiguous streams
-(:func:`hypermodels.stream_batches`); rank ``r`` of ``W`` trains on streams ``[r*b, (r+1)*b)`` with
-``b = batch_size / W``. A step is one ``seq_len`` segment of every stream (the position's batch
-is the segment's index); the recurrent state is carried from segment to segment (detached:
-truncated BPTT) and reset when the epoch wraps.
+Data layout: the training ids are cut into ``G = data.batch_size x train.accumulate_steps``
+contiguous streams (:func:`hypermodels.stream_batches`); rank ``r`` of ``W`` trains on streams
+``[r*G/W, (r+1)*G/W)``, as ``k = accumulate_steps`` micro-batches of ``b = batch_size / W`` streams.
+A step is one ``seq_len`` segment of every stream (the position's batch is the segment's index);
+the recurrent state is carried from segment to segment (detached: truncated BPTT), each
+micro-batch carrying the state of its own streams, and reset when the epoch wraps. The rank's
+state over all its streams is one state (streams on dim 1), as without accumulation.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hypermodels import CharLM, CharVocab, HyperLSTM, bits_per_char, detach_state, stream_batches
+from hypermodels import CharLM, CharVocab, HyperLSTM, bits_per_char, detach_state, map_state, stream_batches
 
 from ...io.tracking import MetricBuffer
 from ...worker import plots
@@ -38,13 +40,35 @@ PAD = -100
 SAMPLE_WIDTH = 80
 
 
+def cat_states(states: list[Any]) -> Any:
+    """Micro-batches' recurrent states as one over all their streams (dim 1 of every tensor)."""
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(states, dim=1)
+    parts = [cat_states(list(p)) for p in zip(*states, strict=True)]
+    return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)
+
+
+def split_state(state: Any, k: int) -> list[Any]:
+    """:func:`cat_states` undone: ``k`` equal groups of streams."""
+    if state is None:
+        return [None] * k
+
+    def part(i: int) -> Any:
+        return map_state(lambda t: t.chunk(k, dim=1)[i], state)
+
+    return [part(i) for i in range(k)]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch  # deferred: see service.worker.worker
 
     # ---- set-up -------------------------------------------------------------------------------
     w = Worker(config, CharLMJob)
     spec, device, rank, world = w.spec, w.device, w.rank, w.world
-    tr, T, B = spec.train, spec.data.seq_len, spec.data.batch_size
+    tr, T, B, k = spec.train, spec.data.seq_len, spec.data.batch_size, spec.train.accumulate_steps
 
     prepared = load_prepared(config["data_root"])
     vocab_size = len(prepared.vocab)
@@ -56,14 +80,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = make_optimizer(tr.optimizer, model.parameters())
     seed_rank(tr.seed, rank)
 
-    b = B // world
-    inputs, targets = stream_batches(train_ids, B, pad_id=PAD)
-    inputs = inputs[:, rank * b : (rank + 1) * b].contiguous().to(device)
-    targets = targets[:, rank * b : (rank + 1) * b].contiguous().to(device)
+    b = B // world  # streams of one micro-batch on this rank
+    inputs, targets = stream_batches(train_ids, B * k, pad_id=PAD)
+    inputs = inputs[:, rank * b * k : (rank + 1) * b * k].contiguous().to(device)
+    targets = targets[:, rank * b * k : (rank + 1) * b * k].contiguous().to(device)
     segments_per_epoch = math.ceil(inputs.shape[0] / T)
-    total_steps = tr.total_steps(segments_per_epoch)
+    total_steps = tr.total_steps(segments_per_epoch)  # None: train.time_budget alone bounds the run
 
-    pos, state = w.restore(model, optimizer)
+    pos, state = w.restore(model, optimizer, total_steps)
+    states = split_state(state, k)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
     w.start(pos, total_steps, model, batches_per_epoch=segments_per_epoch, unit="segments")
     meta = {"data_root": prepared.root, "content_hash": prepared.content_hash, "vocab_size": vocab_size}
@@ -77,24 +102,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # ---- training loop ------------------------------------------------------------------------
     window = Window()
     model.train()
-    while pos.step < total_steps:
+    while not w.done(pos):
         if pos.batch == segments_per_epoch:  # epoch wrap: start the streams again from zero state
-            pos.epoch, pos.batch, state = pos.epoch + 1, 0, None
+            pos.epoch, pos.batch, states = pos.epoch + 1, 0, [None] * k
         t0 = time.perf_counter()
-        x = inputs[pos.batch * T : (pos.batch + 1) * T]
-        y = targets[pos.batch * T : (pos.batch + 1) * T]
-
-        with w.autocast():
-            logits, state = ddp(x, state)
-            loss_sum = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), ignore_index=PAD, reduction="sum")
-        state = detach_state(state)
-        totals = w.optimize(pos, model, optimizer, loss_sum, int((y != PAD).sum()))
+        rows = slice(pos.batch * T, (pos.batch + 1) * T)
+        for i in w.micro_batches(ddp):  # streams [i*b, (i+1)*b) of this rank's, with their own state
+            x, y = inputs[rows, i * b : (i + 1) * b], targets[rows, i * b : (i + 1) * b]
+            with w.autocast():
+                logits, states[i] = ddp(x, states[i])
+                loss_sum = F.cross_entropy(
+                    logits.reshape(-1, vocab_size), y.reshape(-1), ignore_index=PAD, reduction="sum"
+                )
+            states[i] = detach_state(states[i])
+            w.backward(loss_sum, int((y != PAD).sum()))
+        totals = w.step(pos, model, optimizer)
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return
         pos.step, pos.batch = pos.step + 1, pos.batch + 1
         window.add(*totals, time.perf_counter() - t0)
 
-        if pos.step % tr.log_every == 0 or pos.step == total_steps:
+        if w.log_due(pos):
             window = w.log_window(
                 pos,
                 total_steps,
@@ -104,12 +132,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rate=("tokens_per_s", "tok/s"),
             )
 
-        if pos.step % tr.eval_every == 0 and pos.step < total_steps:
+        if w.eval_due(pos):
             valid_bpc, symbols = evaluate(valid_ids, tr.eval_max_symbols)
             w.evaluated(pos, f"{symbols:,} symbols", valid_bpc=valid_bpc)
 
-        if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
-            w.save_checkpoint(pos, model, optimizer, meta, recurrent_state=state)
+        if w.checkpoint_due(pos):
+            w.save_checkpoint(pos, model, optimizer, meta, recurrent_state=cat_states(states))
 
     # ---- finish (rank 0): whole-split evaluation, a sample, artifacts -------------------------
     if rank != 0:
@@ -120,10 +148,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         final["test_bpc"] = bits_per_char(
             model, load_split(prepared, "test"), batch_size=spec.data.eval_batch_size, seq_len=T
         )
-    w.log(total_steps, **final)
+    w.log(pos.step, **final)
     assert w.tracker is not None
     w.tracker.flush()
-    w.emit(event="final", step=total_steps, metrics={k: v for k, v in final.items() if k != "final_valid_bpc"})
+    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_bpc"})
     finish_artifacts(spec, model, prepared, valid_ids, w.tracker)
 
 
@@ -175,4 +203,4 @@ def finish_artifacts(
             tracker.log_artifact(str(tmp_path / "scaling_vectors.png"), "plots")
 
 
-__all__ = ["finish_artifacts", "train_loop_per_worker", "wrap"]
+__all__ = ["cat_states", "finish_artifacts", "split_state", "train_loop_per_worker", "wrap"]

@@ -53,17 +53,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepared = load_prepared(config["data_root"])
     train = load_split(prepared, "train")
     valid = load_split(prepared, "valid")
-    if len(train) < B:
-        raise ValueError(f"{len(train)} training sequences, fewer than data.batch_size = {B}")
-    batches_per_epoch = len(train) // B
+    G = B * tr.accumulate_steps  # sequences per optimizer step
+    if len(train) < G:
+        raise ValueError(f"{len(train)} training sequences, fewer than data.batch_size x train.accumulate_steps = {G}")
+    batches_per_epoch = len(train) // G
 
     torch.manual_seed(tr.seed)  # identical initial weights on every rank
     model: HandwritingModel = build_model(spec).to(device)
     optimizer = make_optimizer(tr.optimizer, model.parameters())
     seed_rank(tr.seed, rank)
-    total_steps = tr.total_steps(batches_per_epoch)
+    total_steps = tr.total_steps(batches_per_epoch)  # None: train.time_budget alone bounds the run
 
-    pos, _ = w.restore(model, optimizer)
+    pos, _ = w.restore(model, optimizer, total_steps)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
     w.start(pos, total_steps, model, batches_per_epoch=batches_per_epoch, unit="batches")
     meta = {"data_root": prepared.root, "content_hash": prepared.content_hash}
@@ -78,25 +79,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # ---- training loop ------------------------------------------------------------------------
     window = Window()
     model.train()
-    while pos.step < total_steps:
+    while not w.done(pos):
         if pos.batch == batches_per_epoch:
             pos.epoch, pos.batch = pos.epoch + 1, 0
             order = epoch_order(tr.seed, pos.epoch, len(train))
         t0 = time.perf_counter()
-        first = pos.batch * B + rank * b
-        points, lengths = pad_sequences([train[int(i)] for i in order[first : first + b]])
-        points = points.to(device)
-        with w.autocast():
-            mix, _ = ddp(teacher_inputs(points))  # through DDP's forward: its backward all-reduces
-            loss_sum = sequence_nll(mix, points, lengths).sum()
-        totals = w.optimize(pos, model, optimizer, loss_sum, int(lengths.sum()))
+        for i in w.micro_batches(ddp):
+            first = pos.batch * G + i * B + rank * b
+            points, lengths = pad_sequences([train[int(j)] for j in order[first : first + b]])
+            points = points.to(device)
+            with w.autocast():
+                mix, _ = ddp(teacher_inputs(points))  # through DDP's forward: its backward all-reduces
+                loss_sum = sequence_nll(mix, points, lengths).sum()
+            w.backward(loss_sum, int(lengths.sum()))
+        totals = w.step(pos, model, optimizer)
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return
         pos.step, pos.batch = pos.step + 1, pos.batch + 1
         window.add(*totals, time.perf_counter() - t0)
 
-        if pos.step % tr.log_every == 0 or pos.step == total_steps:
-            per_sequence = window.loss / max(window.steps * B, 1)
+        if w.log_due(pos):
+            per_sequence = window.loss / max(window.steps * G, 1)
             w.log(pos.step, train_nll=per_sequence)
             window = w.log_window(
                 pos,
@@ -107,14 +110,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rate=("points_per_s", "points/s"),
             )
 
-        if pos.step % tr.eval_every == 0 and pos.step < total_steps:
+        if w.eval_due(pos):
             valid_nll, valid_per_point = evaluate(valid, tr.eval_max_sequences)
             over = f"{min(len(valid), tr.eval_max_sequences or len(valid)):,} sequences"
             w.evaluated(pos, over, valid_nll=valid_nll, valid_nll_per_point=valid_per_point)
             if rank == 0 and w.tracker is not None:
                 log_samples(spec, model, prepared, w.tracker, f"samples/step_{pos.step:08d}.png", pos.step)
 
-        if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
+        if w.checkpoint_due(pos):
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): whole-split evaluation, samples, artifacts --------------------------
@@ -130,12 +133,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         final["test_nll"], final["test_nll_per_point"] = log_loss(
             model, load_split(prepared, "test"), spec.data.eval_batch_size
         )
-    w.log(total_steps, **final)
+    w.log(pos.step, **final)
     assert w.tracker is not None
     w.tracker.flush()
-    w.emit(event="final", step=total_steps, metrics={k: v for k, v in final.items() if k != "final_valid_nll"})
+    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_nll"})
     log_model(w.tracker, model, spec, scale=list(prepared.scale))
-    log_samples(spec, model, prepared, w.tracker, "samples/final.png", total_steps)
+    log_samples(spec, model, prepared, w.tracker, "samples/final.png", pos.step)
     shared_plots.log_learning_curve(
         w.tracker,
         "train_nll",

@@ -6,9 +6,10 @@ batch split across ranks; forward, backward, clip, step; log / eval / checkpoint
 -> finish on rank 0 (valid and test error, parameter counts, kernel picture, artifacts).
 
 Data order: epoch ``e`` visits the training images in the permutation drawn from
-``seed + e``; global batch ``i`` is images ``[i*B, (i+1)*B)`` of it (the last partial batch is
-dropped) and rank ``r`` takes its slice ``[r*b, (r+1)*b)``. A checkpoint's (epoch, batch) position
-therefore resumes the exact same order.
+``seed + e``; global batch ``i`` is images ``[i*G, (i+1)*G)`` of it, ``G = data.batch_size x
+train.accumulate_steps`` (the last partial batch is dropped); its micro-batch ``j`` is images
+``[j*B, (j+1)*B)`` of that, of which rank ``r`` takes its slice ``[r*b, (r+1)*b)``. A checkpoint's
+(epoch, batch) position therefore resumes the exact same order.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w = Worker(config, ImageJob)
     spec, device, rank, world = w.spec, w.device, w.rank, w.world
     tr, B = spec.train, spec.data.batch_size
+    G = B * tr.accumulate_steps  # the global batch of one optimizer step
 
     prepared = load_prepared(config["data_root"])
     train_x, train_y = load_split(prepared, "train")
@@ -91,12 +93,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_rank(tr.seed, rank)
 
     b = B // world
-    batches_per_epoch = len(train_x) // B
+    batches_per_epoch = len(train_x) // G
     if batches_per_epoch == 0:
-        raise ValueError(f"data.batch_size ({B}) is larger than the training split ({len(train_x)} images)")
-    total_steps = tr.total_steps(batches_per_epoch)
+        raise ValueError(
+            f"data.batch_size x train.accumulate_steps ({G}) is larger than the training split ({len(train_x)} images)"
+        )
+    total_steps = tr.total_steps(batches_per_epoch)  # None: train.time_budget alone bounds the run
 
-    pos, _ = w.restore(model, optimizer)
+    pos, _ = w.restore(model, optimizer, total_steps)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
     w.start(pos, total_steps, model, batches_per_epoch=batches_per_epoch, unit="batches")
     meta = {"data_root": prepared.root, "content_hash": prepared.content_hash}
@@ -111,25 +115,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # ---- training loop ------------------------------------------------------------------------
     window, order = Window(), epoch_order(pos.epoch)
     model.train()
-    while pos.step < total_steps:
+    while not w.done(pos):
         if pos.batch == batches_per_epoch:  # next epoch, next permutation
             pos.epoch, pos.batch = pos.epoch + 1, 0
             order = epoch_order(pos.epoch)
         t0 = time.perf_counter()
-        idx = order[pos.batch * B + rank * b : pos.batch * B + (rank + 1) * b]
-        x = augment(normalise(train_x[idx].to(device), mean, std), spec.data.augment.pad_crop, spec.data.augment.flip)
-        y = train_y[idx].to(device)
-
-        with w.autocast():
-            logits = ddp(x)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        totals = w.optimize(pos, model, optimizer, loss_sum, len(y))
+        for i in w.micro_batches(ddp):
+            start = pos.batch * G + i * B
+            idx = order[start + rank * b : start + (rank + 1) * b]
+            x = augment(
+                normalise(train_x[idx].to(device), mean, std), spec.data.augment.pad_crop, spec.data.augment.flip
+            )
+            y = train_y[idx].to(device)
+            with w.autocast():
+                logits = ddp(x)
+                loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            w.backward(loss_sum, len(y))
+        totals = w.step(pos, model, optimizer)
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return
         pos.step, pos.batch = pos.step + 1, pos.batch + 1
         window.add(*totals, time.perf_counter() - t0)
 
-        if pos.step % tr.log_every == 0 or pos.step == total_steps:
+        if w.log_due(pos):
             window = w.log_window(
                 pos,
                 total_steps,
@@ -139,11 +147,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rate=("images_per_s", "images/s"),
             )
 
-        if pos.step % tr.eval_every == 0 and pos.step < total_steps:
+        if w.eval_due(pos):
             valid_error, valid_loss = validate()
             w.evaluated(pos, f"{len(valid_x):,} images", valid_error=valid_error, valid_loss=valid_loss)
 
-        if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
+        if w.checkpoint_due(pos):
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): valid and test error, parameter counts, artifacts --------------------
@@ -161,11 +169,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "test_loss": test_loss,
         **{k: float(v) for k, v in counts.items()},
     }
-    w.log(total_steps, **final)
+    w.log(pos.step, **final)
     assert w.tracker is not None
     w.tracker.flush()
     w.tracker.set_tags(**{f"{TAG_PREFIX}{k}": v for k, v in counts.items()})
-    w.emit(event="final", step=total_steps, metrics={"valid_error": valid_error, "test_error": test_error})
+    w.emit(event="final", step=pos.step, metrics={"valid_error": valid_error, "test_error": test_error})
     w.emit(
         event="info", text="parameters: " + ", ".join(f"{k.removeprefix('params_')} {v:,}" for k, v in counts.items())
     )

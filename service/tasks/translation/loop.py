@@ -8,8 +8,9 @@ translated with beam search and scored with sacreBLEU, artifacts).
 
 Batches (length bucketing): epoch ``e`` shuffles the training pairs with seed ``seed + e``, sorts
 each run of 50 global batches by source length, cuts it into global batches and shuffles their
-order; rank ``r`` takes slice ``[r*b, (r+1)*b)`` of each. Pairs longer than ``data.max_len``
-subwords on either side are left out (counted at the start). A checkpoint's (epoch, batch)
+order; a global batch has ``G = data.batch_size x train.accumulate_steps`` pairs, its micro-batch
+``j`` pairs ``[j*B, (j+1)*B)`` of it, and rank ``r`` takes slice ``[r*b, (r+1)*b)`` of each. Pairs
+longer than ``data.max_len`` subwords on either side are left out (counted at the start). A checkpoint's (epoch, batch)
 position resumes the same order exactly.
 """
 
@@ -97,6 +98,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w = Worker(config, TranslationJob)
     spec, device, rank, world = w.spec, w.device, w.rank, w.world
     tr, B, m = spec.train, spec.data.batch_size, spec.model
+    G = B * tr.accumulate_steps  # the global batch of one optimizer step
 
     prepared = load_prepared(config["data_root"])
     src_sp, tgt_sp = load_processors(prepared)
@@ -113,12 +115,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     b = B // world
     src_lengths = [len(s) for s in train_src]
-    batches_per_epoch = len(epoch_batches(len(train_src), src_lengths, B, tr.seed))
+    batches_per_epoch = len(epoch_batches(len(train_src), src_lengths, G, tr.seed))
     if batches_per_epoch == 0:
-        raise ValueError(f"data.batch_size ({B}) is larger than the usable training pairs ({len(train_src)})")
-    total_steps = tr.total_steps(batches_per_epoch)
+        raise ValueError(
+            f"data.batch_size x train.accumulate_steps ({G}) is larger than the usable training pairs "
+            f"({len(train_src)})"
+        )
+    total_steps = tr.total_steps(batches_per_epoch)  # None: train.time_budget alone bounds the run
 
-    pos, _ = w.restore(model, optimizer)
+    pos, _ = w.restore(model, optimizer, total_steps)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
     w.start(pos, total_steps, model, batches_per_epoch=batches_per_epoch, unit="batches")
     if len(keep) < len(train.src):
@@ -140,29 +145,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # ---- training loop ------------------------------------------------------------------------
     window = Window()
-    batches = epoch_batches(len(train_src), src_lengths, B, tr.seed + pos.epoch)
+    batches = epoch_batches(len(train_src), src_lengths, G, tr.seed + pos.epoch)
     model.train()
-    while pos.step < total_steps:
+    while not w.done(pos):
         if pos.batch == batches_per_epoch:  # next epoch, next order
             pos.epoch, pos.batch = pos.epoch + 1, 0
-            batches = epoch_batches(len(train_src), src_lengths, B, tr.seed + pos.epoch)
+            batches = epoch_batches(len(train_src), src_lengths, G, tr.seed + pos.epoch)
         t0 = time.perf_counter()
-        idx = batches[pos.batch][rank * b : (rank + 1) * b]
-        x, lengths, y_in, y_out = collate([train_src[i] for i in idx], [train_tgt[i] for i in idx], device)
-
-        with w.autocast():
-            logits = ddp(x, lengths, y_in)
-            loss_sum, n_tokens = label_smoothed_nll(logits, y_out, m.label_smoothing, ignore_index=PAD_ID)
-            nll_sum = F.cross_entropy(
-                logits.detach().reshape(-1, logits.shape[-1]), y_out.reshape(-1), ignore_index=PAD_ID, reduction="sum"
-            )
-        totals = w.optimize(pos, model, optimizer, loss_sum, n_tokens, reported=nll_sum)  # perplexity without smoothing
+        for j in w.micro_batches(ddp):
+            idx = batches[pos.batch][j * B + rank * b : j * B + (rank + 1) * b]
+            x, lengths, y_in, y_out = collate([train_src[i] for i in idx], [train_tgt[i] for i in idx], device)
+            with w.autocast():
+                logits = ddp(x, lengths, y_in)
+                loss_sum, n_tokens = label_smoothed_nll(logits, y_out, m.label_smoothing, ignore_index=PAD_ID)
+                nll_sum = F.cross_entropy(
+                    logits.detach().reshape(-1, logits.shape[-1]),
+                    y_out.reshape(-1),
+                    ignore_index=PAD_ID,
+                    reduction="sum",
+                )
+            w.backward(loss_sum, n_tokens, reported=nll_sum)  # perplexity without smoothing
+        totals = w.step(pos, model, optimizer)
         if totals is None:  # non-finite: the driver reports it (service.worker.worker)
             return
         pos.step, pos.batch = pos.step + 1, pos.batch + 1
         window.add(*totals, time.perf_counter() - t0)
 
-        if pos.step % tr.log_every == 0 or pos.step == total_steps:
+        if w.log_due(pos):
             window = w.log_window(
                 pos,
                 total_steps,
@@ -172,12 +181,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rate=("tokens_per_s", "target tok/s"),
             )
 
-        if pos.step % tr.eval_every == 0 and pos.step < total_steps:
+        if w.eval_due(pos):
             valid_bleu, valid_ppl = valid_scores(spec.data.eval_sentences)
             n = len(valid.src) if spec.data.eval_sentences is None else min(spec.data.eval_sentences, len(valid.src))
             w.evaluated(pos, f"BLEU on {n:,} sentences, beam {m.beam_size}", valid_bleu=valid_bleu, valid_ppl=valid_ppl)
 
-        if pos.step % tr.checkpoint_every == 0 or pos.step == total_steps:
+        if w.checkpoint_due(pos):
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): whole validation and test sets, sacreBLEU, artifacts ------------------
@@ -193,15 +202,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         score, signature = bleu(outputs[name], split.tgt_text)
         key = "valid_bleu" if name == "valid" else f"test_bleu_{name.removeprefix('test.')}"
         final[key] = score
-        w.emit(event="eval", step=total_steps, metrics={key: score}, over=f"{len(split.src):,} sentences")
+        w.emit(event="eval", step=pos.step, metrics={key: score}, over=f"{len(split.src):,} sentences")
     final["final_valid_bleu"] = final["valid_bleu"]
     final["valid_ppl"] = perplexity(model, valid, spec.data.eval_batch_size, device)
     if prepared.tests:
         final["test_bleu"] = final[f"test_bleu_{prepared.tests[0]}"]
-    w.log(total_steps, **final)
+    w.log(pos.step, **final)
     w.tracker.flush()
     w.tracker.set_tags(**{TAG_SACREBLEU: signature})
-    w.emit(event="final", step=total_steps, metrics={k: v for k, v in final.items() if k != "final_valid_bleu"})
+    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_bleu"})
     w.emit(event="info", text=f"sacreBLEU signature: {signature}")
     finish_artifacts(spec, model, translator, prepared, splits, outputs, signature, w.tracker)
 
