@@ -226,6 +226,10 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
             raise result.error
     except Exception as e:  # a crashed trial: FAILED now, reopened (same run) if Tune relaunches it
         recorded = failure.recorded_error(failure_file)
+        if recorded is None and "Worker exit type: INTEND" in str(e):
+            # Tune ended this trial on purpose (an ASHA stop, a stopped campaign): the driver ends its run
+            # (close_trial_runs, KILLED and tagged). Closing it here too raced with that under load.
+            raise
         # Only if still running: Tune can deliver an ASHA stop to fit() after the driver has already ended
         # the trial's run KILLED (close_trial_runs); that must stay KILLED.
         tracking.close_run(uri, run_id, recorded or failure.describe(e), only_if_running=True)
