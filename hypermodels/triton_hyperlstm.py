@@ -115,7 +115,7 @@ def forward_loop(
     HC[0].copy_(hc)
     R = x.new_empty(T if save else 1, B, RW)
     Z = x.new_empty(T if save else 1, B, 3 * GATES * Nz, dtype=f32)
-    HH = x.new_empty(T, B, Hh) if save else x.new_empty(1, B, Hh)
+    HH = x.new_empty(T, B, Hh) if save else out  # written only when saving: any tensor stands in
     S = torch.cat([h, hh], dim=1).to(dt).contiguous()  # s_{t-1} = [h, ĥ], rewritten by every step
     mask_arg = masks if masks is not None else out
     bh, bhh, warps = _launch_config(H, Hh)
