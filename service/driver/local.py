@@ -50,6 +50,7 @@ class RunOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     experiment_id: str = ""
     artifact_uri: str = ""
+    registered_model: str = ""  # models:/NAME/VERSION when the run registered its model
 
 
 def absolute_storage(spec: JobSpec) -> JobSpec:
@@ -412,6 +413,7 @@ def run_job(
         metrics=described["metrics"],
         experiment_id=described["experiment_id"],
         artifact_uri=described["artifact_uri"],
+        registered_model=described["tags"].get(tracking.TAG_REGISTERED, ""),
     )
     say(f"[mlflow] run {run_id}: {'FINISHED' if outcome.ok else 'FAILED'} (tracking URI {tracking.redact(uri)})")
     if error:

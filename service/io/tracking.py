@@ -24,13 +24,15 @@ imported inside the functions that use it: importing it takes seconds, and comma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"
 TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's ("trial")
 TAG_STOPPED = "hyperctl.stopped_early"
+TAG_REGISTERED = "hyperctl.registered_model"  # models:/NAME/VERSION of the run's registered model
 TAG_RAY_JOB = "ray.job_id"
 TAG_RAY_SUBMISSION = "ray.submission_id"
 TAG_SACREBLEU = "sacrebleu.signature"  # the signature of every BLEU a run reports
@@ -279,7 +282,7 @@ class RunLog:
     """Writing to one run: texts, files, metrics and tags."""
 
     def __init__(self, uri: str, run_id: str) -> None:
-        self.client, self.run_id = _client(uri), run_id
+        self.client, self.run_id, self.uri = _client(uri), run_id, uri
 
     def history(self, key: str) -> list[tuple[int, float]]:
         """Every ``(step, value)`` of metric ``key``, by step."""
@@ -420,6 +423,168 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str) -> str:
     return local
 
 
+# ---- trained models: MLflow models (the ``mlflow.pytorch`` flavour) and the model registry ----------------
+
+MODEL_NAME = "model"  # a run's final model: runs:/<run id>/model
+MODEL_METADATA_TASK = "hyperctl_task"  # the MLmodel metadata key naming the task
+
+
+class ModelLookupError(LookupError):
+    """A model URI, name, version or alias that the tracking store does not hold; the message says
+    what was asked and what there is."""
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """MLflow's warnings about choices made on purpose (pickle format, an input example that pyfunc
+    serving cannot run: our models return ``output, state``) kept off the user's terminal."""
+    saved = [(name, logging.getLogger(name).level) for name in loggers]
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved:
+            logging.getLogger(name).setLevel(level)
+
+
+def _pip_requirements() -> list[str]:
+    """What loading a model needs besides MLflow (which MLflow adds itself): torch and numpy at the
+    versions installed here (torch without a local build tag such as ``+cpu``: any build loads it)."""
+    import numpy
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}"]
+
+
+def log_pytorch_model(
+    uri: str,
+    run_id: str,
+    model: Any,
+    files: dict[str, bytes],
+    input_example: Any,
+    task: str,
+    register_as: str | None = None,
+) -> tuple[str, int | None]:
+    """Log ``model`` (a ``torch.nn.Module``, on the CPU) as the run's MLflow model :data:`MODEL_NAME`
+    (``mlflow.pytorch``, pickled): ``files`` (name -> bytes: the spec, vocabularies, subword models)
+    as its extra files, ``input_example`` (a numpy array the model's forward takes) with the
+    signature it implies, pinned pip requirements, and the ``hypermodels`` package as its code, so
+    that ``mlflow.pytorch.load_model`` loads it wherever torch and MLflow are installed. With
+    ``register_as`` it becomes a new version of that registered model. Returns (model URI, version
+    or None)."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    import hypermodels
+
+    client = _client(uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    mlflow.set_tracking_uri(uri)  # the fluent API logs models; it must not fall back to ./mlruns
+    mlflow.set_experiment(experiment_id=experiment_id)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory(prefix="hyperctl-mlflow-model-") as tmp:
+        paths = []
+        for name, body in files.items():
+            path = os.path.join(tmp, name)
+            Path(path).write_bytes(body)
+            paths.append(path)
+        with _quiet("mlflow.pytorch", "mlflow.models.model", "mlflow.models.utils", "mlflow.tracking._model_registry"):
+            info = mlflow.pytorch.log_model(
+                model,
+                name=MODEL_NAME,
+                run_id=run_id,
+                serialization_format="pickle",  # recurrent models with custom kernels: torch.export cannot trace them
+                code_paths=[os.path.dirname(hypermodels.__file__)],
+                extra_files=paths,
+                input_example=input_example,
+                signature=infer_signature(input_example),
+                pip_requirements=_pip_requirements(),
+                metadata={MODEL_METADATA_TASK: task},
+                registered_model_name=register_as,
+            )
+    version = info.registered_model_version
+    return str(info.model_uri), None if version is None else int(version)
+
+
+def _logged_models(client: Any, run_id: str) -> list[Any]:
+    run = client.get_run(run_id)
+    return list(
+        client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+    )
+
+
+def run_model_uri(uri: str, run_id: str, name: str = MODEL_NAME) -> str:
+    """The URI (``models:/m-...``) of the model ``name`` a run logged; ModelLookupError naming the run's
+    models (none: the run has not finished training) otherwise."""
+    client = _client(uri)
+    found = _logged_models(client, run_id)
+    for m in found:
+        if m.name == name:
+            return str(m.model_uri)
+    has = ", ".join(sorted(m.name for m in found)) or "none: a run logs its model when training finishes"
+    raise ModelLookupError(f"run {run_id} has no model {name!r} (its models: {has})")
+
+
+def registered_version(uri: str, name: str, version: str | None, alias: str | None) -> tuple[str, str, str | None]:
+    """(version, model source URI, source run id) of registered model ``name`` at ``version`` or ``alias``;
+    ModelLookupError naming the registered models, versions or aliases there are."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    models = sorted(m.name for m in client.search_registered_models(max_results=1000))
+    if name not in models:
+        raise ModelLookupError(
+            f"no registered model {name!r} in {redact(uri)} (registered: {', '.join(models) or 'none'})"
+        )
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException:
+        if alias:
+            aliases = sorted(client.get_registered_model(name).aliases)
+            raise ModelLookupError(
+                f"registered model {name!r} has no alias {alias!r} (aliases: {', '.join(aliases) or 'none'})"
+            ) from None
+        raise ModelLookupError(
+            f"registered model {name!r} has no version {version} (versions: {', '.join(map(str, versions))})"
+        ) from None
+    return str(mv.version), str(mv.source), mv.run_id
+
+
+def register_run_model(uri: str, run_id: str, name: str) -> int:
+    """A new version of registered model ``name`` (created if new) from the run's logged model."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    model_uri = run_model_uri(uri, run_id)
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # it exists
+    model_id = model_uri.removeprefix("models:/")
+    return int(client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id).version)
+
+
+def download_model(uri: str, model_uri: str, dst: str) -> str:
+    """The MLflow model at ``model_uri`` (``models:/...``, ``runs:/...``) as a local folder under ``dst``."""
+    import mlflow.artifacts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return str(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri, dst_path=dst))
+
+
+def load_pytorch_model(folder: str) -> Any:
+    """The ``torch.nn.Module`` of a downloaded MLflow model folder, on the CPU."""
+    import mlflow.pytorch
+
+    with _quiet("mlflow.pytorch", "mlflow.utils.requirements_utils"):
+        return mlflow.pytorch.load_model(folder, map_location="cpu")
+
+
 # ---- search campaigns (service/driver/campaign.py): a parent run and one nested child run per trial -----
 
 TAG_CAMPAIGN = "hyperctl.campaign"
@@ -500,24 +665,32 @@ def end_run(
 
 
 __all__ = [
+    "MODEL_NAME",
     "MetricBuffer",
+    "ModelLookupError",
     "RunLog",
     "append_metric",
     "child_runs",
     "close_run",
     "describe_run",
     "download_artifact",
+    "download_model",
     "end_run",
     "find_run",
     "git_commit",
+    "load_pytorch_model",
     "local_state_dir",
     "log_job_files",
+    "log_pytorch_model",
     "mark_training_experiments",
     "metric_history",
     "open_child_run",
     "open_run",
     "redact",
+    "register_run_model",
+    "registered_version",
     "run_id_of",
+    "run_model_uri",
     "run_name",
     "search_runs",
     "store_exists",

@@ -222,6 +222,13 @@ class TrackingSpec(Strict):
 
     uri: str | None = Field(None, description="MLflow tracking URI; null = local sqlite store under storage")
     experiment: str = Field("default", min_length=1)
+    register_model: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="register the run's final model in MLflow's model registry under this name (a new "
+        "version each finished run; load it as models:/NAME/VERSION); in a search campaign only the best "
+        "trial's model is registered, once the campaign ends; null = logged with the run, not registered",
+    )
 
 
 class JobSpec(Strict):

@@ -37,7 +37,7 @@ import torch
 from hypermodels import count_parameters
 
 from ..io import storage
-from ..io.tracking import TAG_STOPPED, MetricBuffer, RunLog
+from ..io.tracking import TAG_REGISTERED, TAG_STOPPED, MetricBuffer, RunLog, log_pytorch_model
 from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
@@ -491,21 +491,37 @@ def _earlier_checkpoints(checkpoint: Any) -> list[Any]:
     return [ray.train.Checkpoint(f"{parent}/{n}", checkpoint.filesystem) for n in names if n < name]
 
 
-def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: Any) -> None:
-    """The trained model as the run's ``model/model.pt`` (rank 0, at the end): its ``state_dict`` on
-    the CPU, the spec as a document, and ``extra`` (what using it needs: a vocabulary, subword
-    models). ``hyperctl translate`` and the tasks' loaders read this file."""
-    with tempfile.TemporaryDirectory(prefix="hyperctl-model-") as tmp:
-        path = os.path.join(tmp, "model.pt")
-        state = {k: v.cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "spec": spec.model_dump(mode="json"), **extra}, path)
-        tracker.log_artifact(path, "model")
+SPEC_FILE = "job.json"  # the spec a model was trained with, one of its MLflow model's extra files
+
+
+def log_model(
+    tracker: RunLog,
+    model: torch.nn.Module,
+    spec: JobSpec,
+    input_example: np.ndarray | dict[str, np.ndarray],
+    files: dict[str, bytes] | None = None,
+) -> None:
+    """The trained model as the run's MLflow model ``runs:/<run id>/model`` (rank 0, at the end):
+    the ``mlflow.pytorch`` flavour of a CPU copy of ``model``, with the spec (:data:`SPEC_FILE`) and
+    ``files`` (what using it needs: a vocabulary, subword models, normalisation) as its extra files
+    and ``input_example`` (what its forward takes). With ``tracking.register_model: NAME`` it becomes
+    a new version of that registered model (the tag ``hyperctl.registered_model`` says which).
+    ``hyperctl evaluate``, ``translate`` and ``sample`` load it (:mod:`service.io.models`)."""
+    import copy
+
+    cpu = copy.deepcopy(model).cpu().eval()
+    docs = {SPEC_FILE: json.dumps(spec.model_dump(mode="json"), indent=2).encode(), **(files or {})}
+    name = spec.tracking.register_model
+    _, version = log_pytorch_model(tracker.uri, tracker.run_id, cpu, docs, input_example, spec.task, name)
+    if name is not None and version is not None:
+        tracker.set_tags(**{TAG_REGISTERED: f"models:/{name}/{version}"})
 
 
 __all__ = [
     "CHECKPOINT_SCORE",
     "FAILURE_FILE",
     "NonFiniteLossError",
+    "SPEC_FILE",
     "Window",
     "Worker",
     "load_intact",

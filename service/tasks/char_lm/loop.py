@@ -35,6 +35,7 @@ from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_ran
 from .data import PreparedText, load_prepared, load_split
 from .model import build_model
 from .spec import CharLMJob
+from .use import VOCAB_FILE, vocab_document
 
 PAD = -100
 SAMPLE_WIDTH = 80
@@ -169,7 +170,8 @@ def finish_artifacts(
     model.eval()
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        log_model(tracker, model, spec, vocab=list(prepared.vocab))
+        example = valid_ids[: min(spec.data.seq_len, valid_ids.numel())].view(-1, 1).numpy()  # (seq, batch) ids
+        log_model(tracker, model, spec, example, {VOCAB_FILE: vocab_document(prepared.vocab, prepared.ptb_format)})
         if spec.train.sample_length:
             prime = valid_ids[: min(40, valid_ids.numel())].tolist()
             generator = torch.Generator().manual_seed(spec.train.seed)

@@ -17,6 +17,7 @@ weight-scaling plot over a validation sequence.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -34,6 +35,7 @@ from . import plots
 from .data import PreparedStrokes, load_prepared, load_split
 from .model import build_model
 from .spec import HandwritingJob
+from .use import SCALE_FILE
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -137,7 +139,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     assert w.tracker is not None
     w.tracker.flush()
     w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_nll"})
-    log_model(w.tracker, model, spec, scale=list(prepared.scale))
+    example = valid[0][:50].unsqueeze(1).float().numpy()  # (points, batch, 3)
+    log_model(w.tracker, model, spec, example, {SCALE_FILE: json.dumps(list(prepared.scale)).encode()})
     log_samples(spec, model, prepared, w.tracker, "samples/final.png", pos.step)
     shared_plots.log_learning_curve(
         w.tracker,

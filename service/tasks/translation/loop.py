@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,7 +37,7 @@ from .data import BOS_ID, EOS_ID, PAD_ID, PreparedCorpus, Split, fits, load_prep
 from .model import build_model
 from .plots import attention_maps
 from .spec import TranslationJob
-from .translate import Translator, bleu
+from .translate import SRC_SPM_FILE, TGT_SPM_FILE, Translator, bleu
 
 BUCKET = 50  # global batches sorted by length together
 
@@ -233,7 +234,13 @@ def finish_artifacts(
     spm_bytes = {"src": storage.read_bytes(src_uri), "tgt": storage.read_bytes(tgt_uri)}
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        log_model(tracker, model, spec, spm=spm_bytes)
+        src_ids = splits["valid"].src[0] if "valid" in splits and splits["valid"].src else [model.eos_id]
+        example = {
+            "src": np.array([src_ids], dtype=np.int64),  # (batch, source length)
+            "src_lengths": np.array([len(src_ids)], dtype=np.int64),
+            "tgt_in": np.array([[model.eos_id]], dtype=np.int64),  # (batch, target length)
+        }
+        log_model(tracker, model, spec, example, {SRC_SPM_FILE: spm_bytes["src"], TGT_SPM_FILE: spm_bytes["tgt"]})
         for name, body in (
             (("spm.model", spm_bytes["src"]),)
             if prepared.shared_vocab
