@@ -448,6 +448,33 @@ def _quiet(*loggers: str) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+@contextlib.contextmanager
+def _fluent_store(uri: str, experiment_id: str | None = None) -> Iterator[None]:
+    """MLflow's process-wide store (and experiment) set to ``uri`` inside the block, as they were after
+    it: ``log_model`` and ``models:/`` URIs go through MLflow's fluent API, which would otherwise use
+    its default store (./mlruns) and experiment."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as store_utils
+    import mlflow.tracking.fluent as fluent
+
+    # MLflow has no public way to unset these: its own globals, read back as they were.
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which this service reads: restored too.
+    uri_before, experiment_before = store_utils._tracking_uri, fluent._active_experiment_id
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        if experiment_id is not None:
+            mlflow.set_experiment(experiment_id=experiment_id)
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri_before)  # type: ignore[arg-type]  # None unsets it (its documented behaviour)
+        fluent._active_experiment_id = experiment_before
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
 def _pip_requirements() -> list[str]:
     """What loading a model needs besides MLflow (which MLflow adds itself): torch and numpy at the
     versions installed here (torch without a local build tag such as ``+cpu``: any build loads it)."""
@@ -481,10 +508,8 @@ def log_pytorch_model(
 
     client = _client(uri)
     experiment_id = client.get_run(run_id).info.experiment_id
-    mlflow.set_tracking_uri(uri)  # the fluent API logs models; it must not fall back to ./mlruns
-    mlflow.set_experiment(experiment_id=experiment_id)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory(prefix="hyperctl-mlflow-model-") as tmp:
+    with _fluent_store(uri, experiment_id), tempfile.TemporaryDirectory(prefix="hyperctl-mlflow-model-") as tmp:
         paths = []
         for name, body in files.items():
             path = os.path.join(tmp, name)
@@ -574,7 +599,8 @@ def download_model(uri: str, model_uri: str, dst: str) -> str:
     import mlflow.artifacts
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return str(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri, dst_path=dst))
+    with _fluent_store(uri):  # models:/ URIs are resolved by a client of the process-wide store
+        return str(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri, dst_path=dst))
 
 
 def load_pytorch_model(folder: str) -> Any:

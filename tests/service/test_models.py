@@ -6,6 +6,7 @@ store, registered), then loaded back from each kind of source."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = Path(run_dir(spec)) / "checkpoint_00000002"
     save_checkpoint(folder, spec, model, prepared.root)
     example = load_split(prepared, "valid")[:25].view(-1, 1).numpy()
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     log_model(
         tracking.RunLog(uri, run_id),
         model,
@@ -67,6 +69,11 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {VOCAB_FILE: vocab_document(prepared.vocab, prepared.ptb_format)},
     )
     tracking.close_run(uri, run_id)
+    # MLflow's fluent API (which logs models) was pointed at this store only while logging
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
+    import mlflow
+
+    assert mlflow.get_tracking_uri() != uri
     bare = validate_job({**raw, "name": "no-model", "tracking": {"experiment": "tests"}})
     bare_id, _ = tracking.open_run(bare, uri)
     tracking.close_run(uri, bare_id)
@@ -235,6 +242,8 @@ def test_evaluate_char_lm_bpc_on_a_split_and_a_text_file(
     assert code == EXIT_OK, err
     assert metric(out, "eval/held-out/bpc") == pytest.approx(want, rel=1e-5)
     assert err.count("byte-order mark") == 1
+    # without --log nothing reached the run
+    assert not [k for k in tracking._client(lm["uri"]).get_run(lm["run_id"]).data.metrics if k.startswith("eval/")]
 
 
 def test_evaluate_refuses_bad_input_with_exit_2(

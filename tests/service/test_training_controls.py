@@ -159,8 +159,10 @@ def fit_local(spec: Any, fn: Any = None, **config: Any) -> tuple[Any, str, str]:
 
 
 def trained_model(uri: str, run_id: str, tmp: Path) -> dict[str, torch.Tensor]:
-    path = tracking.download_artifact(uri, run_id, "model/model.pt", str(tmp))
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    """The run's final model (its MLflow model, runs:/ID/model) as a state dict."""
+    folder = tracking.download_model(uri, f"runs:/{run_id}/model", str(tmp))
+    state: dict[str, torch.Tensor] = tracking.load_pytorch_model(folder).state_dict()
+    return state
 
 
 def test_the_rate_of_every_step_reaches_mlflow(lab: dict[str, Any]) -> None:

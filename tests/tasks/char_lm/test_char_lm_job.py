@@ -18,10 +18,11 @@ from helpers import hyperctl, tiny_job
 pytestmark = pytest.mark.slow
 
 
-def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
+def test_two_worker_job_runs_and_is_tracked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
     job = tiny_job(tmp_path, "e2e")
+    job["tracking"]["register_model"] = "e2e-lm"
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     proc = hyperctl("submit", str(job_file), "--num-cpus", "2", cwd=tmp_path)
@@ -44,6 +45,8 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     assert "[done] e2e: FINISHED (valid_bpc " in proc.stderr
     assert f"checkpoints: {tmp_path / 'runs' / 'e2e'}" in proc.stderr
     assert f"artifacts:   {run.info.artifact_uri}" in proc.stderr
+    model_line = f"model:       runs:/{run.info.run_id}/model; registered as models:/e2e-lm/1"
+    assert model_line in proc.stderr and run.data.tags["hyperctl.registered_model"] == "models:/e2e-lm/1"
     page = f"run page:    http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
     assert page in proc.stderr and f"hyperctl ui {job_file}" in proc.stderr
     # Ray's and MLflow's start-up chatter stays off the user's terminal (--verbose shows Ray's).
@@ -70,12 +73,11 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
 
     # Artifacts.
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
-    paths |= {a.path for d in ("model", "plots") for a in client.list_artifacts(run.info.run_id, d)}
+    paths |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {
         "job.yaml",
         "vocab.json",
         "sample.txt",
-        "model/model.pt",
         "plots/learning_curve.png",
         "plots/scaling_vectors.png",
     } <= paths
@@ -97,6 +99,16 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     # Full precision by default: no autocast, no gradient scaler to carry.
     assert meta["spec"]["train"]["precision"] == run.data.params["train.precision"] == "fp32"
     assert "grad_scaler" not in meta
+
+    # The registered model is the run's final model: evaluated on the test split it gives the run's
+    # test_bpc (same text, segments and state carrying), and --log adds that to the run.
+    from service.cli import main
+
+    store = ["--storage", str(tmp_path / "runs")]
+    assert main(["evaluate", "models:/e2e-lm/1", "--split", "test", "--log", *store]) == 0, capsys.readouterr().err
+    assert f"logged to run {run.info.run_id}" in capsys.readouterr().out
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert logged["eval/test/bpc"] == pytest.approx(test_bpc, rel=1e-5)
 
     # No credentials anywhere in what MLflow holds.
     blob = json.dumps([run.data.params, run.data.tags])

@@ -84,13 +84,15 @@ def test_two_worker_job_tracked_and_killed_worker_resumes_exactly(local_ray, tmp
     assert 40 < test_seq / test_point < 90
 
     paths = {a.path for a in client.list_artifacts(baseline.run_id)}
-    for folder in ("model", "plots", "samples"):
+    for folder in ("plots", "samples"):
         paths |= {a.path for a in client.list_artifacts(baseline.run_id, folder)}
     grids = {f"samples/step_{s:08d}.png" for s in evals[:-1]} | {"samples/final.png"}
+    from service.io import tracking
+
+    assert tracking.run_model_uri(baseline.tracking_uri, baseline.run_id).startswith("models:/")  # runs:/ID/model
     assert {
         "job.yaml",
         "strokes.json",
-        "model/model.pt",
         "plots/learning_curve.png",
         "plots/scaling_vectors.png",
     } | grids <= paths

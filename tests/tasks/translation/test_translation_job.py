@@ -209,7 +209,8 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     assert run.data.tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_bleu")] == [10, 20]
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "subwords", "translations", "plots", "sample_translations.txt", "pairs.json"} <= paths
+    assert {"subwords", "translations", "plots", "sample_translations.txt", "pairs.json"} <= paths
+    assert tracking.run_model_uri(summary["tracking_uri"], run.info.run_id).startswith("models:/")  # runs:/ID/model
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
         "plots/attention.png",
         "plots/learning_curve.png",
@@ -254,3 +255,40 @@ def test_runs_and_models_of_the_old_task_name_resume_and_load(tmp_path: Path) ->
     old_dump["task"] = "nmt"
     old_dump["train"] |= {"eval_max_symbols": None, "sample_length": 300}
     assert saved_spec(old_dump) == spec
+
+
+@pytest.mark.slow  # ~12 s on a loaded 2-core machine: decoding with an untrained HyperLSTM
+def test_evaluate_gives_bleu_with_its_signature(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``hyperctl evaluate CHECKPOINT --source --reference``: sacreBLEU of the model's translations (the
+    translator's own output scored by sacreBLEU), its signature printed; misaligned files exit 2."""
+    import torch
+
+    from service.cli import main
+    from service.tasks.translation.translate import bleu
+
+    job = translation_job(tmp_path, n_train=120)
+    job["model"] |= {"beam_size": 1, "max_decode_ratio": 0.1}  # an untrained model decodes to the length limit
+    spec = validate_job(job)
+    prepared = prepare_corpus(spec, str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = build_model(spec, *prepared.vocab_sizes)
+    folder = tmp_path / "checkpoint_00000010"
+    meta = {"spec": spec.model_dump(mode="json"), "world_size": 1, "data_root": prepared.root}
+    ckpt.save(
+        folder, 0, ckpt.Position(step=10), None, model=model, optimizer=torch.optim.Adam(model.parameters()), meta=meta
+    )
+    pair = write_pair(tmp_path, "held", 3, "test_2016_flickr")
+    want, signature = bleu(
+        load_translator(str(folder)).translate(multi30k_lines("test_2016_flickr", "en", 3)),
+        multi30k_lines("test_2016_flickr", "fr", 3),
+    )
+    assert main(["evaluate", str(folder), "--source", pair["src"], "--reference", pair["tgt"]]) == 0
+    out = capsys.readouterr().out
+    assert f"sacreBLEU signature: {signature}" in out and signature.startswith("nrefs:1|case:mixed")
+    assert f"eval/held/bleu {want:.6g}" in out and f"{pair['src']}: 3 sentences translated" in out
+    short = tmp_path / "short.fr"
+    short.write_text("Un chien.\n", encoding="utf-8")
+    assert main(["evaluate", str(folder), "--source", pair["src"], "--reference", str(short)]) == 2
+    assert f"--reference: {short} has 1 lines, {pair['src']} (--source) has 3" in capsys.readouterr().err
+    assert main(["evaluate", str(folder), "--split", "test"]) == 2
+    assert "give --source FILE and --reference FILE for a translation model" in capsys.readouterr().err
