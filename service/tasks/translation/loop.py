@@ -234,11 +234,11 @@ def finish_artifacts(
     spm_bytes = {"src": storage.read_bytes(src_uri), "tgt": storage.read_bytes(tgt_uri)}
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        src_ids = splits["valid"].src[0] if "valid" in splits and splits["valid"].src else [model.eos_id]
+        src_ids = splits["valid"].src[0] if splits["valid"].src else [EOS_ID]
         example = {
             "src": np.array([src_ids], dtype=np.int64),  # (batch, source length)
             "src_lengths": np.array([len(src_ids)], dtype=np.int64),
-            "tgt_in": np.array([[model.eos_id]], dtype=np.int64),  # (batch, target length)
+            "tgt_in": np.array([[BOS_ID]], dtype=np.int64),  # (batch, target length)
         }
         log_model(tracker, model, spec, example, {SRC_SPM_FILE: spm_bytes["src"], TGT_SPM_FILE: spm_bytes["tgt"]})
         for name, body in (
