@@ -150,12 +150,12 @@ def _print_next_steps(args: argparse.Namespace, spec: JobSpec, outcome: RunOutco
     lines = [
         f"[done] {spec.name}: {'FINISHED' if outcome.ok else 'FAILED'}" + (f" ({figures})" if figures else ""),
         f"  checkpoints: {outcome.run_path}",
-        f"  artifacts:   {outcome.artifact_uri}  (learning curve, samples, plots, model)",
+        f"  artifacts:   {outcome.artifact_uri}  (learning curve, samples, plots)",
         f"  run page:    {tracking.run_page(outcome.tracking_uri, outcome.experiment_id, outcome.run_id)}",
     ]
     if outcome.ok:
         registered = f"; registered as {outcome.registered_model}" if outcome.registered_model else ""
-        lines.append(f"  model:       runs:/{outcome.run_id}/model{registered}   (hyperctl evaluate, hyperctl --help)")
+        lines.append(f"  model:       runs:/{outcome.run_id}/model{registered}  (evaluate, translate, sample)")
     if job is not None and not outcome.tracking_uri.startswith(("http://", "https://")):
         lines.append(f"  open it:     hyperctl ui {job}{sets}   (then the run page above)")
     if job is not None and outcome.ok:
@@ -580,7 +580,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run or model")
     _add_store(p)
-    p.add_argument("--split", help="a split of the data the model was trained on: valid or test (char_lm, handwriting)")
+    p.add_argument("--split", help="a split of the data the model was trained on: valid or test (where its task has one)")
     p.add_argument(
         "--log", action="store_true", help="add the results to the model's MLflow run as eval/<name>/<metric>"
     )
