@@ -580,7 +580,9 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run or model")
     _add_store(p)
-    p.add_argument("--split", help="a split of the data the model was trained on: valid or test (where its task has one)")
+    p.add_argument(
+        "--split", help="a split of the data the model was trained on: valid or test (where its task has one)"
+    )
     p.add_argument(
         "--log", action="store_true", help="add the results to the model's MLflow run as eval/<name>/<metric>"
     )
