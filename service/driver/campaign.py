@@ -523,8 +523,8 @@ def register_best(
         return None
     try:
         version = tracking.register_run_model(uri, best["run_id"], name)
-    except tracking.ModelLookupError as e:
-        say(f"[warn]  best trial {best['trial']}: model not registered: {e}")
+    except Exception as e:  # noqa: BLE001 - a registry problem must not hide the campaign's outcome
+        say(f"[warn]  best trial {best['trial']}: model not registered: {type(e).__name__}: {e}")
         return None
     model = f"models:/{name}/{version}"
     for run_id in (parent_id, best["run_id"]):

@@ -591,7 +591,8 @@ def register_run_model(uri: str, run_id: str, name: str) -> int:
     except MlflowException:
         pass  # it exists
     model_id = model_uri.removeprefix("models:/")
-    return int(client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id).version)
+    with _fluent_store(uri):  # the registry resolves the models:/ source through the process-wide store
+        return int(client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id).version)
 
 
 def download_model(uri: str, model_uri: str, dst: str) -> str:

@@ -60,7 +60,8 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = Path(run_dir(spec)) / "checkpoint_00000002"
     save_checkpoint(folder, spec, model, prepared.root)
     example = load_split(prepared, "valid")[:25].view(-1, 1).numpy()
-    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    elsewhere = f"sqlite:///{tmp / 'elsewhere' / 'mlflow.db'}"  # a store the environment names, left alone
+    os.environ["MLFLOW_TRACKING_URI"] = elsewhere
     log_model(
         tracking.RunLog(uri, run_id),
         model,
@@ -70,7 +71,8 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     tracking.close_run(uri, run_id)
     # MLflow's fluent API (which logs models) was pointed at this store only while logging
-    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
+    assert os.environ.pop("MLFLOW_TRACKING_URI") == elsewhere
+    assert not (tmp / "elsewhere").exists()
     import mlflow
 
     assert mlflow.get_tracking_uri() != uri
@@ -321,3 +323,12 @@ def test_schema_validates_register_model(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["schema"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "tracking.register_model" in out and "only the best trial's model is registered" in out
+
+
+def test_a_runs_model_registers_as_a_new_version_as_a_campaign_registers_its_best(lm: dict[str, Any]) -> None:
+    uri = lm["uri"]
+    assert tracking.register_run_model(uri, lm["run_id"], "best-of") == 1
+    assert tracking.register_run_model(uri, lm["run_id"], "best-of") == 2
+    assert tracking.registered_version(uri, "best-of", "2", None)[2] == lm["run_id"]
+    with pytest.raises(tracking.ModelLookupError, match="has no model 'model'"):
+        tracking.register_run_model(uri, lm["bare_id"], "best-of")
