@@ -109,7 +109,7 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
 
 
 def saved_spec(spec_doc: dict[str, Any]) -> TranslationJob:
-    """The job a model was saved with (in a checkpoint's meta.json or the run's model.pt), as this
+    """The job a model was saved with (in a checkpoint's meta.json or the MLflow model's job.json), as this
     version reads it: earlier versions called the task ``nmt`` and gave every job the char LM's
     training keys (``train.eval_max_symbols``, ``train.sample_length``), which are dropped."""
     train = {k: v for k, v in spec_doc.get("train", {}).items() if k in TrainSpec.model_fields}
