@@ -64,7 +64,7 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
 
     p = sub.add_parser(
         "translate",
-        help="translate stdin with a trained translation model (run id or checkpoint)",
+        help="translate stdin with a trained translation model (run, checkpoint or model URI)",
         description=cmd_translate.__doc__,
     )
     p.add_argument(
