@@ -257,7 +257,6 @@ def test_runs_and_models_of_the_old_task_name_resume_and_load(tmp_path: Path) ->
     assert saved_spec(old_dump) == spec
 
 
-@pytest.mark.slow  # ~12 s on a loaded 2-core machine: decoding with an untrained HyperLSTM
 def test_evaluate_gives_bleu_with_its_signature(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``hyperctl evaluate CHECKPOINT --source --reference``: sacreBLEU of the model's translations (the
     translator's own output scored by sacreBLEU), its signature printed; misaligned files exit 2."""
