@@ -460,8 +460,8 @@ def run_job(
             "KILLED",
             {
                 tracking.TAG_PREEMPTED: str(step),
-                tracking.TAG_ERROR: f"preempted ({preempted['by']}) at step {step}: its checkpoint is kept; "
-                "relaunch the same job (same name and storage) to resume from it",
+                tracking.TAG_ERROR: f"interrupted: preempted ({preempted['by']}) at step {step}, its checkpoint "
+                "kept; relaunch the same job (same name and storage) to resume from it",
             },
         )
     else:

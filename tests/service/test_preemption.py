@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,17 @@ def checkpoints(run_folder: Path) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in run_folder.glob("checkpoint_*") if p.is_dir())
 
 
-def signal_a_worker_at(out: io.StringIO, step: int, gcs_address: str, record: dict[str, int]) -> None:
+def signal_a_worker_at(
+    out: io.StringIO, step: int, gcs_address: str, record: dict[str, int], ended: threading.Event
+) -> None:
     """Once ``out`` shows training at ``step`` (every worker has set its handler when it started),
-    SIGTERM one live Ray Train worker process."""
+    SIGTERM one live Ray Train worker process; nothing if the job ``ended`` before."""
     from ray.util.state import list_actors
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and reached(out.getvalue()) < step:
+        if ended.is_set():
+            return
         time.sleep(0.1)
     workers = list_actors(address=gcs_address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     if workers:
@@ -107,8 +112,6 @@ def test_sigterm_checkpoints_the_step_reached_and_the_same_command_resumes(local
     """Three attempts of one job: SIGTERM to its driver (`hyperctl submit`), then to one of its
     workers, then to nothing; each continues from the step the one before reached, and the result is
     the uninterrupted run's."""
-    import threading
-
     from mlflow.tracking import MlflowClient
 
     address = local_ray.get_runtime_context().gcs_address
@@ -142,16 +145,19 @@ def test_sigterm_checkpoints_the_step_reached_and_the_same_command_resumes(local
     run_id = summary["run_id"]
     run = client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["hyperctl.preempted_at_step"] == str(step)
-    assert f"preempted (SIGTERM to the driver) at step {step}" in run.data.tags["hyperctl.error"]
+    assert run.data.tags["hyperctl.error"].startswith(f"interrupted: preempted (SIGTERM to the driver) at step {step}")
     assert max(s for s, _ in metric_histories(baseline.tracking_uri, run_id)["train_bpc"]) == step
 
     # 2. Relaunched; SIGTERM to one Ray Train worker: every rank stops at the same later step.
     record: dict[str, int] = {}
-    out = io.StringIO()
-    signaller = threading.Thread(target=signal_a_worker_at, args=(out, step + SIGNAL_AFTER, address, record))
+    out, ended = io.StringIO(), threading.Event()
+    signaller = threading.Thread(target=signal_a_worker_at, args=(out, step + SIGNAL_AFTER, address, record, ended))
     signaller.start()
-    second = run_job(validate_job(raw_job(tmp_path, "preempted")), address=address, out=out)
-    signaller.join()
+    try:
+        second = run_job(validate_job(raw_job(tmp_path, "preempted")), address=address, out=out)
+    finally:
+        ended.set()
+        signaller.join()
     assert record.get("pid"), "no worker to signal"
     assert f"[train] resumed at step {step}: {MAX_STEPS} steps" in out.getvalue()
     assert second.run_id == run_id and not second.ok and second.preempted_at_step is not None, out.getvalue()[-3000:]
