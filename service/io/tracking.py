@@ -54,6 +54,7 @@ TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"
 TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's ("trial")
 TAG_STOPPED = "hyperctl.stopped_early"
+TAG_PREEMPTED = "hyperctl.preempted_at_step"  # SIGTERM: the step of the checkpoint a relaunch resumes from
 TAG_RAY_JOB = "ray.job_id"
 TAG_RAY_SUBMISSION = "ray.submission_id"
 TAG_SACREBLEU = "sacrebleu.signature"  # the signature of every BLEU a run reports
@@ -238,8 +239,9 @@ def open_run(
             if not storage.exists(params_file):  # a run started before the file existed
                 storage.write_bytes_atomic(params_file, json.dumps(params).encode())
             client.update_run(run_id, status="RUNNING")
-            if TAG_ERROR in run.data.tags:
-                client.delete_tag(run_id, TAG_ERROR)
+            for ended in (TAG_ERROR, TAG_PREEMPTED):  # how the last attempt ended: it runs again
+                if ended in run.data.tags:
+                    client.delete_tag(run_id, ended)
             _set_tags(client, run_id, tags or {})
             return run_id, True
     experiment_id = _experiment_id(client, uri, spec.tracking.experiment)

@@ -177,10 +177,15 @@ def test_deterministic_worker_error_is_told_and_not_retried(local_ray, tmp_path:
     assert run.info.status == "FAILED" and run.data.tags["hyperctl.error"] == outcome.error
 
 
-def test_stopped_job_ends_killed_with_its_step(local_ray, tmp_path: Path) -> None:
-    """Issue 16, kind 5: SIGTERM (what `hyperctl stop` sends the driver) ends the run KILLED, not
-    FAILED, naming the step its last checkpoint reached."""
+def test_interrupted_job_ends_killed_with_its_step(local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, kind 5: a job stopped at once (a second SIGTERM, or workers slower than the
+    driver's grace to checkpoint after the first: here a grace of 0 s; the first SIGTERM alone is
+    test_preemption.py's) ends the run KILLED, not FAILED, naming the step its last checkpoint reached."""
     from mlflow.tracking import MlflowClient
+
+    from service.driver import local
+
+    monkeypatch.setattr(local, "PREEMPT_GRACE_S", 0.0)
 
     spec = job_spec(tmp_path, "stopped")
 

@@ -171,15 +171,16 @@ def prepare_text(spec: CharLMJob, cache_root: str) -> PreparedText:
 
 
 def check_prepared(spec: CharLMJob, prepared: PreparedText) -> list[str]:
-    """What the worker loop needs of the prepared splits: every one of ``data.batch_size`` training
-    streams holds a target, and every evaluated split at least one (a symbol and the next)."""
+    """What the worker loop needs of the prepared splits: every one of the step's training streams
+    (``data.batch_size x train.accumulate_steps``) holds a target, and every evaluated split at least
+    one (a symbol and the next)."""
     counts = datacache.read_manifest(prepared.root, VOCAB_FILE, SCHEMA_VERSION, "text")["splits"]
     where = {split: getattr(spec.data, split) or f"{spec.data.dataset} {split} split" for split in counts}
     problems = []
-    n, batch = counts["train"], spec.data.batch_size
+    n, (batch, fields) = counts["train"], spec.step_batch()
     if n - 1 < batch:
         problems.append(
-            f"data.batch_size: {batch} streams need at least {batch + 1} training symbols (one target each), "
+            f"{fields}: {batch} streams need at least {batch + 1} training symbols (one target each), "
             f"{where['train']} has {n}"
         )
     for split in ("valid", "test"):

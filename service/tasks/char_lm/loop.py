@@ -140,7 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, meta, recurrent_state=cat_states(states))
 
     # ---- finish (rank 0): whole-split evaluation, a sample, artifacts -------------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
     final_valid = bits_per_char(model, valid_ids, batch_size=spec.data.eval_batch_size, seq_len=T)
     figures = {}

@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): whole-split evaluation, samples, artifacts --------------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
     final_valid, final_valid_per_point = log_loss(model, valid, spec.data.eval_batch_size)
     figures = {}

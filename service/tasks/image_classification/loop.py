@@ -155,7 +155,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): valid and test error, parameter counts, artifacts --------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
     test_x, test_y = load_split(prepared, "test")
     valid_error, valid_loss = evaluate(model, valid_x, valid_y, mean, std, spec.data.eval_batch_size)

@@ -190,7 +190,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): whole validation and test sets, sacreBLEU, artifacts ------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
     assert w.tracker is not None
     final: dict[str, float] = {}
