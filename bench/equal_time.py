@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, name: str, storage: Path) -> dict[str, Any]:
         "train_seconds": seconds,
         "steps_per_s": steps / seconds,
         "tokens_per_s": steps * args.batch * args.seq_len / seconds,
-        "final_valid_bpc": m["final_valid_bpc"],
+        "final_valid_bpc": m["valid_bpc"],
         "test_bpc": m.get("test_bpc"),
         "stopped": stopped,
         "job_wall_s": round(wall, 1),

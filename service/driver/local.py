@@ -473,7 +473,7 @@ def run_job(
         run_path=run_dir(spec),
         ok=error is None,
         error=error,
-        metrics=described["metrics"],
+        metrics=tracking.final_metrics(described["metrics"]),
         experiment_id=described["experiment_id"],
         artifact_uri=described["artifact_uri"],
         preempted_at_step=None if preempted is None else int(preempted["step"]),

@@ -50,6 +50,16 @@ TAG_PREFIX = "hyperctl."  # the service's own tags; a task's figures go as TAG_P
 # points that MLflow's chart view groups in a section of their own, apart from the learning curves.
 FINAL_PREFIX = "final/"
 TAG_JOB = "hyperctl.job"
+
+
+def final_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A finished run's figures by their plain names, as scripts read them (the submit summary, a
+    campaign's trial results): ``final/<name>`` replaces ``<name>`` (the curve's last point is the
+    same whole-split evaluation), the other metrics as logged."""
+    plain = {k: v for k, v in metrics.items() if not k.startswith(FINAL_PREFIX)}
+    return plain | {k.removeprefix(FINAL_PREFIX): v for k, v in metrics.items() if k.startswith(FINAL_PREFIX)}
+
+
 TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"
 TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's ("trial")

@@ -105,3 +105,11 @@ def test_list_reads_final_figures_of_this_and_older_versions() -> None:
     assert final({"final_valid_bpc": 1.6, "valid_bpc": 1.7}, "valid_bpc") == 1.6
     assert final({"valid_bpc": 1.7}, "valid_bpc") == 1.7
     assert final({"train_bpc": 2.0}, "test_bpc") is None
+
+
+def test_scripts_read_final_figures_by_their_plain_names() -> None:
+    """The submit summary and a campaign's trial results: final/<name> replaces the curve's <name>."""
+    from service.io.tracking import final_metrics
+
+    logged = {"valid_bpc": 1.7, "final/valid_bpc": 1.5, "final/test_bpc": 1.4, "train_bpc": 2.0}
+    assert final_metrics(logged) == {"valid_bpc": 1.5, "test_bpc": 1.4, "train_bpc": 2.0}

@@ -442,7 +442,7 @@ def test_a_time_budget_ends_the_real_loop_with_its_final_evaluation(lab: dict[st
     run = tracking.describe_run(uri, run_id)
     train = tracking.metric_history(uri, run_id, "train_bpc")
     last = train[-1][0]
-    assert last > 5 and tracking.metric_history(uri, run_id, "test_bpc")[0][0] == last  # the final evaluation
+    assert last > 5 and tracking.metric_history(uri, run_id, "final/test_bpc")[0][0] == last  # the final evaluation
     assert run["tags"][tracking.TAG_STOPPED] == f"time_budget 2s spent at step {last}"
     seen = []
     while not events.empty():
@@ -489,7 +489,7 @@ def test_a_stop_request_ends_the_real_loop_after_the_step_with_its_checkpoint(la
     _, uri, run_id = fit_local(spec, progress=events)
     assert preemption.read_outcome(run_dir(spec)) == {"step": 1, "by": "SIGTERM to the driver"}
     assert tracking.metric_history(uri, run_id, "train_bpc")[-1][0] == 1  # flushed with step 1's checkpoint
-    assert tracking.metric_history(uri, run_id, "test_bpc") == []  # no final evaluation
+    assert tracking.metric_history(uri, run_id, "final/test_bpc") == []  # no final evaluation
     seen = []
     while not events.empty():
         seen.append(events.get_nowait())
