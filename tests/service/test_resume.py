@@ -50,16 +50,16 @@ def job_spec(tmp: Path, name: str, task: str = "char_lm"):
         raw["train"].pop("eval_max_symbols")
         raw["train"].pop("sample_length")
         return validate_job(raw)
-    # Sharded data (service/tasks/char_lm/streams.py): a 200 kB enwik8 stand-in prepared beforehand in 9
+    # Sharded data (service/tasks/char_lm/streams.py): a 120 kB enwik8 stand-in prepared beforehand in 9
     # training shards of 1,024-id row groups (the run finds it in the cache: the hash ignores the cut);
     # each rank's streams span several shards, and their 2,048-position windows turn at step 51.
     standin = tmp / "enwik8"
     if not standin.exists():
-        write_standin(standin, 200_000)
+        write_standin(standin, 120_000)
     raw["data"] = {"dataset": "enwik8", "path": str(standin), "seq_len": 40, "batch_size": 8, "eval_batch_size": 4}
     raw["model"]["hidden_size"] = 64
     spec = validate_job(raw)
-    prepare_text(spec, os.path.join(spec.storage, "datasets"), piece_bytes=20_000, rows_per_group=1024)
+    prepare_text(spec, os.path.join(spec.storage, "datasets"), piece_bytes=12_000, rows_per_group=1024)
     return spec
 
 

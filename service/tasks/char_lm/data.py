@@ -11,8 +11,9 @@ preparation: the next one empties it and starts again.
 where there is one within 64 KiB (else at a character boundary; anywhere for bytes), so no piece
 splits a character or a line ending. Pass 1 finds each piece's distinct symbols, pass 2 encodes each
 piece into one shard; each pass runs on Ray Data (one task per piece) or in this process, per
-``data.preparation`` (``auto``: Ray for sources of :data:`RAY_THRESHOLD_BYTES` or more, when Ray is
-running), and both ways write the same bytes. Memory: a few pieces, whatever the corpus's size.
+``data.preparation`` (``auto``: Ray for sources of :data:`RAY_THRESHOLD_BYTES` or more when Ray runs
+with :data:`RAY_MIN_CPUS` CPUs or more), and both ways write the same bytes. Memory: a few pieces,
+whatever the corpus's size.
 
 **Vocabulary.** Built from the training text (user corpora, PTB); a validation or test symbol
 missing from it is an error, not mapped to an unknown id: the model could never predict it, and
@@ -58,7 +59,12 @@ SPLITS = ("train", "valid", "test")
 VOCAB_FILE = "vocab.json"
 COLUMN = "id"
 PIECE_BYTES = 8 << 20  # source bytes per shard
-RAY_THRESHOLD_BYTES = 64 << 20  # data.preparation auto: Ray Data from this many source bytes on
+# data.preparation auto: Ray Data from this many source bytes on, on a cluster of RAY_MIN_CPUS or more.
+# bench/data_scale.py on 2 CPUs: one process prepares 10 MB-1 GB at 10-33 MB/s; Ray Data costs 2-6 s
+# more to start and, with 2 CPUs, never won clearly (60 MB 2.6 s vs 2.0, 200 MB 8.1 vs 6.1, 1 GB 41 vs
+# 36 s). Its tasks run at ~25 MB/s each, so from 4 CPUs on a source of 256 MiB should take about half.
+RAY_THRESHOLD_BYTES = 256 << 20
+RAY_MIN_CPUS = 4
 EXTRACTED = "enwik8.extracted"  # a zip's member, in the unfinished folder while it is prepared
 LOOKAHEAD = 1 << 16  # how far past a piece's target end a newline is looked for
 ENWIK8_CUTS = (90, 95)  # percent of the file where enwik8's train and valid splits end
@@ -483,7 +489,9 @@ def _use_ray(preparation: str, total_bytes: int) -> bool:
         if not ray.is_initialized():
             raise RuntimeError("data.preparation ray needs a running Ray instance (the driver starts one)")
         return True
-    return total_bytes >= RAY_THRESHOLD_BYTES and ray.is_initialized()
+    if total_bytes < RAY_THRESHOLD_BYTES or not ray.is_initialized():
+        return False
+    return ray.cluster_resources().get("CPU", 0) >= RAY_MIN_CPUS
 
 
 def _progress(say: Callable[[str], None], verb: str) -> Callable[[int, int], None]:
@@ -580,6 +588,7 @@ __all__ = [
     "ENWIK8_CUTS",
     "PIECE_BYTES",
     "PTB_CHAR_DIRS",
+    "RAY_MIN_CPUS",
     "RAY_THRESHOLD_BYTES",
     "Piece",
     "PreparedText",

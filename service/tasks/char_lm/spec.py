@@ -40,8 +40,8 @@ class CharLMDataSpec(DataSpec):
     preparation: Literal["auto", "local", "ray"] = Field(
         "auto",
         description="where the corpus is prepared: ray (Ray Data tasks on the cluster's CPUs), local "
-        "(the driver's process), or auto: ray for sources of 64 MiB or more, local below (measured "
-        "in bench/data_scale.py); the prepared shards are the same either way",
+        "(the driver's process), or auto: ray for sources of 256 MiB or more on 4 or more CPUs, "
+        "else local (bench/data_scale.py); the prepared shards are the same either way",
     )
     seq_len: int = Field(100, gt=0, description="truncated-BPTT segment length")
     batch_size: int = Field(128, gt=0, description="global batch (streams), split evenly across workers")
