@@ -68,6 +68,7 @@ RAY_MIN_CPUS = 4
 EXTRACTED = "enwik8.extracted"  # a zip's member, in the unfinished folder while it is prepared
 LOOKAHEAD = 1 << 16  # how far past a piece's target end a newline is looked for
 ENWIK8_CUTS = (90, 95)  # percent of the file where enwik8's train and valid splits end
+ENWIK8_BYTES = 10**8
 PTB_CHAR_DIRS = (VENDORED_DATA / "ptb-char", PROJECT_ROOT.parent / "shared" / "data" / "ptb" / "char")
 
 
@@ -408,6 +409,11 @@ def prepare_text(
             zip_uri, uri = uri, storage.join(root, EXTRACTED)
             materialise = functools.partial(_extract, zip_uri, member, uri)
         a, b = size * ENWIK8_CUTS[0] // 100, size * ENWIK8_CUTS[1] // 100
+        if size != ENWIK8_BYTES:  # a stand-in, another file, or a truncated download: said, not refused
+            text.note(
+                f"data.path: {d.path} holds {size:,} bytes, not the real enwik8's {ENWIK8_BYTES:,}; "
+                f"split at bytes {a:,} and {b:,} (90/5/5)"
+            )
         sources = [
             _Source(split, "data.path", uri, lo, hi, kind)
             for split, lo, hi in (("train", 0, a), ("valid", a, b), ("test", b, size))
@@ -585,6 +591,7 @@ def load_split(prepared: PreparedText, split: str) -> torch.Tensor:
 
 
 __all__ = [
+    "ENWIK8_BYTES",
     "ENWIK8_CUTS",
     "PIECE_BYTES",
     "PTB_CHAR_DIRS",

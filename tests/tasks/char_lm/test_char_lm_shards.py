@@ -15,6 +15,7 @@ import torch
 
 from hypermodels import CharLM, stream_batches
 from hypermodels import bits_per_char as whole_split_bpc
+from service.io import text
 from service.spec.errors import JobSpecError
 from service.spec.loading import validate_job
 from service.tasks.char_lm.data import ENWIK8_CUTS, load_split, open_split, prepare_text
@@ -109,7 +110,12 @@ def standin(tmp_path_factory) -> Path:
 
 def test_enwik8_standin_splits_90_5_5(standin, tmp_path) -> None:
     data = standin.read_bytes()
-    prepared = prepare_text(job(dataset="enwik8", path=str(standin)), str(tmp_path), **STANDIN)
+    with text.collect_notes() as notes:
+        prepared = prepare_text(job(dataset="enwik8", path=str(standin)), str(tmp_path), **STANDIN)
+    assert notes == [
+        f"data.path: {standin} holds 2,000,000 bytes, not the real enwik8's 100,000,000; "
+        "split at bytes 1,800,000 and 1,900,000 (90/5/5)"
+    ]
     counts = prepared._meta()["splits"]
     assert counts == {"train": 1_800_000, "valid": 100_000, "test": 100_000}
     assert ENWIK8_CUTS == (90, 95)  # 90,000,000 / 5,000,000 / 5,000,000 of the real 10^8-byte file
