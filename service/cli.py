@@ -2,7 +2,8 @@
 
 Each subcommand is a function ``cmd_<name>(args) -> int`` registered in :func:`build_parser`.
 Exit codes: 0 success, 1 the job failed or was stopped, 2 bad input (job spec, arguments,
-unreachable storage or Ray cluster, unknown submission id), 130 interrupted (Ctrl-C, SIGTERM).
+unreachable storage or Ray cluster, unknown submission id), 130 interrupted (Ctrl-C, SIGTERM; a job
+preempted by SIGTERM has checkpointed the step it reached, and the same command resumes it).
 """
 
 from __future__ import annotations
@@ -123,18 +124,29 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
             flush=True,
         )
         return EXIT_INTERRUPTED
+    preempted = outcome.preempted_at_step is not None
     print(
         json.dumps(
             {
                 "run_id": outcome.run_id,
                 "tracking_uri": outcome.tracking_uri,
                 "run_path": outcome.run_path,
-                "status": "FINISHED" if outcome.ok else "FAILED",
+                "status": "KILLED" if preempted else "FINISHED" if outcome.ok else "FAILED",
                 "metrics": {k: outcome.metrics[k] for k in sorted(outcome.metrics)},
+                **({"preempted_at_step": outcome.preempted_at_step} if preempted else {}),
             },
             indent=2,
         )
     )
+    if preempted:
+        command = shlex.join(["hyperctl", *sys.argv[1:]])
+        print(
+            f"[stopped] preempted at step {outcome.preempted_at_step}: its checkpoint is in {outcome.run_path}; "
+            f"the MLflow run is marked KILLED. Resume from that step with the same command: {command}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
     _print_next_steps(args, spec, outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 

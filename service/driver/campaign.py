@@ -180,7 +180,7 @@ def _finished_run(spec: JobSpec, uri: str) -> dict[str, float] | None:
     """The metrics of this trial's child run if it already ended FINISHED, else None."""
     run_id = tracking.run_id_of(spec)
     info = tracking.find_run(uri, run_id) if run_id else None  # None: not in this store, run the trial
-    return dict(info["metrics"]) if info and info["status"] == "FINISHED" else None
+    return tracking.final_metrics(info["metrics"]) if info and info["status"] == "FINISHED" else None
 
 
 def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
@@ -250,7 +250,7 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         tune.report({"step": int(info["step"]), metric: _worst(mode), "trial_state": "diverged"})
         return
     tracking.close_run(uri, run_id)
-    final = tracking.describe_run(uri, run_id)["metrics"]
+    final = tracking.final_metrics(tracking.describe_run(uri, run_id)["metrics"])
     tune.report(
         {
             **{k: v for k, v in final.items() if isinstance(v, (int, float))},

@@ -48,12 +48,26 @@ RUN_ID_FILE = "mlflow_run_id"
 # file before Ray starts (spec_conflict), without opening the tracking store.
 PARAMS_FILE = "job_params.json"
 TAG_PREFIX = "hyperctl."  # the service's own tags; a task's figures go as TAG_PREFIX + name
+# A run's final figures (whole-split valid, test, per-set scores) are metrics named FINAL_PREFIX + name: single
+# points that MLflow's chart view groups in a section of their own, apart from the learning curves.
+FINAL_PREFIX = "final/"
 TAG_JOB = "hyperctl.job"
+
+
+def final_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A finished run's figures by their plain names, as scripts read them (the submit summary, a
+    campaign's trial results): ``final/<name>`` replaces ``<name>`` (the curve's last point is the
+    same whole-split evaluation), the other metrics as logged."""
+    plain = {k: v for k, v in metrics.items() if not k.startswith(FINAL_PREFIX)}
+    return plain | {k.removeprefix(FINAL_PREFIX): v for k, v in metrics.items() if k.startswith(FINAL_PREFIX)}
+
+
 TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"
 TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's ("trial")
 TAG_STOPPED = "hyperctl.stopped_early"
 TAG_REGISTERED = "hyperctl.registered_model"  # models:/NAME/VERSION of the run's registered model
+TAG_PREEMPTED = "hyperctl.preempted_at_step"  # SIGTERM: the step of the checkpoint a relaunch resumes from
 TAG_RAY_JOB = "ray.job_id"
 TAG_RAY_SUBMISSION = "ray.submission_id"
 TAG_SACREBLEU = "sacrebleu.signature"  # the signature of every BLEU a run reports
@@ -238,8 +252,9 @@ def open_run(
             if not storage.exists(params_file):  # a run started before the file existed
                 storage.write_bytes_atomic(params_file, json.dumps(params).encode())
             client.update_run(run_id, status="RUNNING")
-            if TAG_ERROR in run.data.tags:
-                client.delete_tag(run_id, TAG_ERROR)
+            for ended in (TAG_ERROR, TAG_PREEMPTED):  # how the last attempt ended: it runs again
+                if ended in run.data.tags:
+                    client.delete_tag(run_id, ended)
             _set_tags(client, run_id, tags or {})
             return run_id, True
     experiment_id = _experiment_id(client, uri, spec.tracking.experiment)

@@ -17,6 +17,9 @@ class JobSpecError(ValueError):
         self.source, self.problems = source, problems
         super().__init__(f"{source}: invalid job spec\n" + "\n".join(f"  - {p}" for p in problems))
 
+    def __reduce__(self) -> tuple[type[JobSpecError], tuple[str, list[str]]]:  # raised in a Ray task too
+        return (JobSpecError, (self.source, self.problems))
+
 
 def _model_at(path: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The schema class that holds the field at ``path`` (None when the path leaves the schema)."""

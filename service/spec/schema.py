@@ -267,6 +267,14 @@ class JobSpec(Strict):
             )
         return self
 
+    def step_batch(self) -> tuple[int, str]:
+        """The global batch of one optimizer step (``data.batch_size x train.accumulate_steps``; the
+        workers split it) and its name for messages about data too small for it."""
+        batch, k = self.data.batch_size, self.train.accumulate_steps
+        if k == 1:
+            return batch, "data.batch_size"
+        return batch * k, f"data.batch_size x train.accumulate_steps ({batch} x {k})"
+
     def flat(self) -> dict[str, Any]:
         """The spec as ``{"a.b.c": value}``, e.g. for MLflow params (a campaign's ``search`` section
         as ``search.*``, a searched key's values as ``search.space.<key>.<kind>``)."""

@@ -16,7 +16,9 @@ skipped and the scale lowered, :mod:`.precision`); only a non-finite loss stops 
 
 The training controls every task gets through the Worker: the learning-rate schedule
 (:mod:`.schedule`), gradient accumulation (:meth:`Worker.micro_batches`, :meth:`Worker.backward`,
-:meth:`Worker.step`), early stopping and the time budget (:mod:`.stopping`; :meth:`Worker.done`).
+:meth:`Worker.step`), early stopping and the time budget (:mod:`.stopping`; :meth:`Worker.done`),
+and preemption: SIGTERM ends the job after the current step with a checkpoint at it
+(:mod:`.preemption`; :meth:`Worker.finishes`).
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import torch
 from hypermodels import count_parameters
 
 from ..io import storage
-from ..io.tracking import TAG_REGISTERED, TAG_STOPPED, MetricBuffer, RunLog, log_pytorch_model
+from ..io.tracking import FINAL_PREFIX, TAG_REGISTERED, TAG_STOPPED, MetricBuffer, RunLog, log_pytorch_model
 from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
 from . import checkpoint as ckpt
+from . import preemption
 from .failure import FAILURE_FILE
 from .precision import MixedPrecision
 from .schedule import LRSchedule
@@ -140,6 +143,11 @@ class Worker(Generic[J]):
         self.total_steps: int | None = None
         self.over_budget = False
         self.stop_reason: str | None = None
+        # Preemption (not saved with checkpoints: a relaunch trains on): the step it stops after, and why.
+        self.stop_requests = preemption.StopRequests(run_dir(self.spec) if self.rank == 0 else None)
+        preemption.catch_sigterm()
+        self.preempted_at: int | None = None
+        self.preempted_by = ""
         self._accumulated: list[tuple[int, torch.Tensor]] = []  # this step's micro-batches: (count, reported loss)
         self._scale = 1.0  # what the step's micro-batch losses were divided by (see backward)
         self._evaluated_at = -1  # the step of the latest evaluation
@@ -157,6 +165,20 @@ class Worker(Generic[J]):
         self.last.update(metrics)
         if self.tracker is not None:
             self.tracker.add(step, **metrics)
+
+    def log_final(self, step: int, curve: dict[str, float], figures: dict[str, float]) -> None:
+        """End the run's metrics (rank 0, after the final evaluation) and tell the terminal.
+
+        ``curve``: whole-split figures that end a learning curve (e.g. ``valid_bpc``), logged under
+        their own names at ``step``. Every figure of ``curve`` and ``figures`` (test results, per-set
+        scores) is also logged once under ``final/<name>``: single points that MLflow's chart view
+        groups in a section of their own, apart from the curves, and the runs table shows as columns
+        (:data:`FINAL_PREFIX`; ``hyperctl list`` reads them)."""
+        self.log(step, **curve)
+        self.log(step, **{FINAL_PREFIX + k: v for k, v in {**curve, **figures}.items()})
+        assert self.tracker is not None
+        self.tracker.flush()
+        self.emit(event="final", step=step, metrics={**curve, **figures})
 
     def log_window(
         self,
@@ -256,8 +278,10 @@ class Worker(Generic[J]):
 
     def done(self, pos: ckpt.Position) -> bool:
         """Whether training ends at ``pos``: its last step, the time budget spent (at the first step
-        past it) or early stopping (the same answer on every rank)."""
+        past it), early stopping or preemption (the same answer on every rank)."""
         if self.total_steps is not None and pos.step >= self.total_steps:
+            return True
+        if self.preempted_at is not None:
             return True
         if self.over_budget and self.stop_reason is None:
             self._stop(pos, f"time_budget {self.spec.train.time_budget} spent at step {pos.step}")
@@ -354,13 +378,21 @@ class Worker(Generic[J]):
         loss_value = float(loss_sum.detach())
         norm_value = 0.0 if grad_norm is None else float(grad_norm)
         bad = not (math.isfinite(loss_value) and math.isfinite(norm_value))
-        # The time budget rides on the same all-reduce: any rank past it ends training on all of them.
+        # The time budget and preemption ride on the same all-reduce: any rank past the budget, or
+        # signalled (or rank 0 seeing the driver's request), ends training on all of them after this step.
         over = self.clock.over()
-        stats = torch.tensor([loss_value, count, float(bad), float(over)], dtype=torch.float64, device=self.device)
+        signals = self.stop_requests.flags()
+        stats = torch.tensor(
+            [loss_value, count, float(bad), float(over), *signals], dtype=torch.float64, device=self.device
+        )
         if self.world > 1:
             dist.all_reduce(stats)
-        global_loss, global_count, bad_ranks, over_ranks = stats.tolist()
+        global_loss, global_count, bad_ranks, over_ranks, worker_signals, driver_requests = stats.tolist()
         self.over_budget = over_ranks > 0
+        why = preemption.reason(worker_signals, driver_requests)
+        if why is not None and self.preempted_at is None and bad_ranks == 0:
+            self.preempted_at, self.preempted_by = pos.step + 1, why
+            self.emit(event="info", text=f"{why}: training stops after step {pos.step + 1} with a checkpoint at it")
         if bad_ranks == 0:
             return global_loss, global_count
         message = (
@@ -435,6 +467,13 @@ class Worker(Generic[J]):
         if self.tracker is not None:
             self.tracker.flush()
         self.emit(event="checkpoint", step=pos.step)
+        if self.rank == 0 and self.preempted_at == pos.step:  # for the driver: the run ends here, to resume
+            preemption.write_outcome(run_dir(self.spec), pos.step, self.preempted_by)
+
+    def finishes(self) -> bool:
+        """Whether this rank runs the loop's finish (final evaluation, artifacts) once training ends:
+        rank 0, unless the job was preempted (a relaunch continues it; the finish is the finished run's)."""
+        return self.rank == 0 and self.preempted_at is None
 
     def _say(self, line: str) -> None:
         """A line for the terminal (rank 0's progress) and every rank's log."""

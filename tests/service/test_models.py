@@ -67,7 +67,7 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         model,
         spec,
         example,
-        {VOCAB_FILE: vocab_document(prepared.vocab, prepared.ptb_format)},
+        {VOCAB_FILE: vocab_document(prepared)},
     )
     tracking.close_run(uri, run_id)
     # MLflow's fluent API (which logs models) was pointed at this store only while logging
@@ -261,10 +261,7 @@ def test_evaluate_refuses_bad_input_with_exit_2(
     code, _, err = evaluate(capsys, ckpt_folder, "--text", str(bad))
     assert code == EXIT_BAD_INPUT and f"--text: {bad} line 1: expected UTF-8 text, found byte 0xff" in err
     code, _, err = evaluate(capsys, ckpt_folder, "--text", str(tmp_path / "missing.txt"))
-    assert (
-        code == EXIT_BAD_INPUT
-        and f"--text: expected a UTF-8 text file, found nothing at {tmp_path / 'missing.txt'}" in err
-    )
+    assert code == EXIT_BAD_INPUT and f"--text: expected a file, found nothing at {tmp_path / 'missing.txt'}" in err
     code, _, err = evaluate(capsys, ckpt_folder, "--images", "x.idx", "--labels", "y.idx")
     assert code == EXIT_BAD_INPUT
     assert (

@@ -330,10 +330,11 @@ def fits(src: list[int], tgt: list[int], max_len: int) -> bool:
 
 
 def check_prepared(spec: TranslationJob, prepared: PreparedCorpus) -> list[str]:
-    """What the worker loop needs of the prepared corpus: a full batch of training pairs that fit
-    ``data.max_len``, and validation pairs to evaluate."""
+    """What the worker loop needs of the prepared corpus: a full step's batch of training pairs
+    (``data.batch_size x train.accumulate_steps``) that fit ``data.max_len``, and validation pairs
+    to evaluate."""
     train = load_split(prepared, "train")
-    total, max_len, batch = len(train.src), spec.data.max_len, spec.data.batch_size
+    total, max_len, (batch, fields) = len(train.src), spec.data.max_len, spec.step_batch()
     usable = sum(fits(s, t, max_len) for s, t in zip(train.src, train.tgt, strict=True))
     problems = []
     if usable == 0:
@@ -343,7 +344,7 @@ def check_prepared(spec: TranslationJob, prepared: PreparedCorpus) -> list[str]:
         )
     elif usable < batch:
         problems.append(
-            f"data.batch_size: {batch} pairs per batch, but only {usable:,} of {total:,} training pairs "
+            f"{fields}: {batch} pairs per batch, but only {usable:,} of {total:,} training pairs "
             f"fit data.max_len = {max_len}"
         )
     if prepared.counts.get("valid", 0) == 0:
