@@ -98,8 +98,11 @@ def test_job_with_s3_data_and_storage(tmp_path: Path, s3_server) -> None:
     assert not [x for x in secrets if x in blob]
     artifacts = tmp_path / "artifacts"
     client.download_artifacts(run_id, "", str(artifacts))
-    files = [p for p in artifacts.rglob("*") if p.is_file()]
-    assert any(p.name == "job.yaml" for p in files) and any(p.name == "model.pt" for p in files)
+    from service.io import tracking
+
+    model = tracking.download_model(job["tracking"]["uri"], f"runs:/{run_id}/model", str(tmp_path / "model"))
+    files = [p for folder in (artifacts, Path(model)) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "job.yaml" for p in files) and any(p.name == "job.json" for p in files)  # the MLflow model's
     for path in files:
         body = path.read_bytes()
         assert not [x for x in secrets if x.encode() in body], path
