@@ -27,8 +27,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import storage
 from ..spec.errors import JobSpecError
+from . import storage
 from .datacache import data_error
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -173,25 +173,25 @@ def _gunzip(field: str, uri: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
 def _gunzip_slice(field: str, uri: str, chunk: bytes, offset: int, state: dict[str, Any]) -> Iterator[bytes]:
     data, d = chunk, state["d"]
     while data:
-            if d is None:
-                if data[:2] != GZIP_MAGIC[: len(data[:2])]:
-                    if data.strip(b"\x00"):  # padding after the last member is tolerated
-                        at = offset + len(chunk) - len(data)
-                        raise data_error(field, f"{uri}: unexpected bytes after a gzip member at byte offset {at:,}")
-                    break
-                d = zlib.decompressobj(wbits=31)
-            try:
-                out = d.decompress(data)
-            except zlib.error as e:
-                raise data_error(
-                    field, f"{uri}: corrupt gzip data in compressed bytes {offset:,}-{offset + len(chunk):,}: {e}"
-                ) from None
-            if out:
-                yield out
-            data = b""
-            if d.eof:  # the member ended: another may follow
-                data, d = d.unused_data, None
-        state["d"] = d
+        if d is None:
+            if data[:2] != GZIP_MAGIC[: len(data[:2])]:
+                if data.strip(b"\x00"):  # padding after the last member is tolerated
+                    at = offset + len(chunk) - len(data)
+                    raise data_error(field, f"{uri}: unexpected bytes after a gzip member at byte offset {at:,}")
+                break
+            d = zlib.decompressobj(wbits=31)
+        try:
+            out = d.decompress(data)
+        except zlib.error as e:
+            raise data_error(
+                field, f"{uri}: corrupt gzip data in compressed bytes {offset:,}-{offset + len(chunk):,}: {e}"
+            ) from None
+        if out:
+            yield out
+        data = b""
+        if d.eof:  # the member ended: another may follow
+            data, d = d.unused_data, None
+    state["d"] = d
 
 
 def iter_lines(field: str, uri: str, chunk_bytes: int = 1 << 20) -> Iterator[str]:
@@ -252,7 +252,9 @@ def _lines(field: str, uri: str, stream: Iterable[bytes]) -> Iterator[str]:
             first = False
             for bom, name in _OTHER_BOMS.items():
                 if data.startswith(bom):
-                    raise data_error(field, f"expected UTF-8 text, found a {name} byte-order mark at the start of {uri}")
+                    raise data_error(
+                        field, f"expected UTF-8 text, found a {name} byte-order mark at the start of {uri}"
+                    )
             if data.startswith(UTF8_BOM):
                 note(f"{field}: {uri} starts with a UTF-8 byte-order mark; it is ignored")
                 data, offset = data[len(UTF8_BOM) :], len(UTF8_BOM)

@@ -76,11 +76,13 @@ def _tsv(where: str, src: ParallelSource) -> Iterator[Pair]:
             if max(src.columns) >= width:
                 raise data_error(
                     f"{where}.columns",
-                    f"{src.tsv} line 1 has {width} fields (0 to {width - 1}), columns asks for field {max(src.columns)}",
+                    f"{src.tsv} line 1 has {width} fields (0 to {width - 1}), "
+                    f"columns asks for field {max(src.columns)}",
                 )
         if len(parts) != width:
             raise data_error(
-                f"{where}.tsv", f"{src.tsv} line {i}: expected {width} tab-separated fields as line 1, found {len(parts)}"
+                f"{where}.tsv",
+                f"{src.tsv} line {i}: expected {width} tab-separated fields as line 1, found {len(parts)}",
             )
         yield i, parts[src.columns[0]], parts[src.columns[1]]
 

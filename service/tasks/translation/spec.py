@@ -3,9 +3,9 @@ HyperLSTMs or the LSTM baselines (the paper's GNMT experiment, §4.4)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from ...spec.schema import DataSpec, HyperSpec, JobSpec, ModelSpec, TrainSpec
 from ...spec.strict import Strict
@@ -95,18 +95,29 @@ class SubwordSpec(Strict):
     seed: int = Field(0, description="seed of that sample")
 
 
+def _one_or_list(value: Any) -> str:
+    return "(list)" if isinstance(value, list) else "(one)"
+
+
+# One corpus or a list of them; errors name the field as data.train.src or data.train.2.src.
+Corpora = Annotated[
+    Annotated[ParallelSource, Tag("(one)")] | Annotated[list[ParallelSource], Tag("(list)")],
+    Discriminator(_one_or_list),
+]
+
+
 class TranslationDataSpec(DataSpec):
     """Built-in ``multi30k-en-fr`` / ``multi30k-en-de`` (vendored raw Multi30k task 1), or user
     corpora. Subword vocabularies are trained on the training split with sentencepiece."""
 
     user_file_keys = ("train", "valid", "test")  # given without dataset: the built-in default gives way
     dataset: Literal["multi30k-en-fr", "multi30k-en-de"] | None = "multi30k-en-fr"
-    train: ParallelSource | list[ParallelSource] | None = Field(
+    train: Corpora | None = Field(
         None,
         description="the training corpus: one parallel corpus, or a list of them read in order "
         "(e.g. WMT's Europarl, Common Crawl, UN, News Commentary, Gigaword)",
     )
-    valid: ParallelSource | list[ParallelSource] | None = Field(
+    valid: Corpora | None = Field(
         None, description="the validation corpus: one parallel corpus or a list (concatenated, e.g. newstest2012+2013)"
     )
     test: dict[str, ParallelSource] = Field(default_factory=dict, description="named test sets")

@@ -168,7 +168,7 @@ def test_tsv_and_parquet_corpora(tmp_path: Path) -> None:
     message = prepare_error(job, tmp_path)
     assert "data.valid.tgt_column: " in message and "has no column 'german'" in message
     (tmp_path / "train.tsv").write_text(f"{en[0]}\t{fr[0]}\nno tab here\n", encoding="utf-8")
-    job["data"]["valid"] = {"tsv": str(tmp_path / "train.tsv")}
+    job["data"]["valid"] = dict(bad, tgt_column="french")
     assert (
         f"data.train.tsv: {tmp_path / 'train.tsv'} line 2: expected source TAB target, found 0 tabs"
         in prepare_error(job, tmp_path)
