@@ -3,6 +3,7 @@ HyperLSTMs or the LSTM baselines (the paper's GNMT experiment, §4.4)."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
@@ -121,6 +122,11 @@ class TranslationDataSpec(DataSpec):
         None, description="the validation corpus: one parallel corpus or a list (concatenated, e.g. newstest2012+2013)"
     )
     test: dict[str, ParallelSource] = Field(default_factory=dict, description="named test sets")
+    dir: str | None = Field(
+        None,
+        description="the folder (path or s3://) that relative file names of data.train, data.valid and "
+        "data.test are in (null: as given, relative to the working directory)",
+    )
     subwords: SubwordSpec = SubwordSpec()
     filter: FilterSpec = Field(FilterSpec(), description="length and ratio filters of the training pairs")
     shard_pairs: int = Field(
@@ -156,6 +162,13 @@ class TranslationDataSpec(DataSpec):
             )
         if self.dataset is not None and (self.train is not None or self.valid is not None or self.test):
             raise ValueError(f"give either data.dataset ({self.dataset!r}) or data.train/valid/test, not both")
+        if self.dir is not None:
+            for src in [s for _, s in self.sources("train") + self.sources("valid")] + list(self.test.values()):
+                for key in ("src", "tgt", "tsv", "parquet"):
+                    name = getattr(src, key)
+                    if name is not None and "://" not in name and not os.path.isabs(name):
+                        joined = f"{self.dir.rstrip('/')}/{name}" if "://" in self.dir else os.path.join(self.dir, name)
+                        setattr(src, key, joined)
         if isinstance(self.train, list) and not self.train:
             raise ValueError("data.train: expected at least one parallel corpus, found an empty list")
         if isinstance(self.valid, list) and not self.valid:
