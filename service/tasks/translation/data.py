@@ -377,7 +377,7 @@ def prepare_corpus(
                 yield index, chunk
                 index += 1
 
-    wave_size = max(2, int(_cluster_cpus())) if on_ray else 1
+    wave_size = max(2, 2 * int(_cluster_cpus())) if on_ray else 1  # shards in flight: 2 per CPU
     results: list[dict[str, Any]] = []
     for wave in _waves(numbered(), wave_size):
         results += shards.parallel_map(writer, wave, use_ray=on_ray)
