@@ -199,8 +199,8 @@ def parallel_corpus_scale(sizes: list[int], cpus: int, work: Path) -> dict[str, 
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"Parallel corpora (synthetic, gzip'd aligned files), shard_pairs {SHARD_PAIRS:,}, sample_pairs {SAMPLE_PAIRS:,}, "
-        f"{result['cpus']} CPUs for Ray",
+        f"Parallel corpora (synthetic, gzip'd aligned files), shard_pairs {SHARD_PAIRS:,}, "
+        f"sample_pairs {SAMPLE_PAIRS:,}, {result['cpus']} CPUs for Ray",
         "",
         "| pairs | path | seconds | pairs/s | peak MiB (per process / Ray worker) |",
         "|---:|---|---:|---:|---:|",
@@ -218,7 +218,8 @@ def table(result: dict[str, Any]) -> str:
     for mode, v in result["verdicts"].items():
         lines.append(
             f"| {mode} | {v['memory_ratio']:.2f} | {v['time_ratio']:.1f} ({v['size_ratio']:.0f}) | "
-            f"{'yes' if v['memory_flat_within_20pct'] else 'NO'} | {'yes' if v['time_no_faster_than_linear'] else 'NO'} |"
+            f"{'yes' if v['memory_flat_within_20pct'] else 'NO'} | "
+            f"{'yes' if v['time_no_faster_than_linear'] else 'NO'} |"
         )
     return "\n".join(lines) + "\n"
 
