@@ -495,9 +495,15 @@ def check_prepared(spec: TranslationJob, prepared: PreparedCorpus) -> list[str]:
     """What the worker loop needs of the prepared corpus: a full batch of training pairs that pass
     ``data.filter`` and fit ``data.max_len``, and validation pairs to evaluate. Reads the manifest only."""
     d = spec.data
-    kept, max_len, batch = prepared.counts["train"], d.max_len, d.batch_size
+    kept, max_len, accumulate = prepared.counts["train"], d.max_len, spec.train.accumulate_steps
     usable = prepared.usable(max_len)
-    after = f"{kept:,} training pairs ({dropped_text(prepared.read, prepared.dropped)} by data.filter)"
+    step = d.batch_size * accumulate
+    per = f"{step} pairs per batch" + (f" ({d.batch_size} x {accumulate} accumulated)" if accumulate > 1 else "")
+    filtered = (
+        f" (after data.filter {dropped_text(prepared.read, prepared.dropped)})"
+        if sum(prepared.dropped.values())
+        else ""
+    )
     problems = []
     if kept == 0:
         problems.append(
@@ -506,13 +512,13 @@ def check_prepared(spec: TranslationJob, prepared: PreparedCorpus) -> list[str]:
         )
     elif usable == 0:
         problems.append(
-            f"data.max_len: 0 of {after} fit data.max_len = {max_len} "
-            "(subwords per side, the target with its end-of-sentence symbol)"
+            f"data.max_len: 0 of {kept:,} training pairs fit data.max_len = {max_len} "
+            f"(subwords per side, the target with its end-of-sentence symbol){filtered}"
         )
-    elif usable < batch * spec.train.accumulate_steps:
+    elif usable < step:
         problems.append(
-            f"data.batch_size: {batch * spec.train.accumulate_steps} pairs per step, but only {usable:,} of {after} "
-            f"fit data.max_len = {max_len}"
+            f"data.batch_size: {per}, but only {usable:,} of {kept:,} training pairs fit data.max_len = "
+            f"{max_len}{filtered}"
         )
     if prepared.counts.get("valid", 0) == 0:
         problems.append("data.valid: expected sentence pairs to evaluate, found none")

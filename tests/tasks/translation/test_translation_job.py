@@ -207,6 +207,15 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     assert 0.0 <= m["test_bleu"] <= 100.0 and m["test_bleu"] == m["test_bleu_flickr16"]
     assert 1.0 < m["valid_ppl"] < 200.0  # a 200-piece vocabulary: learning moved it below uniform
     assert run.data.tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    # the filters' counts (pairs.json's mlflow_params), and the [data] line that said them
+    assert {k: v for k, v in run.data.params.items() if k.startswith(("data.dropped.", "data.train_pairs"))} == {
+        "data.dropped.too_short": "0",
+        "data.dropped.too_long": "0",
+        "data.dropped.ratio": "0",
+        "data.train_pairs": "300",
+        "data.train_pairs_read": "300",
+    }
+    assert "300 training pairs in 1 shard(s) (none dropped of 300 read)" in proc.stdout
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_bleu")] == [10, 20]
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "subwords", "translations", "plots", "sample_translations.txt", "pairs.json"} <= paths

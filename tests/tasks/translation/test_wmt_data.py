@@ -88,11 +88,14 @@ def test_filters_count_every_reason_and_the_checks_count_them(tmp_path: Path) ->
 
     spec = validate_job({**job, "data": {**job["data"], "batch_size": 64}})
     assert check_prepared(spec, prepared) == [
-        "data.batch_size: 64 pairs per step, but only 60 of 60 training pairs (dropped 11 of 71 read: "
-        "5 too_short, 4 too_long, 2 ratio by data.filter) fit data.max_len = 64"
+        "data.batch_size: 64 pairs per batch, but only 60 of 60 training pairs fit data.max_len = 64 (after "
+        "data.filter dropped 11 of 71 read: 5 too_short, 4 too_long, 2 ratio)"
     ]
     spec = validate_job({**job, "data": {**job["data"], "max_len": 1}})
-    assert check_prepared(spec, prepared)[0].startswith("data.max_len: 0 of 60 training pairs (dropped 11 of 71")
+    assert check_prepared(spec, prepared)[0].startswith("data.max_len: 0 of 60 training pairs fit data.max_len = 1")
+    assert check_prepared(spec, prepared)[0].endswith(
+        "(after data.filter dropped 11 of 71 read: 5 too_short, 4 too_long, 2 ratio)"
+    )
 
 
 def test_a_filter_that_keeps_nothing_is_named(tmp_path: Path) -> None:
