@@ -46,6 +46,9 @@ RUN_ID_FILE = "mlflow_run_id"
 # file before Ray starts (spec_conflict), without opening the tracking store.
 PARAMS_FILE = "job_params.json"
 TAG_PREFIX = "hyperctl."  # the service's own tags; a task's figures go as TAG_PREFIX + name
+# A run's final figures (whole-split valid, test, per-set scores) are metrics named FINAL_PREFIX + name: single
+# points that MLflow's chart view groups in a section of their own, apart from the learning curves.
+FINAL_PREFIX = "final/"
 TAG_JOB = "hyperctl.job"
 TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"

@@ -37,7 +37,7 @@ import torch
 from hypermodels import count_parameters
 
 from ..io import storage
-from ..io.tracking import TAG_STOPPED, MetricBuffer, RunLog
+from ..io.tracking import FINAL_PREFIX, TAG_STOPPED, MetricBuffer, RunLog
 from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
@@ -157,6 +157,20 @@ class Worker(Generic[J]):
         self.last.update(metrics)
         if self.tracker is not None:
             self.tracker.add(step, **metrics)
+
+    def log_final(self, step: int, curve: dict[str, float], figures: dict[str, float]) -> None:
+        """End the run's metrics (rank 0, after the final evaluation) and tell the terminal.
+
+        ``curve``: whole-split figures that end a learning curve (e.g. ``valid_bpc``), logged under
+        their own names at ``step``. Every figure of ``curve`` and ``figures`` (test results, per-set
+        scores) is also logged once under ``final/<name>``: single points that MLflow's chart view
+        groups in a section of their own, apart from the curves, and the runs table shows as columns
+        (:data:`FINAL_PREFIX`; ``hyperctl list`` reads them)."""
+        self.log(step, **curve)
+        self.log(step, **{FINAL_PREFIX + k: v for k, v in {**curve, **figures}.items()})
+        assert self.tracker is not None
+        self.tracker.flush()
+        self.emit(event="final", step=step, metrics={**curve, **figures})
 
     def log_window(
         self,

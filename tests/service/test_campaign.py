@@ -243,7 +243,7 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "valid_bpc")]
         assert steps and steps == sorted(set(steps))  # a curve, no step twice
         if trial["state"] == "completed":
-            assert child.info.status == "FINISHED" and steps[-1] == 40 and "final_valid_bpc" in child.data.metrics
+            assert child.info.status == "FINISHED" and steps[-1] == 40 and "final/valid_bpc" in child.data.metrics
         else:
             assert child.info.status == "KILLED" and child.data.tags["hyperctl.stopped_early"].startswith("asha")
             assert trial["step"] < 40

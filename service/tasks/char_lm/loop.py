@@ -143,15 +143,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank != 0:
         return
     final_valid = bits_per_char(model, valid_ids, batch_size=spec.data.eval_batch_size, seq_len=T)
-    final = {"valid_bpc": final_valid, "final_valid_bpc": final_valid}
+    figures = {}
     if prepared.has_split("test"):
-        final["test_bpc"] = bits_per_char(
+        figures["test_bpc"] = bits_per_char(
             model, load_split(prepared, "test"), batch_size=spec.data.eval_batch_size, seq_len=T
         )
-    w.log(pos.step, **final)
+    w.log_final(pos.step, curve={"valid_bpc": final_valid}, figures=figures)
     assert w.tracker is not None
-    w.tracker.flush()
-    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_bpc"})
     finish_artifacts(spec, model, prepared, valid_ids, w.tracker)
 
 

@@ -124,19 +124,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank != 0:
         return
     final_valid, final_valid_per_point = log_loss(model, valid, spec.data.eval_batch_size)
-    final = {
-        "valid_nll": final_valid,
-        "valid_nll_per_point": final_valid_per_point,
-        "final_valid_nll": final_valid,
-    }
+    figures = {}
     if prepared.has_split("test"):
-        final["test_nll"], final["test_nll_per_point"] = log_loss(
+        figures["test_nll"], figures["test_nll_per_point"] = log_loss(
             model, load_split(prepared, "test"), spec.data.eval_batch_size
         )
-    w.log(pos.step, **final)
+    curve = {"valid_nll": final_valid, "valid_nll_per_point": final_valid_per_point}
+    w.log_final(pos.step, curve=curve, figures=figures)
     assert w.tracker is not None
-    w.tracker.flush()
-    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_nll"})
     log_model(w.tracker, model, spec, scale=list(prepared.scale))
     log_samples(spec, model, prepared, w.tracker, "samples/final.png", pos.step)
     shared_plots.log_learning_curve(

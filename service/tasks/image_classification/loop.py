@@ -161,19 +161,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     valid_error, valid_loss = evaluate(model, valid_x, valid_y, mean, std, spec.data.eval_batch_size)
     test_error, test_loss = evaluate(model, test_x, test_y, mean, std, spec.data.eval_batch_size)
     counts = parameter_counts(model)
-    final = {
-        "valid_error": valid_error,
-        "valid_loss": valid_loss,
-        "final_valid_error": valid_error,
-        "test_error": test_error,
-        "test_loss": test_loss,
-        **{k: float(v) for k, v in counts.items()},
-    }
-    w.log(pos.step, **final)
+    curve = {"valid_error": valid_error, "valid_loss": valid_loss}
+    w.log_final(pos.step, curve=curve, figures={"test_error": test_error, "test_loss": test_loss})
     assert w.tracker is not None
-    w.tracker.flush()
+    # Parameter counts are properties of the model, not of training: tags (a column each in the runs
+    # table), never metrics (a one-point chart each).
     w.tracker.set_tags(**{f"{TAG_PREFIX}{k}": v for k, v in counts.items()})
-    w.emit(event="final", step=pos.step, metrics={"valid_error": valid_error, "test_error": test_error})
     w.emit(
         event="info", text="parameters: " + ", ".join(f"{k.removeprefix('params_')} {v:,}" for k, v in counts.items())
     )

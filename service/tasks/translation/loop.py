@@ -185,14 +185,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         key = "valid_bleu" if name == "valid" else f"test_bleu_{name.removeprefix('test.')}"
         final[key] = score
         w.emit(event="eval", step=pos.step, metrics={key: score}, over=f"{len(split.src):,} sentences")
-    final["final_valid_bleu"] = final["valid_bleu"]
     final["valid_ppl"] = perplexity(model, valid, spec.data.eval_batch_size, device)
     if prepared.tests:
         final["test_bleu"] = final[f"test_bleu_{prepared.tests[0]}"]
-    w.log(pos.step, **final)
-    w.tracker.flush()
+    curve = {k: final.pop(k) for k in ("valid_bleu", "valid_ppl")}
+    w.log_final(pos.step, curve=curve, figures=final)
     w.tracker.set_tags(**{TAG_SACREBLEU: signature})
-    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_bleu"})
     w.emit(event="info", text=f"sacreBLEU signature: {signature}")
     finish_artifacts(spec, model, translator, prepared, splits, outputs, signature, w.tracker)
 

@@ -56,7 +56,7 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     # Metrics at increasing steps.
     history = {
         k: client.get_metric_history(run.info.run_id, k)
-        for k in ("train_bpc", "tokens_per_s", "valid_bpc", "test_bpc", "final_valid_bpc")
+        for k in ("train_bpc", "tokens_per_s", "valid_bpc", "final/test_bpc", "final/valid_bpc")
     }
     assert "lr" not in run.data.metrics  # constant: the param train.optimizer.lr, not a flat chart
     assert [m.step for m in history["train_bpc"]] == list(range(5, 61, 5))
@@ -65,8 +65,12 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     assert [m.step for m in history["valid_bpc"]] == [20, 40, 60]
     train = [m.value for m in history["train_bpc"]]
     assert train[-1] < train[0] - 0.5, train  # it learned something
-    test_bpc = history["test_bpc"][0].value
-    assert len(history["test_bpc"]) == 1 and math.isfinite(test_bpc) and test_bpc < math.log2(50)
+    test_bpc = history["final/test_bpc"][0].value
+    assert len(history["final/test_bpc"]) == 1 and math.isfinite(test_bpc) and test_bpc < math.log2(50)
+    # The final figures are one point each in the final/ section; every chart outside it is a curve.
+    assert [(m.step, m.value) for m in history["final/valid_bpc"]] == [(60, history["valid_bpc"][-1].value)]
+    single = {k for k in run.data.metrics if len(client.get_metric_history(run.info.run_id, k)) == 1}
+    assert single == {"final/valid_bpc", "final/test_bpc"}, single
 
     # Artifacts.
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}

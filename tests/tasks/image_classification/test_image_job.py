@@ -151,9 +151,12 @@ def test_two_worker_hyper_convnet_job_end_to_end(tmp_path: Path) -> None:
     run = client.get_run(summary["run_id"])
     m = run.data.metrics
     assert run.data.tags["hyperctl.task"] == "image_classification"
-    assert m["params_hypernetwork"] == 4240 and m["generated_kernel_weights"] == 12544
+    tags = run.data.tags
+    assert tags["hyperctl.params_hypernetwork"] == "4240" and tags["hyperctl.generated_kernel_weights"] == "12544"
+    assert not any("params" in k or "kernel_weights" in k for k in m), m  # counts are tags, not one-point charts
     # 40 steps of 64 images learn digits well beyond chance (0.9 error); a broken pipeline does not
-    assert 0.0 <= m["test_error"] < 0.5 and 0.0 <= m["valid_error"] < 0.5, m
+    assert 0.0 <= m["final/test_error"] < 0.5 and 0.0 <= m["valid_error"] < 0.5, m
+    assert m["final/valid_error"] == m["valid_error"] and "final/test_loss" in m
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_error")] == [20, 40]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/generated_kernels.png", "plots/learning_curve.png"}

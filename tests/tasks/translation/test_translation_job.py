@@ -203,8 +203,10 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
     m = run.data.metrics
-    assert {"valid_bleu", "valid_ppl", "test_bleu", "test_bleu_flickr16", "train_ppl", "tokens_per_s"} <= set(m)
-    assert 0.0 <= m["test_bleu"] <= 100.0 and m["test_bleu"] == m["test_bleu_flickr16"]
+    assert {"valid_bleu", "valid_ppl", "train_ppl", "tokens_per_s"} <= set(m)
+    assert {"final/valid_bleu", "final/valid_ppl", "final/test_bleu", "final/test_bleu_flickr16"} <= set(m)
+    assert 0.0 <= m["final/test_bleu"] <= 100.0 and m["final/test_bleu"] == m["final/test_bleu_flickr16"]
+    assert m["final/valid_bleu"] == m["valid_bleu"]
     assert 1.0 < m["valid_ppl"] < 200.0  # a 200-piece vocabulary: learning moved it below uniform
     assert run.data.tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     # the filters' counts (pairs.json's mlflow_params), and the [data] line that said them
