@@ -10,7 +10,8 @@ For each size (default 100k and 2M synthetic sentence pairs, gzip'd aligned file
 * ``worker``: a training worker's data side: rank 0 of 2 reads one epoch of its batches
   (:class:`service.tasks.translation.batches.RankBatches`): seconds, peak RSS.
 
-Memory is bounded by ``data.shard_pairs`` and ``data.subwords.sample_pairs`` (both fixed here, 50k),
+Memory is bounded by ``data.shard_pairs`` (20k here; Ray has 2 shards per CPU in flight) and
+``data.subwords.sample_pairs`` (50k),
 not by the corpus: the check is that peak memory at the largest size is within 20% of the smallest,
 and that time per pair does not fall (no faster than linear). Writes JSON and a Markdown table
 (bench/results/data_scale_parallel.{json,md} unless --out).
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARD_PAIRS = 50_000
+SHARD_PAIRS = 20_000
 SAMPLE_PAIRS = 50_000
 
 

@@ -17,8 +17,11 @@ needs the same number of steps on each. Held in memory: one shard's share and th
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ...io import shards
 from .data import PreparedCorpus
@@ -52,44 +55,42 @@ class RankBatches:
             base = per_rank[0][0]
             for r, (lo, hi) in enumerate(per_rank):
                 usable[r] += int((column[lo - base : hi - base] <= max_len).sum())
+            lengths.close()
         self.usable = usable
         self.steps_per_epoch = min(u // local_batch for u in usable)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         """The ``steps_per_epoch`` batches of ``epoch`` from the ``skip``-th on (a resume)."""
         order = shards.epoch_order(len(self.ranges), self.seed, epoch)
-        carry_src: list[list[int]] = []
-        carry_tgt: list[list[int]] = []
-        n = 0
-        B = self.local_batch
+        B, n = self.local_batch, 0
+        carry: pa.Table | None = None  # the pairs left over from the shard before (fewer than B)
         for k in order:
             if n >= self.steps_per_epoch:
                 return
             lo, hi = self.ranges[k][self.rank]
             table = self.split.read(lo, hi)
-            keep = (table.column("fit_len").to_numpy() <= self.max_len).nonzero()[0]
-            src, tgt = table.column("src").to_pylist(), table.column("tgt").to_pylist()
-            rng = random.Random(f"{self.seed}:{epoch}:{k}:{self.rank}")
-            picked = [int(i) for i in keep]
-            rng.shuffle(picked)
-            pool_src = carry_src + [src[i] for i in picked]
-            pool_tgt = carry_tgt + [tgt[i] for i in picked]
-            del src, tgt, table
-            batches: list[Batch] = []
-            full = len(pool_src) // B * B
-            for start in range(0, full, BUCKET * B):
-                run = sorted(range(start, min(start + BUCKET * B, full)), key=lambda i: len(pool_src[i]))
-                for b in range(0, len(run), B):
-                    idx = run[b : b + B]
-                    batches.append(([pool_src[i] for i in idx], [pool_tgt[i] for i in idx]))
-            carry_src, carry_tgt = pool_src[full:], pool_tgt[full:]
-            rng.shuffle(batches)
-            for batch in batches:
+            keep = np.nonzero(table.column("fit_len").to_numpy() <= self.max_len)[0]
+            rng = np.random.default_rng([self.seed, epoch, k, self.rank])
+            mine = table.select(["src", "tgt"]).take(pa.array(keep[rng.permutation(len(keep))]))
+            pool = (pa.concat_tables([carry, mine]) if carry is not None else mine).combine_chunks()
+            del table, mine
+            self.split.close()  # one shard's file open at a time
+            lengths = pc.list_value_length(pool.column("src")).to_numpy(zero_copy_only=False)
+            full = len(pool) // B * B
+            batches = []
+            for start in range(0, full, BUCKET * B):  # runs of BUCKET batches sorted by source length
+                run = start + np.argsort(lengths[start : min(start + BUCKET * B, full)], kind="stable")
+                batches += [run[b : b + B] for b in range(0, len(run), B)]
+            carry = pool.slice(full)
+            for i in rng.permutation(len(batches)):
                 if n >= self.steps_per_epoch:
                     return
                 if n >= skip:
-                    yield batch
+                    idx = pa.array(batches[i])
+                    yield pool.column("src").take(idx).to_pylist(), pool.column("tgt").take(idx).to_pylist()
                 n += 1
+            del pool
+            pa.default_memory_pool().release_unused()  # a shard's buffers go back before the next
 
 
 __all__ = ["BUCKET", "Batch", "RankBatches"]

@@ -253,6 +253,8 @@ class ShardWriter:
         lengths = [fit_len(s, t) for s, t in zip(src_ids, tgt_ids, strict=True)]
         table = _table(src_ids, tgt_ids, a, b).append_column("fit_len", pa.array(lengths, type=pa.int32()))
         info = shards.write_shard(self.root, shards.shard_name("train", index), table, ROWS_PER_GROUP)
+        del table, src_ids, tgt_ids
+        pa.default_memory_pool().release_unused()  # a long-lived (Ray) worker keeps no shard's buffers
         return {
             "name": info.name,
             "rows": info.rows,
