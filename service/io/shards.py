@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -106,10 +107,16 @@ class ShardedSplit:
     """Random access to the rows of a sharded split (local or ``s3://``).
 
     Only the Parquet footers (opened on first use) and the row groups a call touches are read; the
-    memory held between calls is the footers of the files touched so far."""
+    memory held between calls is the footers of the files touched so far and the last
+    ``cache_groups`` row groups read (none by default; a reader that comes back to the same groups,
+    such as a char LM's streams reading window after window, keeps one or two per stream)."""
 
-    def __init__(self, root: str, split: SplitShards, columns: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str, split: SplitShards, columns: Sequence[str] | None = None, cache_groups: int = 0
+    ) -> None:
         self.root = root
+        self.cache_groups = cache_groups
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self.split = split
         self.columns = list(columns) if columns is not None else None
         self.starts = np.cumsum([0] + [s.rows for s in split.shards]).tolist()  # first row of each shard
@@ -160,11 +167,11 @@ class ShardedSplit:
                 a, b = max(start, lo) - lo, min(stop, self.starts[i + 1]) - lo  # rows of file i
                 if a >= b:
                     continue
-                f = self._file(i)
+                self._file(i)
                 g0 = self._group_starts[i]
-                groups = list(range(int(np.searchsorted(g0, a, side="right")) - 1, int(np.searchsorted(g0, b))))
-                table = f.read_row_groups(groups, columns=self.columns)
-                parts.append(table.slice(a - g0[groups[0]], b - a))
+                for g in range(int(np.searchsorted(g0, a, side="right")) - 1, int(np.searchsorted(g0, b))):
+                    lo_g = max(a, g0[g]) - g0[g]
+                    parts.append(self.read_group(i, g).slice(lo_g, min(b, g0[g + 1]) - g0[g] - lo_g))
         if not parts:
             return self._empty()
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
@@ -185,8 +192,18 @@ class ShardedSplit:
         return out
 
     def read_group(self, shard: int, group: int) -> pa.Table:
-        """One row group (see :meth:`groups`)."""
-        return self._file(shard).read_row_group(group, columns=self.columns)
+        """One row group (see :meth:`groups`), from the cache of the last ``cache_groups`` read."""
+        key = (shard, group)
+        table = self._cache.get(key)
+        if table is None:
+            table = self._file(shard).read_row_group(group, columns=self.columns)
+            if self.cache_groups:
+                self._cache[key] = table
+                while len(self._cache) > self.cache_groups:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return table
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -209,9 +226,9 @@ def commit(root: str, manifest: str, meta: dict[str, Any]) -> None:
     datacache.write_manifest(root, manifest, meta)
 
 
-def hash_uri(h: Any, uri: str, field_name: str) -> int:
+def hash_uri(h: Any, uri: str, field_name: str, expected: str = "a file") -> int:
     """Feed the bytes of ``uri`` to the hash ``h`` in blocks (memory independent of the file's size);
-    the file's size. A missing file is a JobSpecError naming ``field_name``."""
+    the file's size. A missing file is a JobSpecError naming ``field_name`` and what was ``expected``."""
     fs, path = storage.filesystem_for(uri)
     size = 0
     try:
@@ -220,7 +237,7 @@ def hash_uri(h: Any, uri: str, field_name: str) -> int:
                 h.update(block)
                 size += len(block)
     except FileNotFoundError:
-        raise datacache.data_error(field_name, f"expected a file, found nothing at {uri}") from None
+        raise datacache.data_error(field_name, f"expected {expected}, found nothing at {uri}") from None
     except IsADirectoryError:
         raise datacache.data_error(field_name, f"expected a file, found a folder at {uri}") from None
     except OSError as e:
@@ -257,7 +274,12 @@ class _Call:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import pickle
 
-        out = [pickle.dumps(self.fn(pickle.loads(item))) for item in batch["item"]]
+        out = []
+        for item in batch["item"]:
+            try:
+                out.append(pickle.dumps((True, self.fn(pickle.loads(item)))))
+            except Exception as e:  # raised again on the driver, as itself (not wrapped by Ray)
+                out.append(pickle.dumps((False, e)))
         return {"index": batch["index"], "result": np.array(out, dtype=object)}
 
 
@@ -271,7 +293,8 @@ def parallel_map(
 ) -> list[R]:
     """``[fn(item) for item in items]``, on Ray Data when ``use_ray`` (one Ray task per item, the
     cluster's CPUs; Ray must be initialised) else in this process. ``fn`` and the items must be
-    picklable; ``progress(done, total)`` is called as items finish. Results are in ``items``' order."""
+    picklable; ``progress(done, total)`` is called as items finish. Results are in ``items``' order.
+    An exception ``fn`` raises in a Ray task is raised here as itself (it must pickle)."""
     import pickle
 
     total = len(items)
@@ -288,7 +311,10 @@ def parallel_map(
     ds = source.repartition(total).map_batches(_Call(fn), batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
     results: dict[int, R] = {}
     for row in ds.iter_rows():
-        results[int(row["index"])] = pickle.loads(row["result"])
+        ok, value = pickle.loads(row["result"])
+        if not ok:
+            raise value
+        results[int(row["index"])] = value
         if progress:
             progress(len(results), total)
     return [results[i] for i in range(total)]

@@ -17,6 +17,9 @@ class JobSpecError(ValueError):
         self.source, self.problems = source, problems
         super().__init__(f"{source}: invalid job spec\n" + "\n".join(f"  - {p}" for p in problems))
 
+    def __reduce__(self) -> tuple[type[JobSpecError], tuple[str, list[str]]]:  # raised in a Ray task too
+        return (JobSpecError, (self.source, self.problems))
+
 
 def _first_model(ann: Any) -> type[BaseModel] | None:
     """The first schema class inside an annotation (through unions, lists and Annotated)."""

@@ -92,3 +92,21 @@ def test_ranged_reads_and_hash(tmp_path) -> None:
     assert h.hexdigest() == hashlib.sha256(data).hexdigest()
     with pytest.raises(Exception, match="data.path: expected a file, found nothing at"):
         shards.hash_uri(hashlib.sha256(), str(tmp_path / "nope"), "data.path")
+
+
+def test_cached_groups_are_served_without_reading_again(tmp_path) -> None:
+    split, rows = _write(str(tmp_path), [100, 100], rows_per_group=10)
+    cached, plain = shards.ShardedSplit(str(tmp_path), split, cache_groups=3), shards.ShardedSplit(str(tmp_path), split)
+
+    class Refuse:  # a file that can no longer be read
+        def read_row_group(self, *args, **kwargs):
+            raise OSError("read again")
+
+    for reader in (cached, plain):
+        assert np.array_equal(reader.read(5, 25).column("id").to_numpy(), rows[5:25])  # groups 0, 1, 2 of file 0
+        reader._files[0] = Refuse()
+    assert np.array_equal(cached.read(10, 30).column("id").to_numpy(), rows[10:30])  # from the cache
+    with pytest.raises(OSError, match="read again"):
+        plain.read(10, 30)
+    with pytest.raises(OSError, match="read again"):
+        cached.read(95, 100)  # group 9 of file 0 was never read: it is not in the cache
