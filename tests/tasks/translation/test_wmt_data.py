@@ -44,6 +44,7 @@ def three_corpora(tmp: Path) -> list[dict]:
 
 
 def wmt_job(tmp: Path, **data: object) -> dict:
+    tmp.mkdir(exist_ok=True)
     job = translation_job(tmp, n_train=10)
     job["data"].update({"train": three_corpora(tmp), "shard_pairs": 64, **data})
     return job
@@ -253,6 +254,12 @@ def test_ray_data_preparation_writes_the_same_bytes_as_this_process(tmp_path: Pa
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         on_ray = prepare_corpus(spec, str(tmp_path / "ray"), ray_data=True)
+        # an error in a Ray task is the same error, naming the file: a truncated .gz of the 3rd corpus
+        job = wmt_job(tmp_path / "cut")
+        wide = Path(job["data"]["train"][2]["tsv"])
+        wide.write_bytes(wide.read_bytes()[:-12])
+        with pytest.raises(JobSpecError, match=r"data.train\[2\].tsv: .*c.tsv.gz: truncated gzip file"):
+            prepare_corpus(validate_job(job), str(tmp_path / "ray"), ray_data=True)
     finally:
         ray.shutdown()
     a, b = Path(local.root), Path(on_ray.root)
