@@ -219,9 +219,45 @@ def parallel_job(folder: Path, src: Path, tgt: Path, how: str) -> dict[str, Any]
     }
 
 
-def ray_worker_peaks_mb() -> list[float]:
-    """VmHWM (MB) of every Ray worker process (``ray::...``) descended from this process, i.e. of the
-    local Ray instance it started."""
+class MemorySampler:
+    """Samples, every ``period`` seconds in a thread, the private memory (smaps_rollup's Private_Clean +
+    Private_Dirty, MB) of this process and of its Ray worker processes; keeps each one's maximum. Private
+    memory leaves out the pages of Ray's shared object store that a process maps (RSS counts them)."""
+
+    def __init__(self, period: float = 0.5) -> None:
+        import threading
+
+        self.period, self.peaks = period, {"driver": 0.0, "worker": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def private_mb(pid: int) -> float:
+        try:
+            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            return 0.0
+        return (
+            sum(int(line.split()[1]) for line in lines if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self.peaks["driver"] = max(self.peaks["driver"], self.private_mb(os.getpid()))
+            for pid in ray_worker_pids():
+                self.peaks["worker"] = max(self.peaks["worker"], self.private_mb(pid))
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def ray_worker_pids() -> list[int]:
+    """The Ray worker processes (``ray::...``) descended from this process (the Ray instance it started)."""
     parent, title = {}, {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -229,17 +265,25 @@ def ray_worker_peaks_mb() -> list[float]:
             title[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except (OSError, IndexError, ValueError):
             continue
-    me, peaks = os.getpid(), []
+    me, found = os.getpid(), []
     for pid in parent:
         p, hops = pid, 0
         while p not in (0, 1, me) and hops < 50:
             p, hops = parent.get(p, 0), hops + 1
         if p == me and title[pid].startswith("ray::"):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text().splitlines()
-            except OSError:
-                continue
-            peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")]
+            found.append(pid)
+    return found
+
+
+def ray_worker_peaks_mb() -> list[float]:
+    """VmHWM (MB: peak RSS, shared object-store pages included) of every Ray worker process of ours."""
+    peaks = []
+    for pid in ray_worker_pids():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")]
     return peaks
 
 
@@ -297,12 +341,15 @@ def parallel_points(
                 driver_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 spec = validate_job(parallel_job(tmp, src, tgt, "ray"))
                 t0 = time.perf_counter()
-                prepared = prepare_corpus(spec, str(tmp / f"cache-ray-{pairs}"), say=lambda line: None)
+                with MemorySampler() as sampled:
+                    prepared = prepare_corpus(spec, str(tmp / f"cache-ray-{pairs}"), say=lambda line: None)
                 seconds, shards = time.perf_counter() - t0, len(prepared.train.shards)
                 peaks = ray_worker_peaks_mb()
                 peak = max(peaks) if peaks else float("nan")
                 extra = {
                     "ray_workers": len(peaks),
+                    "ray_worker_private_mb": round(sampled.peaks["worker"], 1),
+                    "driver_private_mb": round(sampled.peaks["driver"], 1),
                     "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                     "driver_peak_before_mb": round(driver_before, 1),
                 }
@@ -345,12 +392,15 @@ def parallel_table(rows: list[dict[str, Any]]) -> str:
     out = (
         f"\n## Parallel corpora (shards of {PAIRS_PER_SHARD:,} pairs, sentencepiece sample {SAMPLE_PAIRS:,})\n\n"
         "| corpus | preparation | prepare (s) | pairs/s | peak RSS (MB): preparing process / Ray worker | "
-        "Ray driver (MB) | worker epoch (s) | worker peak RSS (MB) |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+        "Ray worker, driver: peak private (MB) | Ray driver peak RSS (MB) | worker epoch (s) | "
+        "worker peak RSS (MB) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     for r in rows:
         out += (
             f"| {r['corpus']} | {r['preparation']} | {r['prepare_s']} | {r['pairs_per_s']:,} | "
-            f"{r['prepare_peak_rss_mb']} | {r.get('driver_peak_rss_mb', '')} | {r.get('worker_epoch_s', '')} | "
+            f"{r['prepare_peak_rss_mb']} | "
+            + (f"{r['ray_worker_private_mb']}, {r['driver_private_mb']}" if "driver_private_mb" in r else "")
+            + f" | {r.get('driver_peak_rss_mb', '')} | {r.get('worker_epoch_s', '')} | "
             f"{r.get('worker_peak_rss_mb', '')} |\n"
         )
     small, large = min(r["pairs"] for r in rows), max(r["pairs"] for r in rows)
@@ -368,6 +418,11 @@ def parallel_table(rows: list[dict[str, Any]]) -> str:
             (f"{how}: peak RSS (MB)", "prepare_peak_rss_mb", "memory"),
             (f"{how}: prepare (s)", "prepare_s", "time"),
         ]
+        if "ray_worker_private_mb" in a:
+            checks += [
+                ("ray: worker peak private (MB)", "ray_worker_private_mb", "memory"),
+                ("ray: driver peak private (MB)", "driver_private_mb", "memory"),
+            ]
         if "worker_peak_rss_mb" in a:
             checks += [
                 ("worker: peak RSS (MB)", "worker_peak_rss_mb", "memory"),
