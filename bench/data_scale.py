@@ -212,7 +212,7 @@ def parallel_job(folder: Path, src: Path, tgt: Path, how: str) -> dict[str, Any]
             "valid": {"tsv": str(valid)},
             "subwords": {"vocab_size": 8000, "sample_pairs": SAMPLE_PAIRS},
             "shard_pairs": PAIRS_PER_SHARD,
-            "prepare_with": how,
+            "preparation": how,
             "batch_size": 64,
         },
         "train": {"max_steps": 1},

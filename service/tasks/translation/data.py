@@ -16,7 +16,7 @@ Preparation, with memory independent of the corpus's size:
    a chunk is filtered, encoded and written as one shard ``train-<n>.parquet``
    (:func:`service.io.shards.write_shard`; columns ``src``/``tgt`` subword ids, ``src_text``/
    ``tgt_text``, ``fit_len`` = the longer of the source and the target with its end symbol). On Ray
-   Data (``data.prepare_with``) the chunks are encoded and written in parallel, a wave of them at a
+   Data (``data.preparation``) the chunks are encoded and written in parallel, a wave of them at a
    time, by the same function: the same bytes as in this process.
 4. ``valid.parquet`` and ``test.<name>.parquet`` (whole, never filtered), then ``pairs.json``: the
    commit marker, written last. A folder without it (a preparation that died) is emptied and
@@ -30,7 +30,6 @@ filter (logged as the MLflow params ``data.dropped.<reason>``).
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from collections import Counter
@@ -66,6 +65,10 @@ MULTI30K_DIR = VENDORED_DATA / "multi30k"
 MULTI30K_TESTS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 ROWS_PER_GROUP = 4096  # sentence pairs per Parquet row group of a shard
 NEVER_FITS = 1 << 30  # the fit_len of a pair whose source is empty
+# data.preparation auto: Ray Data from this size of training files on (as stored, gzip'd or not). On 2
+# shared CPUs the single process was as fast or faster up to 2M pairs (143 MB gzip'd; bench/data_scale.py
+# --parallel): Ray pays for its workers and per-wave datasets and gains only with more CPUs.
+RAY_THRESHOLD_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -294,17 +297,17 @@ def content_hash(spec: TranslationJob, c: Corpora) -> str:
 
 
 def use_ray(spec: TranslationJob, c: Corpora) -> bool:
-    """Whether this preparation runs on Ray Data (``data.prepare_with``; ``auto``: above
-    ``data.ray_above_bytes`` of training files, and only where Ray is running)."""
-    mode = os.environ.get("HYPERCTL_PREPARE_WITH") or spec.data.prepare_with
-    if mode != "auto":
-        return mode == "ray"
-    import ray
-
-    if not ray.is_initialized():
-        return False
+    """Whether this preparation runs on Ray Data (``data.preparation``; ``auto``: from
+    :data:`RAY_THRESHOLD_BYTES` of training files on, where Ray is running)."""
+    how = spec.data.preparation
+    ray = sys.modules.get("ray")  # not imported: not running (the driver has started it before preparing)
+    running = ray is not None and ray.is_initialized()
+    if how == "ray" and not running:
+        raise RuntimeError("data.preparation ray needs a running Ray instance (the driver starts one)")
+    if how != "auto" or not running:
+        return how == "ray"
     total = sum(storage.size(uri) for where, src in c.train for _, uri in source_files(where, src))
-    return total > spec.data.ray_above_bytes
+    return total >= RAY_THRESHOLD_BYTES
 
 
 def _say(line: str) -> None:

@@ -135,17 +135,15 @@ class TranslationDataSpec(DataSpec):
         description="training pairs per prepared shard, counted before filtering (a worker holds one shard "
         "at a time, and the Ray Data path tokenises shards in parallel)",
     )
-    prepare_with: Literal["auto", "local", "ray"] = Field(
+    preparation: Literal["auto", "local", "ray"] = Field(
         "auto",
-        description="preparation in this process (local) or on Ray Data across the cluster's CPUs (ray); "
-        "auto: ray when the training files hold more than ray_above_bytes",
-    )
-    ray_above_bytes: int = Field(
-        200_000_000, ge=0, description="auto: training files larger than this in all are prepared on Ray Data"
+        description="where the training split is tokenised and written: ray (Ray Data tasks on the cluster's "
+        "CPUs), local (the driver's process), or auto: ray for training files of 256 MiB or more in all, local "
+        "below (measured in bench/data_scale.py --parallel); the prepared shards are the same either way",
     )
     max_len: int = Field(64, gt=0, description="training pairs longer than this (subwords, either side) are skipped")
     batch_size: int = Field(64, gt=0, description="sentence pairs per global batch, split across workers")
-    eval_batch_size: int = Field(100, gt=0)
+    eval_batch_size: int = Field(100, gt=0, description="sentences per batch when evaluating and translating")
     eval_sentences: int | None = Field(
         300,
         gt=0,
