@@ -29,6 +29,7 @@ filter (logged as the MLflow params ``data.dropped.<reason>``).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sys
 import time
@@ -69,6 +70,7 @@ NEVER_FITS = 1 << 30  # the fit_len of a pair whose source is empty
 # shared CPUs the single process was as fast or faster up to 2M pairs (143 MB gzip'd; bench/data_scale.py
 # --parallel): Ray pays for its workers and per-wave datasets and gains only with more CPUs.
 RAY_THRESHOLD_BYTES = 256 << 20
+WRITER_MAX_CALLS = 4  # shards a Ray worker writes before it is replaced: its memory stays that of a few shards
 
 
 @dataclass(frozen=True)
@@ -385,7 +387,8 @@ def prepare_corpus(
     wave_size = max(2, 2 * int(_cluster_cpus())) if on_ray else 1  # shards in flight: 2 per CPU
     results: list[dict[str, Any]] = []
     for wave in _waves(numbered(), wave_size):
-        results += shards.parallel_map(writer, wave, use_ray=on_ray)
+        gc.collect()  # the previous wave's Ray Data dataset and its blocks
+        results += shards.parallel_map(writer, wave, use_ray=on_ray, max_calls=WRITER_MAX_CALLS)
         read = sum(r["read"] for r in results)
         say(f"train: {len(results)} shard(s), {read:,} pairs read ({time.perf_counter() - t0:.1f}s, {where})")
 
