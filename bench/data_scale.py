@@ -21,8 +21,9 @@ keys and a command-line option. Results: ``<out>.json`` and ``<out>.md``.
 ``parallel`` (``--parallel 100K,2M``; :func:`parallel_points`): synthetic parallel corpora of that many
 sentence pairs (gzip'd aligned files, Zipf-like words, 5-30 a sentence) prepared as a translation
 job's training split (shards of 10k pairs, so that even 100k pairs fill the Ray path's waves of 2
-shards per CPU; sentencepiece on a sample of 50k pairs): ``local`` in a fresh process (its peak RSS), ``ray`` on the Ray instance above (the peak RSS, VmHWM, of its worker
-processes and of this driver), and the worker probe: rank 0 of 2 reading one epoch of its batches
+shards per CPU; sentencepiece on a sample of 50k pairs): ``local`` in a fresh process (its peak
+RSS), ``ray`` on the Ray instance above (the peak RSS, VmHWM, of its worker processes and of this
+driver, and their peak private memory, sampled), and the worker probe: rank 0 of 2 reading one epoch of its batches
 (:class:`service.tasks.translation.batches.RankBatches`) in a fresh process. The verdicts compare the
 largest size with the smallest: peak memory within 20%, time no faster than linear.
 
