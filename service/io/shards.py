@@ -147,6 +147,13 @@ class ShardedSplit:
             self._group_starts[i] = np.cumsum([0, *sizes]).tolist()
         return self._files[i]
 
+    def close(self) -> None:
+        """Forget the files opened so far (their footers and read buffers, about 1 MB each): a reader
+        that visits every shard once an epoch calls it after each, so that what it holds does not
+        grow with the number of shards. A later read opens its files again."""
+        self._files.clear()
+        self._group_starts.clear()
+
     def read(self, start: int, stop: int) -> pa.Table:
         """Rows ``[start, stop)`` of the split (clipped to it), reading only the row groups that hold them."""
         start, stop = max(0, start), min(stop, self.num_rows)
@@ -283,11 +290,14 @@ def parallel_map(
     use_ray: bool,
     progress: Callable[[int, int], None] | None = None,
     num_cpus: float = 1,
+    max_calls: int | None = None,
 ) -> list[R]:
     """``[fn(item) for item in items]``, on Ray Data when ``use_ray`` (one Ray task per item, the
     cluster's CPUs; Ray must be initialised) else in this process. ``fn`` and the items must be
     picklable; ``progress(done, total)`` is called as items finish. Results are in ``items``' order.
-    An exception ``fn`` raises in a Ray task is raised here as itself (it must pickle)."""
+    An exception ``fn`` raises in a Ray task is raised here as itself (it must pickle). ``max_calls``:
+    a Ray worker process is replaced after that many items (what a long-lived worker accumulates
+    over many items, e.g. a fragmented heap, is then bounded)."""
     import pickle
 
     total = len(items)
@@ -301,7 +311,10 @@ def parallel_map(
     import ray.data
 
     source = ray.data.from_items([{"index": i, "item": pickle.dumps(item)} for i, item in enumerate(items)])
-    ds = source.repartition(total).map_batches(_Call(fn), batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
+    extra: dict[str, Any] = {} if max_calls is None else {"max_calls": max_calls}
+    ds = source.repartition(total).map_batches(
+        _Call(fn), batch_size=1, num_cpus=num_cpus, zero_copy_batch=True, **extra
+    )
     results: dict[int, R] = {}
     for row in ds.iter_rows():
         ok, value = pickle.loads(row["result"])

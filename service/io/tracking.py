@@ -365,11 +365,20 @@ def append_metric(uri: str, run_id: str, key: str, points: list[tuple[int, float
 
 def log_job_files(uri: str, run_id: str, spec: JobSpec, data_root: str, manifest: str) -> None:
     """Driver-side artifacts: the resolved job YAML and the prepared data's manifest (e.g. the
-    vocabulary of a char LM, the image counts, the subword settings)."""
+    vocabulary of a char LM, the image counts, the subword settings). A manifest's ``mlflow_params``
+    (e.g. a translation corpus's pairs dropped by each filter) are logged as params of the run."""
+    from mlflow.entities import Param
+
     client = _client(uri)
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "job.yaml")
     body = storage.read_bytes(storage.join(data_root, manifest))
     client.log_text(run_id, body.decode("utf-8"), manifest)
+    params = json.loads(body).get("mlflow_params") or {}
+    if params:
+        logged = client.get_run(run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if logged.get(k) != str(v)]
+        if new:
+            client.log_batch(run_id, params=new)
 
 
 def _describe(run: Any) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def test_tsv_and_parquet_corpora(tmp_path: Path) -> None:
     message = prepare_error(job, tmp_path)
     assert "data.valid.tgt_column: " in message and "has no column 'german'" in message
     (tmp_path / "train.tsv").write_text(f"{en[0]}\t{fr[0]}\nno tab here\n", encoding="utf-8")
-    job["data"]["valid"] = {"tsv": str(tmp_path / "train.tsv")}
+    job["data"]["valid"] = dict(bad, tgt_column="french")
     assert (
         f"data.train.tsv: {tmp_path / 'train.tsv'} line 2: expected source TAB target, found 0 tabs"
         in prepare_error(job, tmp_path)
@@ -209,6 +209,15 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     assert m["final/valid_bleu"] == m["valid_bleu"]
     assert 1.0 < m["valid_ppl"] < 200.0  # a 200-piece vocabulary: learning moved it below uniform
     assert run.data.tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    # the filters' counts (pairs.json's mlflow_params), and the [data] line that said them
+    assert {k: v for k, v in run.data.params.items() if k.startswith(("data.dropped.", "data.train_pairs"))} == {
+        "data.dropped.too_short": "0",
+        "data.dropped.too_long": "0",
+        "data.dropped.ratio": "0",
+        "data.train_pairs": "300",
+        "data.train_pairs_read": "300",
+    }
+    assert "300 training pairs in 1 shard(s) (none dropped of 300 read)" in proc.stdout
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_bleu")] == [10, 20]
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"subwords", "translations", "plots", "sample_translations.txt", "pairs.json"} <= paths
