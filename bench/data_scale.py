@@ -7,7 +7,7 @@ For each synthetic corpus (generated here in a temporary folder, deleted afterwa
 * **preparation time**: :func:`service.tasks.char_lm.data.prepare_text` from the raw file to the
   committed shards, once in this process (``local``) and once on Ray Data (``ray``, a local Ray
   instance of ``--num-cpus`` CPUs started beforehand, as the driver has one), and the rate;
-* **worker peak memory**: the peak resident set (``ru_maxrss``) of a fresh process that does what
+* **worker peak memory**: the peak resident set (VmHWM) of a fresh process that does what
   rank 0 of a 2-worker char-LM job does with the data: open the prepared split, read its own
   streams (128 streams in all, sequence 100) window by window for ``--steps`` training steps of a
   tiny LSTM, from the start and from the end of its streams (the far shards), then evaluate 200,000
@@ -67,6 +67,13 @@ def human(n: int) -> str:
 # ---- the worker's side, in a fresh process ---------------------------------------------------------
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), MB. Not ``ru_maxrss``: Linux keeps that across exec,
+    so a probe started from this bench would report at least the bench's own peak."""
+    (hwm,) = [line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")]
+    return int(hwm.split()[1]) / 1024
+
+
 def worker_probe(root: str, steps: int, whole: bool) -> dict[str, Any]:
     """Rank 0 of 2 of a char-LM job on the prepared folder ``root``: its streams, a few steps of a
     tiny model from the start and the end of the streams, a streamed evaluation; peak RSS."""
@@ -78,7 +85,7 @@ def worker_probe(root: str, steps: int, whole: bool) -> dict[str, Any]:
     from service.tasks.char_lm.streams import Streams, bits_per_char
 
     torch.set_num_threads(1)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mb()
     prepared = load_prepared(root)
     batch, world, seq_len = 128, 2, 100
     b = batch // world
@@ -105,8 +112,7 @@ def worker_probe(root: str, steps: int, whole: bool) -> dict[str, Any]:
         optimizer.step()
         state = detach_state(state)
     bpc = bits_per_char(model, open_split(prepared, "valid"), 16, seq_len, num_ids=200_001)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_mb": peak / 1024, "rss_after_imports_mb": base / 1024, "segments": segments, "bpc": bpc}
+    return {"peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": base, "segments": segments, "bpc": bpc}
 
 
 def run_probe(root: str, steps: int, whole: bool) -> dict[str, Any]:
@@ -306,9 +312,7 @@ def parallel_probe(mode: str, folder: str, src: str, tgt: str) -> dict[str, Any]
         t0 = time.perf_counter()
         batches = sum(1 for _ in RankBatches(prepared, 0, 2, 32, 64, 0).epoch(0))
         out |= {"epoch_s": time.perf_counter() - t0, "batches": batches}
-    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's peak
-    (hwm,) = [line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")]
-    return out | {"peak_rss_mb": int(hwm.split()[1]) / 1024}
+    return out | {"peak_rss_mb": peak_rss_mb()}
 
 
 def run_parallel_probe(mode: str, folder: Path, src: Path, tgt: Path) -> dict[str, Any]:
