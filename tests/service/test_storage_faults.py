@@ -147,3 +147,40 @@ def test_a_checkpoint_upload_is_retried_and_verified(proxied, tmp_path) -> None:
     for name in names:
         (back / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
     assert ckpt.verify(back) == []
+
+
+def test_an_upload_that_does_not_verify_is_not_accepted(tmp_path) -> None:
+    """What arrives is read back and compared with the list: a file whose bytes differ from the
+    listed ones (changed after listing, corrupted on the way) fails every attempt, naming it."""
+    import json
+
+    import pyarrow.fs as pafs
+    import torch
+
+    from service.worker import checkpoint as ckpt
+
+    model = torch.nn.Linear(4, 3)
+    local = tmp_path / "local"
+    ckpt.save(
+        local,
+        0,
+        ckpt.Position(step=7),
+        None,
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters()),
+        meta={"world_size": 1},
+    )
+    listing = local / ckpt.files_file(0)
+    files = json.loads(listing.read_text())
+    files["files"]["optimizer.pt"]["sha256"] = "0" * 64
+    listing.write_text(json.dumps(files))
+    said: list[str] = []
+    with pytest.raises(StorageError, match="optimizer.pt: arrived with another SHA-256 than the one written"):
+        ckpt.upload(
+            local,
+            0,
+            pafs.LocalFileSystem(),
+            str(tmp_path / "remote"),
+            lambda action: storage.retrying(action, str(tmp_path / "remote"), "checkpoint 7", said.append, (0.0,)),
+        )
+    assert len(said) == 1 and "optimizer.pt: arrived with another SHA-256" in said[0]
