@@ -414,7 +414,7 @@ class Worker(Generic[J]):
         # checkpoint is uploaded and verified by this worker (_upload), with retries said the same way.
         what = f"checkpoint {pos.step}"
         try:
-            storage.wait_reachable(run_dir(self.spec), what, self._say, self._delays())
+            storage.wait_reachable(run_dir(self.spec), what, self._say_all, self._delays())
             folder = tempfile.mkdtemp(prefix=f"hyperctl-ckpt-{self.rank}-")
             try:
                 meta = {"spec": self.spec.model_dump(mode="json"), "world_size": self.world, **meta}
@@ -467,14 +467,18 @@ class Worker(Generic[J]):
             self.rank,
             fs,
             destination,
-            lambda action: storage.retrying(action, uri, what, self._say, delays),
+            lambda action: storage.retrying(action, uri, what, self._say_all, delays),
         )
         return ray.train.Checkpoint(destination, context.storage_filesystem)
 
-    def _say(self, line: str) -> None:
-        """A line for the terminal (rank 0's progress) and every rank's log."""
-        self.emit(event="info", text=line)
+    def _say(self, line: str, every_rank: bool = False) -> None:
+        """A line for every rank's log and the terminal: rank 0's, or (``every_rank``: what one rank may
+        meet alone, such as its storage requests failing) every rank's."""
+        self.emit(every_rank=every_rank, event="info", text=line)
         print(f"[hyperctl] rank {self.rank}: {line}", flush=True)
+
+    def _say_all(self, line: str) -> None:
+        self._say(line, every_rank=True)
 
     def checkpoint_score(self, pos: ckpt.Position) -> float:
         """What Ray Train ranks checkpoints by (with early stopping, see the driver's CheckpointConfig):

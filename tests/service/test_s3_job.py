@@ -13,10 +13,17 @@ stopped and the request let through into the outage, however fast the job trains
    job's ``storage_retry_s`` is spent, with one line naming the storage, exit 1, the MLflow run
    FAILED with that reason and checkpoints 20 and 40 intact;
 3. the same command again, the storage back: the job resumes from checkpoint 40 and finishes.
+
+Secrets (issue 16): the job runs with the S3 server's credentials and a password for an MLflow
+server with basic auth (``mlflow server --app-name basic-auth``, the ``mlflow[auth]`` extra) in its
+environment; neither appears in any output line, MLflow param, tag, metric key or artifact, or any
+object the job wrote to the bucket. (The Ray Jobs API's submitted metadata is checked for the
+submitting shell's secrets in tests/service/test_cluster_jobs.py.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -25,7 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,7 +46,7 @@ import yaml
 from service.io.storage import wait_delays
 from service.worker import checkpoint as ckpt
 
-from helpers import TcpProxy, hyperctl, local_env, tiny_job
+from helpers import TcpProxy, free_port, hyperctl, local_env, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +89,67 @@ def wait_for(condition, proc: subprocess.Popen, log: Path, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_job_on_s3_rides_out_outages_and_resumes_after_one_it_cannot(tmp_path: Path, weed, s3_server) -> None:
+@contextlib.contextmanager
+def mlflow_with_basic_auth(folder: Path, username: str, password: str) -> Iterator[str]:
+    """``mlflow server --app-name basic-auth`` on 127.0.0.1 whose admin is ``username``/``password``;
+    yields its URI."""
+    folder.mkdir()
+    ini = folder / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'auth.db'}\nadmin_username = {username}\nadmin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    ini.chmod(0o600)
+    port = free_port()
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--workers", "1"]
+        + ["--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "art")]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder,
+        env=local_env(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=uuid.uuid4().hex),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_job_on_s3_rides_out_outages_and_resumes_after_one_it_cannot(
+    tmp_path: Path, weed, s3_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MLflow credentials, for the job and this test's own client.
+    mlflow_secrets = {
+        "MLFLOW_TRACKING_USERNAME": "hyper-user-7f3a",
+        "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
+    }
+    for name, value in mlflow_secrets.items():
+        monkeypatch.setenv(name, value)
+    with mlflow_with_basic_auth(tmp_path / "mlflow", *mlflow_secrets.values()) as tracking_uri:
+        with pytest.raises(urllib.error.HTTPError, match="401"):  # the server wants the credentials
+            urllib.request.urlopen(f"{tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        _outages_and_secrets(tmp_path, weed, s3_server, tracking_uri, mlflow_secrets)
+
+
+def _outages_and_secrets(tmp_path: Path, weed, s3_server, tracking_uri: str, mlflow_secrets: dict[str, str]) -> None:
     from mlflow.tracking import MlflowClient
 
     s3 = s3_server.client(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1})
@@ -94,16 +164,11 @@ def test_job_on_s3_rides_out_outages_and_resumes_after_one_it_cannot(tmp_path: P
         job["data"][split] = f"s3://{bucket}/{key}"
     job["storage"] = f"s3://{bucket}/{prefix}/runs"
     job["storage_retry_s"] = RETRY_S
-    job["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job["tracking"]["uri"] = tracking_uri
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     run = f"{prefix}/runs/s3-e2e"
     run_uri = f"s3://{bucket}/{run}"
-    # MLflow credentials in the environment too (a sqlite store ignores them): they must not leak either.
-    mlflow_secrets = {
-        "MLFLOW_TRACKING_USERNAME": "hyper-user-7f3a",
-        "MLFLOW_TRACKING_PASSWORD": "pw-" + uuid.uuid4().hex,
-    }
     env = {k: v for k, v in local_env().items() if not k.startswith("AWS_")} | s3_server.env() | mlflow_secrets
     endpoint = urlsplit(s3_server.endpoint)
     proxy = TcpProxy((endpoint.hostname, endpoint.port))
@@ -194,11 +259,12 @@ def test_job_on_s3_rides_out_outages_and_resumes_after_one_it_cannot(tmp_path: P
     assert runs[0].data.params["storage"] == job["storage"]
     assert [m.step for m in client.get_metric_history(run_id, "valid_bpc")] == [20, 40, 60]
 
-    # Issue 16, secrets: no credential in any output line, MLflow param, tag or artifact, or any object
-    # the job wrote under its storage (checkpoints, prepared data, bookkeeping).
-    secrets = [s3_server.secret_key, s3_server.access_key, *mlflow_secrets.values()]
-    assert not [x for x in secrets if x in first + output]
-    blob = json.dumps([runs[0].data.params, runs[0].data.tags])
+    # Issue 16, secrets: no credential in any output line, MLflow param, tag, metric key or artifact, or
+    # any object the job wrote under its storage (checkpoints, prepared data, bookkeeping). The MLflow
+    # user name is the runs' owner on that server (its user_id): only the password is secret there.
+    secrets = [s3_server.secret_key, s3_server.access_key, mlflow_secrets["MLFLOW_TRACKING_PASSWORD"]]
+    assert not [x for x in [*secrets, mlflow_secrets["MLFLOW_TRACKING_USERNAME"]] if x in first + output]
+    blob = json.dumps([runs[0].data.params, runs[0].data.tags, list(runs[0].data.metrics), runs[0].info.run_name])
     assert not [x for x in secrets if x in blob]
     artifacts = tmp_path / "artifacts"
     client.download_artifacts(run_id, "", str(artifacts))
