@@ -206,7 +206,7 @@ def _outages_and_secrets(tmp_path: Path, weed, s3_server, tracking_uri: str, mlf
     # The ridden-out outage: each wait said, then the way on.
     at = re.escape(run_uri) + "(?:/checkpoint_00000040)?"
     waits = re.findall(rf"\[storage\] checkpoint 40: {at} unreachable \(.*retry in (\d+) s", first)
-    assert waits[:2] == ["1", "2"], first[-6000:]
+    assert {"1", "2"} <= set(waits), first[-6000:]  # every rank that meets it says so
     assert re.search(rf"\[storage\] {at} reachable again: checkpoint 40 continues", first), first[-6000:]
     assert "[ckpt]  step     40" in first
     # The outage it could not ride out: one line naming the storage and the budget, as the job's error.
