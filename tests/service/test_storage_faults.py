@@ -132,11 +132,15 @@ def test_a_checkpoint_upload_is_retried_and_verified(proxied, tmp_path) -> None:
     )
     fs, path = storage.filesystem_for(storage.join(root, "checkpoint_00000007"))
     said: list[str] = []
+
+    def say(line: str) -> None:  # the storage comes back once a failed attempt has been said
+        said.append(line)
+        proxy.up()
+
     proxy.down()
-    threading.Timer(2.0, proxy.up).start()
     uri = storage.join(root, "checkpoint_00000007")
     names = ckpt.upload(
-        local, 0, fs, path, lambda action: storage.retrying(action, uri, "checkpoint 7", said.append, (1.0,) * 20)
+        local, 0, fs, path, lambda action: storage.retrying(action, uri, "checkpoint 7", say, (1.0,) * 5)
     )
     assert names[-1] == "files_rank_0.json" and set(names) == {p.name for p in local.iterdir()}
     assert said[0].startswith(f"[storage] checkpoint 7: {uri} unreachable (") and said[-1].endswith(
