@@ -2,7 +2,8 @@
 
 Each subcommand is a function ``cmd_<name>(args) -> int`` registered in :func:`build_parser`.
 Exit codes: 0 success, 1 the job failed or was stopped, 2 bad input (job spec, arguments,
-unreachable storage or Ray cluster, unknown submission id), 130 interrupted (Ctrl-C, SIGTERM).
+unreachable storage or Ray cluster, unknown submission id), 130 interrupted (Ctrl-C, SIGTERM; a job
+preempted by SIGTERM has checkpointed the step it reached, and the same command resumes it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 import time
@@ -122,18 +124,29 @@ def _run_foreground(args: argparse.Namespace, spec: JobSpec) -> int:
             flush=True,
         )
         return EXIT_INTERRUPTED
+    preempted = outcome.preempted_at_step is not None
     print(
         json.dumps(
             {
                 "run_id": outcome.run_id,
                 "tracking_uri": outcome.tracking_uri,
                 "run_path": outcome.run_path,
-                "status": "FINISHED" if outcome.ok else "FAILED",
+                "status": "KILLED" if preempted else "FINISHED" if outcome.ok else "FAILED",
                 "metrics": {k: outcome.metrics[k] for k in sorted(outcome.metrics)},
+                **({"preempted_at_step": outcome.preempted_at_step} if preempted else {}),
             },
             indent=2,
         )
     )
+    if preempted:
+        command = shlex.join(["hyperctl", *sys.argv[1:]])
+        print(
+            f"[stopped] preempted at step {outcome.preempted_at_step}: its checkpoint is in {outcome.run_path}; "
+            f"the MLflow run is marked KILLED. Resume from that step with the same command: {command}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
     _print_next_steps(args, spec, outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
@@ -149,9 +162,12 @@ def _print_next_steps(args: argparse.Namespace, spec: JobSpec, outcome: RunOutco
     lines = [
         f"[done] {spec.name}: {'FINISHED' if outcome.ok else 'FAILED'}" + (f" ({figures})" if figures else ""),
         f"  checkpoints: {outcome.run_path}",
-        f"  artifacts:   {outcome.artifact_uri}  (learning curve, samples, plots, model)",
+        f"  artifacts:   {outcome.artifact_uri}  (learning curve, samples, plots)",
         f"  run page:    {tracking.run_page(outcome.tracking_uri, outcome.experiment_id, outcome.run_id)}",
     ]
+    if outcome.ok:
+        registered = f"; registered as {outcome.registered_model}" if outcome.registered_model else ""
+        lines.append(f"  model:       runs:/{outcome.run_id}/model{registered}  (evaluate, translate, sample)")
     if job is not None and not outcome.tracking_uri.startswith(("http://", "https://")):
         lines.append(f"  open it:     hyperctl ui {job}{sets}   (then the run page above)")
     if job is not None and outcome.ok:
@@ -500,6 +516,98 @@ def cmd_campaign_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_EVAL_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a trained model on given data and print the result: a char LM's bits per character
+    on a text file (--text) or a split of its own data (--split valid|test), a translator's BLEU on
+    --source and --reference files (sacreBLEU, its signature printed), an image model's error rate
+    on idx --images and --labels (gzip'd or not), a handwriting model's log-loss on a stroke-3 file
+    (--strokes) or split. RUN_OR_CHECKPOINT is a run folder (runs/NAME: its newest checkpoint), a
+    checkpoint folder (local or s3://), an MLflow run id (its final model), runs:/RUN_ID/model or
+    models:/NAME/VERSION (or models:/NAME@ALIAS); the last three read the tracking store of
+    JOB.yaml, --tracking-uri or --storage. Without --log nothing is written anywhere; with --log the
+    results are added to the model's MLflow run as metrics eval/<name>/<metric> (name: --name, else
+    the file's stem or the split). Bad input (a file, an option for another task's models) exits 2."""
+    from .io.models import ModelSourceError, open_model
+    from .tasks import find_task
+
+    name = _EVAL_NAME.sub("_", args.name).strip("_") if args.name else None
+    if args.name is not None and not name:
+        raise JobSpecError("--name", [f"--name: expected letters, digits, '.', '_' or '-', found {args.name!r}"])
+    try:
+        with open_model(args.source, lambda: _tracking_uri(args)) as source:
+            task = find_task(source.task)
+            if task is None or task.evaluate is None:
+                raise ModelSourceError(f"{args.source}: a model of task {source.task!r}, which evaluate does not know")
+            foreign = [
+                (option, owner)
+                for owner, options in args.evaluate_options.items()
+                if owner != task.name
+                for dest, option in options
+                if getattr(args, dest, None) is not None
+            ]
+            if foreign:
+                own = ", ".join(o for _, o in args.evaluate_options.get(task.name, [])) + ", --split"
+                option, owner = foreign[0]
+                found = f"{args.source} is a {task.name} model (its options: {own})"
+                raise JobSpecError(option, [f"{option} is for {owner} models; {found}"])
+            target = source.log_target(args.tracking_uri) if args.log else None  # refused before any work
+            result = task.evaluate(source, args)
+            print(f"model: {source.describe()} ({task.name})")
+    except (ModelSourceError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except JobSpecError as e:
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    name = name or _EVAL_NAME.sub("_", result.name).strip("_") or "eval"
+    for line in result.lines:
+        print(line)
+    metrics = {f"eval/{name}/{k}": v for k, v in result.metrics.items()}
+    for key, value in metrics.items():
+        print(f"{key} {value:.6g}")
+    if target is not None:
+        uri, run_id = target
+        log = tracking.RunLog(uri, run_id)
+        for key, value in metrics.items():
+            log.log_metric(key, value)
+        log.set_tags(**{f"eval/{name}/{k}": v for k, v in result.tags.items()})
+        print(f"logged to run {run_id} in {redact(uri)}")
+    return EXIT_OK
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained model on given data (bpc, BLEU, error rate, log-loss); --log adds it to its run",
+        description=cmd_evaluate.__doc__,
+    )
+    p.add_argument(
+        "source",
+        metavar="RUN_OR_CHECKPOINT",
+        help="run folder, checkpoint folder, MLflow run id, runs:/RUN_ID/model or models:/NAME/VERSION",
+    )
+    p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run or model")
+    _add_store(p)
+    p.add_argument(
+        "--split", help="a split of the data the model was trained on: valid or test (where its task has one)"
+    )
+    p.add_argument(
+        "--log", action="store_true", help="add the results to the model's MLflow run as eval/<name>/<metric>"
+    )
+    p.add_argument("--name", help="the <name> of eval/<name>/<metric> (default: the file's stem, or the split)")
+    options: dict[str, list[tuple[str, str]]] = {}
+    for task in TASKS.values():
+        if task.add_evaluate_arguments is not None:
+            group = p.add_argument_group(f"{task.name} models")
+            task.add_evaluate_arguments(group)
+            options[task.name] = [(a.dest, a.option_strings[0]) for a in group._group_actions]
+    p.set_defaults(func=cmd_evaluate, evaluate_options=options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperctl",
@@ -512,7 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  hyperctl submit jobs/quickstart.yaml --set train.max_steps=200\n"
         "  hyperctl submit jobs/mnist-test-hyper.yaml\n"
         "  hyperctl submit jobs/multi30k-en-fr-hyperlstm.yaml\n"
-        "  echo 'A dog runs on the beach.' | hyperctl translate RUN_ID --storage ./runs\n",
+        "  echo 'A dog runs on the beach.' | hyperctl translate RUN_ID --storage ./runs\n"
+        "  hyperctl evaluate runs/quickstart --split test\n"
+        "  hyperctl evaluate models:/ptb-lm/1 --text my.txt --log --storage ./runs\n"
+        "  hyperctl sample runs:/RUN_ID/model --prime 'the ' --length 200 --storage ./runs\n",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -598,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_resume)
 
+    _add_evaluate_parser(sub)
     kit = CommandKit(add_store_options=_add_store, tracking_uri=_tracking_uri)
     for task in TASKS.values():  # the tasks' own commands, e.g. translate
         if task.add_commands is not None:

@@ -40,6 +40,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -70,8 +71,11 @@ def trial_name(campaign: str, trial_id: str) -> str:
 
 def trial_spec(base: JobSpec, sampled: dict[str, Any], trial_id: str) -> JobSpec:
     """The job a trial runs: the campaign's spec with the sampled values, no search section, named
-    ``<campaign>-<trial id>`` and stored inside the campaign's folder."""
+    ``<campaign>-<trial id>`` and stored inside the campaign's folder. A trial registers no model:
+    with ``tracking.register_model`` the campaign registers its best trial's model at the end
+    (:func:`register_best`)."""
     raw = with_values(base, sampled, name=trial_name(base.name, trial_id), storage=run_dir(base))
+    raw["tracking"] = {**raw.get("tracking", {}), "register_model": None}
     return validate_job(raw, f"trial {trial_id}")
 
 
@@ -176,7 +180,7 @@ def _finished_run(spec: JobSpec, uri: str) -> dict[str, float] | None:
     """The metrics of this trial's child run if it already ended FINISHED, else None."""
     run_id = tracking.run_id_of(spec)
     info = tracking.find_run(uri, run_id) if run_id else None  # None: not in this store, run the trial
-    return dict(info["metrics"]) if info and info["status"] == "FINISHED" else None
+    return tracking.final_metrics(info["metrics"]) if info and info["status"] == "FINISHED" else None
 
 
 def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
@@ -246,7 +250,7 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         tune.report({"step": int(info["step"]), metric: _worst(mode), "trial_state": "diverged"})
         return
     tracking.close_run(uri, run_id)
-    final = tracking.describe_run(uri, run_id)["metrics"]
+    final = tracking.final_metrics(tracking.describe_run(uri, run_id)["metrics"])
     tune.report(
         {
             **{k: v for k, v in final.items() if isinstance(v, (int, float))},
@@ -477,6 +481,8 @@ def run_campaign(
         best = write_summary(spec, uri, parent_id, trials)
     except Exception as e:  # noqa: BLE001 - a summary problem must not hide the campaign's outcome
         say(f"[warn]  summary not written: {type(e).__name__}: {e}")
+    if best and not interrupted:
+        register_best(spec, uri, parent_id, best, say)
     if interrupted:
         tracking.end_run(uri, parent_id, "KILLED", {tracking.TAG_ERROR: str(error)})
     else:
@@ -504,6 +510,27 @@ def run_campaign(
 
 
 # ---- the trials: state from Tune's experiment, runs from MLflow ----------------------------------
+
+
+def register_best(
+    spec: JobSpec, uri: str, parent_id: str, best: dict[str, Any], say: Callable[[str], None]
+) -> str | None:
+    """With ``tracking.register_model: NAME``, the best trial's final model as a new version of NAME
+    (one version per campaign; the trials themselves register nothing), tagged on the campaign's run
+    and the trial's; returns ``models:/NAME/VERSION``, or None (said) when the trial logged no model."""
+    name = spec.tracking.register_model
+    if name is None or not best.get("run_id"):
+        return None
+    try:
+        version = tracking.register_run_model(uri, best["run_id"], name)
+    except Exception as e:  # noqa: BLE001 - a registry problem must not hide the campaign's outcome
+        say(f"[warn]  best trial {best['trial']}: model not registered: {type(e).__name__}: {e}")
+        return None
+    model = f"models:/{name}/{version}"
+    for run_id in (parent_id, best["run_id"]):
+        tracking.RunLog(uri, run_id).set_tags(**{tracking.TAG_REGISTERED: model})
+    say(f"[model] best trial {best['trial']}'s model registered as {model}")
+    return model
 
 
 def collect_trials(spec: JobSpec) -> list[dict[str, Any]]:
@@ -626,5 +653,6 @@ __all__ = [
     "run_campaign",
     "run_trial",
     "stop_campaign",
+    "register_best",
     "trial_spec",
 ]

@@ -31,8 +31,9 @@ from ..spec.schema import JobSpec
 CLUSTER_ENV_NAMES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|KEY|CREDENTIAL", re.IGNORECASE)
 # Seconds Ray's job supervisor waits after SIGTERM (`hyperctl stop`) before SIGKILL: time for the
-# driver to mark its MLflow run FAILED.
-STOP_GRACE_S = 15
+# workers to checkpoint the step they reached (up to service.driver.local.PREEMPT_GRACE_S) and for the
+# driver to end its MLflow run KILLED.
+STOP_GRACE_S = 45
 WORKING_DIR_EXCLUDES = [
     ".venv",
     ".git",

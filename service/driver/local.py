@@ -5,8 +5,11 @@ preflight (once, before Ray starts where it can), Ray started or joined, the dat
 checked for what the workers rely on (:func:`prepare`). :func:`run_job` then opens the job's MLflow
 run, builds a ``TorchTrainer`` (:func:`build_trainer`, also used by campaign trials) and fits it,
 printing progress; the run is closed FINISHED, FAILED (with the worker's own exception, see
-:mod:`service.worker.failure`) or, when stopped, KILLED with the step reached. Relaunching the
-same job (same storage and name) resumes from its latest checkpoint in the same MLflow run.
+:mod:`service.worker.failure`) or, when stopped, KILLED with the step reached. SIGTERM while it
+trains is a preemption (:mod:`service.worker.preemption`): the workers finish their step and
+write a checkpoint at it, and the run ends KILLED with the tag ``hyperctl.preempted_at_step``.
+Relaunching the same job (same storage and name) resumes from its latest checkpoint in the same
+MLflow run.
 
 Ray is imported inside the functions that start it: importing it takes seconds, and the CLI's
 quick commands never need it.
@@ -22,6 +25,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +37,14 @@ from ..paths import run_dir
 from ..spec.errors import JobSpecError
 from ..spec.schema import JobSpec
 from ..tasks import Prepared, Task, task_of
-from ..worker import failure
+from ..worker import failure, preemption
 from . import preflight
 from .progress import QueuePrinter
 
 PROCESS_GROUP_TIMEOUT_S = 6 * 3600  # rank 0 evaluates whole splits while the others wait
+# After SIGTERM, how long the driver waits for the workers to finish their step and checkpoint it
+# before it stops at once (the run then ends KILLED at its last checkpoint).
+PREEMPT_GRACE_S = 30.0
 
 
 @dataclass
@@ -50,6 +57,8 @@ class RunOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     experiment_id: str = ""
     artifact_uri: str = ""
+    registered_model: str = ""  # models:/NAME/VERSION when the run registered its model
+    preempted_at_step: int | None = None  # SIGTERM: the step of the checkpoint a relaunch resumes from
 
 
 def absolute_storage(spec: JobSpec) -> JobSpec:
@@ -183,6 +192,46 @@ def _interrupt_on_sigterm() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, interrupt)
+
+
+class _PreemptOnSigterm:
+    """While the job trains: the first SIGTERM asks the workers to finish their step and checkpoint
+    it (:func:`service.worker.preemption.write_request`) and training goes on to that checkpoint; a
+    second SIGTERM, or the workers not done within ``grace_s``, interrupts at once (as before)."""
+
+    def __init__(self, run_folder: str, say: Callable[[str], None], grace_s: float) -> None:
+        self.run_folder, self.say, self.grace_s = run_folder, say, grace_s
+        self.requested_at: float | None = None
+        self._timer: threading.Timer | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> _PreemptOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested_at is not None:
+            waited = time.monotonic() - self.requested_at
+            raise KeyboardInterrupt(f"signal {signum} again after {waited:.0f} s")
+        self.requested_at = time.monotonic()
+        try:
+            preemption.write_request(self.run_folder, "SIGTERM to the driver")
+        except Exception as e:  # noqa: BLE001 - the request cannot reach the workers: stop at once
+            raise KeyboardInterrupt(f"signal {signum}; the workers could not be asked to checkpoint: {e}") from None
+        self.say(
+            f"[stop]  SIGTERM: the workers finish their step and write a checkpoint at it (up to "
+            f"{self.grace_s:.0f} s; a second SIGTERM stops at once)"
+        )
+        self._timer = threading.Timer(self.grace_s, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self._timer.daemon = True
+        self._timer.start()
 
 
 @dataclass
@@ -350,6 +399,7 @@ def run_job(
     tracking.log_job_files(uri, run_id, spec, prepared.root, prepared.manifest)
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
     storage.delete(failure_file)
+    preemption.clear(run_dir(spec))
     say(
         f"[mlflow] run {run_id} ({'resumed' if resumed else 'new'}) in {tracking.redact(uri)}, "
         f"experiment {spec.tracking.experiment!r}"
@@ -366,9 +416,10 @@ def run_job(
     )
     trainer = build_trainer(spec, prepared.root, uri, run_id, progress=queue, verbose=verbose)
     error: str | None = None
+    preempted: dict[str, Any] | None = None
     printer = QueuePrinter(queue, out)
     try:
-        with printer:
+        with printer, _PreemptOnSigterm(run_dir(spec), say, PREEMPT_GRACE_S):
             result = trainer.fit()
         if result.error:
             raise result.error
@@ -376,6 +427,7 @@ def run_job(
         storage.wait_reachable(
             spec.storage, "reading the job's outcome", say, storage.wait_delays(spec.storage_retry_s)
         )
+        preempted = preemption.read_outcome(run_dir(spec))
         recorded = failure.recorded_error(failure_file)  # a deterministic error, its retry skipped
         if recorded is not None:
             raise failure.WorkerError(recorded)
@@ -405,7 +457,20 @@ def run_job(
             ray.kill(queue.actor)  # type: ignore[arg-type]  # an ActorHandle; Ray's hint also allows its class
         except Exception:  # noqa: BLE001 - the queue is gone with its node: nothing to clean up
             pass
-    tracking.close_run(uri, run_id, error)
+    if preempted is not None:
+        step = int(preempted["step"])
+        tracking.end_run(
+            uri,
+            run_id,
+            "KILLED",
+            {
+                tracking.TAG_PREEMPTED: str(step),
+                tracking.TAG_ERROR: f"interrupted: preempted ({preempted['by']}) at step {step}, its checkpoint "
+                "kept; relaunch the same job (same name and storage) to resume from it",
+            },
+        )
+    else:
+        tracking.close_run(uri, run_id, error)
     described = tracking.describe_run(uri, run_id)
     outcome = RunOutcome(
         run_id=run_id,
@@ -413,10 +478,16 @@ def run_job(
         run_path=run_dir(spec),
         ok=error is None,
         error=error,
-        metrics=described["metrics"],
+        metrics=tracking.final_metrics(described["metrics"]),
         experiment_id=described["experiment_id"],
         artifact_uri=described["artifact_uri"],
+        registered_model=described["tags"].get(tracking.TAG_REGISTERED, ""),
+        preempted_at_step=None if preempted is None else int(preempted["step"]),
     )
+    if preempted is not None:
+        outcome.ok = False
+        say(f"[mlflow] run {run_id}: KILLED, preempted at step {outcome.preempted_at_step} ({preempted['by']})")
+        return outcome
     say(f"[mlflow] run {run_id}: {'FINISHED' if outcome.ok else 'FAILED'} (tracking URI {tracking.redact(uri)})")
     if error:
         say(f"[error] {error.strip().splitlines()[0] if error.strip() else error}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import zlib
 
 import pyarrow.fs as pafs
 
@@ -45,12 +46,18 @@ def _check_corpus(field: str, uri: str, text: bool = True) -> str | None:
         return f"{field}: expected a readable text file, found a problem: {e}"
     except OSError as e:
         return f"{field}: expected a readable text file, found a problem: {uri}: {e}"
+    gzipped = head[:2] == b"\x1f\x8b"
+    if gzipped:  # its text is checked: what the head decompresses to
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(head)
+        except zlib.error as e:
+            return f"{field}: expected gzip'd UTF-8 text, found corrupt gzip data at the start of {uri}: {e}"
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError as e:
         return (
-            f"{field}: expected UTF-8 text, found byte 0x{head[e.start]:02x} at offset {e.start} of {uri} "
-            "that is not valid UTF-8 (a binary or compressed file?)"
+            f"{field}: expected UTF-8 text, found byte 0x{head[e.start]:02x} at offset {e.start} of {uri}"
+            f"{' (uncompressed)' if gzipped else ''} that is not valid UTF-8 (a binary or compressed file?)"
         )
     return None
 

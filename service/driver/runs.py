@@ -30,11 +30,20 @@ def list_runs(uri: str) -> list[dict[str, Any]]:
                 "job": run["tags"].get(tracking.TAG_JOB, run["run_name"]),
                 "step": max(steps, default=0),
                 "metric": valid.removeprefix("valid_") or "-",
-                "valid": m.get(f"final_{valid}", m.get(valid)),
-                "test": m.get(test),
+                "valid": final(m, valid),
+                "test": final(m, test),
             }
         )
     return rows
 
 
-__all__ = ["list_runs"]
+def final(metrics: dict[str, float], name: str) -> float | None:
+    """A run's final ``name``: ``final/<name>``, else ``final_<name>`` (runs of versions before the
+    final/ section), else the last value logged under ``name`` (a run that has not finished)."""
+    for key in (tracking.FINAL_PREFIX + name, f"final_{name}", name):
+        if key in metrics:
+            return metrics[key]
+    return None
+
+
+__all__ = ["final", "list_runs"]

@@ -13,11 +13,12 @@ Credentials are handed to pyarrow only; they never appear in messages or reprs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -174,6 +175,32 @@ def read_bytes(uri: str) -> bytes:
         raise StorageError(f"{uri}: is a directory, expected a file") from None
     except OSError as e:
         raise _describe(uri, e) from None
+
+
+@contextlib.contextmanager
+def open_input(uri: str) -> Iterator[Any]:
+    """A file or object opened for reading in a stream (``read(n)``), for files too large to hold;
+    FileNotFoundError when it does not exist."""
+    fs, path = filesystem_for(uri)
+    try:
+        f = fs.open_input_stream(path, compression=None)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri}: no such file or object") from None
+    except IsADirectoryError:
+        raise StorageError(f"{uri}: is a directory, expected a file") from None
+    except OSError as e:
+        raise _describe(uri, e) from None
+    with f:
+        yield f
+
+
+def size(uri: str) -> int:
+    """The size in bytes of a file or object; FileNotFoundError when it does not exist."""
+    fs, path = filesystem_for(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: no such file or object")
+    return int(info.size or 0)
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
@@ -369,8 +396,10 @@ __all__ = [
     "filesystem_for",
     "is_s3",
     "join",
+    "open_input",
     "read_bytes",
     "retrying",
+    "size",
     "storage_options_for_ray",
     "wait_delays",
     "wait_reachable",

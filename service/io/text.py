@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 import sys
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any
 
+from ..spec.errors import JobSpecError
+from . import storage
 from .datacache import data_error
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -131,8 +136,184 @@ def normalize_newlines(field: str, uri: str, text: str) -> str:
     return "\n".join(lines) + ("\n" if ends_with_terminator else "")
 
 
+_TERMINATOR = re.compile(r"\r\n|\r|\n")
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_SLICE = 1 << 16
+
+
+def _raw_chunks(field: str, uri: str, chunk_bytes: int) -> Iterator[bytes]:
+    try:
+        with storage.open_input(uri) as f:
+            while chunk := f.read(chunk_bytes):
+                yield chunk
+    except FileNotFoundError:
+        raise data_error(field, f"expected a file, found nothing at {uri}") from None
+    except OSError as e:
+        raise data_error(field, f"cannot read {uri}: {e}") from None
+
+
+def _gunzip(field: str, uri: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip stream (every member of a multi-member file); a truncated or
+    corrupt stream is named with its compressed byte offset."""
+    state: dict[str, Any] = {"d": None}  # the decompressor of the member being read
+    offset = 0  # compressed bytes consumed before the current slice
+    for big in chunks:
+        for start in range(0, len(big), GZIP_SLICE):  # a corrupt stream is named to within a slice
+            chunk = big[start : start + GZIP_SLICE]
+            yield from _gunzip_slice(field, uri, chunk, offset, state)
+            offset += len(chunk)
+    if state["d"] is not None:
+        raise data_error(
+            field,
+            f"{uri}: truncated gzip file: the compressed stream stops at byte offset {offset:,} before its "
+            "end marker (an interrupted download or copy?)",
+        )
+
+
+def _gunzip_slice(field: str, uri: str, chunk: bytes, offset: int, state: dict[str, Any]) -> Iterator[bytes]:
+    data, d = chunk, state["d"]
+    while data:
+        if d is None:
+            if data[:2] != GZIP_MAGIC[: len(data[:2])]:
+                if data.strip(b"\x00"):  # padding after the last member is tolerated
+                    at = offset + len(chunk) - len(data)
+                    raise data_error(field, f"{uri}: unexpected bytes after a gzip member at byte offset {at:,}")
+                break
+            d = zlib.decompressobj(wbits=31)
+        try:
+            out = d.decompress(data)
+        except zlib.error as e:
+            raise data_error(
+                field, f"{uri}: corrupt gzip data in compressed bytes {offset:,}-{offset + len(chunk):,}: {e}"
+            ) from None
+        if out:
+            yield out
+        data = b""
+        if d.eof:  # the member ended: another may follow
+            data, d = d.unused_data, None
+    state["d"] = d
+
+
+def iter_lines(field: str, uri: str, chunk_bytes: int = 1 << 20) -> Iterator[str]:
+    """The lines of a UTF-8 text file, gzip'd or not (by content), read ``chunk_bytes`` at a time:
+    memory does not grow with the file. The rules are :func:`decode`'s and :func:`split_lines`'s
+    (BOM stripped and noted, LF/CRLF/CR, mixed terminators refused with the same message, a bad byte
+    named with its line and uncompressed offset); a truncated or corrupt .gz is named with its
+    compressed byte offset."""
+    chunks = _raw_chunks(field, uri, chunk_bytes)
+    first = next(chunks, b"")
+    if first[:2] == GZIP_MAGIC:
+        stream: Iterable[bytes] = _gunzip(field, uri, _prepend(first, chunks))
+    else:
+        stream = _prepend(first, chunks)
+    yield from _lines(field, uri, stream)
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _head(stream: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """``stream`` re-cut so that its first chunk holds at least ``size`` bytes (or all there is)."""
+    it = iter(stream)
+    first = b""
+    for chunk in it:
+        first += chunk
+        if len(first) >= size:
+            break
+    if first:
+        yield first
+    yield from it
+
+
+def _lines(field: str, uri: str, stream: Iterable[bytes]) -> Iterator[str]:
+    pending = b""  # bytes of an incomplete UTF-8 character at a chunk's end
+    text = ""  # decoded text after the last complete line
+    offset = 0  # uncompressed offset of data[0]
+    line = 1  # the number of the line ``text`` starts
+    kinds = {name: 0 for name in TERMINATORS.values()}  # lines ending in each terminator
+    first_of: dict[str, int] = {}  # terminator -> the first line ending in it
+    first = True
+
+    def bad_byte(data: bytes, at: int) -> JobSpecError:
+        good = data[:at].decode("utf-8", errors="replace")
+        where = line + len(_TERMINATOR.findall(text + good))
+        return data_error(
+            field,
+            f"{uri} line {where}: expected UTF-8 text, found byte 0x{data[at]:02x} at offset {offset + at} "
+            "that is not valid UTF-8",
+        )
+
+    for chunk in _head(stream, 4):
+        data = pending + chunk
+        if first:
+            first = False
+            for bom, name in _OTHER_BOMS.items():
+                if data.startswith(bom):
+                    raise data_error(
+                        field, f"expected UTF-8 text, found a {name} byte-order mark at the start of {uri}"
+                    )
+            if data.startswith(UTF8_BOM):
+                note(f"{field}: {uri} starts with a UTF-8 byte-order mark; it is ignored")
+                data, offset = data[len(UTF8_BOM) :], len(UTF8_BOM)
+        cut = len(data)
+        for back in range(1, min(4, len(data)) + 1):  # an incomplete last character waits for the next chunk
+            b = data[-back]
+            if b < 0x80:
+                break
+            if b >= 0xC0:
+                if (2 if b < 0xE0 else 3 if b < 0xF0 else 4) > back:
+                    cut = len(data) - back
+                break
+        try:
+            decoded = data[:cut].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise bad_byte(data, e.start) from None
+        pending, offset = data[cut:], offset + cut
+        text += decoded
+        held = text.endswith("\r")  # perhaps the first half of a CRLF
+        body = text[:-1] if held else text
+        parts, ends = _TERMINATOR.split(body), _TERMINATOR.findall(body)
+        text = parts[-1] + ("\r" if held else "")
+        for sentence, end in zip(parts, ends, strict=False):
+            name = TERMINATORS[end]
+            kinds[name] += 1
+            first_of.setdefault(name, line)
+            if len(first_of) == 1:  # after a second kind of terminator nothing more is read out
+                yield sentence
+            line += 1
+    if pending:
+        try:
+            pending.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise bad_byte(pending, e.start) from None
+    if text.endswith("\r"):
+        kinds["CR"] += 1
+        first_of.setdefault("CR", line)
+        text = text[:-1]
+        if len(first_of) == 1:
+            yield text
+        text = ""
+    if len(first_of) > 1:
+        counts = {name: n for name, n in kinds.items() if n}
+        main = max(counts, key=lambda k: counts[k])
+        other = next(name for name in counts if name != main)
+        found = ", ".join(f"{n:,} {name}" for name, n in counts.items())
+        raise data_error(
+            field,
+            f"{uri}: mixed line terminators ({found}; line {first_of[other]} ends in {other}): "
+            "expected every line to end the same way (LF, CRLF or CR); convert the file, e.g. with dos2unix",
+        )
+    if text:
+        yield text
+
+
 __all__ = [
+    "GZIP_MAGIC",
     "UTF8_BOM",
+    "iter_lines",
     "collect_notes",
     "decode",
     "normalize_newlines",

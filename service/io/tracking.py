@@ -24,13 +24,15 @@ imported inside the functions that use it: importing it takes seconds, and comma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,26 @@ RUN_ID_FILE = "mlflow_run_id"
 # file before Ray starts (spec_conflict), without opening the tracking store.
 PARAMS_FILE = "job_params.json"
 TAG_PREFIX = "hyperctl."  # the service's own tags; a task's figures go as TAG_PREFIX + name
+# A run's final figures (whole-split valid, test, per-set scores) are metrics named FINAL_PREFIX + name: single
+# points that MLflow's chart view groups in a section of their own, apart from the learning curves.
+FINAL_PREFIX = "final/"
 TAG_JOB = "hyperctl.job"
+
+
+def final_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A finished run's figures by their plain names, as scripts read them (the submit summary, a
+    campaign's trial results): ``final/<name>`` replaces ``<name>`` (the curve's last point is the
+    same whole-split evaluation), the other metrics as logged."""
+    plain = {k: v for k, v in metrics.items() if not k.startswith(FINAL_PREFIX)}
+    return plain | {k.removeprefix(FINAL_PREFIX): v for k, v in metrics.items() if k.startswith(FINAL_PREFIX)}
+
+
 TAG_TASK = "hyperctl.task"
 TAG_ERROR = "hyperctl.error"
 TAG_KIND = "hyperctl.kind"  # a campaign's parent run ("campaign") or a trial's ("trial")
 TAG_STOPPED = "hyperctl.stopped_early"
+TAG_REGISTERED = "hyperctl.registered_model"  # models:/NAME/VERSION of the run's registered model
+TAG_PREEMPTED = "hyperctl.preempted_at_step"  # SIGTERM: the step of the checkpoint a relaunch resumes from
 TAG_RAY_JOB = "ray.job_id"
 TAG_RAY_SUBMISSION = "ray.submission_id"
 TAG_SACREBLEU = "sacrebleu.signature"  # the signature of every BLEU a run reports
@@ -235,8 +252,9 @@ def open_run(
             if not storage.exists(params_file):  # a run started before the file existed
                 storage.write_bytes_atomic(params_file, json.dumps(params).encode())
             client.update_run(run_id, status="RUNNING")
-            if TAG_ERROR in run.data.tags:
-                client.delete_tag(run_id, TAG_ERROR)
+            for ended in (TAG_ERROR, TAG_PREEMPTED):  # how the last attempt ended: it runs again
+                if ended in run.data.tags:
+                    client.delete_tag(run_id, ended)
             _set_tags(client, run_id, tags or {})
             return run_id, True
     experiment_id = _experiment_id(client, uri, spec.tracking.experiment)
@@ -279,7 +297,7 @@ class RunLog:
     """Writing to one run: texts, files, metrics and tags."""
 
     def __init__(self, uri: str, run_id: str) -> None:
-        self.client, self.run_id = _client(uri), run_id
+        self.client, self.run_id, self.uri = _client(uri), run_id, uri
 
     def history(self, key: str) -> list[tuple[int, float]]:
         """Every ``(step, value)`` of metric ``key``, by step."""
@@ -347,11 +365,20 @@ def append_metric(uri: str, run_id: str, key: str, points: list[tuple[int, float
 
 def log_job_files(uri: str, run_id: str, spec: JobSpec, data_root: str, manifest: str) -> None:
     """Driver-side artifacts: the resolved job YAML and the prepared data's manifest (e.g. the
-    vocabulary of a char LM, the image counts, the subword settings)."""
+    vocabulary of a char LM, the image counts, the subword settings). A manifest's ``mlflow_params``
+    (e.g. a translation corpus's pairs dropped by each filter) are logged as params of the run."""
+    from mlflow.entities import Param
+
     client = _client(uri)
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "job.yaml")
     body = storage.read_bytes(storage.join(data_root, manifest))
     client.log_text(run_id, body.decode("utf-8"), manifest)
+    params = json.loads(body).get("mlflow_params") or {}
+    if params:
+        logged = client.get_run(run_id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if logged.get(k) != str(v)]
+        if new:
+            client.log_batch(run_id, params=new)
 
 
 def _describe(run: Any) -> dict[str, Any]:
@@ -418,6 +445,195 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str) -> str:
     except (MlflowException, OSError):
         raise FileNotFoundError(f"run {run_id} has no artifact {path}") from None
     return local
+
+
+# ---- trained models: MLflow models (the ``mlflow.pytorch`` flavour) and the model registry ----------------
+
+MODEL_NAME = "model"  # a run's final model: runs:/<run id>/model
+MODEL_METADATA_TASK = "hyperctl_task"  # the MLmodel metadata key naming the task
+
+
+class ModelLookupError(LookupError):
+    """A model URI, name, version or alias that the tracking store does not hold; the message says
+    what was asked and what there is."""
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """MLflow's warnings about choices made on purpose (pickle format, an input example that pyfunc
+    serving cannot run: our models return ``output, state``) kept off the user's terminal."""
+    saved = [(name, logging.getLogger(name).level) for name in loggers]
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in saved:
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _fluent_store(uri: str, experiment_id: str | None = None) -> Iterator[None]:
+    """MLflow's process-wide store (and experiment) set to ``uri`` inside the block, as they were after
+    it: ``log_model`` and ``models:/`` URIs go through MLflow's fluent API, which would otherwise use
+    its default store (./mlruns) and experiment."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as store_utils
+    import mlflow.tracking.fluent as fluent
+
+    # MLflow has no public way to unset these: its own globals, read back as they were.
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which this service reads: restored too.
+    uri_before, experiment_before = store_utils._tracking_uri, fluent._active_experiment_id
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        if experiment_id is not None:
+            mlflow.set_experiment(experiment_id=experiment_id)
+        yield
+    finally:
+        mlflow.set_tracking_uri(uri_before)  # type: ignore[arg-type]  # None unsets it (its documented behaviour)
+        fluent._active_experiment_id = experiment_before
+        if env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+
+
+def _pip_requirements() -> list[str]:
+    """What loading a model needs besides MLflow (which MLflow adds itself): torch and numpy at the
+    versions installed here (torch without a local build tag such as ``+cpu``: any build loads it)."""
+    import numpy
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={numpy.__version__}"]
+
+
+def log_pytorch_model(
+    uri: str,
+    run_id: str,
+    model: Any,
+    files: dict[str, bytes],
+    input_example: Any,
+    task: str,
+    register_as: str | None = None,
+) -> tuple[str, int | None]:
+    """Log ``model`` (a ``torch.nn.Module``, on the CPU) as the run's MLflow model :data:`MODEL_NAME`
+    (``mlflow.pytorch``, pickled): ``files`` (name -> bytes: the spec, vocabularies, subword models)
+    as its extra files, ``input_example`` (a numpy array the model's forward takes) with the
+    signature it implies, pinned pip requirements, and the ``hypermodels`` package as its code, so
+    that ``mlflow.pytorch.load_model`` loads it wherever torch and MLflow are installed. With
+    ``register_as`` it becomes a new version of that registered model. Returns (model URI, version
+    or None)."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    import hypermodels
+
+    client = _client(uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with _fluent_store(uri, experiment_id), tempfile.TemporaryDirectory(prefix="hyperctl-mlflow-model-") as tmp:
+        paths = []
+        for name, body in files.items():
+            path = os.path.join(tmp, name)
+            Path(path).write_bytes(body)
+            paths.append(path)
+        with _quiet("mlflow.pytorch", "mlflow.models.model", "mlflow.models.utils", "mlflow.tracking._model_registry"):
+            info = mlflow.pytorch.log_model(
+                model,
+                name=MODEL_NAME,
+                run_id=run_id,
+                serialization_format="pickle",  # recurrent models with custom kernels: torch.export cannot trace them
+                code_paths=[os.path.dirname(hypermodels.__file__)],
+                extra_files=paths,
+                input_example=input_example,
+                signature=infer_signature(input_example),
+                pip_requirements=_pip_requirements(),
+                metadata={MODEL_METADATA_TASK: task},
+                registered_model_name=register_as,
+            )
+    version = info.registered_model_version
+    return str(info.model_uri), None if version is None else int(version)
+
+
+def _logged_models(client: Any, run_id: str) -> list[Any]:
+    run = client.get_run(run_id)
+    return list(
+        client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+    )
+
+
+def run_model_uri(uri: str, run_id: str, name: str = MODEL_NAME) -> str:
+    """The URI (``models:/m-...``) of the model ``name`` a run logged; ModelLookupError naming the run's
+    models (none: the run has not finished training) otherwise."""
+    client = _client(uri)
+    found = _logged_models(client, run_id)
+    for m in found:
+        if m.name == name:
+            return str(m.model_uri)
+    has = ", ".join(sorted(m.name for m in found)) or "none: a run logs its model when training finishes"
+    raise ModelLookupError(f"run {run_id} has no model {name!r} (its models: {has})")
+
+
+def registered_version(uri: str, name: str, version: str | None, alias: str | None) -> tuple[str, str, str | None]:
+    """(version, model source URI, source run id) of registered model ``name`` at ``version`` or ``alias``;
+    ModelLookupError naming the registered models, versions or aliases there are."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    models = sorted(m.name for m in client.search_registered_models(max_results=1000))
+    if name not in models:
+        raise ModelLookupError(
+            f"no registered model {name!r} in {redact(uri)} (registered: {', '.join(models) or 'none'})"
+        )
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException:
+        if alias:
+            aliases = sorted(client.get_registered_model(name).aliases)
+            raise ModelLookupError(
+                f"registered model {name!r} has no alias {alias!r} (aliases: {', '.join(aliases) or 'none'})"
+            ) from None
+        raise ModelLookupError(
+            f"registered model {name!r} has no version {version} (versions: {', '.join(map(str, versions))})"
+        ) from None
+    return str(mv.version), str(mv.source), mv.run_id
+
+
+def register_run_model(uri: str, run_id: str, name: str) -> int:
+    """A new version of registered model ``name`` (created if new) from the run's logged model."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    model_uri = run_model_uri(uri, run_id)
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # it exists
+    model_id = model_uri.removeprefix("models:/")
+    with _fluent_store(uri):  # the registry resolves the models:/ source through the process-wide store
+        return int(client.create_model_version(name, source=model_uri, run_id=run_id, model_id=model_id).version)
+
+
+def download_model(uri: str, model_uri: str, dst: str) -> str:
+    """The MLflow model at ``model_uri`` (``models:/...``, ``runs:/...``) as a local folder under ``dst``."""
+    import mlflow.artifacts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with _fluent_store(uri):  # models:/ URIs are resolved by a client of the process-wide store
+        return str(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=uri, dst_path=dst))
+
+
+def load_pytorch_model(folder: str) -> Any:
+    """The ``torch.nn.Module`` of a downloaded MLflow model folder, on the CPU."""
+    import mlflow.pytorch
+
+    with _quiet("mlflow.pytorch", "mlflow.utils.requirements_utils"):
+        return mlflow.pytorch.load_model(folder, map_location="cpu")
 
 
 # ---- search campaigns (service/driver/campaign.py): a parent run and one nested child run per trial -----
@@ -500,24 +716,32 @@ def end_run(
 
 
 __all__ = [
+    "MODEL_NAME",
     "MetricBuffer",
+    "ModelLookupError",
     "RunLog",
     "append_metric",
     "child_runs",
     "close_run",
     "describe_run",
     "download_artifact",
+    "download_model",
     "end_run",
     "find_run",
     "git_commit",
+    "load_pytorch_model",
     "local_state_dir",
     "log_job_files",
+    "log_pytorch_model",
     "mark_training_experiments",
     "metric_history",
     "open_child_run",
     "open_run",
     "redact",
+    "register_run_model",
+    "registered_version",
     "run_id_of",
+    "run_model_uri",
     "run_name",
     "search_runs",
     "store_exists",

@@ -17,6 +17,19 @@ class JobSpecError(ValueError):
         self.source, self.problems = source, problems
         super().__init__(f"{source}: invalid job spec\n" + "\n".join(f"  - {p}" for p in problems))
 
+    def __reduce__(self) -> tuple[type[JobSpecError], tuple[str, list[str]]]:  # raised in a Ray task too
+        return (JobSpecError, (self.source, self.problems))
+
+
+def _first_model(ann: Any) -> type[BaseModel] | None:
+    """The first schema class inside an annotation (through unions, lists and Annotated)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        if (found := _first_model(arg)) is not None:
+            return found
+    return None
+
 
 def _model_at(path: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The schema class that holds the field at ``path`` (None when the path leaves the schema)."""
@@ -24,13 +37,15 @@ def _model_at(path: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] |
     parts = list(path)
     while parts:
         part = parts.pop(0)
+        if isinstance(part, int):  # an item of a list: the list's schema class is already chosen
+            continue
         field = model.model_fields.get(part) if isinstance(part, str) else None
         ann = field.annotation if field is not None else None
         if typing.get_origin(ann) is dict and parts:  # dict[str, Section]: skip the key
             parts.pop(0)
             ann = typing.get_args(ann)[1]
-        elif ann is not None and not isinstance(ann, type):  # X | None
-            ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        elif ann is not None and not isinstance(ann, type):  # X | None, X | list[X], Annotated[...]
+            ann = _first_model(ann)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return None
         model = ann
@@ -39,7 +54,8 @@ def _model_at(path: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] |
 
 def describe(err: Any, root: type[BaseModel]) -> str:
     """One pydantic error (``ValidationError.errors()`` item) as a line naming the dotted field."""
-    loc = tuple(err["loc"])
+    # a tagged union's tag, written "(...)" by the schemas (e.g. one corpus or a list), is no field
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("(")))
     where = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1], root)

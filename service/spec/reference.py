@@ -35,11 +35,30 @@ def _section(ann: Any) -> type[BaseModel] | None:
     return None
 
 
+def _section_or_list(ann: Any) -> type[BaseModel] | None:
+    """The section class of a field that holds ``X``, ``list[X]`` or a union of them (Annotated or
+    not), when it is not a plain section; else None."""
+    found: set[type[BaseModel]] = set()
+
+    def walk(a: Any) -> None:
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            found.add(a)
+        elif typing.get_origin(a) in (typing.Annotated, typing.Union, types.UnionType, list):
+            args = typing.get_args(a)
+            for arg in args[:1] if typing.get_origin(a) is typing.Annotated else args:
+                walk(arg)
+
+    walk(ann)
+    return next(iter(found)) if len(found) == 1 else None
+
+
 def type_name(ann: Any) -> str:
     """A field's type as a user reads it: ``int``, ``adam | adamw | sgd``, ``str | null``, ``list[int]``."""
     if ann is type(None):
         return "null"
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        return type_name(typing.get_args(ann)[0])
     if origin is typing.Literal:
         return " | ".join("null" if v is None else str(v) for v in typing.get_args(ann))
     if origin in (typing.Union, types.UnionType):
@@ -87,6 +106,11 @@ def key_reference(model: type[BaseModel], prefix: str = "") -> list[KeyDoc]:
             if field.description:
                 out.append(KeyDoc(f"{prefix}{name}", type_name(ann), _default(field), field.description))
             out.extend(key_reference(section, f"{prefix}{name}."))
+            continue
+        listed = _section_or_list(ann)
+        if listed is not None:  # one section or a list of them (e.g. data.train: a corpus or several)
+            out.append(KeyDoc(f"{prefix}{name}", type_name(ann), _default(field), (field.description or "").strip()))
+            out.extend(key_reference(listed, f"{prefix}{name}[.<i>]."))
             continue
         if typing.get_origin(ann) is dict:
             value = typing.get_args(ann)[1]

@@ -222,6 +222,13 @@ class TrackingSpec(Strict):
 
     uri: str | None = Field(None, description="MLflow tracking URI; null = local sqlite store under storage")
     experiment: str = Field("default", min_length=1)
+    register_model: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="register the run's final model in MLflow's model registry under this name (a new "
+        "version each finished run; load it as models:/NAME/VERSION); in a search campaign only the best "
+        "trial's model is registered, once the campaign ends; null = logged with the run, not registered",
+    )
 
 
 class JobSpec(Strict):
@@ -266,6 +273,14 @@ class JobSpec(Strict):
                 f"{self.train.precision} on GPUs, or train.precision: fp32"
             )
         return self
+
+    def step_batch(self) -> tuple[int, str]:
+        """The global batch of one optimizer step (``data.batch_size x train.accumulate_steps``; the
+        workers split it) and its name for messages about data too small for it."""
+        batch, k = self.data.batch_size, self.train.accumulate_steps
+        if k == 1:
+            return batch, "data.batch_size"
+        return batch * k, f"data.batch_size x train.accumulate_steps ({batch} x {k})"
 
     def flat(self) -> dict[str, Any]:
         """The spec as ``{"a.b.c": value}``, e.g. for MLflow params (a campaign's ``search`` section

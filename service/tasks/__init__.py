@@ -15,7 +15,7 @@ from typing import Any
 from ..spec.errors import JobSpecError
 from ..spec.schema import JobSpec
 from . import char_lm, handwriting, image_classification, translation
-from .base import CommandKit, DataFile, Metrics, Prepared, SummaryAxis, Task
+from .base import CommandKit, DataFile, Evaluation, Metrics, Prepared, SummaryAxis, Task
 
 TASKS: dict[str, Task[Any]] = {
     t.name: t
@@ -66,6 +66,7 @@ __all__ = [
     "TASKS",
     "CommandKit",
     "DataFile",
+    "Evaluation",
     "Metrics",
     "Prepared",
     "SummaryAxis",

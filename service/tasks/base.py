@@ -97,6 +97,19 @@ class CommandKit:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """What a task's ``evaluate`` found: ``metrics`` (name -> value, logged with ``--log`` as
+    ``eval/<name>/<metric>``), ``name`` (the default for ``<name>``: the file's stem or the split),
+    ``lines`` (said before the metrics, e.g. how many items and the sacreBLEU signature) and ``tags``
+    (logged with ``--log`` as ``eval/<name>/<tag>``)."""
+
+    name: str
+    metrics: dict[str, float]
+    lines: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Task(Generic[J]):
     """One task: its job schema, how the driver prepares its data, the Ray Train worker loop, and
     what the rest of the service needs to know about it.
@@ -114,6 +127,11 @@ class Task(Generic[J]):
     * ``metrics``: see :class:`Metrics`.
     * ``summary_axis``: what a campaign summary plots the metric against, besides the searched keys.
     * ``add_commands(subparsers, kit)``: the task's own ``hyperctl`` subcommands (e.g. ``translate``).
+    * ``add_evaluate_arguments(group)``: the options ``hyperctl evaluate`` takes for this task's models
+      (e.g. ``--text``), added to their own argument group; ``evaluate(source, args)``: a trained model
+      (a :class:`service.io.models.ModelSource`) evaluated as those options (and ``--split``, a split of
+      the data it was trained on) ask, an :class:`Evaluation`; a JobSpecError naming the option and file
+      for bad input.
     * ``aliases``: old names job files may still use (read with a deprecation message).
     """
 
@@ -128,7 +146,9 @@ class Task(Generic[J]):
     metrics: Metrics
     summary_axis: SummaryAxis | None = None
     add_commands: Callable[[argparse._SubParsersAction[Any], CommandKit], None] | None = None
+    add_evaluate_arguments: Callable[[argparse._ArgumentGroup], None] | None = None
+    evaluate: Callable[[Any, argparse.Namespace], Evaluation] | None = None
     aliases: tuple[str, ...] = field(default=())
 
 
-__all__ = ["CommandKit", "DataFile", "Metrics", "Prepared", "SummaryAxis", "Task"]
+__all__ = ["CommandKit", "DataFile", "Evaluation", "Metrics", "Prepared", "SummaryAxis", "Task"]

@@ -16,7 +16,9 @@ skipped and the scale lowered, :mod:`.precision`); only a non-finite loss stops 
 
 The training controls every task gets through the Worker: the learning-rate schedule
 (:mod:`.schedule`), gradient accumulation (:meth:`Worker.micro_batches`, :meth:`Worker.backward`,
-:meth:`Worker.step`), early stopping and the time budget (:mod:`.stopping`; :meth:`Worker.done`).
+:meth:`Worker.step`), early stopping and the time budget (:mod:`.stopping`; :meth:`Worker.done`),
+and preemption: SIGTERM ends the job after the current step with a checkpoint at it
+(:mod:`.preemption`; :meth:`Worker.finishes`).
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ import torch
 from hypermodels import count_parameters
 
 from ..io import storage
-from ..io.tracking import TAG_STOPPED, MetricBuffer, RunLog
+from ..io.tracking import FINAL_PREFIX, TAG_REGISTERED, TAG_STOPPED, MetricBuffer, RunLog, log_pytorch_model
 from ..paths import run_dir
 from ..spec.errors import validate_as
 from ..spec.schema import JobSpec, OptimizerSpec
 from . import checkpoint as ckpt
+from . import preemption
 from .failure import FAILURE_FILE
 from .precision import MixedPrecision
 from .schedule import LRSchedule
@@ -141,6 +144,11 @@ class Worker(Generic[J]):
         self.total_steps: int | None = None
         self.over_budget = False
         self.stop_reason: str | None = None
+        # Preemption (not saved with checkpoints: a relaunch trains on): the step it stops after, and why.
+        self.stop_requests = preemption.StopRequests(run_dir(self.spec) if self.rank == 0 else None)
+        preemption.catch_sigterm()
+        self.preempted_at: int | None = None
+        self.preempted_by = ""
         self._accumulated: list[tuple[int, torch.Tensor]] = []  # this step's micro-batches: (count, reported loss)
         self._scale = 1.0  # what the step's micro-batch losses were divided by (see backward)
         self._evaluated_at = -1  # the step of the latest evaluation
@@ -159,6 +167,20 @@ class Worker(Generic[J]):
         self.last.update(metrics)
         if self.tracker is not None:
             self.tracker.add(step, **metrics)
+
+    def log_final(self, step: int, curve: dict[str, float], figures: dict[str, float]) -> None:
+        """End the run's metrics (rank 0, after the final evaluation) and tell the terminal.
+
+        ``curve``: whole-split figures that end a learning curve (e.g. ``valid_bpc``), logged under
+        their own names at ``step``. Every figure of ``curve`` and ``figures`` (test results, per-set
+        scores) is also logged once under ``final/<name>``: single points that MLflow's chart view
+        groups in a section of their own, apart from the curves, and the runs table shows as columns
+        (:data:`FINAL_PREFIX`; ``hyperctl list`` reads them)."""
+        self.log(step, **curve)
+        self.log(step, **{FINAL_PREFIX + k: v for k, v in {**curve, **figures}.items()})
+        assert self.tracker is not None
+        self.tracker.flush()
+        self.emit(event="final", step=step, metrics={**curve, **figures})
 
     def log_window(
         self,
@@ -258,8 +280,10 @@ class Worker(Generic[J]):
 
     def done(self, pos: ckpt.Position) -> bool:
         """Whether training ends at ``pos``: its last step, the time budget spent (at the first step
-        past it) or early stopping (the same answer on every rank)."""
+        past it), early stopping or preemption (the same answer on every rank)."""
         if self.total_steps is not None and pos.step >= self.total_steps:
+            return True
+        if self.preempted_at is not None:
             return True
         if self.over_budget and self.stop_reason is None:
             self._stop(pos, f"time_budget {self.spec.train.time_budget} spent at step {pos.step}")
@@ -356,13 +380,21 @@ class Worker(Generic[J]):
         loss_value = float(loss_sum.detach())
         norm_value = 0.0 if grad_norm is None else float(grad_norm)
         bad = not (math.isfinite(loss_value) and math.isfinite(norm_value))
-        # The time budget rides on the same all-reduce: any rank past it ends training on all of them.
+        # The time budget and preemption ride on the same all-reduce: any rank past the budget, or
+        # signalled (or rank 0 seeing the driver's request), ends training on all of them after this step.
         over = self.clock.over()
-        stats = torch.tensor([loss_value, count, float(bad), float(over)], dtype=torch.float64, device=self.device)
+        signals = self.stop_requests.flags()
+        stats = torch.tensor(
+            [loss_value, count, float(bad), float(over), *signals], dtype=torch.float64, device=self.device
+        )
         if self.world > 1:
             dist.all_reduce(stats)
-        global_loss, global_count, bad_ranks, over_ranks = stats.tolist()
+        global_loss, global_count, bad_ranks, over_ranks, worker_signals, driver_requests = stats.tolist()
         self.over_budget = over_ranks > 0
+        why = preemption.reason(worker_signals, driver_requests)
+        if why is not None and self.preempted_at is None and bad_ranks == 0:
+            self.preempted_at, self.preempted_by = pos.step + 1, why
+            self.emit(event="info", text=f"{why}: training stops after step {pos.step + 1} with a checkpoint at it")
         if bad_ranks == 0:
             return global_loss, global_count
         message = (
@@ -445,6 +477,13 @@ class Worker(Generic[J]):
         if self.tracker is not None:
             self.tracker.flush()
         self.emit(event="checkpoint", step=pos.step)
+        if self.rank == 0 and self.preempted_at == pos.step:  # for the driver: the run ends here, to resume
+            preemption.write_outcome(run_dir(self.spec), pos.step, self.preempted_by)
+
+    def finishes(self) -> bool:
+        """Whether this rank runs the loop's finish (final evaluation, artifacts) once training ends:
+        rank 0, unless the job was preempted (a relaunch continues it; the finish is the finished run's)."""
+        return self.rank == 0 and self.preempted_at is None
 
     def _delays(self) -> tuple[float, ...]:
         """The waits of a storage retry: ``storage_retry_s`` of the job."""
@@ -530,21 +569,37 @@ def _earlier_checkpoints(checkpoint: Any) -> list[Any]:
     return [ray.train.Checkpoint(f"{parent}/{n}", checkpoint.filesystem) for n in names if n < name]
 
 
-def log_model(tracker: RunLog, model: torch.nn.Module, spec: JobSpec, **extra: Any) -> None:
-    """The trained model as the run's ``model/model.pt`` (rank 0, at the end): its ``state_dict`` on
-    the CPU, the spec as a document, and ``extra`` (what using it needs: a vocabulary, subword
-    models). ``hyperctl translate`` and the tasks' loaders read this file."""
-    with tempfile.TemporaryDirectory(prefix="hyperctl-model-") as tmp:
-        path = os.path.join(tmp, "model.pt")
-        state = {k: v.cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "spec": spec.model_dump(mode="json"), **extra}, path)
-        tracker.log_artifact(path, "model")
+SPEC_FILE = "job.json"  # the spec a model was trained with, one of its MLflow model's extra files
+
+
+def log_model(
+    tracker: RunLog,
+    model: torch.nn.Module,
+    spec: JobSpec,
+    input_example: np.ndarray | dict[str, np.ndarray],
+    files: dict[str, bytes] | None = None,
+) -> None:
+    """The trained model as the run's MLflow model ``runs:/<run id>/model`` (rank 0, at the end):
+    the ``mlflow.pytorch`` flavour of a CPU copy of ``model``, with the spec (:data:`SPEC_FILE`) and
+    ``files`` (what using it needs: a vocabulary, subword models, normalisation) as its extra files
+    and ``input_example`` (what its forward takes). With ``tracking.register_model: NAME`` it becomes
+    a new version of that registered model (the tag ``hyperctl.registered_model`` says which).
+    ``hyperctl evaluate``, ``translate`` and ``sample`` load it (:mod:`service.io.models`)."""
+    import copy
+
+    cpu = copy.deepcopy(model).cpu().eval()
+    docs = {SPEC_FILE: json.dumps(spec.model_dump(mode="json"), indent=2).encode(), **(files or {})}
+    name = spec.tracking.register_model
+    _, version = log_pytorch_model(tracker.uri, tracker.run_id, cpu, docs, input_example, spec.task, name)
+    if name is not None and version is not None:
+        tracker.set_tags(**{TAG_REGISTERED: f"models:/{name}/{version}"})
 
 
 __all__ = [
     "CHECKPOINT_SCORE",
     "FAILURE_FILE",
     "NonFiniteLossError",
+    "SPEC_FILE",
     "Window",
     "Worker",
     "load_intact",

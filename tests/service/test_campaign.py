@@ -205,6 +205,7 @@ def test_a_late_trial_failure_keeps_the_drivers_killed(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
     job = campaign_job(tmp_path)
+    job["tracking"]["register_model"] = "cmp-lm"  # only the best trial's model is registered, at the end
     (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     t0 = time.monotonic()
     proc = hyperctl("submit", "campaign.yaml", "--num-cpus", "2", cwd=tmp_path)
@@ -243,7 +244,7 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "valid_bpc")]
         assert steps and steps == sorted(set(steps))  # a curve, no step twice
         if trial["state"] == "completed":
-            assert child.info.status == "FINISHED" and steps[-1] == 40 and "final_valid_bpc" in child.data.metrics
+            assert child.info.status == "FINISHED" and steps[-1] == 40 and "final/valid_bpc" in child.data.metrics
         else:
             assert child.info.status == "KILLED" and child.data.tags["hyperctl.stopped_early"].startswith("asha")
             assert trial["step"] < 40
@@ -278,6 +279,12 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert parent.data.metrics["best_valid_bpc"] == pytest.approx(out["best"]["value"])
     assert parent.data.metrics["trials"] == 4 and parent.data.metrics["trials_stopped_early"] >= 1
+    (version,) = client.search_model_versions("name = 'cmp-lm'")
+    assert version.run_id == out["best"]["run_id"] and str(version.version) == "1"
+    assert parent.data.tags["hyperctl.registered_model"] == "models:/cmp-lm/1"
+    assert (
+        f"[model] best trial {out['best']['trial']}'s model registered as models:/cmp-lm/1" in proc.stderr + proc.stdout
+    )
 
     # `hyperctl status CAMPAIGN.yaml` from the campaign's storage.
     status = hyperctl("status", "campaign.yaml", cwd=tmp_path, timeout=120)
@@ -309,6 +316,9 @@ def test_campaign_asha_nested_runs_summary_and_best_job(tmp_path: Path) -> None:
     _, parents, children = runs_of(uri)
     names = sorted(r.info.run_name for r in parents)  # the best job's name carries its overrides
     assert names[0] == "cmp" and names[1].startswith("cmp-best ") and len(children) == 4
+    # best_job.yaml keeps tracking.register_model: the best job's run is the model's next version
+    versions = {str(v.version): v.run_id for v in client.search_model_versions("name = 'cmp-lm'")}
+    assert versions["1"] == out["best"]["run_id"] and versions["2"] == last_json(run.stdout)["run_id"]
 
 
 @pytest.mark.slow

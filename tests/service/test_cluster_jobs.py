@@ -617,7 +617,7 @@ def test_detached_job_is_listed_reported_logged_and_tracked(jobs: Jobs) -> None:
     client = MlflowClient(tracking_uri=jobs.uri["detached"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_bpc")] == [5, 10, 15, 20]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_bpc")] == [10, 20]
-    assert {"test_bpc", "final_valid_bpc", "tokens_per_s"} <= set(run.data.metrics)
+    assert {"final/test_bpc", "final/valid_bpc", "tokens_per_s"} <= set(run.data.metrics)
     assert not [v for v in SUBMITTER_SECRETS.values() if v in json.dumps([run.data.params, run.data.tags])]
 
 

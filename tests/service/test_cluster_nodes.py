@@ -410,7 +410,12 @@ def test_job_survives_losing_its_worker_node(cluster: LocalCluster, tmp_path: Pa
     artifacts = {
         k.split("/artifacts/", 1)[1] for k in cluster.keys("mlartifacts/") if f"/{mlrun.info.run_id}/artifacts/" in k
     }
-    assert {"model/model.pt", "plots/learning_curve.png", "sample.txt"} <= artifacts, artifacts
+    assert {"plots/learning_curve.png", "sample.txt"} <= artifacts, artifacts
+    # the run's MLflow model (runs:/ID/model), in the same bucket
+    from service.io import tracking
+
+    model_id = tracking.run_model_uri(state["mlflow"]["uri"], mlrun.info.run_id).removeprefix("models:/")
+    assert any(k.endswith(f"/models/{model_id}/artifacts/MLmodel") for k in cluster.keys("mlartifacts/"))
 
 
 def test_down_stops_everything_and_is_idempotent(cluster: LocalCluster) -> None:

@@ -6,7 +6,8 @@ Covered: char_lm (a one-symbol validation or test split, fewer training symbols 
 ``data.batch_size`` streams), translation (``data.max_len`` filtering out every pair, or leaving
 less than a batch), image_classification (a batch larger than the training split once the
 validation images are held out; an empty test or one-image training file), handwriting (fewer
-training sequences than a batch); and the whole path through ``hyperctl submit``.
+training sequences than a batch); a step's batch of ``data.batch_size x train.accumulate_steps``
+in each; and the whole path through ``hyperctl submit``.
 """
 
 from __future__ import annotations
@@ -103,9 +104,47 @@ def test_handwriting_batch_larger_than_the_training_split_is_named(tmp_path: Pat
         "data": {"path": strokes, "batch_size": 4},
         "storage": str(tmp_path / "runs"),
     }
-    assert f"data.batch_size: 4 sequences a step (x train.accumulate_steps), stroke3 {strokes} has 3 training" in (
-        problems(job)
-    )
+    assert f"data.batch_size: 4 sequences a step, stroke3 {strokes} has 3 training sequences" in problems(job)
+    job.update(data={"path": strokes, "batch_size": 2}, train={"max_steps": 1, "accumulate_steps": 2})
+    message = f"data.batch_size x train.accumulate_steps (2 x 2): 4 sequences a step, stroke3 {strokes} has 3 training"
+    assert message in problems(job)
+
+
+def accumulating(job: dict, k: int) -> dict:
+    job["train"] = {**job["train"], "accumulate_steps": k}
+    return job
+
+
+def test_a_step_of_accumulated_micro_batches_must_fit_the_data(tmp_path: Path) -> None:
+    """Issue 14: the global batch of a step is data.batch_size x train.accumulate_steps; a split with
+    a batch but not a step's worth is refused on the driver, naming both fields (the workers raised)."""
+    # char_lm: 24 streams fit 45 symbols, 2 x 24 need 49
+    message = problems(accumulating(char_job(tmp_path, valid="the cat.\n", batch_size=24), 2))
+    train = tmp_path / "train.txt"
+    assert (
+        "data.batch_size x train.accumulate_steps (24 x 2): 48 streams need at least 49 training symbols "
+        f"(one target each), {train} has {len(TRAIN)}"
+    ) in message
+    spec = validate_job(char_job(tmp_path, valid="the cat.\n", batch_size=24))
+    prepare(spec, task_of(spec), lambda _: None)  # one micro-batch of 24: accepted
+    # translation: 6 pairs fit max_len 18; a batch of 4 fits, 2 x 4 do not
+    (tmp_path / "nmt").mkdir()
+    message = problems(accumulating(translation_job(tmp_path / "nmt", max_len=18, batch_size=4), 2))
+    assert (
+        "data.batch_size x train.accumulate_steps (4 x 2): 8 pairs per batch, but only 6 of 300 training pairs fit "
+        "data.max_len = 18"
+    ) in message
+    spec = validate_job(translation_job(tmp_path / "nmt", max_len=18, batch_size=4))
+    prepare(spec, task_of(spec), lambda _: None)
+    # image_classification: 9 training images after the validation quarter; 5 fit, 2 x 5 do not
+    (tmp_path / "img").mkdir()
+    message = problems(accumulating(idx_job(tmp_path / "img", n_train=12, valid_fraction=0.25, batch_size=5), 2))
+    assert (
+        "data.batch_size x train.accumulate_steps (5 x 2): 10 images per batch, but the training split has 9 after "
+        "data.valid_fraction = 0.25"
+    ) in message
+    spec = validate_job(idx_job(tmp_path / "img", n_train=12, valid_fraction=0.25, batch_size=5))
+    prepare(spec, task_of(spec), lambda _: None)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Commands that read a tracking store (``hyperctl list``, ``ui``, ``translate``) never create one,
+"""Commands that read a tracking store (``hyperctl list``, ``ui``, ``translate``, ``evaluate``,
+``sample``) never create one,
 say which store they read, and say when it holds no runs (issue 16, kind 6)."""
 
 from __future__ import annotations
@@ -46,3 +47,19 @@ def test_list_of_an_empty_store_says_so(cwd: Path, capsys: pytest.CaptureFixture
     assert main(["list"]) == EXIT_OK
     out = capsys.readouterr().out
     assert f"no runs in {uri}\n" in out and "RUN ID" not in out
+
+
+def test_evaluate_and_sample_on_a_missing_store_create_nothing(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    elsewhere = cwd / "other"
+    elsewhere.mkdir()
+    store = f"sqlite:///{elsewhere / 'mlflow.db'}"
+    assert main(["evaluate", "0123456789abcdef", "--split", "test", "--storage", str(elsewhere)]) == EXIT_BAD_INPUT
+    assert f"0123456789abcdef: neither a checkpoint folder nor a run in {store}" in capsys.readouterr().err
+    for args in (
+        ["evaluate", "models:/lm/1", "--split", "test"],
+        ["evaluate", "runs:/0123/model", "--split", "test", "--log"],
+        ["sample", "models:/lm/1"],
+    ):
+        assert main([*args, "--storage", str(elsewhere)]) == EXIT_BAD_INPUT
+        assert f"{args[1]}: no MLflow store at {store} (nothing has run there yet)" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == [] and not (cwd / "runs").exists() and not (cwd / "mlruns").exists()

@@ -281,8 +281,8 @@ def toy_loop(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, {"data_root": config["data_root"]})
     if w.tracker is not None:  # rank 0: the final figure
         with torch.no_grad():
-            w.log(pos.step, test_mse=float(((model(x[-held_out:]).squeeze(1) - y[-held_out:]) ** 2).mean()))
-        w.tracker.flush()
+            test_mse = float(((model(x[-held_out:]).squeeze(1) - y[-held_out:]) ** 2).mean())
+        w.log_final(pos.step, curve={}, figures={"test_mse": test_mse})
 
 
 def check_toy(spec: ToyJob, prepared: PreparedToy) -> list[str]:
@@ -370,7 +370,7 @@ def test_a_task_defined_in_a_test_validates_trains_and_reaches_mlflow(
     assert runs[0]["tags"][tracking.TAG_STOPPED].startswith(f"early_stopping at step {stop}: valid_mse best")
     assert f"at step {best_step}," in runs[0]["tags"][tracking.TAG_STOPPED]
     assert [step for step, _ in tracking.metric_history(uri, runs[0]["run_id"], "train_mse")][-1] == stop
-    assert runs[0]["metrics"]["test_mse"] < curve[0][1]
+    assert runs[0]["metrics"]["final/test_mse"] < curve[0][1]
     # keep_checkpoints 1: the best checkpoint by valid_mse, and the latest beside it.
     kept = sorted(p.name for p in (tmp_path / "runs" / "toy").glob("checkpoint_*") if p.is_dir())
     assert best_step < stop and kept == [f"checkpoint_{best_step:08d}", f"checkpoint_{stop:08d}"], (kept, curve)
@@ -378,4 +378,4 @@ def test_a_task_defined_in_a_test_validates_trains_and_reaches_mlflow(
     # hyperctl list shows the run with the toy's own metrics (the registry, not a guess).
     assert main(["list", "--storage", str(tmp_path / "runs")]) == EXIT_OK
     row = next(line for line in capfd.readouterr().out.splitlines() if runs[0]["run_id"] in line)
-    assert f" {TOY} " in row and " mse " in row and f"{runs[0]['metrics']['test_mse']:9.4f}" in row, row
+    assert f" {TOY} " in row and " mse " in row and f"{runs[0]['metrics']['final/test_mse']:9.4f}" in row, row

@@ -1,6 +1,6 @@
 """Fault tolerance: SIGKILL a Ray Train worker mid-run; the job resumes from its latest checkpoint
-in the same MLflow run and ends with exactly the numbers of an uninterrupted run (a char LM, and
-a hyper convnet with augmentation).
+in the same MLflow run and ends with exactly the numbers of an uninterrupted run (a char LM on
+sharded data, and a hyper convnet with augmentation).
 
 Both runs share one local Ray instance (started once for the module). The worker's pid comes from
 Ray's state API (`ray.util.state.list_actors`), not from hooks in the product code.
@@ -20,6 +20,8 @@ import pytest
 
 from service.driver.local import init_ray, run_job
 from service.spec.loading import validate_job
+from service.tasks.char_lm.data import prepare_text
+from service.tasks.char_lm.synthetic import write_standin
 
 from helpers import tiny_job
 
@@ -48,9 +50,17 @@ def job_spec(tmp: Path, name: str, task: str = "char_lm"):
         raw["train"].pop("eval_max_symbols")
         raw["train"].pop("sample_length")
         return validate_job(raw)
-    raw["data"]["seq_len"] = 40
+    # Sharded data (service/tasks/char_lm/streams.py): a 120 kB enwik8 stand-in prepared beforehand in 9
+    # training shards of 1,024-id row groups (the run finds it in the cache: the hash ignores the cut);
+    # each rank's streams span several shards, and their 2,048-position windows turn at step 51.
+    standin = tmp / "enwik8"
+    if not standin.exists():
+        write_standin(standin, 120_000)
+    raw["data"] = {"dataset": "enwik8", "path": str(standin), "seq_len": 40, "batch_size": 8, "eval_batch_size": 4}
     raw["model"]["hidden_size"] = 64
-    return validate_job(raw)
+    spec = validate_job(raw)
+    prepare_text(spec, os.path.join(spec.storage, "datasets"), piece_bytes=12_000, rows_per_group=1024)
+    return spec
 
 
 def alive_train_workers() -> list:
@@ -156,12 +166,11 @@ def test_deterministic_worker_error_is_told_and_not_retried(local_ray, tmp_path:
     from mlflow.tracking import MlflowClient
 
     from service.io import datacache
-    from service.tasks.char_lm.data import prepare_text
 
     spec = job_spec(tmp_path, "broken")
     assert spec.resources.max_failures == 2
     prepared = prepare_text(spec, str(tmp_path / "runs" / "datasets"))  # the run's cache hit, then broken
-    datacache.write_parquet(f"{prepared.root}/train.parquet", pa.table({"symbol": pa.array([1, 2, 3], pa.int32())}))
+    datacache.write_parquet(f"{prepared.root}/train-00000.parquet", pa.table({"id": pa.array([1, 2, 3], pa.int32())}))
     out = io.StringIO()
     before = len(train_workers())
     outcome = run_job(spec, num_cpus=2, out=out)
@@ -170,17 +179,22 @@ def test_deterministic_worker_error_is_told_and_not_retried(local_ray, tmp_path:
     assert len(train_workers()) - before == 2 * spec.resources.workers
     text = out.getvalue()
     assert not outcome.ok and outcome.error is not None
-    assert outcome.error.startswith("KeyError: "), outcome.error
-    assert re.search(r"\(at service/tasks/char_lm/data\.py:\d+ in load_split\)$", outcome.error), outcome.error
+    assert outcome.error.startswith("ValueError: ") and "train-00000.parquet has 3 rows" in outcome.error, outcome.error
+    assert re.search(r"\(at service/io/shards\.py:\d+ in _file\)$", outcome.error), outcome.error
     assert "WorkerGroupError" not in text and f"[error] {outcome.error}" in text, text
     run = MlflowClient(tracking_uri=outcome.tracking_uri).get_run(outcome.run_id)
     assert run.info.status == "FAILED" and run.data.tags["hyperctl.error"] == outcome.error
 
 
-def test_stopped_job_ends_killed_with_its_step(local_ray, tmp_path: Path) -> None:
-    """Issue 16, kind 5: SIGTERM (what `hyperctl stop` sends the driver) ends the run KILLED, not
-    FAILED, naming the step its last checkpoint reached."""
+def test_interrupted_job_ends_killed_with_its_step(local_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, kind 5: a job stopped at once (a second SIGTERM, or workers slower than the
+    driver's grace to checkpoint after the first: here a grace of 0 s; the first SIGTERM alone is
+    test_preemption.py's) ends the run KILLED, not FAILED, naming the step its last checkpoint reached."""
     from mlflow.tracking import MlflowClient
+
+    from service.driver import local
+
+    monkeypatch.setattr(local, "PREEMPT_GRACE_S", 0.0)
 
     spec = job_spec(tmp_path, "stopped")
 

@@ -268,8 +268,11 @@ def _outages_and_secrets(tmp_path: Path, weed, s3_server, tracking_uri: str, mlf
     assert not [x for x in secrets if x in blob]
     artifacts = tmp_path / "artifacts"
     client.download_artifacts(run_id, "", str(artifacts))
-    files = [p for p in artifacts.rglob("*") if p.is_file()]
-    assert any(p.name == "job.yaml" for p in files) and any(p.name == "model.pt" for p in files)
+    from service.io import tracking
+
+    model = tracking.download_model(job["tracking"]["uri"], f"runs:/{run_id}/model", str(tmp_path / "model"))
+    files = [p for folder in (artifacts, Path(model)) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "job.yaml" for p in files) and any(p.name == "job.json" for p in files)  # the MLflow model's
     for path in files:
         assert not [x for x in secrets if x.encode() in path.read_bytes()], path
     for key in stored:

@@ -129,7 +129,7 @@ CASES = [
         "undecodable-data-file",
         GOOD + CORPUS.format(train="binary.txt", valid="valid.txt"),
         [],
-        ["data.train: expected UTF-8 text, found byte 0x8b at offset 1 of binary.txt"],
+        ["data.train: expected gzip'd UTF-8 text, found corrupt gzip data at the start of binary.txt"],
         "main",
     ),
     (

@@ -94,3 +94,22 @@ def test_ui_marks_existing_experiments_but_creates_no_store(tmp_path: Path) -> N
     assert found["made-by-hand"] == old and found["genai"] == chosen
     assert client.get_experiment(old).tags[tracking.TAG_EXPERIMENT_KIND] == "custom_model_development"
     assert client.get_experiment(chosen).tags[tracking.TAG_EXPERIMENT_KIND] == "genai_development"  # kept
+
+
+def test_list_reads_final_figures_of_this_and_older_versions() -> None:
+    """``hyperctl list``'s valid/test columns: final/<name> (a finished run), final_<name> (a run of a
+    version before the final/ section), else the curve's last value (a run still training)."""
+    from service.driver.runs import final
+
+    assert final({"final/valid_bpc": 1.5, "final_valid_bpc": 1.6, "valid_bpc": 1.7}, "valid_bpc") == 1.5
+    assert final({"final_valid_bpc": 1.6, "valid_bpc": 1.7}, "valid_bpc") == 1.6
+    assert final({"valid_bpc": 1.7}, "valid_bpc") == 1.7
+    assert final({"train_bpc": 2.0}, "test_bpc") is None
+
+
+def test_scripts_read_final_figures_by_their_plain_names() -> None:
+    """The submit summary and a campaign's trial results: final/<name> replaces the curve's <name>."""
+    from service.io.tracking import final_metrics
+
+    logged = {"valid_bpc": 1.7, "final/valid_bpc": 1.5, "final/test_bpc": 1.4, "train_bpc": 2.0}
+    assert final_metrics(logged) == {"valid_bpc": 1.5, "test_bpc": 1.4, "train_bpc": 2.0}

@@ -159,8 +159,10 @@ def fit_local(spec: Any, fn: Any = None, **config: Any) -> tuple[Any, str, str]:
 
 
 def trained_model(uri: str, run_id: str, tmp: Path) -> dict[str, torch.Tensor]:
-    path = tracking.download_artifact(uri, run_id, "model/model.pt", str(tmp))
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    """The run's final model (its MLflow model, runs:/ID/model) as a state dict."""
+    folder = tracking.download_model(uri, f"runs:/{run_id}/model", str(tmp))
+    state: dict[str, torch.Tensor] = tracking.load_pytorch_model(folder).state_dict()
+    return state
 
 
 def test_the_rate_of_every_step_reaches_mlflow(lab: dict[str, Any]) -> None:
@@ -272,6 +274,40 @@ def test_image_loop_accumulates_like_one_larger_batch(tmp_path: Path) -> None:
         models[name] = trained_model(uri, run_id, tmp_path / name)
     for key, big in models["big"].items():
         torch.testing.assert_close(models["acc2"][key], big, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow  # two runs of the real loop with its finish (beam search, plots): ~15 s on 2 busy cores
+def test_translation_loop_accumulates_like_one_larger_batch(tmp_path: Path) -> None:
+    """The real translation loop (the test's tiny HyperLSTM encoder-decoder, dropout and label
+    smoothing off, plain SGD): 2 steps of 2 x 4 sentence pairs, each micro-batch padded to its own
+    length and weighed by its own target tokens, train the model of 2 steps of 8 pairs (which moved
+    away from the initial weights: equal because trained alike, not because untrained)."""
+    from tasks.translation.test_translation_job import translation_job, write_pair
+
+    from service.tasks.translation.model import build_model
+
+    small = {
+        "valid": write_pair(tmp_path, "val", 2, "val"),
+        "test": {"t": write_pair(tmp_path, "test", 2, "test_2016_flickr")},
+    }
+    models, spec = {}, None
+    for name, batch, k in (("acc2", 4, 2), ("big", 8, 1)):
+        raw = translation_job(tmp_path, name, n_train=40, batch_size=batch, eval_sentences=2, **small)
+        raw["model"].update(dropout=0.0, label_smoothing=0.0, beam_size=1)
+        raw["train"].update(
+            max_steps=2, accumulate_steps=k, grad_clip=None, optimizer={"name": "sgd", "lr": 0.5}, eval_every=1000
+        )
+        raw["resources"]["workers"] = 1
+        raw["storage"] = str(tmp_path / "runs")
+        spec = absolute_storage(validate_job(raw))
+        _, uri, run_id = fit_local(spec)
+        models[name] = trained_model(uri, run_id, tmp_path / name)
+    for key, big in models["big"].items():
+        torch.testing.assert_close(models["acc2"][key], big, rtol=1e-4, atol=1e-5, msg=key)
+    prepared = task_of(spec).prepare(spec, storage.join(spec.storage, "datasets"))
+    torch.manual_seed(spec.train.seed)
+    initial = build_model(spec, *prepared.vocab_sizes).state_dict()
+    assert any(not torch.allclose(initial[k], v, atol=1e-4) for k, v in models["big"].items())
 
 
 def test_micro_batches_of_unequal_counts_weigh_every_item_equally(lab: dict[str, Any]) -> None:
@@ -408,7 +444,7 @@ def test_a_time_budget_ends_the_real_loop_with_its_final_evaluation(lab: dict[st
     run = tracking.describe_run(uri, run_id)
     train = tracking.metric_history(uri, run_id, "train_bpc")
     last = train[-1][0]
-    assert last > 5 and tracking.metric_history(uri, run_id, "test_bpc")[0][0] == last  # the final evaluation
+    assert last > 5 and tracking.metric_history(uri, run_id, "final/test_bpc")[0][0] == last  # the final evaluation
     assert run["tags"][tracking.TAG_STOPPED] == f"time_budget 2s spent at step {last}"
     seen = []
     while not events.empty():
@@ -436,3 +472,31 @@ def test_early_stopping_keeps_the_best_checkpoint_by_the_task_metric(task: str, 
     assert config.checkpoint_score_attribute == "checkpoint_score" and config.num_to_keep == 2
     assert config.checkpoint_score_order == metrics.mode(metrics.valid)
     assert trainer.train_loop_config["valid_metric"] == metrics.valid
+
+
+# ---- preemption: a stop request ends the loop after the current step, with a checkpoint at it -------
+
+
+def test_a_stop_request_ends_the_real_loop_after_the_step_with_its_checkpoint(lab: dict[str, Any]) -> None:
+    """The driver's request (what it writes on SIGTERM) is in the run folder before the first step:
+    rank 0 sees it, the all-reduced decision stops training after step 1, whose checkpoint is
+    written and reported, and the final evaluation (the finished run's) is skipped."""
+    from service.paths import run_dir
+    from service.worker import preemption
+
+    spec = char_lm_spec(lab, "preempted", max_steps=50, log_every=5)
+    preemption.clear(run_dir(spec))
+    preemption.write_request(run_dir(spec), "SIGTERM to the driver")
+    events: queue.Queue[dict[str, Any]] = queue.Queue()
+    _, uri, run_id = fit_local(spec, progress=events)
+    assert preemption.read_outcome(run_dir(spec)) == {"step": 1, "by": "SIGTERM to the driver"}
+    assert tracking.metric_history(uri, run_id, "train_bpc")[-1][0] == 1  # flushed with step 1's checkpoint
+    assert tracking.metric_history(uri, run_id, "final/test_bpc") == []  # no final evaluation
+    seen = []
+    while not events.empty():
+        seen.append(events.get_nowait())
+    assert {"event": "checkpoint", "step": 1} in seen
+    said = [e["text"] for e in seen if e["event"] == "info"]
+    assert "SIGTERM to the driver: training stops after step 1 with a checkpoint at it" in said
+    preemption.clear(run_dir(spec))
+    assert preemption.read_outcome(run_dir(spec)) is None

@@ -2,7 +2,8 @@
 
 * :mod:`.spec`: the job class; :mod:`.data`: PTB char and user corpora to ids; :mod:`.model`: the
   :class:`hypermodels.CharLM` a job describes; :mod:`.loop`: the Ray Train worker loop and the
-  run's artifacts (sample text, learning curve, weight-scaling plot).
+  run's artifacts (sample text, learning curve, weight-scaling plot); :mod:`.use`: a trained model's
+  bits per character (``hyperctl evaluate``) and samples (``hyperctl sample``, :mod:`.commands`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ TASK: Task[CharLMJob] = Task(
     check_prepared=deferred(f"{__name__}.data", "check_prepared"),
     metrics=Metrics(valid="valid_bpc", test="test_bpc", train="train_bpc", reported=("valid_bpc", "train_bpc")),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
+    add_commands=deferred(f"{__name__}.commands", "add_commands"),
+    add_evaluate_arguments=deferred(f"{__name__}.commands", "add_evaluate_arguments"),
+    evaluate=deferred(f"{__name__}.use", "evaluate"),
 )
 
 __all__ = ["TASK"]

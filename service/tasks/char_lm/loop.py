@@ -8,7 +8,9 @@ non-finite stop, MLflow buffering) is in :mod:`service.worker.worker`.
 
 Data layout: the training ids are cut into ``G = data.batch_size x train.accumulate_steps``
 contiguous streams (:func:`hypermodels.stream_batches`); rank ``r`` of ``W`` trains on streams
-``[r*G/W, (r+1)*G/W)``, as ``k = accumulate_steps`` micro-batches of ``b = batch_size / W`` streams.
+``[r*G/W, (r+1)*G/W)``, as ``k = accumulate_steps`` micro-batches of ``b = batch_size / W`` streams,
+reading only those streams' ids from the shards, a window at a time (:mod:`.streams`), and so does
+evaluation: a worker's memory does not grow with the corpus.
 A step is one ``seq_len`` segment of every stream (the position's batch is the segment's index);
 the recurrent state is carried from segment to segment (detached: truncated BPTT), each
 micro-batch carrying the state of its own streams, and reset when the epoch wraps. The rank's
@@ -27,14 +29,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hypermodels import CharLM, CharVocab, HyperLSTM, bits_per_char, detach_state, map_state, stream_batches
+from hypermodels import CharLM, HyperLSTM, detach_state, map_state
 
+from ...io.shards import ShardedSplit
 from ...io.tracking import MetricBuffer
 from ...worker import plots
 from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_rank
-from .data import PreparedText, load_prepared, load_split
+from .data import PreparedText, load_prepared, open_split, read_ids
 from .model import build_model
 from .spec import CharLMJob
+from .streams import Streams, bits_per_char
+from .use import VOCAB_FILE, vocab_document
 
 PAD = -100
 SAMPLE_WIDTH = 80
@@ -72,8 +77,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     prepared = load_prepared(config["data_root"])
     vocab_size = len(prepared.vocab)
-    train_ids = load_split(prepared, "train")
-    valid_ids = load_split(prepared, "valid")
+    train_split = open_split(prepared, "train")
+    valid_split = open_split(prepared, "valid")
 
     torch.manual_seed(tr.seed)  # identical initial weights on every rank
     model: CharLM = build_model(spec, vocab_size).to(device)
@@ -81,10 +86,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_rank(tr.seed, rank)
 
     b = B // world  # streams of one micro-batch on this rank
-    inputs, targets = stream_batches(train_ids, B * k, pad_id=PAD)
-    inputs = inputs[:, rank * b * k : (rank + 1) * b * k].contiguous().to(device)
-    targets = targets[:, rank * b * k : (rank + 1) * b * k].contiguous().to(device)
-    segments_per_epoch = math.ceil(inputs.shape[0] / T)
+    streams = Streams(train_split, B * k, rank * b * k, b * k, T, pad_id=PAD, device=device)
+    segments_per_epoch = streams.segments
     total_steps = tr.total_steps(segments_per_epoch)  # None: train.time_budget alone bounds the run
 
     pos, state = w.restore(model, optimizer, total_steps)
@@ -93,11 +96,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w.start(pos, total_steps, model, batches_per_epoch=segments_per_epoch, unit="segments")
     meta = {"data_root": prepared.root, "content_hash": prepared.content_hash, "vocab_size": vocab_size}
 
-    def evaluate(ids: torch.Tensor, cap: int | None = None) -> tuple[float, int]:
+    def evaluate(split: ShardedSplit, cap: int | None = None) -> tuple[float, int]:
         """Bits per character on rank 0's unwrapped model, broadcast to every rank."""
-        ids = ids[: cap + 1] if cap else ids
-        value = bits_per_char(model, ids, batch_size=spec.data.eval_batch_size, seq_len=T) if rank == 0 else 0.0
-        return w.broadcast(value), ids.numel() - 1
+        n = min(cap + 1, split.num_rows) if cap else split.num_rows
+        value = bits_per_char(model, split, spec.data.eval_batch_size, T, num_ids=n) if rank == 0 else 0.0
+        return w.broadcast(value), n - 1
 
     # ---- training loop ------------------------------------------------------------------------
     window = Window()
@@ -106,9 +109,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if pos.batch == segments_per_epoch:  # epoch wrap: start the streams again from zero state
             pos.epoch, pos.batch, states = pos.epoch + 1, 0, [None] * k
         t0 = time.perf_counter()
-        rows = slice(pos.batch * T, (pos.batch + 1) * T)
+        inputs, targets = streams.segment(pos.batch)  # (T, b*k): this segment of the rank's streams
         for i in w.micro_batches(ddp):  # streams [i*b, (i+1)*b) of this rank's, with their own state
-            x, y = inputs[rows, i * b : (i + 1) * b], targets[rows, i * b : (i + 1) * b]
+            x, y = inputs[:, i * b : (i + 1) * b], targets[:, i * b : (i + 1) * b]
             with w.autocast():
                 logits, states[i] = ddp(x, states[i])
                 loss_sum = F.cross_entropy(
@@ -133,26 +136,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
 
         if w.eval_due(pos):
-            valid_bpc, symbols = evaluate(valid_ids, tr.eval_max_symbols)
+            valid_bpc, symbols = evaluate(valid_split, tr.eval_max_symbols)
             w.evaluated(pos, f"{symbols:,} symbols", valid_bpc=valid_bpc)
 
         if w.checkpoint_due(pos):
             w.save_checkpoint(pos, model, optimizer, meta, recurrent_state=cat_states(states))
 
     # ---- finish (rank 0): whole-split evaluation, a sample, artifacts -------------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
-    final_valid = bits_per_char(model, valid_ids, batch_size=spec.data.eval_batch_size, seq_len=T)
-    final = {"valid_bpc": final_valid, "final_valid_bpc": final_valid}
+    final_valid = bits_per_char(model, valid_split, spec.data.eval_batch_size, T)
+    figures = {}
     if prepared.has_split("test"):
-        final["test_bpc"] = bits_per_char(
-            model, load_split(prepared, "test"), batch_size=spec.data.eval_batch_size, seq_len=T
-        )
-    w.log(pos.step, **final)
+        figures["test_bpc"] = bits_per_char(model, open_split(prepared, "test"), spec.data.eval_batch_size, T)
+    w.log_final(pos.step, curve={"valid_bpc": final_valid}, figures=figures)
     assert w.tracker is not None
-    w.tracker.flush()
-    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_bpc"})
-    finish_artifacts(spec, model, prepared, valid_ids, w.tracker)
+    finish_artifacts(spec, model, prepared, valid_split, w.tracker)
 
 
 def wrap(text: str, width: int = SAMPLE_WIDTH) -> str:
@@ -162,23 +161,25 @@ def wrap(text: str, width: int = SAMPLE_WIDTH) -> str:
 
 
 def finish_artifacts(
-    spec: CharLMJob, model: CharLM, prepared: PreparedText, valid_ids: torch.Tensor, tracker: MetricBuffer
+    spec: CharLMJob, model: CharLM, prepared: PreparedText, valid_split: ShardedSplit, tracker: MetricBuffer
 ) -> None:
     """Final model, sampled text, learning curve and (HyperLSTM) weight-scaling plot."""
-    vocab = CharVocab(prepared.vocab)
     model.eval()
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        log_model(tracker, model, spec, vocab=list(prepared.vocab))
+        example = (
+            read_ids(valid_split, 0, min(spec.data.seq_len, valid_split.num_rows)).view(-1, 1).numpy()
+        )  # (seq, batch)
+        log_model(tracker, model, spec, example, {VOCAB_FILE: vocab_document(prepared)})
         if spec.train.sample_length:
-            prime = valid_ids[: min(40, valid_ids.numel())].tolist()
+            prime = read_ids(valid_split, 0, 40).tolist()
             generator = torch.Generator().manual_seed(spec.train.seed)
             sampled = model.sample(prime, spec.train.sample_length, generator=generator)
             text = (
                 f"prime ({len(prime)} symbols from the validation split):\n"
-                f"{wrap(vocab.to_text(prime, prepared.ptb_format))}\n\n"
+                f"{wrap(prepared.to_text(prime))}\n\n"
                 f"sample ({len(sampled)} symbols, temperature 1):\n"
-                f"{wrap(vocab.to_text(sampled, prepared.ptb_format))}\n"
+                f"{wrap(prepared.to_text(sampled))}\n"
             )
             tracker.log_text(text, "sample.txt")
 
@@ -193,12 +194,15 @@ def finish_artifacts(
         )
 
         if isinstance(model.rnn, HyperLSTM):
-            snippet = valid_ids[: min(plots.SCALING_VIEW_STEPS, valid_ids.numel())]
+            snippet = read_ids(valid_split, 0, plots.SCALING_VIEW_STEPS)
             device = model.decoder.weight.device
             x = F.one_hot(snippet.to(device), len(prepared.vocab)).to(model.decoder.weight.dtype).unsqueeze(1)
             d_h, d_x = model.rnn.scaling_vectors(x)
             plots.scaling_vectors(
-                d_h.cpu(), d_x.cpu(), vocab.decode(snippet.tolist()), str(tmp_path / "scaling_vectors.png")
+                d_h.cpu(),
+                d_x.cpu(),
+                [prepared.to_text([i]) for i in snippet.tolist()],
+                str(tmp_path / "scaling_vectors.png"),
             )
             tracker.log_artifact(str(tmp_path / "scaling_vectors.png"), "plots")
 

@@ -17,15 +17,31 @@ class CharLMDataSpec(DataSpec):
     """Where the text comes from and how it is cut into training batches."""
 
     user_file_keys = ("train", "valid", "test")  # given without dataset: the built-in default gives way
-    dataset: Literal["ptb-char"] | None = Field(
-        "ptb-char", description="built-in data set; null to read train/valid/test from paths or s3:// URIs"
+    dataset: Literal["ptb-char", "enwik8"] | None = Field(
+        "ptb-char",
+        description="built-in data set: ptb-char (vendored), or enwik8 (the file the user supplies in "
+        "data.path, split by bytes 90%/5%/5% as the paper: 90M/5M/5M of the real file; its symbols "
+        "are bytes and the vocabulary is every distinct byte of the whole file, 205 in the real "
+        "one, so the validation and test splits never hold an unseen symbol); null to read "
+        "train/valid/test from paths or s3:// URIs",
+    )
+    path: str | None = Field(
+        None,
+        description="dataset enwik8 only: the enwik8 file or the standard enwik8.zip holding it (a path or s3:// URI)",
     )
     train: str | None = Field(None, description="plain-text training corpus: a path or s3:// URI")
     valid: str | None = Field(None, description="plain-text validation corpus: a path or s3:// URI")
     test: str | None = Field(None, description="plain-text test corpus (optional): a path or s3:// URI")
-    format: Literal["ptb-char", "chars"] = Field(
+    format: Literal["ptb-char", "chars", "bytes"] = Field(
         "chars",
-        description="how user corpora are split into symbols: every character, or PTB's space-separated symbols",
+        description="how user corpora are split into symbols: every character (UTF-8), PTB's "
+        "space-separated symbols, or every byte (no decoding)",
+    )
+    preparation: Literal["auto", "local", "ray"] = Field(
+        "auto",
+        description="where the corpus is prepared: ray (Ray Data tasks on the cluster's CPUs), local "
+        "(the driver's process), or auto: ray for sources of 256 MiB or more on 4 or more CPUs, "
+        "else local (bench/data_scale.py); the prepared shards are the same either way",
     )
     seq_len: int = Field(100, gt=0, description="truncated-BPTT segment length")
     batch_size: int = Field(128, gt=0, description="global batch (streams), split evenly across workers")
@@ -41,6 +57,13 @@ class CharLMDataSpec(DataSpec):
             )
         if self.dataset is not None and any(v is not None for v in (self.train, self.valid, self.test)):
             raise ValueError(f"give either data.dataset ({self.dataset!r}) or data.train/valid/test, not both")
+        if self.dataset == "enwik8" and self.path is None:
+            raise ValueError(
+                "data.dataset enwik8 needs data.path: the enwik8 file or enwik8.zip (a path or s3:// URI), "
+                "e.g. from http://mattmahoney.net/dc/enwik8.zip"
+            )
+        if self.dataset != "enwik8" and self.path is not None:
+            raise ValueError(f"data.path is read only with data.dataset: enwik8 (found dataset {self.dataset!r})")
         return self
 
 

@@ -27,6 +27,8 @@ TASK: Task[HandwritingJob] = Task(
         reported=("valid_nll", "valid_nll_per_point", "train_nll", "train_nll_per_point"),
     ),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
+    add_evaluate_arguments=deferred(f"{__name__}.commands", "add_evaluate_arguments"),
+    evaluate=deferred(f"{__name__}.use", "evaluate"),
 )
 
 __all__ = ["TASK"]

@@ -78,11 +78,9 @@ def check_prepared(spec: HandwritingJob, prepared: PreparedStrokes) -> list[str]
     at least one sequence in every evaluated split (each sequence already has 2 points or more)."""
     where = source_name(spec)
     problems = []
-    n, batch = prepared.splits.get("train", 0), spec.data.batch_size * spec.train.accumulate_steps
+    n, (batch, fields) = prepared.splits.get("train", 0), spec.step_batch()
     if n < batch:
-        problems.append(
-            f"data.batch_size: {batch} sequences a step (x train.accumulate_steps), {where} has {n} training sequences"
-        )
+        problems.append(f"{fields}: {batch} sequences a step, {where} has {n} training sequences")
     for split in ("valid", "test"):
         if split in prepared.splits and prepared.splits[split] < 1:
             problems.append(f"data.path: expected at least 1 {split} sequence, {where} has none")

@@ -17,6 +17,7 @@ weight-scaling plot over a validation sequence.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -34,6 +35,7 @@ from . import plots
 from .data import PreparedStrokes, load_prepared, load_split
 from .model import build_model
 from .spec import HandwritingJob
+from .use import SCALE_FILE
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -121,23 +123,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): whole-split evaluation, samples, artifacts --------------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
     final_valid, final_valid_per_point = log_loss(model, valid, spec.data.eval_batch_size)
-    final = {
-        "valid_nll": final_valid,
-        "valid_nll_per_point": final_valid_per_point,
-        "final_valid_nll": final_valid,
-    }
+    figures = {}
     if prepared.has_split("test"):
-        final["test_nll"], final["test_nll_per_point"] = log_loss(
+        figures["test_nll"], figures["test_nll_per_point"] = log_loss(
             model, load_split(prepared, "test"), spec.data.eval_batch_size
         )
-    w.log(pos.step, **final)
+    curve = {"valid_nll": final_valid, "valid_nll_per_point": final_valid_per_point}
+    w.log_final(pos.step, curve=curve, figures=figures)
     assert w.tracker is not None
-    w.tracker.flush()
-    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_nll"})
-    log_model(w.tracker, model, spec, scale=list(prepared.scale))
+    example = valid[0][:50].unsqueeze(1).float().numpy()  # (points, batch, 3)
+    log_model(w.tracker, model, spec, example, {SCALE_FILE: json.dumps(list(prepared.scale)).encode()})
     log_samples(spec, model, prepared, w.tracker, "samples/final.png", pos.step)
     shared_plots.log_learning_curve(
         w.tracker,

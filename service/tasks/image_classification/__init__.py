@@ -3,7 +3,8 @@
 
 * :mod:`.spec`: the job class; :mod:`.data`: idx files and CIFAR-10 batches to Parquet;
   :mod:`.model`: the convnet a job describes and its parameter counts; :mod:`.loop`: the Ray Train
-  worker loop and the run's artifacts; :mod:`.plots`: the generated kernels as a picture.
+  worker loop and the run's artifacts; :mod:`.plots`: the generated kernels as a picture;
+  :mod:`.use`: a trained model's error on given idx files (``hyperctl evaluate``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ TASK: Task[ImageJob] = Task(
         valid="valid_error", test="test_error", train="train_loss", reported=("valid_error", "valid_loss", "train_loss")
     ),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
+    add_evaluate_arguments=deferred(f"{__name__}.commands", "add_evaluate_arguments"),
+    evaluate=deferred(f"{__name__}.use", "evaluate"),
 )
 
 __all__ = ["TASK"]

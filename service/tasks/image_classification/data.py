@@ -268,13 +268,14 @@ def load_split(prepared: PreparedImages, split: str) -> tuple[torch.Tensor, torc
 
 
 def check_prepared(spec: ImageJob, prepared: PreparedImages) -> list[str]:
-    """What the worker loop needs of the prepared images: a full training batch after the
-    validation images are held out (preparation refuses empty splits)."""
+    """What the worker loop needs of the prepared images: a full step's batch (``data.batch_size x
+    train.accumulate_steps``) after the validation images are held out (preparation refuses empty
+    splits)."""
     c, d = prepared.counts, spec.data
-    problems = []
-    if c["train"] < d.batch_size:
+    (batch, fields), problems = spec.step_batch(), []
+    if c["train"] < batch:
         problems.append(
-            f"data.batch_size: {d.batch_size} images per batch, but the training split has {c['train']:,} "
+            f"{fields}: {batch} images per batch, but the training split has {c['train']:,} "
             f"after data.valid_fraction = {d.valid_fraction} of it is held out for validation"
         )
     return problems

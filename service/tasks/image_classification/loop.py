@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,10 +28,11 @@ from hypermodels import MNISTConvNet, WideResNet
 from ...io.tracking import TAG_PREFIX, MetricBuffer
 from ...worker import plots
 from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_rank
-from .data import load_prepared, load_split
+from .data import PreparedImages, load_prepared, load_split
 from .model import build_model, parameter_counts
 from .plots import kernel_grid
 from .spec import ImageJob
+from .use import NORMALISATION_FILE, normalisation_document
 
 
 def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -155,37 +157,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): valid and test error, parameter counts, artifacts --------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
     test_x, test_y = load_split(prepared, "test")
     valid_error, valid_loss = evaluate(model, valid_x, valid_y, mean, std, spec.data.eval_batch_size)
     test_error, test_loss = evaluate(model, test_x, test_y, mean, std, spec.data.eval_batch_size)
     counts = parameter_counts(model)
-    final = {
-        "valid_error": valid_error,
-        "valid_loss": valid_loss,
-        "final_valid_error": valid_error,
-        "test_error": test_error,
-        "test_loss": test_loss,
-        **{k: float(v) for k, v in counts.items()},
-    }
-    w.log(pos.step, **final)
+    curve = {"valid_error": valid_error, "valid_loss": valid_loss}
+    w.log_final(pos.step, curve=curve, figures={"test_error": test_error, "test_loss": test_loss})
     assert w.tracker is not None
-    w.tracker.flush()
+    # Parameter counts are properties of the model, not of training: tags (a column each in the runs
+    # table), never metrics (a one-point chart each).
     w.tracker.set_tags(**{f"{TAG_PREFIX}{k}": v for k, v in counts.items()})
-    w.emit(event="final", step=pos.step, metrics={"valid_error": valid_error, "test_error": test_error})
     w.emit(
         event="info", text="parameters: " + ", ".join(f"{k.removeprefix('params_')} {v:,}" for k, v in counts.items())
     )
-    finish_artifacts(spec, model, w.tracker)
+    finish_artifacts(spec, model, prepared, w.tracker)
 
 
-def finish_artifacts(spec: ImageJob, model: MNISTConvNet | WideResNet, tracker: MetricBuffer) -> None:
+def finish_artifacts(
+    spec: ImageJob, model: MNISTConvNet | WideResNet, prepared: PreparedImages, tracker: MetricBuffer
+) -> None:
     """Final model, learning curve and (hyper kernels) the picture of the generated kernels."""
     model.eval()
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        log_model(tracker, model, spec)
+        example = np.zeros((1, *prepared.shape), dtype=np.float32)  # (batch, C, H, W), standardised
+        log_model(tracker, model, spec, example, {NORMALISATION_FILE: normalisation_document(prepared)})
         plots.log_learning_curve(
             tracker,
             "train_loss",

@@ -31,6 +31,8 @@ TASK: Task[TranslationJob] = Task(
     ),
     summary_axis=SummaryAxis("model.hyper.embed_size", "N_z", log_base=2),
     add_commands=deferred(f"{__name__}.commands", "add_commands"),
+    add_evaluate_arguments=deferred(f"{__name__}.commands", "add_evaluate_arguments"),
+    evaluate=deferred(f"{__name__}.translate", "evaluate"),
     aliases=OLD_NAMES,
 )
 

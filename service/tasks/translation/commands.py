@@ -21,22 +21,32 @@ def read_sentences(path: str | None) -> list[str]:
     return text.split_lines("--input", where, text.decode("--input", where, raw))
 
 
+def add_evaluate_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--source",
+        dest="source_file",
+        metavar="FILE",
+        help="translation: BLEU of the translations of this file's sentences (one a line; local or s3://) ...",
+    )
+    group.add_argument("--reference", metavar="FILE", help="... against this file's references, line for line")
+
+
 def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
     def cmd_translate(args: argparse.Namespace) -> int:
         """Translate sentences with a trained translation model: one sentence a line on stdin (or
         --input FILE), one translation a line on stdout, in the same order (a blank line stays blank).
         RUN_OR_CHECKPOINT is the run folder that submit prints (runs/NAME: its newest checkpoint, the final
         model once the job has finished), a checkpoint folder of a translation job (local or s3://, e.g.
-        runs/NAME/checkpoint_00001000, usable while the job still trains), or an MLflow run id (its final
-        model; the tracking store from JOB.yaml, --tracking-uri or --storage)."""
-        from .translate import load_translator  # deferred: torch loads only when a model does
+        runs/NAME/checkpoint_00001000, usable while the job still trains), an MLflow run id (its final
+        model), runs:/RUN_ID/model, or a registered model's models:/NAME/VERSION or models:/NAME@ALIAS
+        (these read the tracking store of JOB.yaml, --tracking-uri or --storage)."""
+        from ...io.models import ModelSourceError, open_model
+        from .translate import translator_of  # deferred: torch loads only when a model does
 
-        uri = None
-        if not (Path(args.source).is_dir() or args.source.startswith("s3://")):
-            uri = kit.tracking_uri(args)
         try:
-            translator = load_translator(args.source, uri)
-        except (ValueError, FileNotFoundError) as e:
+            with open_model(args.source, lambda: kit.tracking_uri(args)) as source:
+                translator = translator_of(source)
+        except (ModelSourceError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         try:
@@ -54,10 +64,14 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
 
     p = sub.add_parser(
         "translate",
-        help="translate stdin with a trained translation model (run id or checkpoint)",
+        help="translate stdin with a trained translation model (run, checkpoint or model URI)",
         description=cmd_translate.__doc__,
     )
-    p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint folder or MLflow run id")
+    p.add_argument(
+        "source",
+        metavar="RUN_OR_CHECKPOINT",
+        help="run folder, checkpoint folder, MLflow run id, runs:/RUN_ID/model or models:/NAME/VERSION",
+    )
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run")
     kit.add_store_options(p)
     p.add_argument("--input", help="read sentences from this file instead of stdin")
@@ -68,4 +82,4 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
     p.set_defaults(func=cmd_translate)
 
 
-__all__ = ["add_commands", "read_sentences"]
+__all__ = ["add_commands", "add_evaluate_arguments", "read_sentences"]

@@ -1,48 +1,82 @@
-"""Prepared parallel corpora for ``task: translation``: sentencepiece subwords, Parquet splits,
-``pairs.json`` (cached by content hash, :mod:`service.io.datacache`).
+"""Prepared parallel corpora for ``task: translation``: sentencepiece subwords, the training split
+as Parquet shards, ``pairs.json`` (cached by content hash, :mod:`service.io.datacache`).
 
-Sources: the vendored Multi30k (``multi30k-en-fr``, ``multi30k-en-de``) or user corpora, each
-split as two aligned text files, one TSV file or one Parquet file with two string columns, from
-paths or s3:// URIs. Every sentence pair is checked: the two sides must have the same number of
-lines, no line may be empty on either side, and every byte must be UTF-8; a problem is a
-JobSpecError naming the field, the file and the line.
+Sources: the vendored Multi30k (``multi30k-en-fr``, ``multi30k-en-de``) or user corpora (each split
+one corpus or a list: two aligned text files, one TSV file or one Parquet file, gzip'd or not, from
+paths or s3:// URIs; :mod:`.sources` reads them as streams of pairs).
 
-Subword vocabularies are trained with sentencepiece (BPE or unigram; one shared model or one per
-language) on the training split only, with fixed ids: 0 pad, 1 unk, 2 bos, 3 eos. A prepared
-folder ``<cache_root>/<name>-<hash16>`` holds the model(s) (``spm.model`` or ``spm_src.model`` and
-``spm_tgt.model``), ``train.parquet``, ``valid.parquet`` and ``test.<name>.parquet`` (columns
-``src``/``tgt``: subword ids, ``src_text``/``tgt_text``: the raw sentences, the BLEU references),
-and ``pairs.json``, written last as the completion marker. The content hash covers the sentences
-and the subword settings.
+Preparation, with memory independent of the corpus's size:
+
+1. **Hash** the settings and the bytes of every file (streamed): an unchanged corpus is a cache hit.
+2. **Sample**: each training corpus is read once, its pairs filtered (``data.filter``), and the
+   ``data.subwords.sample_pairs`` kept pairs with the smallest seeded keys chosen
+   (:func:`.sources.sample_corpus`); sentencepiece (BPE or unigram; one shared model or one per
+   language; ids 0 pad, 1 unk, 2 bos, 3 eos) learns from them.
+3. **Shards**: each training corpus is cut into chunks of ``data.shard_pairs`` pairs (in file order);
+   a chunk is filtered, encoded and written as one shard ``train-<n>.parquet``
+   (:func:`service.io.shards.write_shard`; columns ``src``/``tgt`` subword ids, ``src_text``/
+   ``tgt_text``, ``fit_len`` = the longer of the source and the target with its end symbol). On Ray
+   Data (``data.preparation``) the chunks are encoded and written in parallel, a wave of them at a
+   time, by the same function: the same bytes as in this process.
+4. ``valid.parquet`` and ``test.<name>.parquet`` (whole, never filtered), then ``pairs.json``: the
+   commit marker, written last. A folder without it (a preparation that died) is emptied and
+   prepared again (:func:`service.io.shards.start_fresh`).
+
+The manifest keeps, per shard, a histogram of ``fit_len``, so the driver's checks and the workers
+know how many pairs fit ``data.max_len`` without reading the pairs; and the pairs dropped by each
+filter (logged as the MLflow params ``data.dropped.<reason>``).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
-import io
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ...io import datacache, storage
-from ...io import text as textfile
-from ...io.datacache import data_error, read_data_file
+from ...io import datacache, shards, storage
+from ...io.datacache import data_error
 from ...paths import VENDORED_DATA
 from ..base import DataFile
-from .spec import ParallelSource, TranslationJob
+from .sources import (
+    DROP_REASONS,
+    Pair,
+    bottom_k,
+    chunks,
+    drop_reason,
+    iter_pairs,
+    read_corpora,
+    read_lines,
+    read_parallel,
+    sample_corpus,
+    source_files,
+)
+from .spec import FilterSpec, ParallelSource, TranslationJob
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "pairs.json"
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MULTI30K_DIR = VENDORED_DATA / "multi30k"
 MULTI30K_TESTS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
+ROWS_PER_GROUP = 4096  # sentence pairs per Parquet row group of a shard
+NEVER_FITS = 1 << 30  # the fit_len of a pair whose source is empty
+# data.preparation auto: Ray Data from this size of training files on (as stored, gzip'd or not). On 2
+# shared CPUs the single process was as fast or faster up to 2M pairs (143 MB gzip'd; bench/data_scale.py
+# --parallel): Ray pays for its workers and per-wave datasets and gains only with more CPUs.
+RAY_THRESHOLD_BYTES = 256 << 20
+WRITER_MAX_CALLS = 4  # shards a Ray worker writes before it is replaced: its memory stays that of a few shards
 
 
 @dataclass(frozen=True)
 class PreparedCorpus:
-    """A prepared parallel corpus: its folder, languages, subword vocabularies and split sizes."""
+    """A prepared parallel corpus: its folder, languages, subword vocabularies, split sizes, the
+    training shards (with their fit_len histograms) and the pairs the filters dropped."""
 
     root: str
     content_hash: str
@@ -53,6 +87,11 @@ class PreparedCorpus:
     counts: dict[str, int]
     tests: list[str] = field(default_factory=list)
     manifest: str = MANIFEST
+    train: shards.SplitShards = shards.SplitShards(())
+    fit_hists: tuple[dict[int, int], ...] = ()  # per training shard: fit_len -> pairs
+    dropped: dict[str, int] = field(default_factory=dict)
+    read: int = 0  # training pairs read, before the filters
+    sampled: int = 0  # pairs sentencepiece learned from
 
     def summary(self) -> str:
         vocab = (
@@ -61,8 +100,10 @@ class PreparedCorpus:
             else f"vocabularies {self.vocab_sizes[0]:,} / {self.vocab_sizes[1]:,}"
         )
         return (
-            f"{self.src_lang}->{self.tgt_lang}, {self.counts['train']:,} training pairs, {vocab} pieces, "
-            f"tests {', '.join(self.tests) or 'none'}, hash {self.content_hash[:12]}"
+            f"{self.src_lang}->{self.tgt_lang}, {self.counts['train']:,} training pairs in "
+            f"{len(self.train.shards)} shard(s) ({dropped_text(self.read, self.dropped)}), {vocab} pieces "
+            f"learned from {self.sampled:,} pairs, tests {', '.join(self.tests) or 'none'}, "
+            f"hash {self.content_hash[:12]}"
         )
 
     def model_files(self) -> tuple[str, str]:
@@ -71,121 +112,79 @@ class PreparedCorpus:
             return (storage.join(self.root, "spm.model"),) * 2
         return storage.join(self.root, "spm_src.model"), storage.join(self.root, "spm_tgt.model")
 
+    def usable(self, max_len: int, shard: int | None = None) -> int:
+        """Training pairs that fit ``data.max_len`` (in one shard, or in all)."""
+        hists = self.fit_hists if shard is None else (self.fit_hists[shard],)
+        return sum(n for h in hists for length, n in h.items() if length <= max_len)
+
+
+def dropped_text(read: int, dropped: dict[str, int]) -> str:
+    """``"dropped 12 of 600: 10 too_short, 2 ratio"`` (or ``"none dropped of 600"``)."""
+    total = sum(dropped.values())
+    if not total:
+        return f"none dropped of {read:,} read"
+    parts = ", ".join(f"{dropped[r]:,} {r}" for r in DROP_REASONS if dropped.get(r))
+    return f"dropped {total:,} of {read:,} read: {parts}"
+
 
 def data_files(spec: TranslationJob) -> list[DataFile]:
     """Every file of the user corpus: each split's src/tgt, tsv or parquet (none for built-ins)."""
     d = spec.data
-    files = []
-    sources = [("train", d.train), ("valid", d.valid)] + [(f"test.{name}", src) for name, src in d.test.items()]
-    for where, src in sources:
-        if src is None:
-            continue
-        for key in ("src", "tgt", "tsv", "parquet"):
-            if (uri := getattr(src, key)) is not None:
-                files.append(DataFile(f"data.{where}.{key}", uri, key != "parquet"))
-    return files
+    sources = d.sources("train") + d.sources("valid") + [(f"data.test.{n}", s) for n, s in d.test.items()]
+    return [
+        DataFile(where, uri, not where.endswith(".parquet"))
+        for name, src in sources
+        for where, uri in source_files(name, src)
+    ]
 
 
 def source_name(spec: TranslationJob) -> str:
     if spec.data.dataset is not None:
         return spec.data.dataset
-    t = spec.data.train
-    assert t is not None
-    return t.tsv or t.parquet or f"{t.src} + {t.tgt}"
+    corpora = [src.describe() for _, src in spec.data.sources("train")]
+    return corpora[0] if len(corpora) == 1 else f"{len(corpora)} training corpora ({', '.join(corpora)})"
 
 
-def read_lines(field_name: str, uri: str) -> list[str]:
-    """The lines of a UTF-8 text file (:mod:`service.io.text`: BOM, LF/CRLF/CR; file and line named)."""
-    raw = read_data_file(field_name, uri)
-    return textfile.split_lines(field_name, uri, textfile.decode(field_name, uri, raw))
+@dataclass(frozen=True)
+class Corpora:
+    """What a job's data is: its name, languages, and the corpora of each split (spec field, corpus)."""
+
+    name: str
+    src_lang: str
+    tgt_lang: str
+    train: list[tuple[str, ParallelSource]]
+    valid: list[tuple[str, ParallelSource]]
+    tests: dict[str, list[tuple[str, ParallelSource]]]
 
 
-def read_parallel(where: str, src: ParallelSource) -> tuple[list[str], list[str]]:
-    """One split of a user corpus as aligned (source, target) sentences, checked pair by pair."""
-    if src.tsv is not None:
-        left, right = [], []
-        for i, line in enumerate(read_lines(f"{where}.tsv", src.tsv), 1):
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise data_error(
-                    f"{where}.tsv", f"{src.tsv} line {i}: expected source TAB target, found {len(parts) - 1} tabs"
-                )
-            left.append(parts[0])
-            right.append(parts[1])
-        names = (f"{where}.tsv", src.tsv), (f"{where}.tsv", src.tsv)
-    elif src.parquet is not None:
-        try:
-            table = pq.read_table(pa.BufferReader(read_data_file(f"{where}.parquet", src.parquet)))
-        except pa.ArrowInvalid as e:
-            raise data_error(f"{where}.parquet", f"{src.parquet}: not a Parquet file: {e}") from None
-        cols = []
-        for key, col in (("src_column", src.src_column), ("tgt_column", src.tgt_column)):
-            if col not in table.column_names:
-                raise data_error(
-                    f"{where}.{key}", f"{src.parquet} has no column {col!r} (columns: {', '.join(table.column_names)})"
-                )
-            if not pa.types.is_string(table.schema.field(col).type) and not pa.types.is_large_string(
-                table.schema.field(col).type
-            ):
-                raise data_error(
-                    f"{where}.{key}",
-                    f"{src.parquet} column {col!r}: expected strings, found {table.schema.field(col).type}",
-                )
-            cols.append([v if v is not None else "" for v in table.column(col).to_pylist()])
-        left, right = cols
-        names = (
-            (f"{where}.parquet", f"{src.parquet} column {src.src_column!r}"),
-            (f"{where}.parquet", f"{src.parquet} column {src.tgt_column!r}"),
-        )
-    else:
-        assert src.src is not None and src.tgt is not None
-        left, right = read_lines(f"{where}.src", src.src), read_lines(f"{where}.tgt", src.tgt)
-        if len(left) != len(right):
-            raise data_error(
-                f"{where}",
-                f"misaligned corpus: {src.src} (src) has {len(left):,} lines, {src.tgt} (tgt) "
-                f"has {len(right):,}; line i of one must translate line i of the other",
-            )
-        names = (f"{where}.src", src.src), (f"{where}.tgt", src.tgt)
-    for i, (a, b) in enumerate(zip(left, right, strict=True), 1):
-        for (fname, what), text, other in ((names[0], a, b), (names[1], b, a)):
-            if not text.strip():
-                side = "both sides" if not other.strip() else "one side"
-                raise data_error(fname, f"{what} line {i}: empty sentence ({side}); every line must hold a sentence")
-    if not left:
-        raise data_error(where, "expected sentence pairs, found none")
-    return left, right
+def corpora(spec: TranslationJob) -> Corpora:
+    d = spec.data
+    if d.dataset is not None:
+        src_lang, tgt_lang = d.dataset.removeprefix("multi30k-").split("-")
 
+        def vendored(stem: str) -> list[tuple[str, ParallelSource]]:
+            files = {k: str(MULTI30K_DIR / f"{stem}.{lang}.gz") for k, lang in (("src", src_lang), ("tgt", tgt_lang))}
+            return [("data.dataset", ParallelSource(**files))]
 
-def _multi30k(name: str) -> tuple[str, str, dict[str, tuple[list[str], list[str]]]]:
-    src_lang, tgt_lang = name.removeprefix("multi30k-").split("-")
-
-    def split(stem: str) -> tuple[list[str], list[str]]:
-        return (
-            read_lines("data.dataset", str(MULTI30K_DIR / f"{stem}.{src_lang}.gz")),
-            read_lines("data.dataset", str(MULTI30K_DIR / f"{stem}.{tgt_lang}.gz")),
-        )
-
-    splits = {"train": split("train"), "valid": split("val")}
-    splits.update({f"test.{t}": split(t) for t in MULTI30K_TESTS})
-    return src_lang, tgt_lang, splits
+        tests = {t: vendored(t) for t in MULTI30K_TESTS}
+        return Corpora(d.dataset, src_lang, tgt_lang, vendored("train"), vendored("val"), tests)
+    tests = {n: [(f"data.test.{n}", s)] for n, s in d.test.items()}
+    return Corpora("custom", "src", "tgt", d.sources("train"), d.sources("valid"), tests)
 
 
 def load_sentences(spec: TranslationJob) -> tuple[str, str, str, dict[str, tuple[list[str], list[str]]]]:
-    """(name, source language, target language, {split: (sources, targets)}); test splits are
-    ``test.<name>``."""
-    d = spec.data
-    if d.dataset is not None:
-        src_lang, tgt_lang, splits = _multi30k(d.dataset)
-        return d.dataset, src_lang, tgt_lang, splits
-    assert d.train is not None and d.valid is not None
-    splits = {"train": read_parallel("data.train", d.train), "valid": read_parallel("data.valid", d.valid)}
-    splits.update({f"test.{n}": read_parallel(f"data.test.{n}", s) for n, s in d.test.items()})
-    return "custom", "src", "tgt", splits
+    """(name, source language, target language, {split: (sources, targets)}) of the validation and
+    test splits (``test.<name>``): the small splits, read whole."""
+    c = corpora(spec)
+    splits = {"valid": read_corpora(c.valid)}
+    splits.update({f"test.{t}": read_corpora(srcs) for t, srcs in c.tests.items()})
+    return c.name, c.src_lang, c.tgt_lang, splits
 
 
 def train_sentencepiece(sentences: list[str], spec: TranslationJob, field_name: str) -> bytes:
     """A sentencepiece model (serialized) trained on ``sentences`` with the job's subword settings."""
+    import io
+
     import sentencepiece as spm  # deferred: only translation jobs need it
 
     sw = spec.data.subwords
@@ -204,6 +203,7 @@ def train_sentencepiece(sentences: list[str], spec: TranslationJob, field_name: 
             num_threads=1,
             minloglevel=2,
             shuffle_input_sentence=False,
+            input_sentence_size=0,  # every sentence given: the sample is already drawn
         )
     except RuntimeError as e:
         message = str(e).strip().splitlines()[-1]
@@ -225,26 +225,145 @@ def _table(src_ids: list[list[int]], tgt_ids: list[list[int]], src_text: list[st
     )
 
 
-def prepare_corpus(spec: TranslationJob, cache_root: str) -> PreparedCorpus:
-    """The prepared form of ``spec.data`` under ``cache_root`` (local or s3://), built if missing."""
+def fit_len(src: list[int], tgt: list[int]) -> int:
+    """The ``data.max_len`` a pair needs: its source, or its target with the end symbol (never for an empty source)."""
+    return max(len(src), len(tgt) + 1) if src else NEVER_FITS
+
+
+@dataclass(frozen=True)
+class ShardWriter:
+    """Filters, encodes and writes one chunk of training pairs as one shard: the same function (and
+    so the same bytes) in this process and on Ray Data. Picklable (the models travel as bytes)."""
+
+    root: str
+    models: tuple[bytes, bytes]
+    filter: FilterSpec
+
+    def __call__(self, item: tuple[int, list[Pair]]) -> dict[str, Any]:
+        import sentencepiece as spm  # deferred: only translation jobs need it
+
+        index, pairs = item
+        src_sp = spm.SentencePieceProcessor(model_proto=self.models[0])
+        tgt_sp = src_sp if self.models[1] == self.models[0] else spm.SentencePieceProcessor(model_proto=self.models[1])
+        dropped: Counter[str] = Counter()
+        a, b = [], []
+        for _, source, target in pairs:
+            reason = drop_reason(source, target, self.filter)
+            if reason is None:
+                a.append(source)
+                b.append(target)
+            else:
+                dropped[reason] += 1
+        src_ids, tgt_ids = src_sp.encode(a), tgt_sp.encode(b)
+        lengths = [fit_len(s, t) for s, t in zip(src_ids, tgt_ids, strict=True)]
+        table = _table(src_ids, tgt_ids, a, b).append_column("fit_len", pa.array(lengths, type=pa.int32()))
+        info = shards.write_shard(self.root, shards.shard_name("train", index), table, ROWS_PER_GROUP)
+        del table, src_ids, tgt_ids
+        pa.default_memory_pool().release_unused()  # a long-lived (Ray) worker keeps no shard's buffers
+        return {
+            "name": info.name,
+            "rows": info.rows,
+            "read": len(pairs),
+            "dropped": dict(dropped),
+            "fit": dict(Counter(lengths)),
+        }
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The sample of one training corpus (:func:`.sources.sample_corpus`); picklable for Ray Data."""
+
+    filter: FilterSpec
+    k: int
+    seed: int
+
+    def __call__(self, item: tuple[int, str, ParallelSource]) -> list[Any]:
+        corpus, where, src = item
+        return sample_corpus(where, corpus, src, self.filter, self.k, self.seed)
+
+
+def content_hash(spec: TranslationJob, c: Corpora) -> str:
+    d = spec.data
+    h = hashlib.sha256(
+        f"schema={SCHEMA_VERSION}\n{d.subwords.model_dump_json()}\n{d.filter.model_dump_json()}\n"
+        f"shard_pairs={d.shard_pairs}\n".encode()
+    )
+    splits = [("train", c.train), ("valid", c.valid)] + [(f"test.{t}", srcs) for t, srcs in c.tests.items()]
+    for split, srcs in splits:
+        for where, src in srcs:
+            h.update(f"{split} {src.model_dump_json()}\n".encode())
+            for field_name, uri in source_files(where, src):
+                h.update(f"{field_name}\n".encode())
+                shards.hash_uri(h, uri, field_name)
+    return h.hexdigest()
+
+
+def use_ray(spec: TranslationJob, c: Corpora) -> bool:
+    """Whether this preparation runs on Ray Data (``data.preparation``; ``auto``: from
+    :data:`RAY_THRESHOLD_BYTES` of training files on, where Ray is running)."""
+    how = spec.data.preparation
+    ray = sys.modules.get("ray")  # not imported: not running (the driver has started it before preparing)
+    running = ray is not None and ray.is_initialized()
+    if how == "ray" and not running:
+        raise RuntimeError("data.preparation ray needs a running Ray instance (the driver starts one)")
+    if how != "auto" or not running:
+        return how == "ray"
+    total = sum(storage.size(uri) for where, src in c.train for _, uri in source_files(where, src))
+    return total >= RAY_THRESHOLD_BYTES
+
+
+def _say(line: str) -> None:
+    print(f"[data]  {line}", file=sys.stderr, flush=True)
+
+
+def _waves(items: Iterator[tuple[int, list[Pair]]], size: int) -> Iterator[list[tuple[int, list[Pair]]]]:
+    wave: list[tuple[int, list[Pair]]] = []
+    for item in items:
+        wave.append(item)
+        if len(wave) == size:
+            yield wave
+            wave = []
+    if wave:
+        yield wave
+
+
+def prepare_corpus(
+    spec: TranslationJob, cache_root: str, say: Callable[[str], None] = _say, ray_data: bool | None = None
+) -> PreparedCorpus:
+    """The prepared form of ``spec.data`` under ``cache_root`` (local or s3://), built if missing;
+    on Ray Data when ``ray_data`` (None: :func:`use_ray`)."""
     import sentencepiece as spm  # deferred: only translation jobs need it
 
-    name, src_lang, tgt_lang, splits = load_sentences(spec)
-    sw = spec.data.subwords
-    h = hashlib.sha256(f"schema={SCHEMA_VERSION}\n{sw.model_dump_json()}\n".encode())
-    for split, (a, b) in splits.items():
-        body = "\n".join(a).encode() + b"\x00" + "\n".join(b).encode()
-        h.update(f"{split} {len(body)}\n".encode() + body)
-    content_hash = h.hexdigest()
-    root = datacache.prepared_folder(cache_root, name, content_hash)
+    d = spec.data
+    c = corpora(spec)
+    digest = content_hash(spec, c)
+    root = datacache.prepared_folder(cache_root, c.name, digest)
     if datacache.is_complete(root, MANIFEST):
         return load_prepared(root)
+    name, src_lang, tgt_lang, small = load_sentences(spec)  # validation and test sets: checked first
+    on_ray = use_ray(spec, c) if ray_data is None else ray_data
+    shards.start_fresh(root, MANIFEST)
+    t0 = time.perf_counter()
+    where = "on Ray Data" if on_ray else "in this process"
 
-    train_src, train_tgt = splits["train"]
-    if sw.shared:
+    # sentencepiece on a seeded sample of the filtered training pairs
+    sampler = Sampler(d.filter, d.subwords.sample_pairs, d.subwords.seed)
+    items = [(i, w, src) for i, (w, src) in enumerate(c.train)]
+    samples = shards.parallel_map(sampler, items, use_ray=on_ray)
+    sample = bottom_k(samples, d.subwords.sample_pairs)
+    if not sample:
+        fields = ", ".join(w for w, _ in c.train)
+        raise data_error(
+            "data.filter",
+            f"no training pair of {fields} passes the filter (min_len {d.filter.min_len}, max_len "
+            f"{d.filter.max_len}, max_ratio {d.filter.max_ratio}): nothing to learn subwords from",
+        )
+    say(f"subwords: learning from {len(sample):,} sampled training pairs ({time.perf_counter() - t0:.1f}s, {where})")
+    train_src, train_tgt = [a for a, _ in sample], [b for _, b in sample]
+    if d.subwords.shared:
         model = train_sentencepiece(train_src + train_tgt, spec, "data.train")
         storage.write_bytes_atomic(storage.join(root, "spm.model"), model)
-        src_sp = tgt_sp = spm.SentencePieceProcessor(model_proto=model)
+        models = (model, model)
     else:
         models = (
             train_sentencepiece(train_src, spec, "data.train (source)"),
@@ -252,28 +371,70 @@ def prepare_corpus(spec: TranslationJob, cache_root: str) -> PreparedCorpus:
         )
         storage.write_bytes_atomic(storage.join(root, "spm_src.model"), models[0])
         storage.write_bytes_atomic(storage.join(root, "spm_tgt.model"), models[1])
-        src_sp, tgt_sp = (spm.SentencePieceProcessor(model_proto=m) for m in models)
-    counts = {}
-    for split, (a, b) in splits.items():
+    sampled = len(sample)
+    del sample, train_src, train_tgt, samples
+
+    # the training shards: a chunk of each corpus per shard, in waves
+    writer = ShardWriter(root, models, d.filter)
+
+    def numbered() -> Iterator[tuple[int, list[Pair]]]:
+        index = 0
+        for w, src in c.train:
+            for chunk in chunks(iter_pairs(w, src), d.shard_pairs):
+                yield index, chunk
+                index += 1
+
+    wave_size = max(2, 2 * int(_cluster_cpus())) if on_ray else 1  # shards in flight: 2 per CPU
+    results: list[dict[str, Any]] = []
+    for wave in _waves(numbered(), wave_size):
+        gc.collect()  # the previous wave's Ray Data dataset and its blocks
+        results += shards.parallel_map(writer, wave, use_ray=on_ray, max_calls=WRITER_MAX_CALLS)
+        read = sum(r["read"] for r in results)
+        say(f"train: {len(results)} shard(s), {read:,} pairs read ({time.perf_counter() - t0:.1f}s, {where})")
+
+    src_sp = spm.SentencePieceProcessor(model_proto=models[0])
+    tgt_sp = spm.SentencePieceProcessor(model_proto=models[1])
+    counts = {"train": sum(r["rows"] for r in results)}
+    for split, (a, b) in small.items():
         datacache.write_parquet(
             storage.join(root, f"{split}.parquet"), _table(src_sp.encode(a), tgt_sp.encode(b), a, b)
         )
         counts[split] = len(a)
+    dropped = {r: sum(x["dropped"].get(r, 0) for x in results) for r in DROP_REASONS}
+    read = sum(r["read"] for r in results)
+    train = shards.SplitShards(tuple(shards.ShardInfo(r["name"], r["rows"]) for r in results), ROWS_PER_GROUP)
     meta = {
         "schema_version": SCHEMA_VERSION,
-        "content_hash": content_hash,
+        "content_hash": digest,
         "name": name,
         "src_lang": src_lang,
         "tgt_lang": tgt_lang,
-        "shared_vocab": sw.shared,
-        "subwords": sw.model_dump(mode="json"),
+        "shared_vocab": d.subwords.shared,
+        "subwords": d.subwords.model_dump(mode="json"),
+        "filter": d.filter.model_dump(mode="json"),
         "vocab_sizes": [src_sp.get_piece_size(), tgt_sp.get_piece_size()],
         "counts": counts,
-        "tests": [s.removeprefix("test.") for s in splits if s.startswith("test.")],
+        "tests": [s.removeprefix("test.") for s in small if s.startswith("test.")],
         "ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "train": train.to_json(),
+        "fit_len": [{str(k): v for k, v in sorted(r["fit"].items())} for r in results],
+        "read": read,
+        "dropped": dropped,
+        "sampled": sampled,
+        "mlflow_params": {
+            "data.train_pairs_read": read,
+            "data.train_pairs": counts["train"],
+            **{f"data.dropped.{r}": n for r, n in dropped.items()},
+        },
     }
-    datacache.write_manifest(root, MANIFEST, meta)
+    shards.commit(root, MANIFEST, meta)
     return load_prepared(root)
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1))
 
 
 def load_prepared(root: str) -> PreparedCorpus:
@@ -287,6 +448,11 @@ def load_prepared(root: str) -> PreparedCorpus:
         tuple(meta["vocab_sizes"]),
         dict(meta["counts"]),
         list(meta["tests"]),
+        train=shards.SplitShards.from_json(meta["train"]),
+        fit_hists=tuple({int(k): int(v) for k, v in h.items()} for h in meta["fit_len"]),
+        dropped=dict(meta["dropped"]),
+        read=int(meta["read"]),
+        sampled=int(meta["sampled"]),
     )
 
 
@@ -309,12 +475,16 @@ class Split:
 
 
 def load_split(prepared: PreparedCorpus, split: str) -> Split:
-    """``train``, ``valid`` or ``test.<name>``."""
-    uri = storage.join(prepared.root, f"{split}.parquet")
-    try:
-        table = datacache.read_parquet(uri)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{prepared.root}: this corpus has no {split!r} split") from None
+    """``valid`` or ``test.<name>`` (or, for tests and small corpora, the whole ``train``: a worker
+    reads its share of the training shards with :mod:`.batches` instead)."""
+    if split == "train":
+        table = shards.ShardedSplit(prepared.root, prepared.train).read(0, prepared.train.num_rows)
+    else:
+        uri = storage.join(prepared.root, f"{split}.parquet")
+        try:
+            table = datacache.read_parquet(uri)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{prepared.root}: this corpus has no {split!r} split") from None
     return Split(
         table.column("src").to_pylist(),
         table.column("tgt").to_pylist(),
@@ -326,25 +496,35 @@ def load_split(prepared: PreparedCorpus, split: str) -> Split:
 def fits(src: list[int], tgt: list[int], max_len: int) -> bool:
     """Whether a training pair is used: a non-empty source of at most ``data.max_len`` subwords and
     a target that fits with its end-of-sentence symbol."""
-    return 0 < len(src) <= max_len and len(tgt) < max_len
+    return fit_len(src, tgt) <= max_len
 
 
 def check_prepared(spec: TranslationJob, prepared: PreparedCorpus) -> list[str]:
-    """What the worker loop needs of the prepared corpus: a full batch of training pairs that fit
-    ``data.max_len``, and validation pairs to evaluate."""
-    train = load_split(prepared, "train")
-    total, max_len, batch = len(train.src), spec.data.max_len, spec.data.batch_size
-    usable = sum(fits(s, t, max_len) for s, t in zip(train.src, train.tgt, strict=True))
+    """What the worker loop needs of the prepared corpus: a full step's batch of training pairs
+    (``data.batch_size x train.accumulate_steps``) that pass ``data.filter`` and fit ``data.max_len``,
+    and validation pairs to evaluate. Reads the manifest only."""
+    kept, max_len, (step, fields) = prepared.counts["train"], spec.data.max_len, spec.step_batch()
+    usable = prepared.usable(max_len)
+    filtered = (
+        f" (after data.filter {dropped_text(prepared.read, prepared.dropped)})"
+        if sum(prepared.dropped.values())
+        else ""
+    )
     problems = []
-    if usable == 0:
+    if kept == 0:
         problems.append(
-            f"data.max_len: 0 of {total:,} training pairs fit data.max_len = {max_len} "
-            "(subwords per side, the target with its end-of-sentence symbol)"
+            f"data.filter: 0 of {prepared.read:,} training pairs pass it "
+            f"({dropped_text(prepared.read, prepared.dropped)})"
         )
-    elif usable < batch:
+    elif usable == 0:
         problems.append(
-            f"data.batch_size: {batch} pairs per batch, but only {usable:,} of {total:,} training pairs "
-            f"fit data.max_len = {max_len}"
+            f"data.max_len: 0 of {kept:,} training pairs fit data.max_len = {max_len} "
+            f"(subwords per side, the target with its end-of-sentence symbol){filtered}"
+        )
+    elif usable < step:
+        problems.append(
+            f"{fields}: {step} pairs per batch, but only {usable:,} of {kept:,} training pairs fit "
+            f"data.max_len = {max_len}{filtered}"
         )
     if prepared.counts.get("valid", 0) == 0:
         problems.append("data.valid: expected sentence pairs to evaluate, found none")
@@ -358,8 +538,13 @@ __all__ = [
     "PreparedCorpus",
     "Split",
     "UNK_ID",
+    "Corpora",
+    "ShardWriter",
     "check_prepared",
+    "corpora",
     "data_files",
+    "dropped_text",
+    "fit_len",
     "fits",
     "load_prepared",
     "load_processors",

@@ -6,23 +6,22 @@ global batch of sentence pairs split across ranks; forward, label-smoothed loss,
 step; log / eval / checkpoint every so often) -> finish on rank 0 (validation and every test set
 translated with beam search and scored with sacreBLEU, artifacts).
 
-Batches (length bucketing): epoch ``e`` shuffles the training pairs with seed ``seed + e``, sorts
-each run of 50 global batches by source length, cuts it into global batches and shuffles their
-order; a global batch has ``G = data.batch_size x train.accumulate_steps`` pairs, its micro-batch
-``j`` pairs ``[j*B, (j+1)*B)`` of it, and rank ``r`` takes slice ``[r*b, (r+1)*b)`` of each. Pairs
-longer than ``data.max_len`` subwords on either side are left out (counted at the start). A checkpoint's (epoch, batch)
-position resumes the same order exactly.
+Batches (:mod:`.batches`): each worker reads only its share of every training shard, one shard at a
+time, and makes its own batches of ``data.batch_size / workers x train.accumulate_steps`` pairs (its
+micro-batch ``j`` is pairs ``[j*b, (j+1)*b)`` of it) in an order fixed by the seed and the epoch,
+bucketed by source length. Pairs longer than ``data.max_len`` subwords on either side are left out
+(counted at the start). A checkpoint's (epoch, batch) position resumes the same order exactly.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -32,26 +31,12 @@ from ...io import storage
 from ...io.tracking import TAG_SACREBLEU, MetricBuffer
 from ...worker import plots
 from ...worker.worker import Window, Worker, log_model, make_optimizer, seed_rank
-from .data import BOS_ID, EOS_ID, PAD_ID, PreparedCorpus, Split, fits, load_prepared, load_processors, load_split
+from .batches import RankBatches
+from .data import BOS_ID, EOS_ID, PAD_ID, PreparedCorpus, Split, load_prepared, load_processors, load_split
 from .model import build_model
 from .plots import attention_maps
 from .spec import TranslationJob
-from .translate import Translator, bleu
-
-BUCKET = 50  # global batches sorted by length together
-
-
-def epoch_batches(n_pairs: int, src_lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-    """The global batches (pair indices) of one epoch: shuffled, bucketed by source length."""
-    rng = random.Random(seed)
-    order = list(range(n_pairs))
-    rng.shuffle(order)
-    batches = []
-    for start in range(0, n_pairs, BUCKET * batch_size):
-        chunk = sorted(order[start : start + BUCKET * batch_size], key=lambda i: src_lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
-    rng.shuffle(batches)
-    return batches
+from .translate import SRC_SPM_FILE, TGT_SPM_FILE, Translator, bleu
 
 
 def collate(src: list[list[int]], tgt: list[list[int]], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -102,9 +87,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     prepared = load_prepared(config["data_root"])
     src_sp, tgt_sp = load_processors(prepared)
-    train = load_split(prepared, "train")
-    keep = [i for i, (s, t) in enumerate(zip(train.src, train.tgt, strict=True)) if fits(s, t, spec.data.max_len)]
-    train_src, train_tgt = [train.src[i] for i in keep], [train.tgt[i] for i in keep]
     valid = load_split(prepared, "valid")
 
     torch.manual_seed(tr.seed)  # identical initial weights on every rank
@@ -114,22 +96,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     translator = Translator.for_spec(spec, model, src_sp, tgt_sp)
 
     b = B // world
-    src_lengths = [len(s) for s in train_src]
-    batches_per_epoch = len(epoch_batches(len(train_src), src_lengths, G, tr.seed))
+    train = RankBatches(prepared, rank, world, b * tr.accumulate_steps, spec.data.max_len, tr.seed)
+    batches_per_epoch = train.steps_per_epoch
     if batches_per_epoch == 0:
         raise ValueError(
             f"data.batch_size x train.accumulate_steps ({G}) is larger than the usable training pairs "
-            f"({len(train_src)})"
+            f"(worker {rank} of {world} has {train.usable[rank]:,} of {prepared.usable(spec.data.max_len):,})"
         )
     total_steps = tr.total_steps(batches_per_epoch)  # None: train.time_budget alone bounds the run
 
     pos, _ = w.restore(model, optimizer, total_steps)
     ddp = ray.train.torch.prepare_model(model)  # DistributedDataParallel when world > 1
     w.start(pos, total_steps, model, batches_per_epoch=batches_per_epoch, unit="batches")
-    if len(keep) < len(train.src):
+    usable = prepared.usable(spec.data.max_len)
+    if usable < prepared.counts["train"]:
         w.emit(
             event="info",
-            text=f"{len(train.src) - len(keep):,} of {len(train.src):,} training pairs are longer "
+            text=f"{prepared.counts['train'] - usable:,} of {prepared.counts['train']:,} training pairs are longer "
             f"than data.max_len ({spec.data.max_len} subwords) and are left out",
         )
     meta = {"data_root": prepared.root, "content_hash": prepared.content_hash}
@@ -145,16 +128,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # ---- training loop ------------------------------------------------------------------------
     window = Window()
-    batches = epoch_batches(len(train_src), src_lengths, G, tr.seed + pos.epoch)
+    batches = train.epoch(pos.epoch, skip=pos.batch)
     model.train()
     while not w.done(pos):
         if pos.batch == batches_per_epoch:  # next epoch, next order
             pos.epoch, pos.batch = pos.epoch + 1, 0
-            batches = epoch_batches(len(train_src), src_lengths, G, tr.seed + pos.epoch)
+            batches = train.epoch(pos.epoch)
+        src_batch, tgt_batch = next(batches)
         t0 = time.perf_counter()
         for j in w.micro_batches(ddp):
-            idx = batches[pos.batch][j * B + rank * b : j * B + (rank + 1) * b]
-            x, lengths, y_in, y_out = collate([train_src[i] for i in idx], [train_tgt[i] for i in idx], device)
+            x, lengths, y_in, y_out = collate(src_batch[j * b : (j + 1) * b], tgt_batch[j * b : (j + 1) * b], device)
             with w.autocast():
                 logits = ddp(x, lengths, y_in)
                 loss_sum, n_tokens = label_smoothed_nll(logits, y_out, m.label_smoothing, ignore_index=PAD_ID)
@@ -190,7 +173,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             w.save_checkpoint(pos, model, optimizer, meta)
 
     # ---- finish (rank 0): whole validation and test sets, sacreBLEU, artifacts ------------------
-    if rank != 0:
+    if not w.finishes():  # rank 0 finishes, unless preempted
         return
     assert w.tracker is not None
     final: dict[str, float] = {}
@@ -203,14 +186,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         key = "valid_bleu" if name == "valid" else f"test_bleu_{name.removeprefix('test.')}"
         final[key] = score
         w.emit(event="eval", step=pos.step, metrics={key: score}, over=f"{len(split.src):,} sentences")
-    final["final_valid_bleu"] = final["valid_bleu"]
     final["valid_ppl"] = perplexity(model, valid, spec.data.eval_batch_size, device)
     if prepared.tests:
         final["test_bleu"] = final[f"test_bleu_{prepared.tests[0]}"]
-    w.log(pos.step, **final)
-    w.tracker.flush()
+    curve = {k: final.pop(k) for k in ("valid_bleu", "valid_ppl")}
+    w.log_final(pos.step, curve=curve, figures=final)
     w.tracker.set_tags(**{TAG_SACREBLEU: signature})
-    w.emit(event="final", step=pos.step, metrics={k: v for k, v in final.items() if k != "final_valid_bleu"})
     w.emit(event="info", text=f"sacreBLEU signature: {signature}")
     finish_artifacts(spec, model, translator, prepared, splits, outputs, signature, w.tracker)
 
@@ -233,7 +214,13 @@ def finish_artifacts(
     spm_bytes = {"src": storage.read_bytes(src_uri), "tgt": storage.read_bytes(tgt_uri)}
     with tempfile.TemporaryDirectory(prefix="hyperctl-artifacts-") as tmp:
         tmp_path = Path(tmp)
-        log_model(tracker, model, spec, spm=spm_bytes)
+        src_ids = splits["valid"].src[0] if splits["valid"].src else [EOS_ID]
+        example = {
+            "src": np.array([src_ids], dtype=np.int64),  # (batch, source length)
+            "src_lengths": np.array([len(src_ids)], dtype=np.int64),
+            "tgt_in": np.array([[BOS_ID]], dtype=np.int64),  # (batch, target length)
+        }
+        log_model(tracker, model, spec, example, {SRC_SPM_FILE: spm_bytes["src"], TGT_SPM_FILE: spm_bytes["tgt"]})
         for name, body in (
             (("spm.model", spm_bytes["src"]),)
             if prepared.shared_vocab
@@ -279,4 +266,4 @@ def finish_artifacts(
         )
 
 
-__all__ = ["collate", "epoch_batches", "perplexity", "train_loop_per_worker"]
+__all__ = ["collate", "perplexity", "train_loop_per_worker"]

@@ -1,5 +1,6 @@
-"""Translating with a trained model: batching, beam search, detokenising, BLEU, and loading a model
-from an MLflow run or a checkpoint folder (``hyperctl translate``, :mod:`.commands`).
+"""Translating with a trained model: batching, beam search, detokenising, BLEU, loading a model from
+any source :mod:`service.io.models` resolves (``hyperctl translate``, :mod:`.commands`), and its
+BLEU on given files (``hyperctl evaluate``).
 
 BLEU is sacreBLEU's corpus BLEU, detokenised and case-sensitive (its defaults: 13a tokenisation,
 exponential smoothing), on the raw references; :func:`bleu` returns the score with its signature,
@@ -8,8 +9,7 @@ which goes with every reported number.
 
 from __future__ import annotations
 
-import json
-import tempfile
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,12 @@ from typing import Any
 import torch
 
 from ...io import storage, tracking
+from ...io.datacache import data_error
+from ...io.models import META_FILE, ModelSource, ModelSourceError, open_model
 from ...spec.errors import validate_as
 from ...spec.schema import TrainSpec
-from ...worker.checkpoint import META_FILE, MODEL_FILE
-from .data import load_prepared
+from ..base import Evaluation
+from .data import load_prepared, read_lines
 from .model import build_model
 from .spec import OLD_NAMES, TASK_NAME, TranslationJob
 
@@ -106,12 +108,8 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     return float(score.score), str(metric.get_signature())
 
 
-def _is_translation(spec_doc: dict[str, Any]) -> bool:
-    return spec_doc.get("task") in (TASK_NAME, *OLD_NAMES)
-
-
 def saved_spec(spec_doc: dict[str, Any]) -> TranslationJob:
-    """The job a model was saved with (in a checkpoint's meta.json or the run's model.pt), as this
+    """The job a model was saved with (in a checkpoint's meta.json or the MLflow model's job.json), as this
     version reads it: earlier versions called the task ``nmt`` and gave every job the char LM's
     training keys (``train.eval_max_symbols``, ``train.sample_length``), which are dropped."""
     train = {k: v for k, v in spec_doc.get("train", {}).items() if k in TrainSpec.model_fields}
@@ -119,71 +117,72 @@ def saved_spec(spec_doc: dict[str, Any]) -> TranslationJob:
     return job
 
 
-def build_translator(
-    spec_doc: dict[str, Any], state_dict: dict[str, torch.Tensor], src_model: bytes, tgt_model: bytes
-) -> Translator:
+SRC_SPM_FILE, TGT_SPM_FILE = "spm_src.model", "spm_tgt.model"  # the MLflow model's subword models
+
+
+def translator_of(source: ModelSource) -> Translator:
+    """The translator of a trained model (:mod:`service.io.models`): the model, its sentencepiece models
+    (an MLflow model's extra files, or a checkpoint's prepared data) and its spec's decoding settings."""
     import sentencepiece as spm  # deferred: only translation jobs need it
 
-    spec = saved_spec(spec_doc)
+    if source.task not in (TASK_NAME, *OLD_NAMES):
+        raise ModelSourceError(f"{source.given}: a model of a {source.task or 'unknown'} job, not of a translation job")
+    spec = saved_spec(source.spec)
+    if source.checkpoint is not None:
+        prepared = load_prepared(source.prepared_root("the subword models"))
+        src_uri, tgt_uri = prepared.model_files()
+        src_model, tgt_model = storage.read_bytes(src_uri), storage.read_bytes(tgt_uri)
+    else:
+        src_model, tgt_model = source.file(SRC_SPM_FILE) or b"", source.file(TGT_SPM_FILE) or b""
+        if not (src_model and tgt_model):
+            raise ModelSourceError(f"{source.given}: the model has no {SRC_SPM_FILE} and {TGT_SPM_FILE}")
     src_sp = spm.SentencePieceProcessor(model_proto=src_model)
     tgt_sp = spm.SentencePieceProcessor(model_proto=tgt_model)
-    model = build_model(spec, src_sp.get_piece_size(), tgt_sp.get_piece_size())
-    model.load_state_dict(state_dict)
-    model.eval()
+    model = source.module(lambda: build_model(spec, src_sp.get_piece_size(), tgt_sp.get_piece_size()))
     return Translator.for_spec(spec, model, src_sp, tgt_sp)
 
 
-def latest_checkpoint(run_folder: str) -> str | None:
-    """The newest checkpoint folder of a run folder (``<storage>/<name>``, as ``submit`` prints it), or None
-    when ``run_folder`` is not one or holds no checkpoint yet."""
-    if not storage.exists(storage.join(run_folder, tracking.RUN_ID_FILE)):
-        return None
-    names = [n for n in storage.list_names(run_folder) if n.startswith("checkpoint_")]
-    for name in reversed(names):
-        if storage.exists(storage.join(run_folder, name, META_FILE)):
-            return storage.join(run_folder, name)
-    return None
+def load_translator(given: str, tracking_uri: str | None = None) -> Translator:
+    """The translator of a run folder, checkpoint folder (local or s3://), MLflow run id, ``runs:/`` or
+    ``models:/`` URI (these need ``tracking_uri``); ModelSourceError naming what is wrong."""
 
-
-def load_translator(source: str, tracking_uri: str | None = None) -> Translator:
-    """A translator from a checkpoint folder (local or s3://, holding ``model.pt`` and ``meta.json``), a run
-    folder (its newest checkpoint: the final model once the job has finished) or an MLflow run id (its
-    ``model/model.pt`` artifact, which carries the spec and the sentencepiece models)."""
-    source = latest_checkpoint(source) or source
-    if storage.exists(storage.join(source, META_FILE)):
-        meta = json.loads(storage.read_bytes(storage.join(source, META_FILE)))
-        if not _is_translation(meta.get("spec", {})):
-            raise ValueError(
-                f"{source}: a checkpoint of a {meta.get('spec', {}).get('task')} job, not of a translation job"
+    def uri() -> str:
+        if tracking_uri is None:
+            raise ModelSourceError(
+                f"{given}: not a checkpoint folder (no {META_FILE}); to load an MLflow run or model, give its "
+                "tracking URI (--tracking-uri, or --storage of the job)"
             )
-        prepared = load_prepared(meta["data_root"])
-        src_uri, tgt_uri = prepared.model_files()
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / MODEL_FILE
-            local.write_bytes(storage.read_bytes(storage.join(source, MODEL_FILE)))
-            state = torch.load(local, map_location="cpu", weights_only=True)
-        return build_translator(meta["spec"], state, storage.read_bytes(src_uri), storage.read_bytes(tgt_uri))
-    if tracking_uri is None:
-        raise ValueError(
-            f"{source}: not a checkpoint folder (no {META_FILE}); to load an MLflow run, give its "
-            "tracking URI (--tracking-uri, or --storage of the job)"
+        return tracking_uri
+
+    with open_model(given, uri) as source:
+        return translator_of(source)
+
+
+def evaluate(source: ModelSource, args: argparse.Namespace) -> Evaluation:
+    """BLEU (sacreBLEU, detokenised, its signature said) of the translations of ``--source FILE``
+    against ``--reference FILE``, aligned line for line."""
+    if args.source_file is None or args.reference is None or args.split is not None:
+        raise data_error("--source", "give --source FILE and --reference FILE for a translation model")
+    sources = read_lines("--source", args.source_file)
+    references = read_lines("--reference", args.reference)
+    if len(sources) != len(references):
+        raise data_error(
+            "--reference",
+            f"{args.reference} has {len(references):,} lines, {args.source_file} (--source) has "
+            f"{len(sources):,}: they must be aligned line for line",
         )
-    run = tracking.find_run(tracking_uri, source)
-    if run is None:
-        raise ValueError(f"{source}: neither a checkpoint folder nor a run in {tracking.redact(tracking_uri)}")
-    task = run["tags"].get(tracking.TAG_TASK)
-    if task not in (TASK_NAME, *OLD_NAMES):
-        raise ValueError(f"run {source} is not a translation job (its task: {task or 'not recorded'})")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = tracking.download_artifact(tracking_uri, source, "model/model.pt", tmp)
-        except FileNotFoundError:
-            raise ValueError(
-                f"run {source} has no model/model.pt artifact yet (it is written when training "
-                "finishes; use a checkpoint folder of a running job)"
-            ) from None
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    return build_translator(saved["spec"], saved["state_dict"], saved["spm"]["src"], saved["spm"]["tgt"])
+    if not sources:
+        raise data_error("--source", f"{args.source_file}: expected sentences, found none")
+    translator = translator_of(source)
+    hypotheses = translator.translate(sources)
+    score, signature = bleu(hypotheses, references)
+    name = Path(args.source_file.rstrip("/")).name.split(".")[0] or "source"
+    return Evaluation(
+        name,
+        {"bleu": score},
+        [f"{args.source_file}: {len(sources):,} sentences translated", f"sacreBLEU signature: {signature}"],
+        {tracking.TAG_SACREBLEU: signature},
+    )
 
 
-__all__ = ["Translator", "bleu", "build_translator", "load_translator"]
+__all__ = ["SRC_SPM_FILE", "TGT_SPM_FILE", "Translator", "bleu", "evaluate", "load_translator", "translator_of"]

@@ -18,10 +18,11 @@ from helpers import hyperctl, tiny_job
 pytestmark = pytest.mark.slow
 
 
-def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
+def test_two_worker_job_runs_and_is_tracked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
     job = tiny_job(tmp_path, "e2e")
+    job["tracking"]["register_model"] = "e2e-lm"
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(job))
     proc = hyperctl("submit", str(job_file), "--num-cpus", "2", cwd=tmp_path)
@@ -44,6 +45,8 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     assert "[done] e2e: FINISHED (valid_bpc " in proc.stderr
     assert f"checkpoints: {tmp_path / 'runs' / 'e2e'}" in proc.stderr
     assert f"artifacts:   {run.info.artifact_uri}" in proc.stderr
+    model_line = f"model:       runs:/{run.info.run_id}/model; registered as models:/e2e-lm/1"
+    assert model_line in proc.stderr and run.data.tags["hyperctl.registered_model"] == "models:/e2e-lm/1"
     page = f"run page:    http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
     assert page in proc.stderr and f"hyperctl ui {job_file}" in proc.stderr
     # Ray's and MLflow's start-up chatter stays off the user's terminal (--verbose shows Ray's).
@@ -56,7 +59,7 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     # Metrics at increasing steps.
     history = {
         k: client.get_metric_history(run.info.run_id, k)
-        for k in ("train_bpc", "tokens_per_s", "valid_bpc", "test_bpc", "final_valid_bpc")
+        for k in ("train_bpc", "tokens_per_s", "valid_bpc", "final/test_bpc", "final/valid_bpc")
     }
     assert "lr" not in run.data.metrics  # constant: the param train.optimizer.lr, not a flat chart
     assert [m.step for m in history["train_bpc"]] == list(range(5, 61, 5))
@@ -65,17 +68,20 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     assert [m.step for m in history["valid_bpc"]] == [20, 40, 60]
     train = [m.value for m in history["train_bpc"]]
     assert train[-1] < train[0] - 0.5, train  # it learned something
-    test_bpc = history["test_bpc"][0].value
-    assert len(history["test_bpc"]) == 1 and math.isfinite(test_bpc) and test_bpc < math.log2(50)
+    test_bpc = history["final/test_bpc"][0].value
+    assert len(history["final/test_bpc"]) == 1 and math.isfinite(test_bpc) and test_bpc < math.log2(50)
+    # The final figures are one point each in the final/ section; every chart outside it is a curve.
+    assert [(m.step, m.value) for m in history["final/valid_bpc"]] == [(60, history["valid_bpc"][-1].value)]
+    single = {k for k in run.data.metrics if len(client.get_metric_history(run.info.run_id, k)) == 1}
+    assert single == {"final/valid_bpc", "final/test_bpc"}, single
 
     # Artifacts.
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
-    paths |= {a.path for d in ("model", "plots") for a in client.list_artifacts(run.info.run_id, d)}
+    paths |= {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {
         "job.yaml",
         "vocab.json",
         "sample.txt",
-        "model/model.pt",
         "plots/learning_curve.png",
         "plots/scaling_vectors.png",
     } <= paths
@@ -97,6 +103,16 @@ def test_two_worker_job_runs_and_is_tracked(tmp_path: Path) -> None:
     # Full precision by default: no autocast, no gradient scaler to carry.
     assert meta["spec"]["train"]["precision"] == run.data.params["train.precision"] == "fp32"
     assert "grad_scaler" not in meta
+
+    # The registered model is the run's final model: evaluated on the test split it gives the run's
+    # test_bpc (same text, segments and state carrying), and --log adds that to the run.
+    from service.cli import main
+
+    store = ["--storage", str(tmp_path / "runs")]
+    assert main(["evaluate", "models:/e2e-lm/1", "--split", "test", "--log", *store]) == 0, capsys.readouterr().err
+    assert f"logged to run {run.info.run_id}" in capsys.readouterr().out
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert logged["eval/test/bpc"] == pytest.approx(test_bpc, rel=1e-5)
 
     # No credentials anywhere in what MLflow holds.
     blob = json.dumps([run.data.params, run.data.tags])

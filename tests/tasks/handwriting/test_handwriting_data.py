@@ -273,3 +273,38 @@ def test_npz_and_iam_tree_on_s3(tmp_path: Path, s3_prefix: str) -> None:
         valid_list=storage.join(s3_prefix, "v.txt"),
     )
     assert prepare_strokes(spec, storage.join(s3_prefix, "cache")).splits == {"train": 3, "valid": 2}
+
+
+def test_evaluate_gives_the_log_loss_the_prepared_split_gives(tmp_path: Path, capsys) -> None:
+    """``hyperctl evaluate CHECKPOINT --strokes FILE.npz --split valid`` clips and scales the offsets as
+    preparation did: the same log-loss as the job's prepared valid split."""
+    import torch
+
+    from hypermodels import log_loss
+    from service.cli import main
+    from service.tasks.handwriting.model import build_model
+    from service.worker import checkpoint as ckpt
+
+    rng = np.random.default_rng(0)
+    path = write_npz(tmp_path / "s.npz", train=[seq(20, rng), seq(30, rng)], valid=[seq(9, rng), seq(12, rng)])
+    raw = {"name": "hw", "task": "handwriting", "train": {"max_steps": 1}, "storage": str(tmp_path / "runs")}
+    raw |= {"data": {"dataset": None, "format": "stroke3", "path": path, "clip_offset": 15.0, "batch_size": 2}}
+    raw |= {"model": {"hidden_size": 16, "num_mixtures": 3, "hyper": {"hidden_size": 8, "embed_size": 4}}}
+    spec = validate_job(raw)
+    prepared = prepare_strokes(spec, str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    folder = tmp_path / "checkpoint_00000001"
+    meta = {"spec": spec.model_dump(mode="json"), "world_size": 1, "data_root": prepared.root}
+    ckpt.save(
+        folder, 0, ckpt.Position(step=1), None, model=model, optimizer=torch.optim.Adam(model.parameters()), meta=meta
+    )
+    want, per_point = log_loss(model, load_split(prepared, "valid"), spec.data.eval_batch_size)
+    assert main(["evaluate", str(folder), "--strokes", path, "--split", "valid"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("eval/s/nll ")[1].split()[0]) == pytest.approx(want, rel=1e-5)
+    assert float(out.split("eval/s/nll_per_point ")[1].split()[0]) == pytest.approx(per_point, rel=1e-5)
+    assert main(["evaluate", str(folder), "--split", "valid"]) == 0  # the job's own data
+    assert float(capsys.readouterr().out.split("eval/valid/nll ")[1].split()[0]) == pytest.approx(want, rel=1e-5)
+    assert main(["evaluate", str(folder), "--strokes", path]) == 2  # default split test: this file has none
+    assert f"--split: {path} has no 'test' split (it has train, valid)" in capsys.readouterr().err

@@ -75,22 +75,25 @@ def test_two_worker_job_tracked_and_killed_worker_resumes_exactly(local_ray, tmp
         assert [s for s, _ in want[key]] == every_log, key
     evals = list(range(CKPT_EVERY, MAX_STEPS + 1, CKPT_EVERY))
     assert [s for s, _ in want["valid_nll"]] == evals and [s for s, _ in want["valid_nll_per_point"]] == evals
-    for key in ("test_nll", "test_nll_per_point", "final_valid_nll"):
+    for key in ("final/test_nll", "final/test_nll_per_point", "final/valid_nll", "final/valid_nll_per_point"):
         assert [s for s, _ in want[key]] == [MAX_STEPS], key
+    assert {k for k, points in want.items() if len(points) == 1} == {k for k in want if k.startswith("final/")}
     train = [v for _, v in want["train_nll_per_point"]]
     assert train[-1] < train[0] - 0.3, train  # it learned something
     # per sequence = per point x points per sequence (65 on average for the built-in strokes)
-    (_, test_seq), (_, test_point) = want["test_nll"][0], want["test_nll_per_point"][0]
+    (_, test_seq), (_, test_point) = want["final/test_nll"][0], want["final/test_nll_per_point"][0]
     assert 40 < test_seq / test_point < 90
 
     paths = {a.path for a in client.list_artifacts(baseline.run_id)}
-    for folder in ("model", "plots", "samples"):
+    for folder in ("plots", "samples"):
         paths |= {a.path for a in client.list_artifacts(baseline.run_id, folder)}
     grids = {f"samples/step_{s:08d}.png" for s in evals[:-1]} | {"samples/final.png"}
+    from service.io import tracking
+
+    assert tracking.run_model_uri(baseline.tracking_uri, baseline.run_id).startswith("models:/")  # runs:/ID/model
     assert {
         "job.yaml",
         "strokes.json",
-        "model/model.pt",
         "plots/learning_curve.png",
         "plots/scaling_vectors.png",
     } | grids <= paths

@@ -151,13 +151,19 @@ def test_two_worker_hyper_convnet_job_end_to_end(tmp_path: Path) -> None:
     run = client.get_run(summary["run_id"])
     m = run.data.metrics
     assert run.data.tags["hyperctl.task"] == "image_classification"
-    assert m["params_hypernetwork"] == 4240 and m["generated_kernel_weights"] == 12544
+    tags = run.data.tags
+    assert tags["hyperctl.params_hypernetwork"] == "4240" and tags["hyperctl.generated_kernel_weights"] == "12544"
+    assert not any("params" in k or "kernel_weights" in k for k in m), m  # counts are tags, not one-point charts
     # 40 steps of 64 images learn digits well beyond chance (0.9 error); a broken pipeline does not
-    assert 0.0 <= m["test_error"] < 0.5 and 0.0 <= m["valid_error"] < 0.5, m
+    assert 0.0 <= m["final/test_error"] < 0.5 and 0.0 <= m["valid_error"] < 0.5, m
+    assert m["final/valid_error"] == m["valid_error"] and "final/test_loss" in m
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_error")] == [20, 40]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/generated_kernels.png", "plots/learning_curve.png"}
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model", "images.json", "job.yaml"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"images.json", "job.yaml"}
+    from service.io import tracking
+
+    assert tracking.run_model_uri(summary["tracking_uri"], run.info.run_id).startswith("models:/")  # runs:/ID/model
     checkpoints = sorted(p.name for p in (tmp_path / "runs" / "mnist-e2e").glob("checkpoint_0*"))
     assert checkpoints == ["checkpoint_00000020", "checkpoint_00000040"]
     # the generated kernel is not a stored parameter: the state dict holds embeddings and the hypernetwork
@@ -252,3 +258,46 @@ def test_augmentation_keeps_the_batch_on_its_device() -> None:
     x = torch.empty(8, 3, 6, 6, device="meta")
     out = augment(x, 2, True)
     assert out.device == x.device and out.shape == x.shape
+
+
+def test_evaluate_gives_the_error_rate_on_idx_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``hyperctl evaluate CHECKPOINT --images --labels``: the error the loop's own evaluation gives on
+    the same images (standardised with the training statistics), gzip'd or not; bad files exit 2."""
+    import torch
+
+    from service.cli import main
+    from service.tasks.image_classification.loop import evaluate as loop_evaluate
+    from service.tasks.image_classification.model import build_model
+    from service.worker import checkpoint as ckpt
+
+    spec = validate_job(idx_job(tmp_path))
+    prepared = prepare_images(spec, str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = build_model(spec, prepared.shape, prepared.num_classes).eval()
+    folder = tmp_path / "checkpoint_00000002"
+    meta = {"spec": spec.model_dump(mode="json"), "world_size": 1, "data_root": prepared.root}
+    ckpt.save(
+        folder, 0, ckpt.Position(step=2), None, model=model, optimizer=torch.optim.SGD(model.parameters()), meta=meta
+    )
+    x, y = load_split(prepared, "test")
+    mean, std = torch.tensor(prepared.mean).view(1, -1, 1, 1), torch.tensor(prepared.std).view(1, -1, 1, 1)
+    want, _ = loop_evaluate(model, x, y, mean, std, 8)
+    images = write_idx(tmp_path / "imgs.idx", x[:, 0].numpy(), gz=False)
+    labels = write_idx(tmp_path / "labels.gz", y.numpy())
+    assert main(["evaluate", str(folder), "--images", images, "--labels", labels]) == 0
+    out = capsys.readouterr().out
+    assert f"eval/imgs/error {want:.6g}" in out and f"{images}: 20 images, {round(want * 20)} misclassified" in out
+    write_idx(tmp_path / "short.gz", y.numpy()[:5])
+    assert main(["evaluate", str(folder), "--images", images, "--labels", str(tmp_path / "short.gz")]) == 2
+    assert (
+        f"--labels: {tmp_path / 'short.gz'} has 5 labels but {images} (--images) has 20 images"
+        in capsys.readouterr().err
+    )
+    big = write_idx(tmp_path / "big.gz", np.zeros((3, 32, 32)))
+    assert main(["evaluate", str(folder), "--images", big, "--labels", write_idx(tmp_path / "l3.gz", np.zeros(3))]) == 2
+    err = capsys.readouterr().err
+    assert f"--images: {big}: expected 1x28x28 images (what the model was trained on), found 1x32x32" in err
+    assert main(["evaluate", str(folder), "--images", labels, "--labels", labels]) == 2
+    assert "--images: expected an idx images (magic 00000803)" in capsys.readouterr().err
+    assert main(["evaluate", str(folder), "--text", images]) == 2
+    assert "--text is for char_lm models" in capsys.readouterr().err

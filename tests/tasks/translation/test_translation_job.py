@@ -168,7 +168,7 @@ def test_tsv_and_parquet_corpora(tmp_path: Path) -> None:
     message = prepare_error(job, tmp_path)
     assert "data.valid.tgt_column: " in message and "has no column 'german'" in message
     (tmp_path / "train.tsv").write_text(f"{en[0]}\t{fr[0]}\nno tab here\n", encoding="utf-8")
-    job["data"]["valid"] = {"tsv": str(tmp_path / "train.tsv")}
+    job["data"]["valid"] = dict(bad, tgt_column="french")
     assert (
         f"data.train.tsv: {tmp_path / 'train.tsv'} line 2: expected source TAB target, found 0 tabs"
         in prepare_error(job, tmp_path)
@@ -203,13 +203,25 @@ def test_two_worker_translation_job_end_to_end(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=summary["tracking_uri"])
     run = client.get_run(summary["run_id"])
     m = run.data.metrics
-    assert {"valid_bleu", "valid_ppl", "test_bleu", "test_bleu_flickr16", "train_ppl", "tokens_per_s"} <= set(m)
-    assert 0.0 <= m["test_bleu"] <= 100.0 and m["test_bleu"] == m["test_bleu_flickr16"]
+    assert {"valid_bleu", "valid_ppl", "train_ppl", "tokens_per_s"} <= set(m)
+    assert {"final/valid_bleu", "final/valid_ppl", "final/test_bleu", "final/test_bleu_flickr16"} <= set(m)
+    assert 0.0 <= m["final/test_bleu"] <= 100.0 and m["final/test_bleu"] == m["final/test_bleu_flickr16"]
+    assert m["final/valid_bleu"] == m["valid_bleu"]
     assert 1.0 < m["valid_ppl"] < 200.0  # a 200-piece vocabulary: learning moved it below uniform
     assert run.data.tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    # the filters' counts (pairs.json's mlflow_params), and the [data] line that said them
+    assert {k: v for k, v in run.data.params.items() if k.startswith(("data.dropped.", "data.train_pairs"))} == {
+        "data.dropped.too_short": "0",
+        "data.dropped.too_long": "0",
+        "data.dropped.ratio": "0",
+        "data.train_pairs": "300",
+        "data.train_pairs_read": "300",
+    }
+    assert "300 training pairs in 1 shard(s) (none dropped of 300 read)" in proc.stdout
     assert [h.step for h in client.get_metric_history(run.info.run_id, "valid_bleu")] == [10, 20]
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "subwords", "translations", "plots", "sample_translations.txt", "pairs.json"} <= paths
+    assert {"subwords", "translations", "plots", "sample_translations.txt", "pairs.json"} <= paths
+    assert tracking.run_model_uri(summary["tracking_uri"], run.info.run_id).startswith("models:/")  # runs:/ID/model
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {
         "plots/attention.png",
         "plots/learning_curve.png",
@@ -254,3 +266,39 @@ def test_runs_and_models_of_the_old_task_name_resume_and_load(tmp_path: Path) ->
     old_dump["task"] = "nmt"
     old_dump["train"] |= {"eval_max_symbols": None, "sample_length": 300}
     assert saved_spec(old_dump) == spec
+
+
+def test_evaluate_gives_bleu_with_its_signature(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``hyperctl evaluate CHECKPOINT --source --reference``: sacreBLEU of the model's translations (the
+    translator's own output scored by sacreBLEU), its signature printed; misaligned files exit 2."""
+    import torch
+
+    from service.cli import main
+    from service.tasks.translation.translate import bleu
+
+    job = translation_job(tmp_path, n_train=120)
+    job["model"] |= {"beam_size": 1, "max_decode_ratio": 0.1}  # an untrained model decodes to the length limit
+    spec = validate_job(job)
+    prepared = prepare_corpus(spec, str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = build_model(spec, *prepared.vocab_sizes)
+    folder = tmp_path / "checkpoint_00000010"
+    meta = {"spec": spec.model_dump(mode="json"), "world_size": 1, "data_root": prepared.root}
+    ckpt.save(
+        folder, 0, ckpt.Position(step=10), None, model=model, optimizer=torch.optim.Adam(model.parameters()), meta=meta
+    )
+    pair = write_pair(tmp_path, "held", 3, "test_2016_flickr")
+    want, signature = bleu(
+        load_translator(str(folder)).translate(multi30k_lines("test_2016_flickr", "en", 3)),
+        multi30k_lines("test_2016_flickr", "fr", 3),
+    )
+    assert main(["evaluate", str(folder), "--source", pair["src"], "--reference", pair["tgt"]]) == 0
+    out = capsys.readouterr().out
+    assert f"sacreBLEU signature: {signature}" in out and signature.startswith("nrefs:1|case:mixed")
+    assert f"eval/held/bleu {want:.6g}" in out and f"{pair['src']}: 3 sentences translated" in out
+    short = tmp_path / "short.fr"
+    short.write_text("Un chien.\n", encoding="utf-8")
+    assert main(["evaluate", str(folder), "--source", pair["src"], "--reference", str(short)]) == 2
+    assert f"--reference: {short} has 1 lines, {pair['src']} (--source) has 3" in capsys.readouterr().err
+    assert main(["evaluate", str(folder), "--split", "test"]) == 2
+    assert "give --source FILE and --reference FILE for a translation model" in capsys.readouterr().err
