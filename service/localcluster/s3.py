@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+_GRPC_FLAGS = ("-master.port.grpc", "-volume.port.grpc", "-filer.port.grpc", "-s3.port.grpc")
 START_TIMEOUT_S = 60.0
 
 
@@ -176,10 +177,15 @@ class WeedProcess:
         return self._launch()
 
     def restart(self) -> S3Server:
-        """Start the stopped server again: the same ports, identity and data (an outage ending)."""
+        """Start the stopped server again: the same endpoint, identity and data (an outage ending).
+        The internal gRPC ports are chosen anew: while the server was down another process may have
+        taken one (its HTTP ports are kept: the master's raft state and the topology record them)."""
         if self.proc is None or self.server is None:
             raise RuntimeError("restart() needs a server started before")
         self.stop()
+        self.grpc_ports = free_ports(4)
+        for flag, port in zip(_GRPC_FLAGS, self.grpc_ports, strict=True):
+            self._cmd[self._cmd.index(flag) + 1] = str(port)
         return self._launch()
 
     def _launch(self) -> S3Server:
