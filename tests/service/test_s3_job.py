@@ -237,7 +237,8 @@ def _outages_and_secrets(tmp_path: Path, weed, s3_server, tracking_uri: str, mlf
     stored = objects(s3, bucket, f"{prefix}/runs/")
     # Prepared data (Parquet + vocabulary) cached on S3.
     datasets = [k for k in stored if k.startswith(f"{prefix}/runs/datasets/")]
-    assert any(k.endswith("/train.parquet") for k in datasets) and any(k.endswith("/vocab.json") for k in datasets)
+    assert any(k.endswith("/train-00000.parquet") for k in datasets)
+    assert any(k.endswith("/vocab.json") for k in datasets)
     # Every registered checkpoint complete and intact on S3; the latest loads and is at the final step.
     names = registered(s3, bucket, run)
     assert names == ["checkpoint_00000020", "checkpoint_00000040", "checkpoint_00000060"]
