@@ -1,5 +1,7 @@
 """Shared fixtures: a real S3 server (SeaweedFS) and environments pointing at it.
 
+* ``weed`` (session): its process (:class:`tests.s3server.WeedProcess`): ``stop()`` and ``restart()``
+  (same port, identity and data) play a storage outage; a test that stops it restarts it.
 * ``s3_server`` (session): the running server, see :class:`tests.s3server.S3Server`
   (``endpoint``, ``access_key``, ``secret_key``, ``bucket``, ``env()``, ``client()``).
   Pass ``{**os.environ, **s3_server.env()}`` to subprocesses.
@@ -35,13 +37,19 @@ AWS_VARS = (
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
+def weed(tmp_path_factory: pytest.TempPathFactory):
     proc = WeedProcess(tmp_path_factory.mktemp("seaweedfs"))
-    server = proc.start()
+    proc.start()
     try:
-        yield server
+        yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(weed: WeedProcess) -> S3Server:
+    assert weed.server is not None
+    return weed.server
 
 
 @pytest.fixture

@@ -135,7 +135,12 @@ def chromium(url: str, profile: Path, *extra: str, timeout: float = 120) -> subp
 class TcpProxy:
     """A loopback TCP proxy in front of ``upstream`` (host, port), to play storage faults: ``down``
     drops every connection (open ones and new ones) until ``up``; ``delay_s`` holds each chunk of
-    data that long before passing it on (a slow link)."""
+    data that long before passing it on (a slow link).
+
+    ``hold(pattern)``: every request whose bytes contain ``pattern`` waits in the proxy (``held`` is
+    set once one does) until ``release``; other requests pass. A test uses it to start an outage at
+    an exact point of a job: e.g. hold the first request of checkpoint 40's upload, stop the server,
+    then release it into the outage, however fast the job trains."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         import socket
@@ -146,6 +151,9 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._pattern = b""
+        self._released = threading.Event()
+        self.held = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -162,7 +170,17 @@ class TcpProxy:
     def up(self) -> None:
         self.is_down = False
 
+    def hold(self, pattern: bytes) -> None:
+        self._released.clear()
+        self.held.clear()
+        self._pattern = pattern
+
+    def release(self) -> None:
+        self._pattern = b""
+        self._released.set()
+
     def close(self) -> None:
+        self.release()
         self.down()
         self._listener.close()
 
@@ -185,16 +203,20 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, from_client in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, from_client), daemon=True).start()
 
-    def _pump(self, src, dst) -> None:
+    def _pump(self, src, dst, from_client: bool) -> None:
         import time
 
         try:
             while data := src.recv(65536):
                 if self.delay_s:
                     time.sleep(self.delay_s)
+                pattern = self._pattern
+                if from_client and pattern and pattern in data:
+                    self.held.set()
+                    self._released.wait()
                 dst.sendall(data)
         except OSError:
             pass

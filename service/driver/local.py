@@ -417,13 +417,16 @@ def run_job(
     trainer = build_trainer(spec, prepared.root, uri, run_id, progress=queue, verbose=verbose)
     error: str | None = None
     preempted: dict[str, Any] | None = None
+    printer = QueuePrinter(queue, out)
     try:
-        with QueuePrinter(queue, out), _PreemptOnSigterm(run_dir(spec), say, PREEMPT_GRACE_S):
+        with printer, _PreemptOnSigterm(run_dir(spec), say, PREEMPT_GRACE_S):
             result = trainer.fit()
         if result.error:
             raise result.error
         # The workers' outcome files are read from storage: an outage at the very end is waited out too.
-        storage.wait_reachable(spec.storage, "reading the job's outcome", say)
+        storage.wait_reachable(
+            spec.storage, "reading the job's outcome", say, storage.wait_delays(spec.storage_retry_s)
+        )
         preempted = preemption.read_outcome(run_dir(spec))
         recorded = failure.recorded_error(failure_file)  # a deterministic error, its retry skipped
         if recorded is not None:
@@ -447,7 +450,8 @@ def run_job(
             recorded = failure.recorded_error(failure_file)
         except storage.StorageError:  # storage unreachable: Ray's error is what is known
             recorded = None
-        error = recorded or failure.describe(e)
+        # A worker's storage retries ran out: that is the cause, not the restarted attempts' errors.
+        error = recorded or printer.cause or failure.describe(e)
     finally:
         try:
             ray.kill(queue.actor)  # type: ignore[arg-type]  # an ActorHandle; Ray's hint also allows its class

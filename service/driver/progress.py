@@ -58,10 +58,13 @@ def format_event(ev: dict[str, Any]) -> str:
 
 
 class QueuePrinter:
-    """Drains a ``ray.util.queue.Queue`` in a background thread and prints each event."""
+    """Drains a ``ray.util.queue.Queue`` in a background thread and prints each event. ``cause``:
+    the first error event marked ``cause`` (a worker's reason for the job to fail, e.g. its storage
+    retries running out, sent by every rank that meets it), for the driver to report once."""
 
     def __init__(self, queue: Any, out: TextIO | None = None) -> None:
         self.queue, self.out = queue, out or sys.stdout
+        self.cause: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="hyperctl-progress")
 
@@ -75,6 +78,9 @@ class QueuePrinter:
         self._drain()
 
     def _print(self, ev: dict[str, Any]) -> None:
+        if ev.get("cause"):  # kept, not printed: the driver ends with it as the job's error
+            self.cause = self.cause or str(ev["message"])
+            return
         print(format_event(ev), file=self.out, flush=True)
 
     def _drain(self) -> None:

@@ -19,7 +19,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -30,14 +30,37 @@ DEFAULT_REGION = "us-east-1"
 _TIMEOUTS = {"connect_timeout": 10.0, "request_timeout": 60.0}
 # check_reachable: answer within seconds, no retries, so that `hyperctl validate` stays fast.
 _PROBE_TIMEOUTS = {"connect_timeout": 2.0, "request_timeout": 5.0}
-# Ray's uploads (checkpoints): the AWS SDK's standard retries, exponential backoff up to 20 s each.
-_UPLOAD_ATTEMPTS = 10
-# wait_reachable: waits of 1, 2, 4, 8, 16, 30, 30 ... s, about 2.5 minutes in all.
-WAIT_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0)
+# Ray's own requests (its checkpoint-manager snapshot, checkpoint downloads on restore): the AWS SDK's
+# standard retries, exponential backoff up to 20 s each (about a minute against a refused connection).
+_RAY_ATTEMPTS = 10
+# How long a checkpoint write waits out an unreachable storage by default (the job's storage_retry_s).
+DEFAULT_RETRY_S = 150.0
+_MAX_DELAY_S = 30.0
+
+T = TypeVar("T")
+
+
+def wait_delays(budget_s: float) -> tuple[float, ...]:
+    """The waits between attempts within ``budget_s`` seconds: 1, 2, 4, 8, 16, 30, 30 ... s, the last
+    one shortened so that they add up to the budget (150 s: 1, 2, 4, 8, 16, 30, 30, 30, 29)."""
+    delays: list[float] = []
+    total, delay = 0.0, 1.0
+    while total < budget_s - 1e-9:
+        delays.append(min(delay, budget_s - total))
+        total += delays[-1]
+        delay = min(delay * 2, _MAX_DELAY_S)
+    return tuple(delays)
+
+
+WAIT_DELAYS_S = wait_delays(DEFAULT_RETRY_S)
 
 
 class StorageError(OSError):
     """A storage URI that is malformed, unreachable or refused; the message is meant for users."""
+
+
+class StorageUnreachableError(StorageError):
+    """The storage stayed unreachable through every retry (:func:`retrying`)."""
 
 
 def is_s3(uri: str) -> bool:
@@ -88,8 +111,25 @@ def _s3_filesystem(timeouts: dict[str, float], retries: int | None = None) -> pa
             raise StorageError(f"AWS endpoint {endpoint!r}: expected http(s)://host[:port]")
         kwargs.update(endpoint_override=parts.netloc, scheme=parts.scheme)
     if retries is not None:
-        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=retries)
+        return _RetryingS3FileSystem(retries, **kwargs)
     return pafs.S3FileSystem(**kwargs)
+
+
+class _RetryingS3FileSystem(pafs.S3FileSystem):
+    """An S3FileSystem whose retry strategy survives pickling. pyarrow's own ``__reduce__`` leaves
+    ``retry_strategy`` out, so the filesystem Ray ships to its controller and workers would fall back
+    to the SDK's default of 3 quick attempts (about a second against a refused connection)."""
+
+    def __init__(self, attempts: int, **kwargs: Any) -> None:
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts), **kwargs)
+        self._rebuild = (attempts, kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_retrying, self._rebuild
+
+
+def _rebuild_retrying(attempts: int, kwargs: dict[str, Any]) -> _RetryingS3FileSystem:
+    return _RetryingS3FileSystem(attempts, **kwargs)
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -284,14 +324,53 @@ def storage_options_for_ray(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig``.
 
     S3: ``bucket/prefix`` without the scheme plus an S3FileSystem configured like ours (so that
-    custom endpoints and credentials reach the Ray workers), whose requests are retried with
-    backoff (a checkpoint upload survives a short outage). Local: the absolute path and None.
+    custom endpoints and credentials reach the Ray workers), whose requests the SDK retries with
+    backoff, also on Ray's controller and workers (it survives pickling): Ray's own writes (its
+    checkpoint-manager snapshot after each checkpoint) and reads (a restore) ride out a short outage.
+    The checkpoint files themselves are uploaded by the worker (``Worker.save_checkpoint``), with
+    retries said in lines. Local: the absolute path and None.
     """
     _check_scheme(uri)
     if not is_s3(uri):
         return filesystem_for(uri)[1], None
     bucket, key = _split_s3(uri)
-    return f"{bucket}/{key}" if key else bucket, _s3_filesystem(_TIMEOUTS, retries=_UPLOAD_ATTEMPTS)
+    return f"{bucket}/{key}" if key else bucket, _s3_filesystem(_TIMEOUTS, retries=_RAY_ATTEMPTS)
+
+
+def retrying(
+    action: Callable[[], T],
+    uri: str,
+    what: str,
+    say: Callable[[str], None],
+    delays: tuple[float, ...] = WAIT_DELAYS_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``action()``, tried again after each of ``delays`` while it raises OSError (a StorageError, or
+    pyarrow's own), each failure said in one line; StorageUnreachableError naming the storage, the
+    attempts and the last error when the delays run out. ``what`` is what waits ("checkpoint 40")."""
+    for attempt, delay in enumerate((*delays, None), 1):
+        try:
+            result = action()
+        except OSError as e:
+            error = e if isinstance(e, StorageError) else _describe(uri, e)
+            if delay is None:
+                # Ray retries a failed checkpoint upload whose message carries an AWS error code (three
+                # more rounds of every delay): this one is final, so its codes are written otherwise.
+                last = re.sub(r"AWS Error (\w+)", r"AWS error \1", str(error))
+                raise StorageUnreachableError(
+                    f"{what}: storage {uri} unreachable after {attempt} attempts over "
+                    f"{sum(delays):.0f} s; the previous checkpoint is kept. Last error: {last}"
+                ) from None
+            say(
+                f"[storage] {what}: {uri} unreachable ({error}); "
+                f"attempt {attempt} of {len(delays) + 1}, retry in {delay:.0f} s"
+            )
+            sleep(delay)
+            continue
+        if attempt > 1:
+            say(f"[storage] {uri} reachable again: {what} continues")
+        return result
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def wait_reachable(
@@ -302,29 +381,14 @@ def wait_reachable(
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
     """Return once ``uri`` can be written (:func:`check_reachable`), waiting with growing delays
-    while it cannot, each wait said in one line; StorageError naming the storage, the attempts and
-    the last error when the delays run out. ``what`` is what waits (e.g. "checkpoint 40")."""
-    for attempt, delay in enumerate((*delays, None), 1):
-        try:
-            check_reachable(uri, writable=True)
-            if attempt > 1:
-                say(f"[storage] {uri} reachable again: {what} continues")
-            return
-        except StorageError as e:
-            if delay is None:
-                raise StorageError(
-                    f"{what}: storage {uri} unreachable after {attempt} attempts over "
-                    f"{sum(delays):.0f} s; the previous checkpoint is kept. Last error: {e}"
-                ) from None
-            say(
-                f"[storage] {what}: {uri} unreachable ({e}); "
-                f"attempt {attempt} of {len(delays) + 1}, retry in {delay:.0f} s"
-            )
-            sleep(delay)
+    while it cannot, each wait said in one line (:func:`retrying`)."""
+    retrying(lambda: check_reachable(uri, writable=True), uri, what, say, delays, sleep)
 
 
 __all__ = [
+    "DEFAULT_RETRY_S",
     "StorageError",
+    "StorageUnreachableError",
     "check_reachable",
     "delete",
     "ensure_dir",
@@ -334,8 +398,10 @@ __all__ = [
     "join",
     "open_input",
     "read_bytes",
+    "retrying",
     "size",
     "storage_options_for_ray",
+    "wait_delays",
     "wait_reachable",
     "write_bytes_atomic",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+_GRPC_FLAGS = ("-master.port.grpc", "-volume.port.grpc", "-filer.port.grpc", "-s3.port.grpc")
 START_TIMEOUT_S = 60.0
 
 
@@ -86,6 +87,8 @@ class WeedProcess:
         self.log_path = self.workdir / "weed.log"
         self.proc: subprocess.Popen | None = None
         self.grpc_ports: list[int] = []
+        self.server: S3Server | None = None
+        self._cmd: list[str] = []
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -156,6 +159,9 @@ class WeedProcess:
             "-s3.port.lance",
             "0",
             "-master.telemetry=false",
+            # One master: a restart (restart(), an outage ending) need not wait out the 10 s election.
+            "-master.electionTimeout",
+            "2s",
             # Behave like AWS: writing to a missing bucket fails instead of creating it.
             "-s3.autoCreateBucket=false",
             # Small volumes so that a test bucket does not reserve gigabytes; quick shutdown.
@@ -166,42 +172,66 @@ class WeedProcess:
             "-volume.preStopSeconds",
             "0",
         ]
-        with open(self.log_path, "wb") as log:
+        self._cmd = cmd
+        self.server = S3Server(f"http://{HOST}:{s3}", access_key, secret_key, self.bucket)
+        return self._launch()
+
+    def restart(self) -> S3Server:
+        """Start the stopped server again: the same endpoint, identity and data (an outage ending).
+        The internal gRPC ports are chosen anew: while the server was down another process may have
+        taken one (its HTTP ports are kept: the master's raft state and the topology record them)."""
+        if self.proc is None or self.server is None:
+            raise RuntimeError("restart() needs a server started before")
+        self.stop()
+        self.grpc_ports = free_ports(4)
+        for flag, port in zip(_GRPC_FLAGS, self.grpc_ports, strict=True):
+            self._cmd[self._cmd.index(flag) + 1] = str(port)
+        return self._launch()
+
+    def _launch(self) -> S3Server:
+        assert self.server is not None
+        with open(self.log_path, "ab") as log:
             # TMPDIR keeps weed's own log files out of /tmp.
             self.proc = subprocess.Popen(
-                cmd,
+                self._cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 env={**os.environ, "TMPDIR": str(self.workdir)},
                 start_new_session=True,
             )
-        server = S3Server(f"http://{HOST}:{s3}", access_key, secret_key, self.bucket)
         try:
-            self._create_bucket(server)
+            self._create_bucket(self.server)
         except BaseException:
             self.stop()
             raise
-        return server
+        return self.server
 
     def _create_bucket(self, server: S3Server) -> None:
-        """Retry until the whole stack (master, volume, filer, gateway) accepts a CreateBucket."""
+        """Retry until the whole stack (master, volume, filer, gateway) accepts a CreateBucket and
+        stores and returns an object (after a restart the gateway answers before the volume server
+        has re-registered its volumes, and reads of older objects fail until it has)."""
         client = server.client(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
         deadline, last = time.monotonic() + START_TIMEOUT_S, "no attempt"
         assert self.proc is not None  # called by start()
+        probe = ".weed-ready-probe"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed server exited with code {self.proc.returncode}; log tail:\n{self.log_tail()}")
             try:
-                client.create_bucket(Bucket=server.bucket)
-                return
-            except client.exceptions.BucketAlreadyOwnedByYou:  # a data folder used before
-                return
+                try:
+                    client.create_bucket(Bucket=server.bucket)
+                except client.exceptions.BucketAlreadyOwnedByYou:  # a data folder used before
+                    pass
+                client.put_object(Bucket=server.bucket, Key=probe, Body=b"ready")
+                if client.get_object(Bucket=server.bucket, Key=probe)["Body"].read() == b"ready":
+                    client.delete_object(Bucket=server.bucket, Key=probe)
+                    return
             except Exception as e:  # connection refused / 5xx while the stack comes up
                 last = f"{type(e).__name__}: {e}"
-                time.sleep(0.25)
+            time.sleep(0.25)
         raise RuntimeError(
-            f"SeaweedFS S3 at {server.endpoint} did not accept CreateBucket within "
+            f"SeaweedFS S3 at {server.endpoint} did not store and return an object within "
             f"{START_TIMEOUT_S:.0f}s (last error: {last}); log tail:\n{self.log_tail()}"
         )
 

@@ -242,6 +242,13 @@ class JobSpec(Strict):
     train: TrainSpec
     resources: ResourcesSpec = ResourcesSpec()
     storage: str = Field("./runs", min_length=1, description="checkpoint root: a local folder or s3://bucket/prefix")
+    storage_retry_s: float = Field(
+        150.0,
+        gt=0.0,
+        description="seconds a checkpoint write (and the driver's final read) waits out an unreachable storage, "
+        "retrying after 1, 2, 4, 8, 16, then every 30 s and saying each wait in a line, before the job fails "
+        "naming the storage (the previous checkpoint is kept; relaunching resumes from it)",
+    )
     tracking: TrackingSpec = TrackingSpec()
     search: SearchSpec | None = Field(None, description="makes the job a search campaign (service/driver/campaign.py)")
 

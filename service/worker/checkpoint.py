@@ -30,13 +30,21 @@ wrote. :func:`verify` checks a checkpoint against them (every rank's list presen
 there with its size and checksum) and :func:`load` refuses one that fails
 (:class:`CorruptCheckpointError`); the worker then resumes from the previous checkpoint
 (:meth:`service.worker.worker.Worker.restore`).
+
+Upload: a rank's files reach the storage through :func:`upload` (Ray's ``checkpoint_upload_fn``,
+see ``Worker.save_checkpoint``): each file is written, read back and checked against its listed
+size and SHA-256, and written again (with backoff) until it verifies or the retries run out. Ray
+registers a checkpoint only once every rank's upload returned, so a registered checkpoint is one
+whose every file verifiably arrived.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +77,47 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_CHUNK = 1 << 20
+
+
+def _put_verified(fs: Any, source: Path, path: str, want: dict[str, Any]) -> None:
+    """Write ``source`` to ``path`` on ``fs``, read it back, and raise OSError unless its size and
+    SHA-256 are ``want``'s."""
+    with source.open("rb") as f, fs.open_output_stream(path, compression=None) as out:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            out.write(block)
+    h, size = hashlib.sha256(), 0
+    with fs.open_input_stream(path, compression=None) as back:
+        while block := back.read(_CHUNK):
+            h.update(block)
+            size += len(block)
+    if size != want["size"]:
+        raise OSError(f"{source.name}: {size:,} bytes arrived, {want['size']:,} were written")
+    if h.hexdigest() != want["sha256"]:
+        raise OSError(f"{source.name}: arrived with another SHA-256 than the one written")
+
+
+def upload(
+    directory: str | Path,
+    rank: int,
+    fs: Any,
+    destination: str,
+    retry: Callable[[Callable[[], None]], None],
+) -> list[str]:
+    """Copy ``rank``'s part of a checkpoint from ``directory`` to ``destination`` on ``fs`` (a pyarrow
+    filesystem), each file verified once written (read back: size and SHA-256 as listed in
+    ``files_rank_<r>.json``, the list itself by its own). ``retry`` runs each file's write-and-check
+    until it passes (:func:`service.io.storage.retrying`). Returns the names uploaded."""
+    directory = Path(directory)
+    listing = directory / files_file(rank)
+    listed: dict[str, Any] = json.loads(listing.read_text())["files"]
+    listed[listing.name] = {"size": listing.stat().st_size, "sha256": _sha256(listing)}
+    retry(lambda: fs.create_dir(destination, recursive=True))
+    for name, want in listed.items():  # the list last: its presence says the rank's files are there
+        retry(functools.partial(_put_verified, fs, directory / name, f"{destination}/{name}", want))
+    return list(listed)
 
 
 def verify(directory: str | Path) -> list[str]:
@@ -231,5 +280,6 @@ __all__ = [
     "rng_state",
     "save",
     "set_rng_state",
+    "upload",
     "verify",
 ]

@@ -57,7 +57,11 @@ def where(tb_text: str) -> str | None:
 
 
 def describe(error: BaseException, tb_text: str | None = None) -> str:
-    """``Type: message (at file:line in function)``; for Ray's ``WorkerGroupError``, each rank's."""
+    """``Type: message (at file:line in function)``; for Ray's ``WorkerGroupError``, each rank's; for
+    its ``ControllerError`` (e.g. its own write to the storage failed), the controller's exception."""
+    controller_failure = getattr(error, "controller_failure", None)
+    if isinstance(controller_failure, BaseException):
+        return "Ray Train's controller failed: " + describe(controller_failure)
     failures: dict[int, BaseException] | None = getattr(error, "worker_failures", None)
     if failures:
         text = str(error)  # Ray's message holds each rank's traceback

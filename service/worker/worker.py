@@ -23,6 +23,7 @@ and preemption: SIGTERM ends the job after the current step with a checkpoint at
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -152,9 +153,10 @@ class Worker(Generic[J]):
         self._scale = 1.0  # what the step's micro-batch losses were divided by (see backward)
         self._evaluated_at = -1  # the step of the latest evaluation
 
-    def emit(self, **event: Any) -> None:
-        """A progress event for the driver's terminal (rank 0 only; never blocks training)."""
-        if self.rank == 0 and self.progress is not None:
+    def emit(self, every_rank: bool = False, **event: Any) -> None:
+        """A progress event for the driver's terminal (rank 0 only, unless ``every_rank``: a cause of
+        failure that any rank may meet first; never blocks training)."""
+        if (self.rank == 0 or every_rank) and self.progress is not None:
             try:
                 self.progress.put_nowait(event)
             except Exception:  # a full or vanished queue never stops training
@@ -440,30 +442,38 @@ class Worker(Generic[J]):
         the buffered metrics to MLflow: everything in MLflow is covered by a checkpoint."""
         import ray.train
 
-        # Storage down: wait (said, with backoff) rather than fail the upload; Ray's own S3 client
-        # retries within it (service.io.storage.storage_options_for_ray).
-        storage.wait_reachable(run_dir(self.spec), f"checkpoint {pos.step}", self._say)
-        folder = tempfile.mkdtemp(prefix=f"hyperctl-ckpt-{self.rank}-")
+        # Storage down: wait (said, with backoff) before anything is written; then every file of the
+        # checkpoint is uploaded and verified by this worker (_upload), with retries said the same way.
+        what = f"checkpoint {pos.step}"
         try:
-            meta = {"spec": self.spec.model_dump(mode="json"), "world_size": self.world, **meta}
-            ckpt.save(
-                folder,
-                self.rank,
-                pos,
-                recurrent_state,
-                model=model,
-                optimizer=optimizer,
-                meta=meta,
-                grad_scaler=self.amp.state_dict(),
-                controls=self.controls_state(),
-            )
-            ray.train.report(
-                {"step": pos.step, "epoch": pos.epoch, **self.last, CHECKPOINT_SCORE: self.checkpoint_score(pos)},
-                checkpoint=ray.train.Checkpoint.from_directory(folder),
-                checkpoint_dir_name=f"checkpoint_{pos.step:08d}",
-            )
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            storage.wait_reachable(run_dir(self.spec), what, self._say_all, self._delays())
+            folder = tempfile.mkdtemp(prefix=f"hyperctl-ckpt-{self.rank}-")
+            try:
+                meta = {"spec": self.spec.model_dump(mode="json"), "world_size": self.world, **meta}
+                ckpt.save(
+                    folder,
+                    self.rank,
+                    pos,
+                    recurrent_state,
+                    model=model,
+                    optimizer=optimizer,
+                    meta=meta,
+                    grad_scaler=self.amp.state_dict(),
+                    controls=self.controls_state(),
+                )
+                ray.train.report(
+                    {"step": pos.step, "epoch": pos.epoch, **self.last, CHECKPOINT_SCORE: self.checkpoint_score(pos)},
+                    checkpoint=ray.train.Checkpoint.from_directory(folder),
+                    checkpoint_dir_name=f"checkpoint_{pos.step:08d}",
+                    checkpoint_upload_fn=functools.partial(self._upload, what),
+                )
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        except storage.StorageUnreachableError as e:
+            # The job's failure cause (the driver reports it): Ray's own error would be a restarted
+            # attempt's, which fails at once on the same storage.
+            self.emit(every_rank=True, event="error", message=str(e), cause=True)
+            raise
         if self.tracker is not None:
             self.tracker.flush()
         self.emit(event="checkpoint", step=pos.step)
@@ -475,10 +485,39 @@ class Worker(Generic[J]):
         rank 0, unless the job was preempted (a relaunch continues it; the finish is the finished run's)."""
         return self.rank == 0 and self.preempted_at is None
 
-    def _say(self, line: str) -> None:
-        """A line for the terminal (rank 0's progress) and every rank's log."""
-        self.emit(event="info", text=line)
+    def _delays(self) -> tuple[float, ...]:
+        """The waits of a storage retry: ``storage_retry_s`` of the job."""
+        return storage.wait_delays(self.spec.storage_retry_s)
+
+    def _upload(self, what: str, checkpoint: Any, dir_name: str) -> Any:
+        """Ray's ``checkpoint_upload_fn``: this rank's files to ``<storage>/<name>/<dir_name>``, each
+        verified once written and retried while the storage is unreachable (:func:`ckpt.upload`).
+        The requests go through our own client, which fails fast, so that every retry is said; the
+        checkpoint returned names Ray's filesystem, as Ray requires of a checkpoint it manages."""
+        import ray.train
+
+        context = ray.train.get_context().get_storage()
+        destination = context.build_checkpoint_path_from_name(dir_name)
+        fs, _ = storage.filesystem_for(run_dir(self.spec))
+        uri = storage.join(run_dir(self.spec), dir_name)
+        delays = self._delays()
+        ckpt.upload(
+            checkpoint.path,
+            self.rank,
+            fs,
+            destination,
+            lambda action: storage.retrying(action, uri, what, self._say_all, delays),
+        )
+        return ray.train.Checkpoint(destination, context.storage_filesystem)
+
+    def _say(self, line: str, every_rank: bool = False) -> None:
+        """A line for every rank's log and the terminal: rank 0's, or (``every_rank``: what one rank may
+        meet alone, such as its storage requests failing) every rank's."""
+        self.emit(every_rank=every_rank, event="info", text=line)
         print(f"[hyperctl] rank {self.rank}: {line}", flush=True)
+
+    def _say_all(self, line: str) -> None:
+        self._say(line, every_rank=True)
 
     def checkpoint_score(self, pos: ckpt.Position) -> float:
         """What Ray Train ranks checkpoints by (with early stopping, see the driver's CheckpointConfig):
