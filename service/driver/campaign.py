@@ -52,7 +52,7 @@ from ..spec.loading import validate_job
 from ..spec.schema import JobSpec
 from ..spec.tree import with_values
 from ..tasks import task_of
-from ..worker import failure
+from ..worker import failure, preemption
 from ..worker.failure import FAILURE_FILE
 from .campaign_report import fmt_config, format_trials, searched_keys, write_summary
 from .local import absolute_storage, build_trainer, start
@@ -183,6 +183,12 @@ def _finished_run(spec: JobSpec, uri: str) -> dict[str, float] | None:
     return tracking.final_metrics(info["metrics"]) if info and info["status"] == "FINISHED" else None
 
 
+class TrialPreempted(RuntimeError):
+    """A trial whose workers were preempted (SIGTERM) and stopped at a checkpoint: it fails for Tune,
+    so that Tune's retry (``search.max_failures``) or ``hyperctl resume`` continues it from that
+    checkpoint, instead of recording the result of a run that did not finish."""
+
+
 def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     """Tune's trainable for one trial (runs in a Tune trial actor, which reserves no CPU: the
     trial's Train workers hold its resources)."""
@@ -218,6 +224,7 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         tracking.log_job_files(uri, run_id, spec, setup["data_root"], setup["manifest"])
     failure_file = storage.join(run_dir(spec), FAILURE_FILE)
     storage.delete(failure_file)
+    preemption.clear(run_dir(spec))
 
     total_steps = spec.train.max_steps
     report_cls = _report_to_tune_class()
@@ -239,6 +246,13 @@ def run_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         tracking.close_run(uri, run_id, recorded or failure.describe(e), only_if_running=True)
         if recorded is None:
             raise
+    preempted = preemption.read_outcome(run_dir(spec))
+    if preempted is not None:  # a worker's SIGTERM: stopped at a checkpoint, not finished
+        step = int(preempted["step"])
+        why = f"trial preempted ({preempted['by']}) at step {step}; its checkpoint is kept, a relaunch resumes from it"
+        tags = {tracking.TAG_PREEMPTED: str(step), tracking.TAG_ERROR: f"interrupted: {why}"}
+        tracking.end_run(uri, run_id, "KILLED", tags)
+        raise TrialPreempted(why)
     recorded = failure.recorded_error(failure_file)
     if recorded is not None:  # a deterministic worker error: a failed trial that a retry would repeat
         tracking.close_run(uri, run_id, recorded, only_if_running=True)
