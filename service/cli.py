@@ -579,12 +579,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="evaluate a trained model on given data (bpc, BLEU, error rate, log-loss); --log adds it to its run",
-        description=cmd_evaluate.__doc__,
-    )
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """A trained model's source (see :mod:`service.io.models`), the job whose store holds it, the store."""
     p.add_argument(
         "source",
         metavar="RUN_OR_CHECKPOINT",
@@ -592,6 +588,15 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run or model")
     _add_store(p)
+
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained model on given data (bpc, BLEU, error rate, log-loss); --log adds it to its run",
+        description=cmd_evaluate.__doc__,
+    )
+    _add_model_source(p)
     p.add_argument(
         "--split", help="a split of the data the model was trained on: valid or test (where its task has one)"
     )
@@ -710,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resume)
 
     _add_evaluate_parser(sub)
-    kit = CommandKit(add_store_options=_add_store, tracking_uri=_tracking_uri)
+    kit = CommandKit(add_store_options=_add_store, tracking_uri=_tracking_uri, add_model_source=_add_model_source)
     for task in TASKS.values():  # the tasks' own commands, e.g. translate
         if task.add_commands is not None:
             task.add_commands(sub, kit)

@@ -90,10 +90,12 @@ class SummaryAxis:
 @dataclass(frozen=True)
 class CommandKit:
     """What the CLI lends a task's own subcommands (``Task.add_commands``): the options that name an
-    MLflow tracking store, and how they resolve to a URI."""
+    MLflow tracking store, how they resolve to a URI, and the arguments that name a trained model."""
 
     add_store_options: Callable[[argparse.ArgumentParser], None]  # --tracking-uri, --storage
     tracking_uri: Callable[[argparse.Namespace], str]  # from those, or from a ``job`` argument
+    # SOURCE (run folder, checkpoint, run id, runs:/, models:/), an optional JOB.yaml and the store options
+    add_model_source: Callable[[argparse.ArgumentParser], None]
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,7 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
         help="sample text from a trained char LM (run, checkpoint or model URI)",
         description=cmd_sample.__doc__,
     )
-    p.add_argument(
-        "source",
-        metavar="RUN_OR_CHECKPOINT",
-        help="run folder, checkpoint folder, MLflow run id, runs:/RUN_ID/model or models:/NAME/VERSION",
-    )
-    p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run or model")
-    kit.add_store_options(p)
+    kit.add_model_source(p)
     p.add_argument("--length", type=int, default=200, help="symbols to sample after the prime (default 200)")
     p.add_argument("--prime", help="text to start from (default: a newline)")
     p.add_argument(

@@ -67,13 +67,7 @@ def add_commands(sub: argparse._SubParsersAction[Any], kit: CommandKit) -> None:
         help="translate stdin with a trained translation model (run, checkpoint or model URI)",
         description=cmd_translate.__doc__,
     )
-    p.add_argument(
-        "source",
-        metavar="RUN_OR_CHECKPOINT",
-        help="run folder, checkpoint folder, MLflow run id, runs:/RUN_ID/model or models:/NAME/VERSION",
-    )
-    p.add_argument("job", nargs="?", help="job YAML file whose tracking store holds the run")
-    kit.add_store_options(p)
+    kit.add_model_source(p)
     p.add_argument("--input", help="read sentences from this file instead of stdin")
     p.add_argument(
         "--beam-size", type=int, default=None, help="beam width (default: the job's model.beam_size; 1 = greedy)"
