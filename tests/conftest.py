@@ -7,10 +7,13 @@
   Pass ``{**os.environ, **s3_server.env()}`` to subprocesses.
 * ``s3_env``: sets those AWS_* variables for in-process code (monkeypatch) and returns the server.
 * ``s3_prefix``: ``s3://<bucket>/<unique folder>`` for one test, with ``s3_env`` applied.
+* ``local_ray`` (module): a new local Ray instance of 2 CPUs in this process (as ``hyperctl submit``
+  starts one), shut down after the module.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import uuid
@@ -65,3 +68,15 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 def s3_prefix(s3_env: S3Server, request: pytest.FixtureRequest) -> str:
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
     return f"s3://{s3_env.bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from service.driver.local import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

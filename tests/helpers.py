@@ -12,6 +12,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,6 +106,22 @@ def saved_as_if_on_gpu() -> Iterator[None]:
         yield
     finally:
         serialization._package_registry.remove(entry)  # torch has no public unregister
+
+
+def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until ``url`` (an MLflow server's ``/health``) answers 200; fails with the server's log if the
+    server exits or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert server.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout:.0f} s"
+        time.sleep(0.5)
 
 
 def free_port() -> int:

@@ -11,14 +11,12 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import ARTIFACTS, CHROMIUM, chromium, free_port, hyperctl, local_env, tiny_job
+from helpers import ARTIFACTS, CHROMIUM, chromium, free_port, hyperctl, local_env, tiny_job, wait_healthy
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,17 +73,7 @@ def test_mlflow_ui_shows_campaign_with_nested_trials(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
-            time.sleep(1)
+        wait_healthy(f"http://127.0.0.1:{port}/health", server, tmp_path / "mlflow-server.log")
 
         ARTIFACTS.mkdir(exist_ok=True)
         # The experiment's runs page: the campaign's run, with its two trials counted and collapsed

@@ -26,23 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from service.driver.local import init_ray, run_job
+from service.driver.local import run_job
 from service.spec.loading import validate_job
 
 from helpers import ROOT, tiny_job
 
 pytestmark = pytest.mark.slow
 MAX_STEPS, SIGNAL_AFTER = 240, 8
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ.pop("RAY_ADDRESS", None)
-    init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
 
 
 def raw_job(tmp: Path, name: str) -> dict[str, Any]:

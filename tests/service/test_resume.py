@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.driver.local import init_ray, run_job
+from service.driver.local import run_job
 from service.spec.loading import validate_job
 from service.tasks.char_lm.data import prepare_text
 from service.tasks.char_lm.synthetic import write_standin
@@ -27,16 +27,6 @@ from helpers import tiny_job
 
 pytestmark = pytest.mark.slow
 MAX_STEPS, CKPT_EVERY = 100, 25
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ.pop("RAY_ADDRESS", None)
-    init_ray(num_cpus=2)
-    yield ray
-    ray.shutdown()
 
 
 def job_spec(tmp: Path, name: str, task: str = "char_lm"):

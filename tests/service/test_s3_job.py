@@ -46,7 +46,7 @@ import yaml
 from service.io.storage import wait_delays
 from service.worker import checkpoint as ckpt
 
-from helpers import TcpProxy, free_port, hyperctl, local_env, tiny_job
+from helpers import TcpProxy, free_port, hyperctl, local_env, tiny_job, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -114,15 +114,7 @@ def mlflow_with_basic_auth(folder: Path, username: str, password: str) -> Iterat
         start_new_session=True,
     )
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(f"http://127.0.0.1:{port}/health", server, folder / "server.log")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
