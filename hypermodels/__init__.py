@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .charlm import CharLM, bits_per_char, stream_batches
+    from .charlm import CharLM, bits_per_char, segments_bits_per_char, stream_batches
     from .fast_hyperlstm import HyperLSTMLayerFunction, fast_forward
     from .handwriting import (
         HandwritingModel,
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 _WHERE = {
     "CharLM": "charlm",
     "bits_per_char": "charlm",
+    "segments_bits_per_char": "charlm",
     "stream_batches": "charlm",
     "HyperLSTMLayerFunction": "fast_hyperlstm",
     "fast_forward": "fast_hyperlstm",
@@ -132,6 +133,7 @@ __all__ = [
     "build_rnn",
     "count_parameters",
     "detach_state",
+    "segments_bits_per_char",
     "Attention",
     "DecoderState",
     "EncoderOutput",

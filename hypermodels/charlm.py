@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -121,14 +122,21 @@ def bits_per_char(model: CharLM, ids: Tensor, batch_size: int = 16, seq_len: int
     ``ids`` is the split as one 1-D tensor; start it with a separator (e.g. the newline that ends
     the previous split) so its first symbol is predicted too. State is carried across segments.
     """
+    inputs, targets = stream_batches(ids.to(model.decoder.weight.device), batch_size)
+    starts = range(0, inputs.shape[0], seq_len)
+    return segments_bits_per_char(model, ((inputs[s : s + seq_len], targets[s : s + seq_len]) for s in starts))
+
+
+@torch.no_grad()
+def segments_bits_per_char(model: CharLM, segments: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """Bits per character over consecutive TBPTT segments ``(inputs, targets)`` of the same streams,
+    each of shape ``(seq_len, batch)`` on the model's device (targets -100 where padded), the state
+    carried from one to the next: summed cross-entropy (nats, in float64) / targets / ln 2."""
     was_training = model.training
     model.eval()
-    device = model.decoder.weight.device
-    inputs, targets = stream_batches(ids.to(device), batch_size)
     total, count, state = 0.0, 0, None
-    for start in range(0, inputs.shape[0], seq_len):
-        logits, state = model(inputs[start : start + seq_len], state)
-        tgt = targets[start : start + seq_len]
+    for x, tgt in segments:
+        logits, state = model(x, state)
         total += float(
             F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).double(), tgt.reshape(-1), ignore_index=-100, reduction="sum"
@@ -139,4 +147,4 @@ def bits_per_char(model: CharLM, ids: Tensor, batch_size: int = 16, seq_len: int
     return total / count / math.log(2)
 
 
-__all__ = ["CharLM", "bits_per_char", "stream_batches"]
+__all__ = ["CharLM", "bits_per_char", "segments_bits_per_char", "stream_batches"]

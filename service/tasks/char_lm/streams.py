@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from hypermodels import segments_bits_per_char
 
 from ...io.shards import ShardedSplit
 from .data import read_ids
@@ -91,20 +92,10 @@ def bits_per_char(model: Any, split: ShardedSplit, batch_size: int, seq_len: int
     """:func:`hypermodels.bits_per_char` over the first ``num_ids`` ids of a sharded split (all of
     them by default), read a window at a time: the same streams, segments, order and sums, so the
     same number, in memory independent of the split's size."""
-    was_training = model.training
-    model.eval()
     device = model.decoder.weight.device
-    total, count, state = 0.0, 0, None
-    for x, tgt in Streams(split, batch_size, 0, batch_size, seq_len, num_ids=num_ids, device=device):
-        logits, state = model(x, state)
-        total += float(
-            F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).double(), tgt.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-        )
-        count += int((tgt != -100).sum())
-    model.train(was_training)
-    return total / count / math.log(2)
+    return segments_bits_per_char(
+        model, Streams(split, batch_size, 0, batch_size, seq_len, num_ids=num_ids, device=device)
+    )
 
 
 __all__ = ["WINDOW_POSITIONS", "Streams", "bits_per_char"]
