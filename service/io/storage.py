@@ -165,16 +165,12 @@ def _describe(uri: str, err: OSError) -> StorageError:
 
 def read_bytes(uri: str) -> bytes:
     """The whole object or file; FileNotFoundError when it does not exist."""
-    fs, path = filesystem_for(uri)
-    try:
-        with fs.open_input_stream(path, compression=None) as f:
-            return f.readall()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{uri}: no such file or object") from None
-    except IsADirectoryError:
-        raise StorageError(f"{uri}: is a directory, expected a file") from None
-    except OSError as e:
-        raise _describe(uri, e) from None
+    with open_input(uri) as f:
+        try:
+            data: bytes = f.readall()
+        except OSError as e:
+            raise _describe(uri, e) from None
+    return data
 
 
 @contextlib.contextmanager
