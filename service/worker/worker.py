@@ -293,8 +293,10 @@ class Worker(Generic[J]):
         return pos.step % self.spec.train.log_every == 0 or self.done(pos)
 
     def eval_due(self, pos: ckpt.Position) -> bool:
-        """Every ``eval_every`` steps, except at the end (the loop's final evaluation follows)."""
-        return pos.step % self.spec.train.eval_every == 0 and not self.done(pos)
+        """Every ``eval_every`` steps, except at the end (the loop's final evaluation follows); a
+        preempted run has no final evaluation, so its last step evaluates when one is due there (before
+        the checkpoint, as the uninterrupted run does: the relaunch continues the same history)."""
+        return pos.step % self.spec.train.eval_every == 0 and (not self.done(pos) or self.preempted_at is not None)
 
     def checkpoint_due(self, pos: ckpt.Position) -> bool:
         """Every ``checkpoint_every`` steps and at the end; with early stopping also at every

@@ -480,11 +480,12 @@ def test_early_stopping_keeps_the_best_checkpoint_by_the_task_metric(task: str, 
 def test_a_stop_request_ends_the_real_loop_after_the_step_with_its_checkpoint(lab: dict[str, Any]) -> None:
     """The driver's request (what it writes on SIGTERM) is in the run folder before the first step:
     rank 0 sees it, the all-reduced decision stops training after step 1, whose checkpoint is
-    written and reported, and the final evaluation (the finished run's) is skipped."""
+    written and reported, and the final evaluation (the finished run's) is skipped; an evaluation due
+    at that step runs before the checkpoint, as in the uninterrupted run."""
     from service.paths import run_dir
     from service.worker import preemption
 
-    spec = char_lm_spec(lab, "preempted", max_steps=50, log_every=5)
+    spec = char_lm_spec(lab, "preempted", max_steps=50, log_every=5, eval_every=1)
     preemption.clear(run_dir(spec))
     preemption.write_request(run_dir(spec), "SIGTERM to the driver")
     events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -492,6 +493,7 @@ def test_a_stop_request_ends_the_real_loop_after_the_step_with_its_checkpoint(la
     assert preemption.read_outcome(run_dir(spec)) == {"step": 1, "by": "SIGTERM to the driver"}
     assert tracking.metric_history(uri, run_id, "train_bpc")[-1][0] == 1  # flushed with step 1's checkpoint
     assert tracking.metric_history(uri, run_id, "final/test_bpc") == []  # no final evaluation
+    assert [step for step, _ in tracking.metric_history(uri, run_id, "valid_bpc")] == [1]  # the one due at step 1
     seen = []
     while not events.empty():
         seen.append(events.get_nowait())
