@@ -20,10 +20,9 @@ from service.spec.loading import validate_job
 from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "tests" / "service"))  # test folders are not packages
-from test_resume import CKPT_EVERY, MAX_STEPS, histories, kill_after_first_checkpoint, local_ray  # noqa: E402
+from test_resume import CKPT_EVERY, MAX_STEPS, histories, kill_after_first_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
-__all__ = ["local_ray"]  # the module-scoped Ray instance, a fixture of this module too
 
 
 def tiny_job(tmp: Path, name: str):
