@@ -283,6 +283,31 @@ class _Call:
         return {"index": batch["index"], "result": np.array(out, dtype=object)}
 
 
+# data.preparation auto: Ray Data from this many source bytes on, on a cluster of RAY_MIN_CPUS or more.
+# bench/data_scale.py on 2 CPUs: one process prepares 10 MB-1 GB of char corpora at 10-33 MB/s and 2M
+# parallel pairs (143 MB gzip'd) as fast or faster than Ray Data, which costs 2-6 s more to start and
+# never won clearly; its tasks run at ~25 MB/s each, so from 4 CPUs on 256 MiB should take about half.
+RAY_THRESHOLD_BYTES = 256 << 20
+RAY_MIN_CPUS = 4
+
+
+def use_ray(preparation: str, source_bytes: Callable[[], int]) -> bool:
+    """Whether a preparation runs on Ray Data: ``data.preparation`` ``ray``, or ``auto`` with
+    ``source_bytes()`` (asked only then) of :data:`RAY_THRESHOLD_BYTES` or more on a running Ray of
+    :data:`RAY_MIN_CPUS` CPUs or more. RuntimeError for ``ray`` without a running Ray instance."""
+    if preparation == "local":
+        return False
+    import ray  # deferred: the driver has started it before preparing
+
+    if preparation == "ray":
+        if not ray.is_initialized():
+            raise RuntimeError("data.preparation ray needs a running Ray instance (the driver starts one)")
+        return True
+    if not ray.is_initialized() or ray.cluster_resources().get("CPU", 0) < RAY_MIN_CPUS:
+        return False
+    return source_bytes() >= RAY_THRESHOLD_BYTES
+
+
 def parallel_map(
     fn: Callable[[T], R],
     items: Sequence[T],
@@ -328,6 +353,8 @@ def parallel_map(
 
 __all__ = [
     "COMPRESSION",
+    "RAY_MIN_CPUS",
+    "RAY_THRESHOLD_BYTES",
     "ROWS_PER_GROUP",
     "ShardInfo",
     "ShardedSplit",
@@ -341,5 +368,6 @@ __all__ = [
     "read_range",
     "shard_name",
     "start_fresh",
+    "use_ray",
     "write_shard",
 ]

@@ -11,9 +11,8 @@ preparation: the next one empties it and starts again.
 where there is one within 64 KiB (else at a character boundary; anywhere for bytes), so no piece
 splits a character or a line ending. Pass 1 finds each piece's distinct symbols, pass 2 encodes each
 piece into one shard; each pass runs on Ray Data (one task per piece) or in this process, per
-``data.preparation`` (``auto``: Ray for sources of :data:`RAY_THRESHOLD_BYTES` or more when Ray runs
-with :data:`RAY_MIN_CPUS` CPUs or more), and both ways write the same bytes. Memory: a few pieces,
-whatever the corpus's size.
+``data.preparation`` (:func:`service.io.shards.use_ray`), and both ways write the same bytes. Memory:
+a few pieces, whatever the corpus's size.
 
 **Vocabulary.** Built from the training text (user corpora, PTB); a validation or test symbol
 missing from it is an error, not mapped to an unknown id: the model could never predict it, and
@@ -59,12 +58,6 @@ SPLITS = ("train", "valid", "test")
 VOCAB_FILE = "vocab.json"
 COLUMN = "id"
 PIECE_BYTES = 8 << 20  # source bytes per shard
-# data.preparation auto: Ray Data from this many source bytes on, on a cluster of RAY_MIN_CPUS or more.
-# bench/data_scale.py on 2 CPUs: one process prepares 10 MB-1 GB at 10-33 MB/s; Ray Data costs 2-6 s
-# more to start and, with 2 CPUs, never won clearly (60 MB 2.6 s vs 2.0, 200 MB 8.1 vs 6.1, 1 GB 41 vs
-# 36 s). Its tasks run at ~25 MB/s each, so from 4 CPUs on a source of 256 MiB should take about half.
-RAY_THRESHOLD_BYTES = 256 << 20
-RAY_MIN_CPUS = 4
 EXTRACTED = "enwik8.extracted"  # a zip's member, in the unfinished folder while it is prepared
 LOOKAHEAD = 1 << 16  # how far past a piece's target end a newline is looked for
 ENWIK8_CUTS = (90, 95)  # percent of the file where enwik8's train and valid splits end
@@ -435,7 +428,7 @@ def prepare_text(
     if materialise is not None:
         materialise()
     total = sum(s.stop - s.start for s in sources)
-    use_ray = _use_ray(d.preparation, total)
+    use_ray = shards.use_ray(d.preparation, lambda: total)
     pieces = _pieces(sources, piece_bytes)
     if len(pieces) > 1:
         where = "on Ray Data" if use_ray else "in this process"
@@ -484,20 +477,6 @@ def prepare_text(
         text.note(line)
     shards.commit(root, VOCAB_FILE, meta)
     return PreparedText(root, vocab, content_hash, kind == "ptb-char", kind=kind)
-
-
-def _use_ray(preparation: str, total_bytes: int) -> bool:
-    if preparation == "local":
-        return False
-    import ray  # deferred: the driver has started it before preparing
-
-    if preparation == "ray":
-        if not ray.is_initialized():
-            raise RuntimeError("data.preparation ray needs a running Ray instance (the driver starts one)")
-        return True
-    if total_bytes < RAY_THRESHOLD_BYTES or not ray.is_initialized():
-        return False
-    return ray.cluster_resources().get("CPU", 0) >= RAY_MIN_CPUS
 
 
 def _progress(say: Callable[[str], None], verb: str) -> Callable[[int, int], None]:
@@ -596,8 +575,6 @@ __all__ = [
     "ENWIK8_CUTS",
     "PIECE_BYTES",
     "PTB_CHAR_DIRS",
-    "RAY_MIN_CPUS",
-    "RAY_THRESHOLD_BYTES",
     "Piece",
     "PreparedText",
     "SCHEMA_VERSION",

@@ -66,10 +66,6 @@ MULTI30K_DIR = VENDORED_DATA / "multi30k"
 MULTI30K_TESTS = ("test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 ROWS_PER_GROUP = 4096  # sentence pairs per Parquet row group of a shard
 NEVER_FITS = 1 << 30  # the fit_len of a pair whose source is empty
-# data.preparation auto: Ray Data from this size of training files on (as stored, gzip'd or not). On 2
-# shared CPUs the single process was as fast or faster up to 2M pairs (143 MB gzip'd; bench/data_scale.py
-# --parallel): Ray pays for its workers and per-wave datasets and gains only with more CPUs.
-RAY_THRESHOLD_BYTES = 256 << 20
 WRITER_MAX_CALLS = 4  # shards a Ray worker writes before it is replaced: its memory stays that of a few shards
 
 
@@ -299,17 +295,12 @@ def content_hash(spec: TranslationJob, c: Corpora) -> str:
 
 
 def use_ray(spec: TranslationJob, c: Corpora) -> bool:
-    """Whether this preparation runs on Ray Data (``data.preparation``; ``auto``: from
-    :data:`RAY_THRESHOLD_BYTES` of training files on, where Ray is running)."""
-    how = spec.data.preparation
-    ray = sys.modules.get("ray")  # not imported: not running (the driver has started it before preparing)
-    running = ray is not None and ray.is_initialized()
-    if how == "ray" and not running:
-        raise RuntimeError("data.preparation ray needs a running Ray instance (the driver starts one)")
-    if how != "auto" or not running:
-        return how == "ray"
-    total = sum(storage.size(uri) for where, src in c.train for _, uri in source_files(where, src))
-    return total >= RAY_THRESHOLD_BYTES
+    """Whether this preparation runs on Ray Data (:func:`service.io.shards.use_ray` over the training
+    files' stored size, gzip'd or not)."""
+    return shards.use_ray(
+        spec.data.preparation,
+        lambda: sum(storage.size(uri) for where, src in c.train for _, uri in source_files(where, src)),
+    )
 
 
 def _say(line: str) -> None:

@@ -138,8 +138,8 @@ class TranslationDataSpec(DataSpec):
     preparation: Literal["auto", "local", "ray"] = Field(
         "auto",
         description="where the training split is tokenised and written: ray (Ray Data tasks on the cluster's "
-        "CPUs), local (the driver's process), or auto: ray for training files of 256 MiB or more in all, local "
-        "below (measured in bench/data_scale.py --parallel); the prepared shards are the same either way",
+        "CPUs), local (the driver's process), or auto: ray for training files of 256 MiB or more in all on 4 or "
+        "more CPUs, else local (bench/data_scale.py --parallel); the prepared shards are the same either way",
     )
     max_len: int = Field(64, gt=0, description="training pairs longer than this (subwords, either side) are skipped")
     batch_size: int = Field(64, gt=0, description="sentence pairs per global batch, split across workers")
